@@ -1,0 +1,18 @@
+"""fused_rnn: multi-layer LSTM / GRU / RNN stacks in one persistent CUDA kernel.
+
+Drop-in replacements for torch.nn.LSTM / GRU / RNN::
+
+    import fused_rnn
+    lstm = fused_rnn.LSTM(256, 512, num_layers=4, dropout=0.1).cuda()
+    out, (h, c) = lstm(x)
+    print(lstm.last_backend)           # which path ran, and why
+
+    model = fused_rnn.convert(model)   # swap every nn.LSTM/GRU/RNN in place
+"""
+
+from . import functional, ops, reference
+from ._info import backend_info
+from .modules import GRU, LSTM, RNN, convert
+
+__version__ = "0.1.0"
+__all__ = ["LSTM", "GRU", "RNN", "convert", "backend_info", "functional", "reference", "ops"]

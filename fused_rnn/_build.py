@@ -1,0 +1,154 @@
+"""Loading the CUDA extension ``fused_rnn._C``.
+
+Order of attempts, the first time a CUDA path needs it:
+
+1. the prebuilt module ``fused_rnn._C`` (``pip install -e .`` builds it when
+   torch has CUDA and nvcc is found);
+2. a JIT build of the same sources with ``torch.utils.cpp_extension.load``
+   (cached under TORCH_EXTENSIONS_DIR), announced on stderr;
+3. nothing: the reason is kept and reported by ``fused_rnn.backend_info()``,
+   and every op takes the reference path. Import never fails because of the
+   extension.
+
+This file is also read by setup.py (by path, without importing the package),
+so the source list and compiler flags live in one place.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import sys
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+DEFAULT_ARCHS = "8.0;9.0a"
+
+
+def sources(root: str = ROOT) -> list[str]:
+    """Every translation unit of the extension, relative to `root`."""
+    found = []
+    for pattern in ("csrc/torch/*.cpp", "csrc/torch/*.cu", "csrc/kernels/*.cu"):
+        found += sorted(glob.glob(os.path.join(root, pattern)))
+    return [os.path.relpath(p, root) for p in found]
+
+
+def arch_list() -> list[str]:
+    """Target archs from TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0a"), default sm_80 + sm_90a."""
+    raw = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_ARCHS
+    return [a for a in raw.replace(",", ";").replace(" ", ";").split(";") if a]
+
+
+def gencode_flags(archs: list[str]) -> list[str]:
+    flags = []
+    for a in archs:
+        a = a.replace("+PTX", "")
+        num = a.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    return flags
+
+
+def cxx_flags() -> list[str]:
+    return ["-O3", "-std=c++17"]
+
+
+def nvcc_flags(archs: list[str] | None = None) -> list[str]:
+    archs = arch_list() if archs is None else archs
+    return [
+        "-O3",
+        "-std=c++17",
+        "--use_fast_math",
+        "--expt-relaxed-constexpr",
+        "-lineinfo",
+        "-U__CUDA_NO_HALF_OPERATORS__",
+        "-U__CUDA_NO_HALF_CONVERSIONS__",
+        "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    ] + gencode_flags(archs)
+
+
+def include_dirs(root: str = ROOT) -> list[str]:
+    return [os.path.join(root, "csrc")]
+
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "module": None, "how": None, "reason": None}
+
+
+def _try_prebuilt():
+    try:
+        return importlib.import_module("fused_rnn._C"), None
+    except ImportError as e:  # not built, or built against another torch
+        return None, f"prebuilt fused_rnn._C not importable ({e})"
+
+
+def _try_jit():
+    import torch
+    from torch.utils import cpp_extension
+
+    if os.environ.get("FUSED_RNN_NO_JIT", "0") == "1":
+        return None, "JIT build disabled by FUSED_RNN_NO_JIT=1"
+    if cpp_extension.CUDA_HOME is None:
+        return None, "no CUDA toolkit (nvcc) found for a JIT build"
+    srcs = [os.path.join(ROOT, s) for s in sources()]
+    if not srcs:
+        return None, "no sources under csrc/ (installed without them?)"
+    major, minor = torch.cuda.get_device_capability()
+    suffix = "a" if major == 9 else ""
+    archs = [f"{major}.{minor}{suffix}"]
+    print(
+        f"fused_rnn: building the CUDA extension for sm_{major}{minor}{suffix} "
+        "(first use only; cached by torch.utils.cpp_extension)...",
+        file=sys.stderr,
+    )
+    try:
+        mod = cpp_extension.load(
+            name="fused_rnn_C",
+            sources=srcs,
+            extra_include_paths=include_dirs(),
+            extra_cflags=cxx_flags(),
+            extra_cuda_cflags=nvcc_flags(archs),
+            verbose=os.environ.get("FUSED_RNN_VERBOSE_BUILD", "0") == "1",
+        )
+        return mod, None
+    except Exception as e:  # compiler error, missing ninja, ...
+        return None, f"JIT build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
+def load_extension():
+    """The extension module, or None (see `extension_status()` for why)."""
+    with _lock:
+        if _state["tried"]:
+            return _state["module"]
+        _state["tried"] = True
+        import torch
+
+        mod, why = _try_prebuilt()
+        if mod is not None:
+            _state.update(module=mod, how="prebuilt")
+            return mod
+        reasons = [why]
+        if torch.version.cuda is None:
+            reasons.append("torch is a CPU-only build")
+        elif not torch.cuda.is_available():
+            reasons.append("no CUDA device visible")
+        else:
+            mod, why = _try_jit()
+            if mod is not None:
+                _state.update(module=mod, how="jit")
+                return mod
+            reasons.append(why)
+        _state["reason"] = "; ".join(r for r in reasons if r)
+        return None
+
+
+def extension_status() -> dict:
+    """Whether the extension is loaded, how, and why not (without loading it)."""
+    return {
+        "tried": _state["tried"],
+        "loaded": _state["module"] is not None,
+        "how": _state["how"],
+        "reason": _state["reason"],
+    }

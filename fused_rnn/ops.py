@@ -1,0 +1,215 @@
+"""The custom ops ``fused_rnn::rnn_forward`` and ``fused_rnn::rnn_backward``.
+
+Each schema is written once, here. Per device:
+
+* CPU (and any device but CUDA): the reference stack (``reference.py``);
+  its backward recomputes the forward under ``torch.func.vjp``.
+* CUDA: the fused persistent kernel of ``fused_rnn._C`` when its planner
+  says the call is covered, otherwise the reference ops on the CUDA tensors.
+  Both directions of the decision are reported by :func:`plan`.
+
+``register_fake`` gives shapes to torch.compile / FakeTensor, and
+``register_autograd`` connects the two ops. The contract (shapes, the
+``reserve`` layout) is in csrc/README.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._build import load_extension
+
+FORWARD_SCHEMA = (
+    "(Tensor input, Tensor[] weights, Tensor hx, Tensor? cx, Tensor? lengths, "
+    "Tensor? seed, str mode, int num_layers, bool bidirectional, bool has_biases, "
+    "int proj_size, float dropout, bool need_reserve) "
+    "-> (Tensor output, Tensor hy, Tensor cy, Tensor reserve)"
+)
+BACKWARD_SCHEMA = (
+    "(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor[] weights, "
+    "Tensor hx, Tensor? cx, Tensor? lengths, Tensor? seed, Tensor output, Tensor reserve, "
+    "str mode, int num_layers, bool bidirectional, bool has_biases, int proj_size, "
+    "float dropout) -> (Tensor grad_input, Tensor[] grad_weights, Tensor grad_hx, Tensor grad_cx)"
+)
+
+def _check_seq_len(input: Tensor) -> None:
+    if input.shape[0] == 0:
+        # torch's own message (ATen RNN.cpp)
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(input: Tensor, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+         has_biases, proj_size, dropout, need_reserve) -> tuple[bool, str]:
+    """Whether the fused CUDA kernel runs this call: (True, "fused: ...") or (False, why)."""
+    if input.device.type != "cuda":
+        return False, f"reference: input on {input.device.type}, the fused kernel is CUDA-only"
+    if input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return False, f"reference: {input.dtype} is not covered by the fused kernel"
+    ext = load_extension()
+    if ext is None:
+        from ._build import extension_status
+
+        return False, f"reference: CUDA extension unavailable ({extension_status()['reason']})"
+    T, B, I = input.shape
+    H = weights[0].shape[0] // reference.GATES[mode]
+    ok, why = ext.plan(
+        mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T, input.dtype,
+        input.device.index if input.device.index is not None else torch.cuda.current_device(),
+        need_reserve, lengths is not None, float(dropout),
+    )
+    return bool(ok), (why if ok else f"reference: {why}")
+
+
+# ----------------------------------------------------------------------- forward
+
+
+@torch.library.custom_op("fused_rnn::rnn_forward", mutates_args=(), schema=FORWARD_SCHEMA)
+def rnn_forward(input, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+                has_biases, proj_size, dropout, need_reserve):
+    _check_seq_len(input)
+    return reference.rnn_forward(input, weights, hx, cx, lengths, seed, mode, num_layers,
+                                 bidirectional, has_biases, proj_size, dropout, need_reserve)
+
+
+@rnn_forward.register_kernel("cuda")
+def _rnn_forward_cuda(input, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+                      has_biases, proj_size, dropout, need_reserve):
+    _check_seq_len(input)
+    args = (input, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+            has_biases, proj_size, dropout, need_reserve)
+    if plan(*args)[0]:
+        return torch.ops.fused_rnn._fused_forward(*args)
+    return reference.rnn_forward(*args)
+
+
+@rnn_forward.register_fake
+def _rnn_forward_fake(input, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+                      has_biases, proj_size, dropout, need_reserve):
+    T, B = input.shape[0], input.shape[1]
+    D = 2 if bidirectional else 1
+    H = weights[0].shape[0] // reference.GATES[mode]
+    h_out = proj_size if proj_size > 0 else H
+    output = input.new_empty((T, B, D * h_out))
+    hy = input.new_empty((num_layers * D, B, h_out))
+    cy = input.new_empty((num_layers * D, B, H)) if mode == "LSTM" else input.new_empty((0,))
+    if need_reserve:
+        reserve = input.new_empty(
+            reference.reserve_shape(mode, num_layers, bidirectional, T, B, H, proj_size)
+        )
+    else:
+        reserve = input.new_empty((0,))
+    return output, hy, cy, reserve
+
+
+# ---------------------------------------------------------------------- backward
+
+
+def _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed,
+                        mode, num_layers, bidirectional, has_biases, proj_size, dropout):
+    """Gradients by recomputing the reference forward under torch.func.vjp.
+
+    (Autograd recording is off inside an op's kernel; torch.func works there.)
+    """
+    is_lstm = mode == "LSTM"
+
+    def f(x, ws, h0, c0):
+        out, hy, cy, _ = reference.rnn_forward(
+            x, ws, h0, c0 if is_lstm else None, lengths, seed, mode, num_layers,
+            bidirectional, has_biases, proj_size, dropout, False,
+        )
+        return out, hy, cy
+
+    c0 = cx if is_lstm else hx.new_zeros(())
+    (_, _, cy), vjp = torch.func.vjp(f, input, list(weights), hx, c0)
+    if not is_lstm:
+        grad_cy = cy.new_zeros(cy.shape)
+    g_in, g_w, g_hx, g_cx = vjp((grad_output, grad_hy, grad_cy))
+    return g_in, list(g_w), g_hx, (g_cx if is_lstm else input.new_empty((0,)))
+
+
+@torch.library.custom_op("fused_rnn::rnn_backward", mutates_args=(), schema=BACKWARD_SCHEMA)
+def rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed, output,
+                 reserve, mode, num_layers, bidirectional, has_biases, proj_size, dropout):
+    return _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
+                               seed, mode, num_layers, bidirectional, has_biases, proj_size,
+                               dropout)
+
+
+@rnn_backward.register_kernel("cuda")
+def _rnn_backward_cuda(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed,
+                       output, reserve, mode, num_layers, bidirectional, has_biases, proj_size,
+                       dropout):
+    options = (mode, num_layers, bidirectional, has_biases, proj_size, dropout)
+    if (
+        reserve.numel() > 0
+        and hasattr(torch.ops.fused_rnn, "_fused_backward")
+        and plan(input, weights, hx, cx, lengths, seed, *options, True)[0]
+    ):
+        return torch.ops.fused_rnn._fused_backward(
+            grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed, output,
+            reserve, *options,
+        )
+    return _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
+                               seed, *options)
+
+
+@rnn_backward.register_fake
+def _rnn_backward_fake(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed,
+                       output, reserve, mode, num_layers, bidirectional, has_biases, proj_size,
+                       dropout):
+    grad_cx = torch.empty_like(cx) if cx is not None else input.new_empty((0,))
+    return (torch.empty_like(input), [torch.empty_like(w) for w in weights],
+            torch.empty_like(hx), grad_cx)
+
+
+# ---------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output):
+    (input, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional, has_biases,
+     proj_size, dropout, need_reserve) = inputs
+    out, _, _, reserve = output
+    ctx.options = (mode, num_layers, bidirectional, has_biases, proj_size, dropout)
+    ctx.num_weights = len(weights)
+    ctx.has_cx = cx is not None
+    ctx.has_lengths = lengths is not None
+    ctx.has_seed = seed is not None
+    saved = [input, hx, out, reserve, *weights]
+    for t in (cx, lengths, seed):
+        if t is not None:
+            saved.append(t)
+    ctx.save_for_backward(*saved)
+
+
+def _backward(ctx, grad_output, grad_hy, grad_cy, grad_reserve):
+    input, hx, out, reserve, *rest = ctx.saved_tensors
+    weights, rest = rest[:ctx.num_weights], rest[ctx.num_weights:]
+    cx = rest.pop(0) if ctx.has_cx else None
+    lengths = rest.pop(0) if ctx.has_lengths else None
+    seed = rest.pop(0) if ctx.has_seed else None
+    g_in, g_w, g_hx, g_cx = torch.ops.fused_rnn.rnn_backward(
+        grad_output.contiguous(), grad_hy.contiguous(), grad_cy.contiguous(), input, weights,
+        hx, cx, lengths, seed, out, reserve, *ctx.options,
+    )
+    return g_in, g_w, g_hx, (g_cx if ctx.has_cx else None), None, None, *([None] * 7)
+
+
+rnn_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "fused_rnn: double backward (gradients of gradients) through an RNN is not supported"
+    )
+
+
+rnn_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+# The extension registers fused_rnn::_fused_forward / _fused_backward when loaded;
+# importing it here is lazy (first CUDA call), so a CPU machine never touches it.
+__all__ = ["rnn_forward", "rnn_backward", "plan", "FORWARD_SCHEMA", "BACKWARD_SCHEMA", "Tensor"]
