@@ -10,9 +10,11 @@ Drop-in replacements for torch.nn.LSTM / GRU / RNN::
     model = fused_rnn.convert(model)   # swap every nn.LSTM/GRU/RNN in place
 """
 
-from . import functional, ops, reference
+from . import _dynamo_compat, functional, ops, reference
 from ._info import backend_info
 from .modules import GRU, LSTM, RNN, convert
+
+_dynamo_compat.install()
 
 __version__ = "0.1.0"
 __all__ = ["LSTM", "GRU", "RNN", "convert", "backend_info", "functional", "reference", "ops"]

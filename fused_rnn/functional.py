@@ -78,8 +78,7 @@ def run(
     p = float(dropout) if (train and num_layers > 1) else 0.0
     seed = draw_seed(input.device) if p > 0 else None
     need_reserve = (
-        input.device.type == "cuda"
-        and torch.is_grad_enabled()
+        torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (input, hx, cx, *weights))
     )
     args = (input, list(weights), hx.contiguous(), None if cx is None else cx.contiguous(),

@@ -3,7 +3,7 @@
 Each schema is written once, here. Per device:
 
 * CPU (and any device but CUDA): the reference stack (``reference.py``);
-  its backward recomputes the forward under ``torch.func.vjp``.
+  its backward is backpropagation through time over the saved ``reserve``.
 * CUDA: the fused persistent kernel of ``fused_rnn._C`` when its planner
   says the call is covered, otherwise the reference ops on the CUDA tensors.
   Both directions of the decision are reported by :func:`plan`.
@@ -110,34 +110,22 @@ def _rnn_forward_fake(input, weights, hx, cx, lengths, seed, mode, num_layers, b
 
 
 def _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed,
-                        mode, num_layers, bidirectional, has_biases, proj_size, dropout):
-    """Gradients by recomputing the reference forward under torch.func.vjp.
-
-    (Autograd recording is off inside an op's kernel; torch.func works there.)
-    """
-    is_lstm = mode == "LSTM"
-
-    def f(x, ws, h0, c0):
-        out, hy, cy, _ = reference.rnn_forward(
-            x, ws, h0, c0 if is_lstm else None, lengths, seed, mode, num_layers,
-            bidirectional, has_biases, proj_size, dropout, False,
-        )
-        return out, hy, cy
-
-    c0 = cx if is_lstm else hx.new_zeros(())
-    (_, _, cy), vjp = torch.func.vjp(f, input, list(weights), hx, c0)
-    if not is_lstm:
-        grad_cy = cy.new_zeros(cy.shape)
-    g_in, g_w, g_hx, g_cx = vjp((grad_output, grad_hy, grad_cy))
-    return g_in, list(g_w), g_hx, (g_cx if is_lstm else input.new_empty((0,)))
+                        reserve, mode, num_layers, bidirectional, has_biases, proj_size, dropout):
+    """BPTT over the reserve; a missing reserve (need_reserve was False) is recomputed."""
+    if reserve.numel() == 0:
+        reserve = reference.rnn_forward(input, weights, hx, cx, lengths, seed, mode, num_layers,
+                                        bidirectional, has_biases, proj_size, dropout, True)[3]
+    return reference.rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx,
+                                  lengths, seed, reserve, mode, num_layers, bidirectional,
+                                  has_biases, proj_size, dropout)
 
 
 @torch.library.custom_op("fused_rnn::rnn_backward", mutates_args=(), schema=BACKWARD_SCHEMA)
 def rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed, output,
                  reserve, mode, num_layers, bidirectional, has_biases, proj_size, dropout):
     return _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
-                               seed, mode, num_layers, bidirectional, has_biases, proj_size,
-                               dropout)
+                               seed, reserve, mode, num_layers, bidirectional, has_biases,
+                               proj_size, dropout)
 
 
 @rnn_backward.register_kernel("cuda")
@@ -155,7 +143,7 @@ def _rnn_backward_cuda(grad_output, grad_hy, grad_cy, input, weights, hx, cx, le
             reserve, *options,
         )
     return _reference_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
-                               seed, *options)
+                               seed, reserve, *options)
 
 
 @rnn_backward.register_fake

@@ -180,3 +180,152 @@ def rnn_forward(
 def reserve_shape(mode, num_layers, bidirectional, T, B, hidden_size, proj_size):
     D = 2 if bidirectional else 1
     return (num_layers * D, T, B, reserve_width(mode, hidden_size, proj_size))
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _layer_outputs(reserve_rows, lengths, h_out, T, B):
+    """Layer output (T, B, D*Hout) rebuilt from the reserve's h columns (zero past lengths)."""
+    outs = [r[..., -h_out:] for r in reserve_rows]
+    y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    if lengths is not None:
+        valid = (torch.arange(T, device=y.device).unsqueeze(1) < lengths.unsqueeze(0))
+        y = y * valid.unsqueeze(2).to(y.dtype)
+    return y
+
+
+def _backward_direction(mode, dy, dh, dc, x, res, h0, c0, w_ih, w_hh, w_hr, lengths, reverse):
+    """BPTT through one layer, one direction, from its reserve rows.
+
+    dy (T, B, Hout): gradient w.r.t. this direction's outputs; dh/dc: w.r.t. its
+    final state. Returns (dgates_ih (T,B,G*H), dgates_hh, dx, dh0, dc0, dw_hr).
+    """
+    T, B = res.shape[0], res.shape[1]
+    H = w_hh.shape[0] // GATES[mode]
+    h_out = h0.shape[-1]
+    hs = res[..., -h_out:]
+    if reverse:
+        h_prev_seq = torch.cat([hs[1:], h0.unsqueeze(0)])
+    else:
+        h_prev_seq = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    if mode == "LSTM":
+        cs = res[..., 4 * H:5 * H]
+        c_prev_seq = torch.cat([cs[1:], c0.unsqueeze(0)]) if reverse else torch.cat(
+            [c0.unsqueeze(0), cs[:-1]])
+    dg_ih = res.new_zeros(T, B, GATES[mode] * H)
+    dg_hh = dg_ih if mode != "GRU" else res.new_zeros(T, B, 3 * H)
+    dw_hr = torch.zeros_like(w_hr) if w_hr is not None else None
+    steps = range(T) if reverse else range(T - 1, -1, -1)
+    for t in steps:
+        if lengths is not None:
+            v = (t < lengths).unsqueeze(1).to(res.dtype)
+        else:
+            v = torch.ones((), dtype=res.dtype, device=res.device)
+        dh_new = v * (dy[t] + dh)
+        dh_skip = (1 - v) * dh  # a frozen step passes the gradient through unchanged
+        r = res[t]
+        if mode == "LSTM":
+            i, f, g, o = r[:, :4 * H].chunk(4, dim=1)
+            c = r[:, 4 * H:5 * H]
+            tc = c.tanh()
+            if w_hr is not None:
+                dw_hr += dh_new.t() @ (o * tc)
+                dm = dh_new @ w_hr
+            else:
+                dm = dh_new
+            dc_new = v * dc + dm * o * (1 - tc * tc)
+            da = torch.cat([dc_new * g * i * (1 - i), dc_new * c_prev_seq[t] * f * (1 - f),
+                            dc_new * i * (1 - g * g), dm * tc * o * (1 - o)], dim=1)
+            dg_ih[t] = da
+            dh = da @ w_hh + dh_skip
+            dc = dc_new * f + (1 - v) * dc
+        elif mode == "GRU":
+            rr, z, n, hn = r[:, :H], r[:, H:2 * H], r[:, 2 * H:3 * H], r[:, 3 * H:4 * H]
+            dan = dh_new * (1 - z) * (1 - n * n)
+            dar = dan * hn * rr * (1 - rr)
+            daz = dh_new * (h_prev_seq[t] - n) * z * (1 - z)
+            dg_ih[t] = torch.cat([dar, daz, dan], dim=1)
+            dg_hh[t] = torch.cat([dar, daz, dan * rr], dim=1)
+            dh = dg_hh[t] @ w_hh + dh_new * z + dh_skip
+        else:
+            h = r[:, -H:]
+            act = (1 - h * h) if mode == "RNN_TANH" else (h > 0).to(h.dtype)
+            da = dh_new * act
+            dg_ih[t] = da
+            dh = da @ w_hh + dh_skip
+    dx = dg_ih @ w_ih
+    return dg_ih, dg_hh, dx, h_prev_seq, dh, dc, dw_hr
+
+
+def rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed,
+                 reserve, mode, num_layers, bidirectional, has_biases, proj_size, dropout):
+    """Gradients of :func:`rnn_forward` by backpropagation through time over its reserve.
+
+    The same algorithm as the CUDA backward: top layer first, each direction
+    in reverse processing order, gate gradients for all t kept, then the
+    weight gradients as a few GEMMs. Dropout masks are regenerated from the
+    seed. Returns (grad_input, grad_weights (list, flat order), grad_hx, grad_cx).
+    """
+    device_type = input.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
+                                seed, reserve, mode, num_layers, bidirectional, has_biases,
+                                proj_size, dropout)
+    dtype = input.dtype
+    cdt = compute_dtype(dtype)
+    D = 2 if bidirectional else 1
+    T, B = input.shape[0], input.shape[1]
+    H = weights[0].shape[0] // GATES[mode]
+    h_out = proj_size if proj_size > 0 else H
+    use_dropout = dropout > 0 and num_layers > 1
+    if lengths is not None:
+        lengths = lengths.to(device=input.device, dtype=torch.int64)
+    res = reserve.to(cdt)
+    stride = weights_per_direction(has_biases, proj_size)
+    grad_w = [None] * len(weights)
+    grad_hx = torch.zeros_like(hx, dtype=cdt)
+    grad_cx = torch.zeros_like(cx, dtype=cdt) if mode == "LSTM" else None
+    dy = grad_output.to(cdt)
+    for layer in range(num_layers - 1, -1, -1):
+        if layer == 0:
+            x = input.to(cdt)
+        else:
+            x = _layer_outputs([res[(layer - 1) * D + d] for d in range(D)], lengths, h_out, T, B)
+            if use_dropout:
+                x = apply_dropout(x, seed, layer - 1, dropout, D)
+        dx = torch.zeros_like(x)
+        for d in range(D):
+            row = layer * D + d
+            w_ih, w_hh, _, _, w_hr = (
+                None if w is None else w.to(cdt)
+                for w in _split_weights(weights, layer, d, D, has_biases, proj_size)
+            )
+            c0 = cx[row].to(cdt) if mode == "LSTM" else None
+            dc = grad_cy[row].to(cdt) if mode == "LSTM" else None
+            dg_ih, dg_hh, dx_d, h_prev, dh0, dc0, dw_hr = _backward_direction(
+                mode, dy[..., d * h_out:(d + 1) * h_out], grad_hy[row].to(cdt), dc, x, res[row],
+                hx[row].to(cdt), c0, w_ih, w_hh, w_hr, lengths, reverse=(d == 1),
+            )
+            dx += dx_d
+            grad_hx[row] = dh0
+            if mode == "LSTM":
+                grad_cx[row] = dc0
+            base = row * stride
+            grad_w[base] = torch.einsum("tbg,tbi->gi", dg_ih, x)
+            grad_w[base + 1] = torch.einsum("tbg,tbh->gh", dg_hh, h_prev)
+            if has_biases:
+                grad_w[base + 2] = dg_ih.sum((0, 1))
+                grad_w[base + 3] = dg_hh.sum((0, 1))
+            if proj_size > 0:
+                grad_w[base + stride - 1] = dw_hr
+        if layer == 0:
+            grad_input = dx
+        else:
+            if use_dropout:
+                dx = apply_dropout(dx, seed, layer - 1, dropout, D)
+            dy = dx
+    grad_w = [g.to(w.dtype) for g, w in zip(grad_w, weights)]
+    grad_cx = grad_cx.to(dtype) if grad_cx is not None else input.new_empty((0,))
+    return grad_input.to(dtype), grad_w, grad_hx.to(dtype), grad_cx
