@@ -236,3 +236,17 @@ def test_autocast_cpu_follows_torch_policy():
     g_ref, g_fused = make_pair("GRU", 3, 4, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert g_fused(x)[0].dtype == g_ref(x)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_sorted_and_unsorted(mode):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    ref, fused = make_pair(mode, 3, 5, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    for lengths, enforce in (([6, 4, 4, 1], True), ([2, 6, 1, 6], False)):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce)
+        (p_r, h_r), (p_f, h_f) = ref(packed), fused(packed)
+        torch.testing.assert_close(pad_packed_sequence(p_f)[0], pad_packed_sequence(p_r)[0],
+                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(h_f, h_r, rtol=0, atol=1e-12)
