@@ -1,0 +1,203 @@
+"""Render the README's benchmark section from a GPU results directory.
+
+    python benchmarks/report.py benchmarks/results/<device>/ > snippet.md
+    python benchmarks/report.py --update-readme          # newest results dir -> README.md
+    python benchmarks/report.py DIR --update-readme [--readme PATH]
+
+The section goes between the markers `<!-- bench:start -->` and
+`<!-- bench:end -->` of README.md. With no GPU results committed it says so.
+Standard library only (no torch needed); bench.py uses the table helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+NO_RESULTS = (
+    "No GPU results committed yet; run scripts/gpu_check.sh on an H100/H200 "
+    "(it runs `python benchmarks/bench.py --quick`), commit the folder it writes under "
+    "`benchmarks/results/<device>/`, then `python benchmarks/report.py --update-readme`.\n\n"
+    "Without a GPU, `python benchmarks/bench.py --quick` checks the reference path against "
+    "torch.nn (parity and CPU timings); speed numbers need a GPU."
+)
+# Shapes of the acceptance set, shown in the README when a run holds more rows.
+ACCEPTANCE = dict(cell={"LSTM"}, layers={2, 4}, hidden={256, 512}, seq={512}, batch={1, 32, 512},
+                  dtype={"tf32", "bf16"}, dropout={0.0})
+README_MAX_ROWS = 60
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def num(x, digits: int = 3) -> str:
+    """A number with `digits` significant digits; '—' for None."""
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+
+
+def mode_label(row: dict) -> str:
+    if row["mode"] != "train":
+        return row["mode"]
+    return "train" if not row["dropout"] else f"train p={row['dropout']:g}"
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def results_table(rows: list[dict]) -> str:
+    """The per-case table (bench.py's results.md and the README)."""
+    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "fused ms", "cuDNN ms", "speedup",
+              "µs / wave step", "TFLOP/s (% peak)", "MiB fused / cuDNN", "fused backend"]
+    lines = []
+    for r in rows:
+        ok = r["status"] == "ok"
+        if ok:
+            speedup = f"**{r['speedup_vs_cudnn']:.2f}×**" if r["speedup_vs_cudnn"] else "—"
+            tflops = num(r["tflops_fused"])
+            if r.get("peak_share_fused") is not None:
+                tflops += f" ({100 * r['peak_share_fused']:.0f}%)"
+        else:
+            speedup, tflops = f"— ({r['status']})", "—"
+        note = r["fused_backend"]
+        if not ok:
+            note = f"{r['status']}: {r['reason']}" if r["reason"] else r["status"]
+        lines.append([
+            r["cell"], r["layers"], r["hidden"], r["batch"], r["seq"], r["dtype"], mode_label(r),
+            num(r["fused_ms"]), num(r["cudnn_ms"]), speedup,
+            num(r["us_per_wave_step"]) if ok else "—", tflops,
+            f"{num(r['mem_fused_mib'])} / {num(r['mem_cudnn_mib'])}", note,
+        ])
+    return markdown_table(header, lines)
+
+
+def floors_table(floors: dict) -> str:
+    """The synchronisation floors measured by floors.py, as a markdown table."""
+    lines = []
+    for g in floors.get("grid_sync", []):
+        what = f"grid.sync(), {g['blocks']} CTAs × {g['threads']} threads" + (
+            ", + global exchange" if g["exchange"] else "")
+        lines.append([what, num(g.get("us")), g.get("reason", "")])
+    for c in floors.get("cluster_sync", []):
+        what = f"cluster.sync(), cluster of {c['cluster_size']} ({c['clusters']} clusters)" + (
+            ", + DSMEM exchange" if c["exchange"] else "")
+        lines.append([what, num(c.get("us")), c.get("reason", "")])
+    for s in floors.get("cudnn_layer_step", []):
+        what = f"cuDNN {s['cell']} 1 layer, H={s['hidden']} B={s['batch']} T={s['seq']} {s['dtype']}, per step"
+        lines.append([what, num(s.get("us")), s.get("reason", "")])
+    return markdown_table(["floor", "µs", "note"], lines)
+
+
+def header_text(meta: dict) -> str:
+    commit = (meta.get("git_commit") or "unknown")[:12]
+    return (f"**{meta['device']}** (compute capability {meta.get('capability', '?')}), "
+            f"torch {meta['torch']}, CUDA {meta.get('cuda')}, cuDNN {meta.get('cudnn')}, "
+            f"commit `{commit}`, {meta['date'][:10]}.")
+
+
+CONVENTIONS = (
+    "fused_rnn vs torch.nn (cuDNN) in one process, on the same weights and inputs; median of "
+    "{runs} runs timed with CUDA events after warm-up, inputs rotated among several buffers; "
+    "speedup = cuDNN time / fused time, only where the fused kernel ran (a fallback to the "
+    "reference path is labelled, never counted as the kernel's speed). Wave step = time / (T + L − 1). "
+    "TFLOP/s counts 2·B·T·Σ_l(in_l + H)·G·H per forward (G = 4 LSTM, 3 GRU), 3× that for "
+    "training; % of the dtype's dense datasheet peak. tf32 = float32 with TF32 allowed (PyTorch's "
+    "cuDNN default); MiB = peak memory above parameters and inputs."
+)
+
+
+# --------------------------------------------------------------------- section
+
+
+def acceptance_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if all(r[k] in v for k, v in ACCEPTANCE.items())]
+
+
+def render_section(results_dir: str | None, readme_dir: str = REPO) -> str:
+    """Markdown for the README between the markers (no heading)."""
+    path = os.path.join(results_dir, "results.json") if results_dir else None
+    if not path or not os.path.exists(path):
+        return NO_RESULTS + "\n"
+    with open(path) as f:
+        doc = json.load(f)
+    meta, rows = doc["meta"], doc["cases"]
+    link = os.path.relpath(os.path.abspath(results_dir), os.path.abspath(readme_dir)).replace(os.sep, "/")
+    shown, note = rows, ""
+    if len(rows) > README_MAX_ROWS:
+        shown = acceptance_rows(rows)
+        note = f" Acceptance shapes shown ({len(shown)} of {len(rows)} cases)."
+    parts = [
+        f"Latest GPU run: {header_text(meta)}",
+        CONVENTIONS.format(runs=meta.get("runs", "≥ 20")) + note,
+        results_table(shown),
+    ]
+    if os.path.exists(os.path.join(results_dir, "speedup.png")):
+        parts.append(f"![speedup vs batch size]({link}/speedup.png)")
+    if doc.get("floors"):
+        parts.append("Synchronisation floors on this GPU (`benchmarks/floors.py`):\n\n"
+                     + floors_table(doc["floors"]))
+    parts.append(
+        f"All cases: [{link}/results.md]({link}/results.md) (also JSON and CSV). "
+        f"Reproduce on an H100/H200: `pip install --no-build-isolation -e . && "
+        f"python benchmarks/bench.py --quick` (this run: `{meta['command']}`)."
+    )
+    return "\n\n".join(parts) + "\n"
+
+
+def latest_results_dir(root: str = os.path.join(HERE, "results")) -> str | None:
+    """The results folder whose results.json has the newest date, or None."""
+    best = None
+    for path in glob.glob(os.path.join(root, "*", "results.json")):
+        try:
+            with open(path) as f:
+                date = json.load(f)["meta"]["date"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if best is None or date > best[0]:
+            best = (date, os.path.dirname(path))
+    return best[1] if best else None
+
+
+def update_readme(readme: str, section: str) -> None:
+    with open(readme) as f:
+        text = f.read()
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"{readme}: markers {START} ... {END} not found")
+    text = text[: i + len(START)] + "\n" + section + text[j:]
+    with open(readme, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results_dir", nargs="?", help="folder holding results.json (default: newest "
+                    "under benchmarks/results/)")
+    ap.add_argument("--update-readme", action="store_true", help="rewrite README.md between the markers")
+    ap.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    args = ap.parse_args(argv)
+    results_dir = args.results_dir or latest_results_dir()
+    readme_dir = os.path.dirname(os.path.abspath(args.readme))
+    section = render_section(results_dir, readme_dir)
+    if args.update_readme:
+        update_readme(args.readme, section)
+        print(f"updated {args.readme} from {results_dir or '(no GPU results)'}", file=sys.stderr)
+    else:
+        sys.stdout.write(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
