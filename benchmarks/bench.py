@@ -1,0 +1,830 @@
+"""fused_rnn vs torch.nn (cuDNN): time, memory, and which backend actually ran.
+
+    python benchmarks/bench.py --quick        # acceptance shapes, under ~2 min on an H100
+    python benchmarks/bench.py                # the full sweep (hours)
+    python benchmarks/bench.py --cell LSTM --layers 4 --hidden 512 --batch 32 --seq 512 \
+        --dtype bf16 --mode train --dropout 0   # one shape (each flag takes a comma list)
+    python benchmarks/bench.py --quick --floors # also the barrier / cuDNN-step floors
+
+On a GPU: fused_rnn, torch.nn (cuDNN) and, for small shapes, the reference
+loop (`fused_rnn.reference`), in one process, on the same weights (one
+state_dict copied into every module) and the same inputs. Results go to
+benchmarks/results/<device>/ (or --out): results.json, results.csv,
+results.md and plots. Without a GPU it checks the reference path against
+torch.nn on CPU (parity + timings), writes nothing unless --out is given, and
+says that speed numbers need a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import report  # noqa: E402
+
+DEVICE = "cuda"  # tests/test_bench.py points this at "cpu" to run the sweep logic with CUDA faked
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+OP_MODE = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH"}  # fused_rnn.reference's mode names
+DTYPES = {  # name -> (torch dtype, TF32 allowed for cuDNN and matmuls; None: not float32)
+    "tf32": (torch.float32, True),
+    "fp32": (torch.float32, False),
+    "bf16": (torch.bfloat16, None),
+    "fp16": (torch.float16, None),
+}
+# Dense tensor-core (and fp32 FMA) peaks in TFLOP/s: NVIDIA datasheet figures, not measured.
+PEAK_SOURCE = "NVIDIA datasheet, dense (no sparsity), SXM parts: H100 SXM and H200"
+PEAK_TFLOPS = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}
+FLOP_CONVENTION = ("forward FLOPs = 2*B*T*sum_l (in_l + H)*G*H (G = 4 LSTM, 3 GRU, 1 RNN; "
+                   "gate matmuls only, unidirectional); training (forward + backward) = 3x forward")
+
+FULL = dict(cell=["LSTM", "GRU"], layers=[1, 2, 4], hidden=[128, 256, 512, 1024],
+            batch=[1, 8, 32, 128, 512], seq=[128, 512], dtype=list(DTYPES),
+            mode=["infer", "train"], dropout=[0.0, 0.2])
+
+
+def peak_tflops(device: str, dtype: str) -> float | None:
+    """Datasheet peak for the dtype on H100 SXM / H200; None on any other device."""
+    name = device.upper()
+    known = ("H200" in name and "NVL" not in name) or ("H100" in name and ("SXM" in name or "HBM3" in name))
+    return PEAK_TFLOPS[dtype] if known else None
+
+
+def forward_flops(cell: str, layers: int, hidden: int, batch: int, seq: int, input_size: int) -> int:
+    """2*B*T*sum_l (in_l + H)*G*H: the gate matmuls of a unidirectional stack."""
+    width = sum((input_size if l == 0 else hidden) + hidden for l in range(layers))
+    return 2 * batch * seq * width * GATES[cell] * hidden
+
+
+def case_flops(c: "Case") -> int:
+    f = forward_flops(c.cell, c.layers, c.hidden, c.batch, c.seq, c.hidden)
+    return 3 * f if c.mode == "train" else f
+
+
+# ----------------------------------------------------------------- the cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq: int
+    dtype: str
+    mode: str  # "infer" (eval, no_grad) or "train" (forward + backward)
+    dropout: float = 0.0
+
+    def label(self) -> str:
+        m = self.mode + (f" p={self.dropout:g}" if self.dropout else "")
+        return f"{self.cell} L={self.layers} H={self.hidden} B={self.batch} T={self.seq} {self.dtype} {m}"
+
+
+@dataclasses.dataclass
+class Result:
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq: int
+    input_size: int
+    dtype: str
+    mode: str
+    dropout: float
+    status: str = ""  # ok | fallback | mismatch | skipped | error
+    reason: str = ""
+    fused_backend: str = ""
+    fused_ms: float | None = None
+    fused_ms_min: float | None = None
+    fused_ms_max: float | None = None
+    cudnn_ms: float | None = None
+    cudnn_ms_min: float | None = None
+    cudnn_ms_max: float | None = None
+    reference_ms: float | None = None
+    reference_ms_min: float | None = None
+    reference_ms_max: float | None = None
+    flashrnn_ms: float | None = None
+    flashrnn_ms_min: float | None = None
+    flashrnn_ms_max: float | None = None
+    speedup_vs_cudnn: float | None = None
+    us_per_wave_step: float | None = None
+    cudnn_us_per_layer_step: float | None = None
+    tokens_per_s_fused: float | None = None
+    tokens_per_s_cudnn: float | None = None
+    gflop: float | None = None
+    tflops_fused: float | None = None
+    tflops_cudnn: float | None = None
+    peak_tflops: float | None = None
+    peak_share_fused: float | None = None
+    peak_share_cudnn: float | None = None
+    mem_fused_mib: float | None = None
+    mem_cudnn_mib: float | None = None
+    max_abs_diff_vs_cudnn: float | None = None
+    host_syncs_fused: int | None = None
+    host_syncs_cudnn: int | None = None
+    runs: int = 0
+    buffers: int = 0
+
+
+def normalize(c: Case) -> Case | None:
+    """Inference has no dropout; a 1-layer stack has none either (torch applies it between layers)."""
+    if c.mode == "infer" or c.layers == 1:
+        if c.dropout and c.mode == "train":
+            return None
+        return dataclasses.replace(c, dropout=0.0)
+    return c
+
+
+def quick_cases() -> list[Case]:
+    acc = [Case("LSTM", L, H, B, 512, dt, mode)
+           for mode in ("infer", "train") for dt in ("tf32", "bf16")
+           for L in (2, 4) for H in (256, 512) for B in (1, 32, 512)]
+    extra = [Case("GRU", 2, 512, B, 512, "bf16", mode) for mode in ("infer", "train") for B in (1, 32, 512)]
+    extra += [Case("LSTM", 4, 512, 32, 512, dt, "train", 0.2) for dt in ("tf32", "bf16")]
+    extra += [Case("LSTM", 2, 256, B, 128, dt, "infer") for dt in ("tf32", "bf16") for B in (1, 32)]
+    return acc + extra
+
+
+def full_cases() -> list[Case]:
+    out = []
+    for cell in FULL["cell"]:
+        for dt in FULL["dtype"]:
+            for mode in FULL["mode"]:
+                for p in FULL["dropout"]:
+                    for L in FULL["layers"]:
+                        for H in FULL["hidden"]:
+                            for T in FULL["seq"]:
+                                for B in FULL["batch"]:
+                                    out.append(Case(cell, L, H, B, T, dt, mode, p))
+    return out
+
+
+def select_cases(args) -> list[Case]:
+    """The base sweep (quick or full), each axis given on the command line replaced by its values."""
+    cases = quick_cases() if args.quick else full_cases()
+    for axis in ("cell", "layers", "hidden", "batch", "seq", "dtype", "mode", "dropout"):
+        values = getattr(args, axis)
+        if values is not None:
+            cases = [dataclasses.replace(c, **{axis: v}) for c in cases for v in values]
+    seen, out = set(), []
+    for c in cases:
+        c = normalize(c)
+        if c is not None and c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+# ------------------------------------------------------------ fused_rnn import
+
+
+def import_fused_rnn():
+    """The installed package, else the one in this checkout."""
+    try:
+        import fused_rnn
+    except ImportError:
+        sys.path.insert(0, common.REPO)
+        import fused_rnn
+    return fused_rnn
+
+
+def make_modules(fused_rnn, cell, layers, hidden, input_size, dropout, device, dtype):
+    """torch.nn module and fused_rnn module holding the very same weights."""
+    kw = dict(num_layers=layers, dropout=dropout, device=device, dtype=dtype)
+    ref = getattr(nn, cell)(input_size, hidden, **kw)
+    fused = getattr(fused_rnn, cell)(input_size, hidden, **kw)
+    fused.load_state_dict(ref.state_dict())
+    a, b = list(ref.named_parameters()), list(fused.named_parameters())
+    if [n for n, _ in a] != [n for n, _ in b] or not all(torch.equal(p, q) for (_, p), (_, q) in zip(a, b)):
+        raise RuntimeError("fused module does not hold the same weights as the torch.nn module")
+    return ref, fused
+
+
+def max_abs_diff(a, b) -> float:
+    if isinstance(a, tuple):
+        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+    return (a.double() - b.double()).abs().max().item()
+
+
+# ------------------------------------------------------------------ CPU mode
+
+
+@dataclasses.dataclass
+class Parity:
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq: int
+    dtype: str
+    mode: str
+    backend: str
+    max_abs_diff_output: float
+    max_abs_diff_state: float
+    max_abs_diff_grads: float | None
+    reference_ms: float
+    torch_ms: float
+    runs: int
+    ok: bool
+
+
+CPU_DTYPES = {"fp32": (torch.float32, 1e-4), "fp64": (torch.float64, 1e-10)}  # dtype, tolerance
+
+
+def cpu_time(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return common.stats(times)[0]
+
+
+def cpu_parity(fused_rnn, cell, layers, hidden, batch, seq, dtype_name, mode, runs) -> Parity:
+    dtype, tol = CPU_DTYPES[dtype_name]
+    torch.manual_seed(0)
+    ref, fused = make_modules(fused_rnn, cell, layers, hidden, hidden, 0.0, "cpu", dtype)
+    train = mode == "train"
+    ref.train(train)
+    fused.train(train)
+    x = torch.randn(seq, batch, hidden, dtype=dtype, requires_grad=train)
+    gout = torch.randn(seq, batch, hidden, dtype=dtype)
+
+    def run(m):
+        with torch.set_grad_enabled(train):
+            out, state = m(x)
+            grads = None
+            if train:
+                params = [x] + list(m.parameters())
+                grads = torch.autograd.grad(out, params, gout)
+            return out.detach(), state, grads
+
+    (o1, s1, g1), (o2, s2, g2) = run(ref), run(fused)
+    d_out = max_abs_diff(o1, o2)
+    d_state = max_abs_diff(s1, s2)
+    d_grad = max_abs_diff(tuple(g1), tuple(g2)) if train else None
+    worst = max(d_out, d_state, d_grad or 0.0)
+    return Parity(cell, layers, hidden, batch, seq, dtype_name, mode, fused.last_backend or "",
+                  d_out, d_state, d_grad, cpu_time(lambda: run(fused), runs),
+                  cpu_time(lambda: run(ref), runs), runs, bool(worst <= tol))
+
+
+def cpu_main(args, fused_rnn) -> int:
+    info = fused_rnn.backend_info()
+    torch.set_num_threads(1)  # tiny shapes: one thread is fastest and steadiest on a shared machine
+    print("No CUDA GPU visible: GPU speed numbers need a GPU (an H100/H200: scripts/gpu_check.sh, "
+          "or `python benchmarks/bench.py --quick` there).")
+    print(f"fused_rnn backend here: {info.get('default_path')} ({info.get('reason')})")
+    print("Checking the reference path (fused_rnn modules on CPU) against torch.nn, forward and "
+          "gradients, and timing both on CPU:\n")
+    cells = args.cell or ["LSTM", "GRU", "RNN"]
+    layers = args.layers or [2]
+    hidden, batch, seq = args.hidden or [32], args.batch or [4], args.seq or [16]
+    modes = args.mode or ["infer", "train"]
+    rows = []
+    for cell in cells:
+        for L in layers:
+            for H in hidden:
+                for B in batch:
+                    for T in seq:
+                        for dt in CPU_DTYPES:
+                            for mode in modes:
+                                rows.append(cpu_parity(fused_rnn, cell, L, H, B, T, dt, mode, args.cpu_runs))
+    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "max |Δ| out", "max |Δ| state",
+              "max |Δ| grads", "reference ms", "torch.nn ms", "parity"]
+    lines = [[r.cell, r.layers, r.hidden, r.batch, r.seq, r.dtype, r.mode,
+              f"{r.max_abs_diff_output:.1e}", f"{r.max_abs_diff_state:.1e}",
+              "—" if r.max_abs_diff_grads is None else f"{r.max_abs_diff_grads:.1e}",
+              report.num(r.reference_ms), report.num(r.torch_ms), "ok" if r.ok else "FAIL"]
+             for r in rows]
+    table = report.markdown_table(header, lines)
+    print(table)
+    bad = [r for r in rows if not r.ok]
+    print(f"\nparity: {len(rows) - len(bad)}/{len(rows)} cases within tolerance "
+          f"(fp32 1e-4, fp64 1e-10; CPU timings are medians of {args.cpu_runs} runs, "
+          f"{torch.get_num_threads()} thread; they say nothing about GPU speed).")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        meta = dict(common.environment(), fused_rnn=info, kind="cpu parity")
+        common.write_json(os.path.join(args.out, "parity.json"), meta, rows)
+        common.write_csv(os.path.join(args.out, "parity.csv"), rows)
+        with open(os.path.join(args.out, "parity.md"), "w") as f:
+            f.write(f"CPU parity run, {meta['date']}, `{meta['command']}`\n\n{table}\n")
+        print(f"wrote {args.out}/parity.json, parity.csv, parity.md")
+    return 1 if bad else 0
+
+
+# ------------------------------------------------------------------ GPU mode
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class Skip(Exception):
+    """A case (or one implementation of it) that is not run, with the reason."""
+
+
+def count_host_syncs(step, x) -> int:
+    """How many synchronising CUDA calls torch sees during one step(x)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def buffer_count(x_bytes: int) -> int:
+    """Input buffers to rotate: enough that two L2s' worth of inputs cycle, 2 to 8."""
+    l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 2**26
+    return max(2, min(8, math.ceil(2 * l2 / max(x_bytes, 1))))
+
+
+def estimate_bytes(c: Case, buffers: int) -> int:
+    """Rough upper bound of device memory one case needs (inputs, activations of one implementation)."""
+    e = torch.empty((), dtype=DTYPES[c.dtype][0]).element_size()
+    io = c.seq * c.batch * c.hidden * e
+    params = c.layers * 2 * GATES[c.cell] * c.hidden * c.hidden * e * 2  # two modules
+    acts = c.layers * c.seq * c.batch * c.hidden * (GATES[c.cell] + 3) * e
+    if c.mode == "train":
+        return params * 2 + io * (2 * buffers + 4) + 2 * acts
+    return params + io * (buffers + 4) + 2 * c.layers * c.batch * c.hidden * e
+
+
+class Runner:
+    """Runs the cases of one sweep on the current GPU."""
+
+    def __init__(self, args, fused_rnn):
+        self.args, self.fused_rnn = args, fused_rnn
+        self.device = torch.cuda.get_device_name()
+        self.deadline = None
+        self.flashrnn = None
+        if not args.no_flashrnn:
+            try:
+                from flashrnn.flashrnn import flashrnn as fn  # flashrnn 1.x layout
+                self.flashrnn = getattr(fn, "flashrnn", fn)
+            except ImportError:
+                pass
+
+    # -- one implementation ---------------------------------------------------
+
+    def measure(self, name, step, xs, prepare, res: Result, fused=None) -> None:
+        """Warm up, count host syncs, measure memory, then time; fills res.<name>_ms*."""
+        a = self.args
+        prepare()
+        step(xs[0])  # first call: JIT / cuDNN plan / autotuning
+        if fused is not None and not fused.last_backend.startswith("fused") and not a.time_fallbacks:
+            return  # the fallback path is labelled, not timed (--time-fallbacks to time it)
+        est = common.cuda_time(step, xs, runs=1, warmup=0, prepare=prepare)[0]
+        budget = a.case_budget
+        if est * (a.runs + a.warmup) / 1e3 > budget:
+            raise Skip(f"{name} too slow: {est:.0f} ms per run, {a.runs} runs exceed the "
+                       f"per-case budget of {budget:g} s (--case-budget)")
+        prepare()
+        syncs = count_host_syncs(step, xs[0])
+        prepare()
+        mem = common.peak_memory_mib(step, xs[0])
+        times = common.cuda_time(step, xs, runs=a.runs, warmup=a.warmup, prepare=prepare)
+        med, lo, hi = common.stats(times)
+        setattr(res, f"{name}_ms", med)
+        setattr(res, f"{name}_ms_min", lo)
+        setattr(res, f"{name}_ms_max", hi)
+        if name in ("fused", "cudnn"):
+            setattr(res, f"mem_{name}_mib", mem)
+            setattr(res, f"host_syncs_{name}", syncs)
+
+    def guarded(self, name, fn, res: Result, notes: list) -> bool:
+        """Run fn(); an OOM or a Skip of one implementation becomes a note, not a crash."""
+        try:
+            fn()
+            return True
+        except Skip as e:
+            notes.append(str(e))
+        except torch.cuda.OutOfMemoryError:
+            notes.append(f"{name}: out of memory")
+        except Exception as e:  # a crash of one implementation is a result too
+            notes.append(f"{name}: {one_line(e)}")
+        torch.cuda.empty_cache()
+        return False
+
+    # -- one case -----------------------------------------------------------------
+
+    def run_case(self, c: Case) -> Result:
+        res = Result(c.cell, c.layers, c.hidden, c.batch, c.seq, c.hidden, c.dtype, c.mode, c.dropout,
+                     runs=self.args.runs, gflop=case_flops(c) / 1e9,
+                     peak_tflops=peak_tflops(self.device, c.dtype))
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            res.status, res.reason = "skipped", "sweep time budget exhausted (--time-budget)"
+            return res
+        try:
+            self._run_case(c, res)
+        except Skip as e:
+            res.status, res.reason = "skipped", str(e)
+        except torch.cuda.OutOfMemoryError:
+            res.status, res.reason = "skipped", "out of memory"
+        except Exception as e:  # e.g. the modules cannot be built for this shape
+            res.status, res.reason = "error", one_line(e)
+        finally:
+            torch.cuda.empty_cache()
+        return res
+
+    def _run_case(self, c: Case, res: Result) -> None:
+        a, fr = self.args, self.fused_rnn
+        dtype, tf32 = DTYPES[c.dtype]
+        if tf32 is not None:  # the same setting for cuDNN, cuBLAS and the fused kernel
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        train = c.mode == "train"
+        T, B, H, L = c.seq, c.batch, c.hidden, c.layers
+        x_bytes = T * B * H * torch.empty((), dtype=dtype).element_size()
+        n_buf = buffer_count(x_bytes)
+        res.buffers = n_buf
+        torch.cuda.empty_cache()
+        need, free = estimate_bytes(c, n_buf), torch.cuda.mem_get_info()[0]
+        if need > 0.9 * free:
+            raise Skip(f"would run out of memory (needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free)")
+
+        torch.manual_seed(0)
+        ref, fused = make_modules(fr, c.cell, L, H, H, c.dropout, DEVICE, dtype)
+        ref.train(train)
+        fused.train(train)
+        xs = [torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=train) for _ in range(n_buf)]
+        gout = torch.randn(T, B, H, device=DEVICE, dtype=dtype) if train else None
+        params = list(ref.parameters()) + list(fused.parameters())
+
+        def prepare():  # host only: drop the previous run's gradients
+            for p in params:
+                p.grad = None
+            for x in xs:
+                x.grad = None
+
+        def module_step(m):
+            if train:
+                def step(x):
+                    torch.autograd.backward(m(x)[0], gout)
+            else:
+                def step(x):
+                    with torch.no_grad():
+                        m(x)
+            return step
+
+        def parity():  # same function? (dropout changes the values by design)
+            if c.dropout == 0:
+                with torch.no_grad():
+                    res.max_abs_diff_vs_cudnn = max_abs_diff(fused(xs[0]), ref(xs[0]))
+
+        notes = []
+        fused_ok = self.guarded("fused", parity, res, notes) and self.guarded("fused", lambda: self.measure(
+            "fused", module_step(fused), xs, prepare, res, fused=fused), res, notes)
+        res.fused_backend = self.fused_backend(fused, train)
+        self.guarded("cudnn", lambda: self.measure("cudnn", module_step(ref), xs, prepare, res), res, notes)
+        if self.use_reference(c):
+            self.guarded("reference", lambda: self.measure(
+                "reference", self.reference_step(ref, c, gout), xs, prepare, res), res, notes)
+        if self.flashrnn is not None and c.cell == "LSTM" and L == 1:
+            self.guarded("flashrnn", lambda: self.measure(
+                "flashrnn", self.flashrnn_step(ref, c, gout), xs, prepare, res), res, notes)
+        self.finish(c, res, fused_ok, notes)
+
+    def fused_backend(self, fused, train: bool) -> str:
+        """What the fused module ran: its last_backend, plus the backward path in training."""
+        fwd = fused.last_backend or "unknown"
+        if not train:
+            return fwd
+        bwd = getattr(fused, "last_backward_backend", None)
+        if bwd is None:
+            # Mirrors fused_rnn.ops._rnn_backward_cuda: the fused backward runs when the forward
+            # was fused and the extension registered fused_rnn::_fused_backward.
+            registered = hasattr(getattr(torch.ops, "fused_rnn", None), "_fused_backward")
+            if fwd.startswith("fused") and registered:
+                bwd = "fused"
+            else:
+                bwd = "reference: " + ("forward not fused" if registered else "fused_rnn::_fused_backward not registered")
+        return f"forward {fwd}; backward {bwd}"
+
+    def finish(self, c: Case, res: Result, fused_ok: bool, notes: list) -> None:
+        """Status and the derived numbers; speed ratios only for the kernel itself."""
+        kernel = res.fused_backend.startswith("fused") or res.fused_backend.startswith("forward fused")
+        kernel = kernel and "backward reference" not in res.fused_backend
+        diff = res.max_abs_diff_vs_cudnn
+        if not fused_ok or res.cudnn_ms is None and res.fused_ms is None:
+            res.status = "skipped" if any("too slow" in n or "out of memory" in n for n in notes) else "error"
+        elif not kernel:
+            res.status = "fallback"
+            notes.insert(0, res.fused_backend)
+        elif diff is not None and not diff <= 0.1:
+            res.status = "mismatch"
+            notes.insert(0, f"fused output differs from cuDNN by {diff:.3g}")
+        else:
+            res.status = "ok"
+        res.reason = "; ".join(notes)
+        tokens = c.batch * c.seq
+        flop = case_flops(c)
+        if res.cudnn_ms:
+            res.cudnn_us_per_layer_step = 1e3 * res.cudnn_ms / (c.seq * c.layers)
+            res.tokens_per_s_cudnn = tokens / (res.cudnn_ms / 1e3)
+            res.tflops_cudnn = flop / (res.cudnn_ms / 1e3) / 1e12
+            if res.peak_tflops:
+                res.peak_share_cudnn = res.tflops_cudnn / res.peak_tflops
+        if res.status == "ok" and res.fused_ms:
+            res.us_per_wave_step = 1e3 * res.fused_ms / (c.seq + c.layers - 1)
+            res.tokens_per_s_fused = tokens / (res.fused_ms / 1e3)
+            res.tflops_fused = flop / (res.fused_ms / 1e3) / 1e12
+            if res.peak_tflops:
+                res.peak_share_fused = res.tflops_fused / res.peak_tflops
+            if res.cudnn_ms:
+                res.speedup_vs_cudnn = res.cudnn_ms / res.fused_ms
+
+    # -- the other implementations -------------------------------------------------
+
+    def use_reference(self, c: Case) -> bool:
+        if self.args.reference == "auto":  # the loop launches ~10 kernels per layer and step
+            return c.seq * c.layers <= 512 and c.hidden <= 512 and c.batch <= 32
+        return self.args.reference == "on"
+
+    def reference_step(self, ref, c: Case, gout):
+        """fused_rnn.reference.rnn_forward (the pure-PyTorch stack) on the nn module's weights."""
+        fr = self.fused_rnn
+        weights = list(ref._flat_weights)
+        kw = dict(device=DEVICE, dtype=weights[0].dtype)
+        h0 = torch.zeros(c.layers, c.batch, c.hidden, **kw)
+        c0 = torch.zeros(c.layers, c.batch, c.hidden, **kw) if c.cell == "LSTM" else None
+        p = c.dropout if c.mode == "train" else 0.0
+
+        def forward(x):
+            seed = fr.dropout.draw_seed(x.device) if p > 0 else None
+            return fr.reference.rnn_forward(x, weights, h0, c0, None, seed, OP_MODE[c.cell], c.layers,
+                                            False, True, 0, p, False)[0]
+
+        if c.mode == "train":
+            return lambda x: torch.autograd.backward(forward(x), gout)
+
+        def step(x):
+            with torch.no_grad():
+                forward(x)
+        return step
+
+    def flashrnn_step(self, ref, c: Case, gout):
+        """FlashRNN (fused CUDA backend), single-layer LSTM. Timing only: the nn weights are
+        reshaped into FlashRNN's argument shapes without mapping its gate order and layout."""
+        w_ih, w_hh, b_ih, b_hh = [w.detach() for w in ref._flat_weights]
+        train, H, B, T = c.mode == "train", c.hidden, c.batch, c.seq
+        R = w_hh.reshape(4, 1, H, H).clone().requires_grad_(train)
+        b = (b_ih + b_hh).reshape(4, 1, H).clone().requires_grad_(train)
+        W = w_ih.clone().requires_grad_(train)
+        dt = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[W.dtype]
+
+        def forward(x):  # x (T, B, I); the input projection is part of the timed work, as in cuDNN
+            wx = torch.nn.functional.linear(x.transpose(0, 1), W).reshape(B, T, 4, 1, H)
+            return self.flashrnn(wx, R, b, function="lstm", backend="cuda_fused", dtype=dt)[0]
+
+        if train:
+            return lambda x: torch.autograd.backward(forward(x), gout.transpose(0, 1).reshape(1, B, T, 1, H))
+
+        def step(x):
+            with torch.no_grad():
+                forward(x)
+        return step
+
+
+def progress_line(i: int, n: int, c: Case, r: Result) -> str:
+    def ms(v):
+        return "—" if v is None else f"{v:.3g} ms"
+    s = f"[{i}/{n}] {c.label()}: "
+    if r.status == "skipped":
+        return s + f"skipped ({r.reason})"
+    s += f"fused {ms(r.fused_ms)}, cuDNN {ms(r.cudnn_ms)}"
+    if r.speedup_vs_cudnn:
+        s += f", {r.speedup_vs_cudnn:.2f}x"
+    if r.reference_ms is not None:
+        s += f", reference {ms(r.reference_ms)}"
+    if r.status != "ok":
+        s += f"  [{r.status}: {r.reason}]"
+    return s
+
+
+def run_sweep(runner: Runner, cases: list[Case]) -> list[Result]:
+    tqdm = common.optional("tqdm")
+    bar = tqdm.tqdm(total=len(cases), unit="case", dynamic_ncols=True) if tqdm else None
+    out = []
+    for i, c in enumerate(cases, 1):
+        if bar:
+            bar.set_description(c.label())
+        r = runner.run_case(c)
+        out.append(r)
+        line = progress_line(i, len(cases), c, r)
+        if bar:
+            bar.write(line)
+            bar.update()
+        else:
+            print(line, flush=True)
+    if bar:
+        bar.close()
+    return out
+
+
+# -------------------------------------------------------------------- outputs
+
+
+def plot(results: list[Result], out_dir: str, device: str) -> list[str]:
+    """speedup.png (speedup vs batch, per H and dtype) and step_time.png (time per step vs T)."""
+    mpl = common.optional("matplotlib")
+    if mpl is None:
+        print("matplotlib not installed: plots skipped")
+        return []
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if r.status == "ok"]
+    if not ok:
+        print("no case where the fused kernel ran: plots skipped")
+        return []
+    written = []
+    dtypes = [d for d in DTYPES if any(r.dtype == d for r in ok)]
+    groups = sorted({(r.cell, report.mode_label(dataclasses.asdict(r))) for r in ok})
+    hs = sorted({r.hidden for r in ok})
+    colors = {h: plt.cm.viridis(i / max(1, len(hs) - 1)) for i, h in enumerate(hs)}
+    styles = {1: ":", 2: "--", 4: "-"}
+    fig, axes = plt.subplots(len(groups), len(dtypes), squeeze=False, sharex=True,
+                             figsize=(4.2 * len(dtypes), 3.2 * len(groups)))
+    for gi, (cell, mode) in enumerate(groups):
+        for di, dt in enumerate(dtypes):
+            ax = axes[gi][di]
+            ax.set_title(f"{cell} {mode} {dt}", fontsize=9)
+            here = [r for r in ok if (r.cell, report.mode_label(dataclasses.asdict(r)), r.dtype) == (cell, mode, dt)]
+            if not here:
+                ax.axis("off")
+                continue
+            for (L, H, T) in sorted({(r.layers, r.hidden, r.seq) for r in here}):
+                pts = sorted((r.batch, r.speedup_vs_cudnn) for r in here if (r.layers, r.hidden, r.seq) == (L, H, T))
+                ax.plot(*zip(*pts), marker="o" if T == max(FULL["seq"]) else "s", color=colors[H],
+                        linestyle=styles.get(L, "-."), label=f"L={L} H={H} T={T}")
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("speedup vs cuDNN")
+            ax.legend(fontsize=6)
+    fig.suptitle(f"fused_rnn speedup over cuDNN (cuDNN time / fused time)\n{device}", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "speedup.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    # time per timestep vs T at the smallest batch, inference: the latency regime
+    fig, axes = plt.subplots(1, len(dtypes), squeeze=False, figsize=(4.5 * len(dtypes), 3.4))
+    for di, dt in enumerate(dtypes):
+        ax = axes[0][di]
+        rows = [r for r in ok if r.dtype == dt and r.mode == "infer"]
+        if not rows:
+            continue
+        b0 = min(r.batch for r in rows)
+        for key in sorted({(r.cell, r.layers, r.hidden) for r in rows}):
+            sel = sorted((r.seq, r) for r in rows if (r.cell, r.layers, r.hidden) == key and r.batch == b0)
+            if not sel:
+                continue
+            T = [s for s, _ in sel]
+            line, = ax.plot(T, [1e3 * r.fused_ms / r.seq for _, r in sel], marker="o",
+                            label=f"fused {key[0]} L={key[1]} H={key[2]}")
+            ax.plot(T, [1e3 * r.cudnn_ms / r.seq for _, r in sel], marker="x", linestyle="--",
+                    color=line.get_color(), label=f"cuDNN {key[0]} L={key[1]} H={key[2]}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("T (timesteps)")
+        ax.set_ylabel("µs per timestep (time / T)")
+        ax.set_title(f"{dt}, inference, B={b0}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"time per step vs T\n{device}", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "step_time.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_outputs(out_dir: str, meta: dict, results: list[Result], floors: dict | None) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    common.write_json(os.path.join(out_dir, "results.json"), meta, results, floors=floors)
+    common.write_csv(os.path.join(out_dir, "results.csv"), results)
+    rows = [dataclasses.asdict(r) for r in results]
+    md = [f"# fused_rnn benchmark: {meta['device']}", "", report.header_text(meta), "",
+          f"Command: `{meta['command']}`", "", report.CONVENTIONS.format(runs=meta["runs"]), "",
+          report.results_table(rows), ""]
+    if floors:
+        md += ["## Synchronisation floors", "", report.floors_table(floors), ""]
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write("\n".join(md))
+    files = ["results.json", "results.csv", "results.md"]
+    files += [os.path.basename(p) for p in plot(results, out_dir, meta["device"])]
+    print(f"wrote {', '.join(files)} to {out_dir}")
+
+
+def gpu_main(args, fused_rnn) -> int:
+    print("fused_rnn: loading the CUDA extension (a first use may JIT-build it)...", flush=True)
+    info = fused_rnn.backend_info()
+    print(f"device: {torch.cuda.get_device_name()}; fused_rnn: {info.get('default_path')}"
+          + ("" if info.get("extension_loaded") else f" ({info.get('reason')})"), flush=True)
+    if not info.get("extension_loaded"):
+        print("WARNING: the fused extension is not loaded: every fused case will be labelled "
+              "'fallback' (reference path), and no speedup is reported for it.", flush=True)
+    cases = select_cases(args)
+    runner = Runner(args, fused_rnn)
+    if args.time_budget:
+        runner.deadline = time.monotonic() + args.time_budget
+    print(f"{len(cases)} cases, {args.runs} timed runs each (median/min/max, CUDA events)", flush=True)
+    t0 = time.monotonic()
+    results = run_sweep(runner, cases)
+    floors = None
+    if args.floors:
+        import floors as floors_mod
+        floors = floors_mod.run_all()
+        print(report.floors_table(floors))
+    meta = dict(common.environment(), fused_rnn=info, fused_rnn_path=os.path.dirname(fused_rnn.__file__),
+                runs=args.runs, warmup=args.warmup, flop_convention=FLOP_CONVENTION,
+                peak_tflops=PEAK_TFLOPS if peak_tflops(runner.device, "bf16") else None,
+                peak_source=PEAK_SOURCE, sweep_seconds=round(time.monotonic() - t0, 1),
+                flashrnn=runner.flashrnn is not None)
+    rows = [dataclasses.asdict(r) for r in results]
+    print()
+    print(report.results_table(rows))
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "fallback", "mismatch", "skipped", "error")}
+    print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" in {meta['sweep_seconds']} s")
+    out_dir = args.out or os.path.join(common.REPO, "benchmarks", "results", meta["device_slug"])
+    write_outputs(out_dir, meta, results, floors)
+    return 0
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv=None):
+    def csv_of(kind):
+        return lambda s: [kind(v) for v in s.split(",") if v]
+
+    def upper(s):
+        return s.upper()
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--quick", action="store_true", help="acceptance shapes only (< 2 min on an H100)")
+    ap.add_argument("--cell", type=csv_of(upper), help="LSTM,GRU,RNN")
+    ap.add_argument("--layers", type=csv_of(int))
+    ap.add_argument("--hidden", type=csv_of(int), help="hidden size (input size = hidden size)")
+    ap.add_argument("--batch", type=csv_of(int))
+    ap.add_argument("--seq", type=csv_of(int))
+    ap.add_argument("--dtype", type=csv_of(str), help="tf32,fp32,bf16,fp16 (fp32 = TF32 off)")
+    ap.add_argument("--mode", type=csv_of(str), help="infer,train")
+    ap.add_argument("--dropout", type=csv_of(float), help="training dropout(s), e.g. 0,0.2")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per implementation (>= 20)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up runs before the timed ones")
+    ap.add_argument("--case-budget", type=float, default=None,
+                    help="seconds one implementation may take for its timed runs (default 15 quick, 120 full)")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds for the whole sweep, later cases recorded as skipped (default 100 with --quick)")
+    ap.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
+                    help="time fused_rnn.reference on the GPU too (auto: T*L <= 512, H <= 512, B <= 32)")
+    ap.add_argument("--time-fallbacks", action="store_true",
+                    help="also time the fused module where it fell back to the reference path")
+    ap.add_argument("--no-flashrnn", action="store_true", help="skip FlashRNN even if importable")
+    ap.add_argument("--floors", action="store_true", help="also run benchmarks/floors.py (GPU)")
+    ap.add_argument("--cpu-runs", type=int, default=5, help="timed runs per case in the CPU check")
+    ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/ on a GPU; "
+                    "nothing is written on CPU without it)")
+    args = ap.parse_args(argv)
+    for name, allowed in (("cell", GATES), ("dtype", DTYPES), ("mode", ("infer", "train"))):
+        bad = [v for v in getattr(args, name) or [] if v not in allowed]
+        if bad:
+            ap.error(f"--{name}: unknown {bad}; choose from {', '.join(allowed)}")
+    if args.runs < 20:
+        print(f"note: --runs {args.runs} is below the 20 runs the published numbers use", file=sys.stderr)
+    if args.case_budget is None:
+        args.case_budget = 15.0 if args.quick else 120.0
+    if args.time_budget is None and args.quick:
+        args.time_budget = 100.0
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    fused_rnn = import_fused_rnn()
+    if not torch.cuda.is_available():
+        return cpu_main(args, fused_rnn)
+    return gpu_main(args, fused_rnn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
