@@ -1,0 +1,244 @@
+"""CPU tests of benchmarks/: the main command on CPU, the FLOP formula, result
+files, the README renderer, the GPU sweep logic with CUDA faked, and floors.cu
+compiling with bare nvcc. Synthetic results live in tmp dirs only."""
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+sys.path.insert(0, BENCH)
+
+import bench  # noqa: E402
+import common  # noqa: E402
+import report  # noqa: E402
+
+
+def _listing(root):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, --quick runs the GPU sweep")
+def test_quick_on_cpu_prints_parity_and_writes_nothing():
+    results = os.path.join(BENCH, "results")
+    before = _listing(results)
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "bench.py"), "--quick"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "GPU speed numbers need a GPU" in r.stdout
+    assert "parity: 12/12 cases within tolerance" in r.stdout
+    assert "FAIL" not in r.stdout
+    assert _listing(results) == before
+
+
+def test_forward_flops_hand_computed():
+    # LSTM, I=5, H=3, L=2, B=2, T=7: 2*B*T*((5+3) + (3+3))*4*3 = 28*14*12
+    assert bench.forward_flops("LSTM", 2, 3, 2, 7, 5) == 4704
+    # GRU, I=H=4, L=1, B=1, T=1: 2*(4+4)*3*4
+    assert bench.forward_flops("GRU", 1, 4, 1, 1, 4) == 192
+    assert bench.forward_flops("RNN", 1, 4, 1, 1, 4) == 64
+    # training counts forward + backward as 3x forward
+    c = bench.Case("LSTM", 2, 3, 2, 7, "bf16", "train")
+    assert bench.case_flops(c) == 3 * 2 * 2 * 7 * (6 + 6) * 4 * 3
+    assert bench.case_flops(dataclasses.replace(c, mode="infer")) == 2 * 2 * 7 * 12 * 12
+
+
+def test_peak_table_only_for_known_devices():
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989
+    assert bench.peak_tflops("NVIDIA H200", "tf32") == 494
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67
+    assert bench.peak_tflops("NVIDIA H100 PCIe", "bf16") is None
+    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") is None
+
+
+def test_case_selection():
+    args = bench.parse_args(["--quick"])
+    quick = bench.select_cases(args)
+    for L in (2, 4):
+        for H in (256, 512):
+            for B in (1, 32, 512):
+                for dt in ("tf32", "bf16"):
+                    for mode in ("infer", "train"):
+                        assert bench.Case("LSTM", L, H, B, 512, dt, mode) in quick
+    assert all(c.dropout == 0 for c in quick if c.mode == "infer")
+    one = bench.select_cases(bench.parse_args(
+        "--cell gru --layers 4 --hidden 512 --batch 32 --seq 512 --dtype bf16 --mode train --dropout 0.2".split()))
+    assert one == [bench.Case("GRU", 4, 512, 32, 512, "bf16", "train", 0.2)]
+    full = bench.select_cases(bench.parse_args([]))
+    assert not any(c.layers == 1 and c.dropout for c in full)
+    assert len(full) == len(set(full))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dtype", "fp8"])
+
+
+def _result(**kw):
+    base = dict(cell="LSTM", layers=2, hidden=256, batch=32, seq=512, input_size=256, dtype="bf16",
+                mode="train", dropout=0.2)
+    base.update(kw)
+    return bench.Result(**base)
+
+
+def test_csv_and_json_round_trip(tmp_path):
+    rows = [
+        _result(status="ok", fused_backend="fused: wavefront, 1/3 \"quoted\", comma", fused_ms=1 / 3,
+                fused_ms_min=0.1, fused_ms_max=1e-9, speedup_vs_cudnn=2.5, host_syncs_fused=0,
+                runs=20, buffers=8),
+        _result(status="skipped", reason="out of memory", mode="infer", dropout=0.0),
+    ]
+    common.write_csv(tmp_path / "r.csv", rows)
+    assert common.read_csv(tmp_path / "r.csv", bench.Result) == rows
+    common.write_json(tmp_path / "r.json", {"device": "x"}, rows, floors=None)
+    doc = common.read_json(tmp_path / "r.json")
+    assert [bench.Result(**d) for d in doc["cases"]] == rows
+    assert doc["meta"] == {"device": "x"} and doc["floors"] is None
+
+
+def _synthetic_run(tmp_path, date="2026-01-02T03:04:05+00:00"):
+    """A made-up results folder (never committed: it lives in tmp_path)."""
+    meta = dict(device="FAKE GPU (synthetic test data)", capability="9.0", torch="2.11.0+cu130",
+                cuda="13.0", cudnn=91000, git_commit="0123456789abcdef", date=date,
+                command="python benchmarks/bench.py --quick", runs=20)
+    rows = [
+        _result(status="ok", dropout=0.0, fused_backend="fused: test", fused_ms=2.0, cudnn_ms=5.0,
+                speedup_vs_cudnn=2.5, us_per_wave_step=3.9, tflops_fused=12.0, peak_share_fused=0.012,
+                mem_fused_mib=10.0, mem_cudnn_mib=20.0),
+        _result(status="fallback", dropout=0.0, batch=512, fused_backend="reference: not covered",
+                reason="fused module fell back: reference: not covered", cudnn_ms=7.0),
+    ]
+    out = tmp_path / "results" / "fake-gpu"
+    os.makedirs(out)
+    common.write_json(out / "results.json", meta, rows,
+                      floors={"grid_sync": [dict(threads=128, exchange=False, blocks=132, us=0.9)],
+                              "cluster_sync": [dict(cluster_size=16, exchange=True, clusters=0, us=None,
+                                                    reason="not available: operation not supported")],
+                              "cudnn_layer_step": []})
+    return out
+
+
+def test_report_renders_and_updates_readme(tmp_path):
+    out = _synthetic_run(tmp_path)
+    text = report.render_section(str(out), str(tmp_path))
+    assert "FAKE GPU (synthetic test data)" in text and "2026-01-02" in text
+    assert "**2.50×**" in text
+    assert "— (fallback)" in text and "reference: not covered" in text
+    assert "results/fake-gpu/results.md" in text
+    assert "not available: operation not supported" in text
+    assert report.NO_RESULTS in report.render_section(None)
+    assert report.NO_RESULTS in report.render_section(str(tmp_path / "nowhere"))
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.START}\nold\n{report.END}\n\ntail\n")
+    assert report.main([str(out), "--update-readme", "--readme", str(readme)]) == 0
+    once = readme.read_text()
+    assert "old" not in once and "**2.50×**" in once and once.endswith(f"{report.END}\n\ntail\n")
+    report.main([str(out), "--update-readme", "--readme", str(readme)])
+    assert readme.read_text() == once  # idempotent
+
+    newer = _synthetic_run(tmp_path / "b", date="2027-01-01T00:00:00+00:00")
+    shutil.move(str(newer), str(tmp_path / "results" / "newer-gpu"))
+    assert report.latest_results_dir(str(tmp_path / "results")).endswith("newer-gpu")
+
+
+# ------------------------------------------------------------ GPU logic, faked
+
+
+class _FakeEvent:
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return 1e3 * (end.t - self.t)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda as the sweep sees it on an H100, with tensors on the CPU."""
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132,
+                                  total_memory=80 << 30, L2_cache_size=50 << 20)
+    c = torch.cuda
+    for name, value in dict(
+        is_available=lambda: True, get_device_name=lambda *a: props.name,
+        get_device_properties=lambda *a: props, current_device=lambda: 0, Event=_FakeEvent,
+        synchronize=lambda *a: None, reset_peak_memory_stats=lambda *a: None,
+        memory_allocated=lambda *a: 0, max_memory_allocated=lambda *a: 3 << 20,
+        empty_cache=lambda: None, mem_get_info=lambda *a: (80 << 30, 80 << 30),
+        set_sync_debug_mode=lambda *a: None,
+    ).items():
+        monkeypatch.setattr(c, name, value)
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+
+
+def _fake_fused_rnn():
+    """fused_rnn whose LSTM claims the fused kernel ran; its GRU keeps the real CPU label."""
+    import fused_rnn
+
+    class LSTM(fused_rnn.LSTM):
+        def forward(self, *a, **k):
+            out = super().forward(*a, **k)
+            self.last_backend = "fused: fake kernel (test)"
+            self.last_backward_backend = "fused: fake kernel (test)"
+            return out
+
+    return types.SimpleNamespace(LSTM=LSTM, GRU=fused_rnn.GRU, RNN=fused_rnn.RNN,
+                                 reference=fused_rnn.reference, dropout=fused_rnn.dropout,
+                                 backend_info=lambda: {"extension_loaded": True, "default_path": "fake"},
+                                 __file__=fused_rnn.__file__)
+
+
+def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = bench.parse_args(["--cell", "LSTM,GRU", "--layers", "2", "--hidden", "8", "--batch", "2",
+                             "--seq", "4", "--dtype", "tf32", "--mode", "infer,train", "--dropout", "0,0.2",
+                             "--runs", "3", "--warmup", "1", "--out", str(out)])
+    assert bench.gpu_main(args, _fake_fused_rnn()) == 0
+    doc = common.read_json(out / "results.json")
+    assert doc["meta"]["device"] == "NVIDIA H100 80GB HBM3" and doc["meta"]["runs"] == 3
+    rows = {(r["cell"], r["mode"], r["dropout"]): r for r in doc["cases"]}
+    assert set(rows) == {(c, m, p) for c in ("LSTM", "GRU") for m, p in
+                         (("infer", 0.0), ("train", 0.0), ("train", 0.2))}
+    ok = rows[("LSTM", "infer", 0.0)]
+    assert ok["status"] == "ok", ok["reason"]
+    assert ok["speedup_vs_cudnn"] == pytest.approx(ok["cudnn_ms"] / ok["fused_ms"])
+    assert ok["us_per_wave_step"] == pytest.approx(1e3 * ok["fused_ms"] / (4 + 2 - 1))
+    assert ok["max_abs_diff_vs_cudnn"] < 1e-5  # the same weights in both modules
+    assert ok["reference_ms"] is not None and ok["mem_fused_mib"] == 3.0
+    assert ok["peak_share_fused"] == pytest.approx(ok["tflops_fused"] / 494)
+    assert rows[("LSTM", "train", 0.2)]["status"] == "ok"
+    assert rows[("LSTM", "train", 0.2)]["max_abs_diff_vs_cudnn"] is None  # dropout: no value check
+    for key in (("GRU", "infer", 0.0), ("GRU", "train", 0.0)):  # the real CPU path: a fallback
+        r = rows[key]
+        assert r["status"] == "fallback" and r["speedup_vs_cudnn"] is None and r["fused_ms"] is None
+        assert r["fused_backend"].startswith("reference") or "backward reference" in r["fused_backend"]
+    assert common.read_csv(out / "results.csv", bench.Result)[0].cell == "LSTM"
+    assert "fallback" in (out / "results.md").read_text()
+
+
+# ------------------------------------------------------------------ floors.cu
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
+    src = os.path.join(BENCH, "csrc", "floors.cu")
+    assert "torch" not in "".join(l for l in open(src) if l.startswith("#include"))
+    lib = tmp_path / "floors.so"
+    r = subprocess.run(["nvcc", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-shared",
+                        "-Xcompiler", "-fPIC", src, "-o", str(lib)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    so = ctypes.CDLL(str(lib))  # cudart is linked statically: loads without a GPU
+    for name in ("floors_grid_sync", "floors_cluster_sync", "floors_error_string"):
+        assert hasattr(so, name)
