@@ -1,0 +1,76 @@
+// Shared vocabulary of the fused_rnn kernels: enums, limits, small helpers.
+//
+// No torch header and no CUDA header: this file (like gate_math.h,
+// forward_params.h and forward_plan.h) also compiles with a plain g++, so the
+// planner and the gate math are unit-tested on machines without a GPU
+// (tests/test_compile_kernels.py).
+#pragma once
+
+#include <stdint.h>
+
+// FRNN_HD is spelled exactly as in philox.cuh (identical redefinition is legal).
+#if defined(__CUDACC__)
+#ifndef FRNN_HD
+#define FRNN_HD __host__ __device__ __forceinline__
+#endif
+#define FRNN_DEVICE __device__ __forceinline__
+#else
+#ifndef FRNN_HD
+#define FRNN_HD inline
+#endif
+#define FRNN_DEVICE inline
+#endif
+
+namespace fused_rnn {
+
+// Element types of the tensors (input, weights, states, outputs).
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// torch's `mode` strings: "LSTM", "GRU", "RNN_TANH", "RNN_RELU".
+enum class Mode : int { kLSTM = 0, kGRU = 1, kRnnTanh = 2, kRnnRelu = 3 };
+
+// What the kernel template is specialised on. The two Elman variants share a
+// kernel (the nonlinearity is a runtime flag: a uniform branch in the
+// epilogue costs nothing next to the GEMM).
+enum class CellKind : int { kLSTM = 0, kGRU = 1, kRNN = 2 };
+
+FRNN_HD CellKind cell_kind(Mode m) {
+  return m == Mode::kLSTM ? CellKind::kLSTM
+       : m == Mode::kGRU  ? CellKind::kGRU
+                          : CellKind::kRNN;
+}
+
+// Gates per hidden unit, in torch's weight layout: LSTM i,f,g,o; GRU r,z,n.
+FRNN_HD int num_gates(Mode m) {
+  return m == Mode::kLSTM ? 4 : m == Mode::kGRU ? 3 : 1;
+}
+
+FRNN_HD int dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+
+inline const char* dtype_name(DType t) {
+  return t == DType::kFloat32 ? "float32" : t == DType::kFloat16 ? "float16" : "bfloat16";
+}
+
+inline const char* mode_name(Mode m) {
+  return m == Mode::kLSTM ? "LSTM" : m == Mode::kGRU ? "GRU"
+       : m == Mode::kRnnTanh ? "RNN_TANH" : "RNN_RELU";
+}
+
+// Threads per CTA of the forward kernel (8 warps). Fixed: the planner, the
+// occupancy query and the kernel's __launch_bounds__ all use it.
+constexpr int kForwardThreads = 256;
+constexpr int kForwardWarps = kForwardThreads / 32;
+
+// Upper bound on num_layers * num_directions: the per-(layer, direction)
+// weight pointers travel inside the kernel's parameter struct (no device-side
+// pointer table, so no host-to-device copy and nothing to keep alive).
+constexpr int kMaxLayerDirs = 32;
+
+// Tile edge of the tensor-core GEMM (wmma 16x16x16, or 16x16x8 for TF32):
+// M (gate rows), N (batch columns) and K (reduction) are padded to it.
+constexpr int kTile = 16;
+
+FRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+FRNN_HD int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+}  // namespace fused_rnn

@@ -1,0 +1,185 @@
+// Runtime dispatch (dtype x cell x tf32 -> template instantiation), the
+// device-aware planner (occupancy from the CUDA runtime, cached), and build
+// facts. The instantiations live in forward_<dtype>.cu, compiled in parallel.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "forward_api.h"
+
+namespace fused_rnn {
+namespace fwd {
+// Declared here, defined (and explicitly instantiated) in forward_kernel.cuh
+// via forward_{f32,tf32,f16,bf16}.cu.
+template <typename T, CellKind CELL, bool TF32> const void* forward_kernel_ptr();
+template <typename T, CellKind CELL, bool TF32>
+cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream);
+}  // namespace fwd
+
+namespace {
+
+template <typename T, bool TF32>
+const void* kernel_for_cell(CellKind cell) {
+  switch (cell) {
+    case CellKind::kLSTM: return fwd::forward_kernel_ptr<T, CellKind::kLSTM, TF32>();
+    case CellKind::kGRU: return fwd::forward_kernel_ptr<T, CellKind::kGRU, TF32>();
+    default: return fwd::forward_kernel_ptr<T, CellKind::kRNN, TF32>();
+  }
+}
+
+const void* kernel_symbol(DType dtype, CellKind cell, bool tf32) {
+  switch (dtype) {
+    case DType::kFloat16: return kernel_for_cell<__half, false>(cell);
+    case DType::kBFloat16: return kernel_for_cell<__nv_bfloat16, false>(cell);
+    default:
+      return tf32 ? kernel_for_cell<float, true>(cell) : kernel_for_cell<float, false>(cell);
+  }
+}
+
+template <typename T, bool TF32>
+cudaError_t launch_for_cell(const ForwardParams& p, cudaStream_t stream) {
+  switch (cell_kind(static_cast<Mode>(p.mode))) {
+    case CellKind::kLSTM: return fwd::launch_forward_kernel<T, CellKind::kLSTM, TF32>(p, stream);
+    case CellKind::kGRU: return fwd::launch_forward_kernel<T, CellKind::kGRU, TF32>(p, stream);
+    default: return fwd::launch_forward_kernel<T, CellKind::kRNN, TF32>(p, stream);
+  }
+}
+
+struct OccupancyQuery {
+  const void* fn;
+  cudaError_t err;
+};
+
+int query_occupancy(const void* ctx, int64_t smem_bytes) {
+  auto* q = static_cast<OccupancyQuery*>(const_cast<void*>(ctx));
+  int blocks = 0;
+  const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, q->fn, kForwardThreads, static_cast<size_t>(smem_bytes));
+  if (e != cudaSuccess) {
+    q->err = e;
+    return 0;
+  }
+  return blocks;
+}
+
+std::string cuda_reason(const char* what, cudaError_t e) {
+  return std::string("CUDA error while planning (") + what + "): " + cudaGetErrorString(e);
+}
+
+// Cache: (device, every problem field) -> result. Planning queries the
+// occupancy API several times; a training loop plans the same shape twice per
+// step (Python's check, then the op), so this keeps the host cost ~1 us.
+using PlanKey = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t,
+                           int64_t, int, bool, bool, double, bool>;
+std::mutex g_mutex;
+std::map<PlanKey, PlanResult> g_cache;
+std::map<std::pair<int, const void*>, bool> g_attr_set;
+
+}  // namespace
+
+PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
+  const PlanKey key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
+                    pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
+                    pr.seq_len, static_cast<int>(pr.dtype), pr.need_reserve, pr.has_lengths,
+                    pr.dropout, pr.allow_tf32};
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto hit = g_cache.find(key);
+  if (hit != g_cache.end()) return hit->second;
+
+  PlanResult bad;
+  DeviceLimits dev;
+  int smem_optin = 0, smem_sm = 0;
+  cudaError_t e;
+  if ((e = cudaDeviceGetAttribute(&dev.sm_count, cudaDevAttrMultiProcessorCount, device)) ||
+      (e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) ||
+      (e = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) ||
+      (e = cudaDeviceGetAttribute(&dev.cc_major, cudaDevAttrComputeCapabilityMajor, device)) ||
+      (e = cudaDeviceGetAttribute(&dev.cc_minor, cudaDevAttrComputeCapabilityMinor, device))) {
+    cudaGetLastError();
+    bad.reason = cuda_reason("device attributes", e);
+    return bad;  // not cached: may be transient
+  }
+  dev.smem_optin_per_block = smem_optin;
+  dev.smem_per_sm = smem_sm;
+
+  const bool tf32 = pr.dtype == DType::kFloat32 && pr.allow_tf32;
+  OccupancyQuery q{kernel_symbol(pr.dtype, cell_kind(pr.mode), tf32), cudaSuccess};
+  // Is there code for this device in the extension at all?
+  cudaFuncAttributes attr;
+  e = cudaFuncGetAttributes(&attr, q.fn);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear it: the caller's launch checks must not see it
+    char buf[256];
+    snprintf(buf, sizeof(buf),
+             "the extension has no kernel code for this device (sm_%d%d): %s; rebuild with "
+             "TORCH_CUDA_ARCH_LIST covering it",
+             dev.cc_major, dev.cc_minor, cudaGetErrorString(e));
+    bad.reason = buf;
+    g_cache[key] = bad;
+    return bad;
+  }
+  // Let the occupancy API (and later launches) use the full opt-in shared
+  // memory, and prefer the largest shared-memory carveout. Once per (device, kernel).
+  auto& done = g_attr_set[{device, q.fn}];
+  if (!done) {
+    if ((e = cudaFuncSetAttribute(q.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin)) ||
+        (e = cudaFuncSetAttribute(q.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared))) {
+      cudaGetLastError();
+      bad.reason = cuda_reason("cudaFuncSetAttribute", e);
+      return bad;
+    }
+    done = true;
+  }
+  PlanResult r = plan_forward(pr, dev, &query_occupancy, &q);
+  if (q.err != cudaSuccess) {
+    cudaGetLastError();
+    bad.reason = cuda_reason("occupancy query", q.err);
+    return bad;
+  }
+  if (g_cache.size() > 4096) g_cache.clear();  // bound memory for shape-varying workloads
+  g_cache[key] = r;
+  return r;
+}
+
+cudaError_t launch_forward(const ForwardParams& p, DType dtype, bool use_tf32,
+                           cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat16: return launch_for_cell<__half, false>(p, stream);
+    case DType::kBFloat16: return launch_for_cell<__nv_bfloat16, false>(p, stream);
+    default:
+      return use_tf32 ? launch_for_cell<float, true>(p, stream)
+                      : launch_for_cell<float, false>(p, stream);
+  }
+}
+
+std::vector<std::string> compiled_archs() {
+  std::vector<std::string> out;
+#if defined(__CUDA_ARCH_LIST__)
+  const int archs[] = {__CUDA_ARCH_LIST__};
+  for (int a : archs) out.push_back("sm_" + std::to_string(a / 10));
+#endif
+  return out;
+}
+
+int forward_binary_version(int device, std::string* why) {
+  int prev = 0;
+  cudaGetDevice(&prev);
+  cudaSetDevice(device);
+  cudaFuncAttributes attr;
+  const cudaError_t e = cudaFuncGetAttributes(
+      &attr, kernel_symbol(DType::kBFloat16, CellKind::kLSTM, false));
+  cudaSetDevice(prev);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = cudaGetErrorString(e);
+    return -1;
+  }
+  return attr.binaryVersion;
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,482 @@
+// The persistent forward kernel: a whole LSTM / GRU / RNN stack, every layer
+// and every timestep, in one cooperative launch.
+//
+// Schedule (one grid-wide barrier per step):
+//   unidirectional  T + L - 1 wave steps; at step s layer l computes t = s - l
+//                   (its input h^{l-1}_t and its state h^l_{t-1} were both
+//                   written at step s - 1).
+//   bidirectional   L * T steps; layer l runs at steps [l*T, (l+1)*T), both
+//                   directions at once (forward t = k, reverse t = T-1-k):
+//                   layer l + 1 needs all T outputs of layer l.
+//
+// Per step, an active CTA (owner of units [u0, u0 + Uc) of one (layer,
+// direction)), for each batch tile of NB rows:
+//   1. gathers X = [x_t ; h_{t-1}] (NB x K) into shared memory -- loads go
+//      through L2 (ld.global.cg): the data was written by other CTAs in this
+//      same launch, and L1 is not coherent across SMs;
+//   2. gates = W X on tensor cores (wmma, fp32 accumulate) or FP32 FMA, the
+//      x part and the h part as separate partial sums;
+//   3. epilogue, one thread per (unit, batch row): sums partials + biases,
+//      gate nonlinearities and cell update in fp32, length masking, writes
+//      h_t (ring), the layer output (dropped copy for the next layer: each mask
+//      bit is computed once, by the owner), the reserve, and h_n / c_n.
+// Then grid.sync().
+//
+// No torch header: compiled by bare nvcc in CI (tests/test_compile_kernels.py).
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include "common.h"
+#include "forward_params.h"
+#include "gate_math.h"
+#include "philox.cuh"
+
+namespace fused_rnn {
+namespace fwd {
+
+namespace cg = cooperative_groups;
+namespace wmma = nvcuda::wmma;
+
+// ------------------------------------------------------------ element access
+
+template <typename T> FRNN_DEVICE float to_f(T v);
+template <> FRNN_DEVICE float to_f<float>(float v) { return v; }
+template <> FRNN_DEVICE float to_f<__half>(__half v) { return __half2float(v); }
+template <> FRNN_DEVICE float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> FRNN_DEVICE T from_f(float v);
+template <> FRNN_DEVICE float from_f<float>(float v) { return v; }
+template <> FRNN_DEVICE __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> FRNN_DEVICE __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Scalar load through L2 only (never the non-coherent L1 / texture path).
+template <typename T> FRNN_DEVICE T ld_cg(const T* p);
+template <> FRNN_DEVICE float ld_cg<float>(const float* p) { return __ldcg(p); }
+template <> FRNN_DEVICE __half ld_cg<__half>(const __half* p) {
+  return __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+}
+template <> FRNN_DEVICE __nv_bfloat16 ld_cg<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+}
+
+FRNN_DEVICE float round_tf32(float v) { return wmma::__float_to_tf32(v); }
+
+FRNN_DEVICE uint4 round_tf32_4(uint4 v) {
+  v.x = __float_as_uint(round_tf32(__uint_as_float(v.x)));
+  v.y = __float_as_uint(round_tf32(__uint_as_float(v.y)));
+  v.z = __float_as_uint(round_tf32(__uint_as_float(v.z)));
+  v.w = __float_as_uint(round_tf32(__uint_as_float(v.w)));
+  return v;
+}
+
+// Copies `rows` global rows (`n` elements each, row stride src_ld) into shared
+// rows of stride ldd. 16-byte vectors when the source allows it (any row
+// length / alignment works: the scalar path covers the rest). ROUND rounds
+// fp32 to TF32 on the way, so the TF32 MMA reads pre-rounded operands.
+// Must be called by the whole CTA.
+template <typename T, bool ROUND>
+FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (src_ld % kVec == 0) &&
+                   (n % kVec == 0);
+  if (vec) {
+    const int per_row = n / kVec;
+    const int total = rows * per_row;
+    for (int i = threadIdx.x; i < total; i += kForwardThreads) {
+      const int r = i / per_row;
+      const int c = i - r * per_row;
+      uint4 v = __ldcg(reinterpret_cast<const uint4*>(src + r * src_ld) + c);
+      if (ROUND) v = round_tf32_4(v);
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ldd + c * kVec) = v;
+    }
+  } else {
+    const int total = rows * n;
+    for (int i = threadIdx.x; i < total; i += kForwardThreads) {
+      const int r = i / n;
+      const int c = i - r * n;
+      T v = ld_cg(src + r * src_ld + c);
+      if (ROUND) v = from_f<T>(round_tf32(to_f(v)));
+      dst[static_cast<int64_t>(r) * ldd + c] = v;
+    }
+  }
+}
+
+// ------------------------------------------------------------ the GEMM
+
+// Warp work item `it` -> (m tile, n tile, K split); the K range in 16-tiles
+// and the first column of its part (x part at 0, h part at kx_pad).
+struct WorkItem {
+  int mt, nt, split, kt0, kt1, col;
+};
+
+FRNN_DEVICE WorkItem work_item(const ForwardConfig& c, int it, int kt_x_layer, int kt_h) {
+  const int splits = c.x_splits + c.h_splits;
+  const int nts = c.batch_tile / kTile;
+  WorkItem w;
+  w.split = it % splits;
+  const int mn = it / splits;
+  w.nt = mn % nts;
+  w.mt = mn / nts;
+  if (w.split < c.x_splits) {
+    w.kt0 = w.split * c.k_chunk;
+    w.kt1 = min(kt_x_layer, w.kt0 + c.k_chunk);  // layers with narrower input skip zero tiles
+    w.col = 0;
+  } else {
+    w.kt0 = (w.split - c.x_splits) * c.k_chunk;
+    w.kt1 = min(kt_h, w.kt0 + c.k_chunk);
+    w.col = c.kx_pad;
+  }
+  return w;
+}
+
+// Where item results go: part[split][n][m] (column-major per split) so the
+// epilogue reads consecutive gate rows for consecutive units: no bank conflicts.
+FRNN_DEVICE float* part_tile(float* part, const ForwardConfig& c, const WorkItem& w) {
+  return part + (static_cast<int64_t>(w.split) * c.batch_tile + w.nt * kTile) * c.m_pad +
+         w.mt * kTile;
+}
+
+template <typename T, bool TF32> struct MmaTypes;
+
+template <typename T> struct MmaTypes<T, false> {  // fp16 / bf16
+  static constexpr int kK = 16;
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
+  using B = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
+  using C = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+};
+
+template <> struct MmaTypes<float, true> {  // fp32 storage, TF32 math
+  static constexpr int kK = 8;
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+  using B = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+  using C = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+};
+
+// Tensor-core GEMM of one batch tile: every warp loops over its work items.
+// Two accumulators per item (even / odd K steps) halve the dependent-MMA chain.
+template <typename T, bool TF32>
+FRNN_DEVICE void gemm_tensor_core(const T* sw, const T* sx, float* part, const ForwardConfig& c,
+                                  int kt_x_layer, int kt_h) {
+  using M = MmaTypes<T, TF32>;
+  constexpr int kK = M::kK;
+  const int warp = threadIdx.x / 32;
+  const int items = (c.m_pad / kTile) * (c.batch_tile / kTile) * (c.x_splits + c.h_splits);
+  for (int it = warp; it < items; it += kForwardWarps) {
+    const WorkItem w = work_item(c, it, kt_x_layer, kt_h);
+    typename M::C acc0, acc1;
+    wmma::fill_fragment(acc0, 0.0f);
+    wmma::fill_fragment(acc1, 0.0f);
+    const T* a = sw + static_cast<int64_t>(w.mt * kTile) * c.ld + w.col;
+    const T* b = sx + static_cast<int64_t>(w.nt * kTile) * c.ld + w.col;
+    int k = w.kt0 * kTile;
+    const int k_end = w.kt1 * kTile;
+    for (; k + 2 * kK <= k_end; k += 2 * kK) {
+      typename M::A fa0, fa1;
+      typename M::B fb0, fb1;
+      wmma::load_matrix_sync(fa0, a + k, c.ld);
+      wmma::load_matrix_sync(fb0, b + k, c.ld);
+      wmma::load_matrix_sync(fa1, a + k + kK, c.ld);
+      wmma::load_matrix_sync(fb1, b + k + kK, c.ld);
+      wmma::mma_sync(acc0, fa0, fb0, acc0);
+      wmma::mma_sync(acc1, fa1, fb1, acc1);
+    }
+    if (k < k_end) {
+      typename M::A fa;
+      typename M::B fb;
+      wmma::load_matrix_sync(fa, a + k, c.ld);
+      wmma::load_matrix_sync(fb, b + k, c.ld);
+      wmma::mma_sync(acc0, fa, fb, acc0);
+    }
+#pragma unroll
+    for (int i = 0; i < acc0.num_elements; ++i) acc0.x[i] += acc1.x[i];
+    wmma::store_matrix_sync(part_tile(part, c, w), acc0, c.m_pad, wmma::mem_col_major);
+  }
+}
+
+// Exact fp32 GEMM (float32 without TF32): same work items; lane -> row
+// lane % 16 and 8 batch columns, float4 loads along K (conflict-free: rows
+// are 16 bytes apart modulo 128).
+FRNN_DEVICE void gemm_fp32_fma(const float* sw, const float* sx, float* part,
+                               const ForwardConfig& c, int kt_x_layer, int kt_h) {
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int m = lane % 16;
+  const int n0 = (lane / 16) * 8;
+  const int items = (c.m_pad / kTile) * (c.batch_tile / kTile) * (c.x_splits + c.h_splits);
+  for (int it = warp; it < items; it += kForwardWarps) {
+    const WorkItem w = work_item(c, it, kt_x_layer, kt_h);
+    float acc[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
+    const float* a = sw + static_cast<int64_t>(w.mt * kTile + m) * c.ld + w.col;
+    const float* b = sx + static_cast<int64_t>(w.nt * kTile + n0) * c.ld + w.col;
+    const int k_end = w.kt1 * kTile;
+    for (int k = w.kt0 * kTile; k < k_end; k += 4) {
+      const float4 av = *reinterpret_cast<const float4*>(a + k);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const float4 bv = *reinterpret_cast<const float4*>(b + static_cast<int64_t>(q) * c.ld + k);
+        acc[q] = fmaf(av.x, bv.x, acc[q]);
+        acc[q] = fmaf(av.y, bv.y, acc[q]);
+        acc[q] = fmaf(av.z, bv.z, acc[q]);
+        acc[q] = fmaf(av.w, bv.w, acc[q]);
+      }
+    }
+    float* out = part_tile(part, c, w);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) out[static_cast<int64_t>(n0 + q) * c.m_pad + m] = acc[q];
+  }
+}
+
+// ------------------------------------------------------------ the kernel
+
+template <CellKind CELL> constexpr int kGates = CELL == CellKind::kLSTM ? 4
+                                              : CELL == CellKind::kGRU  ? 3 : 1;
+
+template <typename T, CellKind CELL, bool TF32>
+__global__ void __launch_bounds__(kForwardThreads, 1)
+rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
+  constexpr int G = kGates<CELL>;
+  constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
+  extern __shared__ __align__(128) unsigned char smem[];
+  const ForwardConfig& c = p.cfg;
+  const SmemLayout lay = smem_layout(c);
+  T* const sw = reinterpret_cast<T*>(smem + lay.w);
+  T* const sx = reinterpret_cast<T*>(smem + lay.x);
+  float* const part = reinterpret_cast<float*>(smem + lay.part);
+  float* const bias_x = reinterpret_cast<float*>(smem + lay.bias);
+  float* const bias_h = bias_x + c.m_pad;
+
+  const int H = p.hidden;
+  const int D = p.num_dirs;
+  const int L = p.num_layers;
+  const int64_t B = p.batch;
+  const int64_t T_len = p.seq_len;
+  const int U = c.units_per_cta;
+  const int ld_id = blockIdx.x / c.ctas_per_dir;  // (layer, direction) row l * D + d
+  const int slice = blockIdx.x - ld_id * c.ctas_per_dir;
+  const int layer = ld_id / D;
+  const int dir = ld_id - layer * D;
+  const int u0 = slice * U;
+  const int uc = min(U, H - u0);  // units of this CTA (the last slice may have fewer)
+  const int in_l = layer == 0 ? p.input_size : D * H;
+  const int kt_x_layer = (in_l + kTile - 1) / kTile;
+  const int kt_h = c.kh_pad / kTile;
+  const bool bidir = D == 2;
+
+  // ---- prologue: zero the tiles (padding must be 0, not stale NaNs), then
+  // load this CTA's weight rows and biases once for the whole launch.
+  {
+    uint4* z = reinterpret_cast<uint4*>(smem);
+    const int64_t n16 = lay.part / 16;  // the w and x regions
+    for (int64_t i = threadIdx.x; i < n16; i += kForwardThreads) z[i] = make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  {
+    const T* wih = static_cast<const T*>(p.w_ih[ld_id]);
+    const T* whh = static_cast<const T*>(p.w_hh[ld_id]);
+    for (int g = 0; g < G; ++g) {
+      const int64_t row0 = static_cast<int64_t>(g) * H + u0;
+      load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld, c.ld, wih + row0 * in_l,
+                           in_l, uc, in_l);
+      load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld + c.kx_pad, c.ld,
+                           whh + row0 * H, H, uc, H);
+    }
+    const T* bih = static_cast<const T*>(p.b_ih[ld_id]);
+    const T* bhh = static_cast<const T*>(p.b_hh[ld_id]);
+    for (int r = threadIdx.x; r < c.m_pad; r += kForwardThreads) {
+      const int g = r / U, u = r - g * U;
+      const bool real = g < G && u < uc;
+      const int64_t w_row = static_cast<int64_t>(g) * H + u0 + u;
+      bias_x[r] = real && bih ? to_f(bih[w_row]) : 0.0f;
+      bias_h[r] = real && bhh ? to_f(bhh[w_row]) : 0.0f;
+    }
+  }
+  __syncthreads();
+
+  const T* const x_in = static_cast<const T*>(p.x);
+  const T* const hx = static_cast<const T*>(p.hx);
+  const T* const cx = static_cast<const T*>(p.cx);
+  T* const hring = static_cast<T*>(p.hring);
+  T* const xring = static_cast<T*>(p.xring);
+  T* const y = static_cast<T*>(p.y);
+  T* const layer_buf = static_cast<T*>(p.layer_buf);
+  T* const reserve = static_cast<T*>(p.reserve);
+  const int64_t BH = B * H;
+  // The seed is read on the device: no host sync, CUDA-graph safe.
+  const uint64_t seed = p.dropout_active ? static_cast<uint64_t>(*p.seed) : 0;
+  // Bidirectional layer outputs ping-pong between y and layer_buf so that the
+  // last layer lands in y: layer l writes y iff (L - 1 - l) is even.
+  auto bidir_dest = [&](int l) -> T* { return ((L - 1 - l) % 2 == 0) ? y : layer_buf; };
+
+  cg::grid_group grid = cg::this_grid();
+  const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len : T_len + L - 1;
+
+  for (int64_t s = 0; s < n_steps; ++s) {
+    int64_t k;  // this layer's local step
+    bool active;
+    if (bidir) {
+      k = s - static_cast<int64_t>(layer) * T_len;
+      active = k >= 0 && k < T_len;
+    } else {
+      k = s - layer;
+      active = k >= 0 && k < T_len;
+    }
+    if (active) {
+      const int64_t t = dir == 0 ? k : T_len - 1 - k;
+      // Layer input rows at time t (row stride in_l) and h_{t-1} rows (stride H).
+      const T* xsrc;
+      if (layer == 0) {
+        xsrc = x_in + t * B * in_l;
+      } else if (bidir) {
+        xsrc = bidir_dest(layer - 1) + t * B * in_l;
+      } else if (p.dropout_active) {
+        xsrc = xring + (static_cast<int64_t>(layer - 1) * 2 + (k & 1)) * BH;
+      } else {
+        xsrc = hring + (static_cast<int64_t>(layer - 1) * 2 + (k & 1)) * BH;
+      }
+      const T* hsrc = k == 0 ? hx + ld_id * BH
+                             : hring + (static_cast<int64_t>(ld_id) * 2 + ((k - 1) & 1)) * BH;
+      T* const hdst = hring + (static_cast<int64_t>(ld_id) * 2 + (k & 1)) * BH;
+
+      for (int64_t b0 = 0; b0 < B; b0 += c.batch_tile) {
+        const int nbv = static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B - b0));
+        // 1. gather X (rows >= nbv keep stale data: they only feed discarded columns)
+        load_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l);
+        load_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H);
+        __syncthreads();
+        // 2. gate pre-activations
+        if constexpr (sizeof(T) == 4 && !TF32) {
+          gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
+        } else {
+          gemm_tensor_core<T, TF32>(sw, sx, part, c, kt_x_layer, kt_h);
+        }
+        __syncthreads();
+        // 3. epilogue: one thread per (unit, batch row), units fastest
+        //    (coalesced stores of h rows). No trailing barrier needed: the next
+        //    tile's gather only writes sx, which no one reads after the GEMM,
+        //    and its GEMM writes `part` only after the next __syncthreads.
+        const int pairs = uc * nbv;
+        for (int pi = threadIdx.x; pi < pairs; pi += kForwardThreads) {
+          const int u = pi % uc;
+          const int bl = pi / uc;
+          const int64_t b = b0 + bl;
+          const int j = u0 + u;
+          float gx[G], gh[G];
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            const int row = g * U + u;
+            float ax = bias_x[row], ah = bias_h[row];
+            for (int q = 0; q < c.x_splits; ++q)
+              ax += part[(static_cast<int64_t>(q) * c.batch_tile + bl) * c.m_pad + row];
+            for (int q = c.x_splits; q < c.x_splits + c.h_splits; ++q)
+              ah += part[(static_cast<int64_t>(q) * c.batch_tile + bl) * c.m_pad + row];
+            gx[g] = ax;
+            gh[g] = ah;
+          }
+          const int64_t sidx = ld_id * BH + b * H + j;  // (ld, b, j) in hx / cx / hy / cy / state
+          const float h_prev = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
+          const bool valid = p.lengths == nullptr || t < __ldg(p.lengths + b);
+          T* const rsv = reserve ? reserve + ((ld_id * T_len + t) * B + b) * p.reserve_width
+                                 : nullptr;
+          float h_new;
+          if constexpr (CELL == CellKind::kLSTM) {
+            const float c_prev = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
+            float pre[4];
+#pragma unroll
+            for (int g = 0; g < 4; ++g) pre[g] = gx[g] + gh[g];
+            const LstmOut o = lstm_cell(pre, c_prev);
+            h_new = valid ? o.h : h_prev;
+            const float c_new = valid ? o.c : c_prev;
+            p.state_c[sidx] = c_new;
+            if (rsv) {
+              if (valid) {
+                rsv[j] = from_f<T>(o.i);
+                rsv[H + j] = from_f<T>(o.f);
+                rsv[2 * H + j] = from_f<T>(o.g);
+                rsv[3 * H + j] = from_f<T>(o.o);
+              }
+              rsv[4 * H + j] = from_f<T>(c_new);
+              rsv[5 * H + j] = from_f<T>(h_new);
+            }
+            if (k == T_len - 1) static_cast<T*>(p.cy)[sidx] = from_f<T>(c_new);
+          } else if constexpr (CELL == CellKind::kGRU) {
+            const GruOut o = gru_cell(gx, gh, h_prev);
+            h_new = valid ? o.h : h_prev;
+            if (rsv) {
+              if (valid) {
+                rsv[j] = from_f<T>(o.r);
+                rsv[H + j] = from_f<T>(o.z);
+                rsv[2 * H + j] = from_f<T>(o.n);
+                rsv[3 * H + j] = from_f<T>(o.hn);
+              }
+              rsv[4 * H + j] = from_f<T>(h_new);
+            }
+          } else {
+            const float o = rnn_cell(gx[0] + gh[0], p.mode == static_cast<int>(Mode::kRnnRelu));
+            h_new = valid ? o : h_prev;
+            if (rsv) rsv[j] = from_f<T>(h_new);
+          }
+          p.state_h[sidx] = h_new;
+          const T h_t = from_f<T>(h_new);
+          hdst[b * H + j] = h_t;
+          if (k == T_len - 1) static_cast<T*>(p.hy)[sidx] = h_t;
+
+          // The layer's output at t: zero past the sequence's length; for
+          // every layer but the last, dropped (mask bit computed once, here).
+          T out = valid ? h_t : from_f<T>(0.0f);
+          const bool last = layer == L - 1;
+          if (!last && p.dropout_active && valid) {
+            const bool keep = dropout_keep(seed, p.dropout_threshold, layer, dir,
+                                           static_cast<uint32_t>(t), static_cast<uint32_t>(b), j);
+            out = keep ? from_f<T>(to_f(h_t) * p.dropout_scale) : from_f<T>(0.0f);
+          }
+          if (bidir) {
+            bidir_dest(layer)[(t * B + b) * (2 * H) + dir * H + j] = out;
+          } else if (last) {
+            y[(t * B + b) * H + j] = out;
+          } else if (p.dropout_active) {
+            xring[(static_cast<int64_t>(layer) * 2 + (k & 1)) * BH + b * H + j] = out;
+          }
+          // (unidirectional, no dropout: layer + 1 reads hring directly)
+        }
+      }
+    }
+    if (s + 1 < n_steps) grid.sync();
+  }
+}
+
+// ------------------------------------------------------------ launchers
+
+template <typename T, CellKind CELL, bool TF32>
+const void* forward_kernel_ptr() {
+  return reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32>);
+}
+
+// One cooperative launch on `stream`. The caller (the binding) has planned
+// the config (all CTAs co-resident) and made `p`'s device current.
+template <typename T, CellKind CELL, bool TF32>
+cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
+  const void* fn = forward_kernel_ptr<T, CELL, TF32>();
+  cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(p.cfg.smem_bytes));
+  if (err != cudaSuccess) return err;
+  void* args[] = {const_cast<ForwardParams*>(&p)};
+  return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,
+                                     static_cast<size_t>(p.cfg.smem_bytes), stream);
+}
+
+}  // namespace fwd
+}  // namespace fused_rnn
+
+// Explicit instantiation of one (dtype, cell, tf32) variant: the kernel, its
+// symbol getter and its launcher (used by forward_<dtype>.cu).
+#define FRNN_INSTANTIATE_FORWARD(T, CELL, TF32)                                              \
+  template const void* fused_rnn::fwd::forward_kernel_ptr<T, CELL, TF32>();                 \
+  template cudaError_t fused_rnn::fwd::launch_forward_kernel<T, CELL, TF32>(                \
+      const fused_rnn::ForwardParams&, cudaStream_t);

@@ -1,0 +1,180 @@
+// What the host hands the forward kernel: the problem, the planned
+// configuration, raw pointers, and the layouts of shared memory and of the
+// workspace. Plain structs, no torch and no CUDA header (g++-compilable), so
+// the planner can be unit-tested on a machine without a GPU and a later
+// backward kernel can reuse the same problem/config description.
+//
+// Shapes (T timesteps, B batch, I input size, H hidden size, L layers,
+// D = 1 or 2 directions, G gates, LD = L * D, ld = l * D + d):
+//   x        (T, B, I)                    time-major input
+//   w_ih[ld] (G*H, in_l)  in_0 = I, in_l = D*H for l >= 1
+//   w_hh[ld] (G*H, H)     b_ih[ld], b_hh[ld] (G*H) or null
+//   hx, cx   (LD, B, H)                   cx only for LSTM
+//   lengths  (B,) int64 or null           seed: 0-d int64 or null
+//   y        (T, B, D*H)   hy, cy (LD, B, H)
+//   reserve  (LD, T, B, S) or null        (columns: csrc/README.md)
+#pragma once
+
+#include "common.h"
+
+namespace fused_rnn {
+
+// The call as the op sees it (everything the planner needs, no pointers).
+struct ForwardProblem {
+  Mode mode = Mode::kLSTM;
+  int num_layers = 1;
+  bool bidirectional = false;
+  bool has_biases = true;
+  int64_t proj_size = 0;
+  int64_t input_size = 0;
+  int64_t hidden_size = 0;
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  DType dtype = DType::kFloat32;
+  bool need_reserve = false;
+  bool has_lengths = false;
+  double dropout = 0.0;
+  bool allow_tf32 = false;  // float32 only: TF32 tensor cores instead of FP32 FMA
+
+  int num_dirs() const { return bidirectional ? 2 : 1; }
+  int layer_dirs() const { return num_layers * num_dirs(); }
+  int gates() const { return num_gates(mode); }
+  // Widest layer input: every CTA gets the same dynamic shared memory, so the
+  // weight tile is sized for max(in_l).
+  int64_t max_layer_input() const {
+    const int64_t deep = static_cast<int64_t>(num_dirs()) * hidden_size;
+    return num_layers > 1 && deep > input_size ? deep : input_size;
+  }
+  bool dropout_active() const { return dropout > 0.0 && num_layers > 1; }
+  // Reserve columns S per (ld, t, b); see csrc/README.md.
+  int64_t reserve_width() const {
+    return mode == Mode::kLSTM ? 6 * hidden_size : mode == Mode::kGRU ? 5 * hidden_size
+                                                                      : hidden_size;
+  }
+};
+
+// How the kernel covers a problem (chosen by plan_forward, forward_plan.h).
+//
+// Work split: CTA id = ld * ctas_per_dir + slice owns hidden units
+// [slice*U, min((slice+1)*U, H)) of (layer, direction) ld, i.e. the G*U rows
+// {g*H + u} of W_ih and W_hh, kept in shared memory for the whole launch.
+// Per step it computes gates (m_pad x batch_tile) = W (m_pad x K) * X (K x
+// batch_tile) with K = [x_t ; h_{t-1}], the x part padded to kx_pad and the h
+// part to kh_pad. Warp work items are (16-row tile, 16-column tile, K chunk of
+// k_chunk 16-wide tiles); the x part has x_splits chunks and the h part
+// h_splits chunks, reduced in fp32 in the epilogue (x and h sums separate:
+// GRU's n gate needs them apart).
+struct ForwardConfig {
+  int units_per_cta = 0;  // U
+  int ctas_per_dir = 0;   // C = ceil(H / U)
+  int grid = 0;           // LD * C (all co-resident: cooperative launch)
+  int batch_tile = 0;     // NB: batch columns per GEMM pass (multiple of 16)
+  int m_pad = 0;          // round_up(G * U, 16)
+  int kx_pad = 0;         // round_up(max_layer_input, 16)
+  int kh_pad = 0;         // round_up(H, 16)
+  int ld = 0;             // row stride (elements) of the weight and X tiles
+  int k_chunk = 0;        // 16-wide K tiles per warp work item
+  int x_splits = 0;
+  int h_splits = 0;
+  int elem_bytes = 0;     // bytes per element in shared memory (= dtype size)
+  int blocks_per_sm = 0;  // occupancy at smem_bytes (from the CUDA occupancy API)
+  int64_t smem_bytes = 0; // dynamic shared memory per CTA
+  bool use_tf32 = false;
+};
+
+// Byte offsets of the shared-memory regions of one CTA.
+//   w     (m_pad, ld)            weights, row g*U + u = gate g of unit u0 + u;
+//                                columns [0, in_l) W_ih, [kx_pad, kx_pad + H) W_hh, 0 elsewhere
+//   x     (batch_tile, ld)       X tile: column-major B operand, row b = [x_t(b) ; h_{t-1}(b)]
+//   part  (splits, batch_tile, m_pad) fp32 partial sums of the warp work items
+//   bias  2 x m_pad fp32         b_ih, b_hh per gate row (0 without biases)
+struct SmemLayout {
+  int64_t w = 0, x = 0, part = 0, bias = 0, total = 0;
+};
+
+FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
+  SmemLayout s;
+  s.w = 0;
+  s.x = align_to(s.w + static_cast<int64_t>(c.m_pad) * c.ld * c.elem_bytes, 128);
+  s.part = align_to(s.x + static_cast<int64_t>(c.batch_tile) * c.ld * c.elem_bytes, 128);
+  s.bias = align_to(
+      s.part + static_cast<int64_t>(c.x_splits + c.h_splits) * c.batch_tile * c.m_pad * 4, 128);
+  s.total = align_to(s.bias + 2 * static_cast<int64_t>(c.m_pad) * 4, 128);
+  return s;
+}
+
+// Byte offsets inside the one workspace tensor the binding allocates (-1: absent).
+//   hring    (LD, 2, B, H) dtype   h_t of every (layer, direction), ring of 2
+//                                  steps: the recurrent input of the next step
+//   xring    (L-1, 2, B, H) dtype  unidirectional with dropout: the dropped
+//                                  copy of layer l's output, the input of l+1
+//   layer    (T, B, 2H) dtype      bidirectional, L >= 2: a whole layer's
+//                                  output (dropped); ping-pong with y
+//   state_h  (LD, B, H) fp32       exact state, owner-CTA only
+//   state_c  (LD, B, H) fp32       LSTM cell state, owner-CTA only
+struct WorkspaceLayout {
+  int64_t hring = -1, xring = -1, layer = -1, state_h = -1, state_c = -1, total = 0;
+};
+
+inline WorkspaceLayout forward_workspace(const ForwardProblem& p) {
+  WorkspaceLayout w;
+  const int64_t es = dtype_size(p.dtype);
+  const int64_t BH = p.batch * p.hidden_size;
+  int64_t off = 0;
+  auto take = [&off](int64_t bytes) {
+    const int64_t at = off;
+    off = align_to(off + bytes, 256);
+    return at;
+  };
+  w.hring = take(static_cast<int64_t>(p.layer_dirs()) * 2 * BH * es);
+  if (!p.bidirectional && p.dropout_active()) w.xring = take((p.num_layers - 1) * 2 * BH * es);
+  if (p.bidirectional && p.num_layers > 1) w.layer = take(p.seq_len * 2 * BH * es);
+  w.state_h = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (p.mode == Mode::kLSTM) w.state_c = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  w.total = off;
+  return w;
+}
+
+// Everything the kernel reads: pointers (device memory, dtype as in the
+// problem, contiguous) plus sizes and the config. Passed by value as a
+// __grid_constant__ kernel parameter (about 1.4 KB, under the 4 KB limit).
+struct ForwardParams {
+  ForwardConfig cfg;
+  int mode = 0;  // Mode
+  int num_layers = 0;
+  int num_dirs = 0;
+  int input_size = 0;
+  int hidden = 0;
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+
+  const void* x = nullptr;
+  const void* w_ih[kMaxLayerDirs] = {};
+  const void* w_hh[kMaxLayerDirs] = {};
+  const void* b_ih[kMaxLayerDirs] = {};
+  const void* b_hh[kMaxLayerDirs] = {};
+  const void* hx = nullptr;
+  const void* cx = nullptr;
+  const int64_t* lengths = nullptr;
+  const int64_t* seed = nullptr;
+
+  void* y = nullptr;
+  void* hy = nullptr;
+  void* cy = nullptr;
+  void* reserve = nullptr;  // null: inference, nothing saved
+  int64_t reserve_width = 0;
+
+  void* hring = nullptr;
+  void* xring = nullptr;
+  void* layer_buf = nullptr;
+  float* state_h = nullptr;
+  float* state_c = nullptr;
+
+  bool dropout_active = false;
+  uint64_t dropout_threshold = 0;  // philox.cuh: keep iff bits < threshold
+  float dropout_scale = 0.0f;      // 1 / (1 - p), 0 for p = 1
+};
+
+}  // namespace fused_rnn

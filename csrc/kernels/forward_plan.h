@@ -1,0 +1,233 @@
+// The forward planner: does the fused kernel cover a call, and with which
+// configuration? Pure C++ (g++-compilable); the device facts it needs come in
+// as DeviceLimits and an occupancy callback, so tests can run it with an
+// H100's numbers on a CPU machine. plan_forward_on_device (forward_api.h)
+// fills both from the CUDA runtime.
+//
+// Choice, in order:
+//  1. coverage: dtype, proj_size, layer count, compute capability, sizes;
+//  2. units per CTA U: the smallest U (most CTAs, least shared memory per
+//     CTA) whose grid LD * ceil(H / U) is co-resident (cooperative launch);
+//     U >= floor(16 / G) so that a 16-row tensor-core tile is mostly useful;
+//  3. batch tile NB in {64, 48, 32, 16}: the largest that still fits;
+//  4. K chunk per warp item: minimises the critical warp's MMA count.
+// Rejection says why in words (the module reports it as the fallback reason).
+#pragma once
+
+#include <stdio.h>
+
+#include <string>
+
+#include "common.h"
+#include "forward_params.h"
+
+namespace fused_rnn {
+
+struct DeviceLimits {
+  int sm_count = 0;
+  int64_t smem_optin_per_block = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int64_t smem_per_sm = 0;           // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  int cc_major = 0;
+  int cc_minor = 0;
+};
+
+// Blocks of the forward kernel that fit on one SM with `smem_bytes` of
+// dynamic shared memory (the CUDA occupancy API on a device, an estimate in
+// tests). `ctx` is passed through.
+using OccupancyFn = int (*)(const void* ctx, int64_t smem_bytes);
+
+// Estimate without a device: shared memory (+1 KB reserved per block) and the
+// register file (64K registers per SM; ptxas reports 135-232 registers per
+// thread for the variants, see csrc/kernels/README.md, so 1 block per SM).
+inline int estimate_occupancy(const DeviceLimits& dev, int64_t smem_bytes,
+                              int regs_per_thread = 232) {
+  const int64_t per_block = smem_bytes + 1024;
+  const int64_t by_smem = per_block > 0 ? dev.smem_per_sm / per_block : 0;
+  const int64_t by_regs = 65536 / (static_cast<int64_t>(kForwardThreads) * regs_per_thread);
+  return static_cast<int>(by_smem < by_regs ? by_smem : by_regs);
+}
+
+struct PlanResult {
+  bool ok = false;
+  std::string reason;  // why not (ok == false) or a one-line summary (ok == true)
+  ForwardConfig cfg;
+};
+
+namespace plan_detail {
+
+inline std::string kb(int64_t bytes) {
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.1f KB", bytes / 1024.0);
+  return buf;
+}
+
+// K chunk (in 16-wide tiles) for given rows / batch tile: minimises the warp
+// work items' critical path, ties to fewer splits (less shared memory).
+inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
+  const int mt = c.m_pad / kTile, nt = c.batch_tile / kTile;
+  const int kt_max = kt_x > kt_h ? kt_x : kt_h;
+  int64_t best = -1;
+  for (int kc = kt_max; kc >= 1; --kc) {
+    const int sx = static_cast<int>(ceil_div(kt_x, kc));
+    const int sh = static_cast<int>(ceil_div(kt_h, kc));
+    const int64_t items = static_cast<int64_t>(mt) * nt * (sx + sh);
+    const int64_t rounds = ceil_div(items, kForwardWarps);
+    // 4 units per 16-wide K tile of MMA, 1 per partial read in the epilogue.
+    const int64_t cost = rounds * kc * 4 + (sx + sh);
+    if (best < 0 || cost < best) {
+      best = cost;
+      c.k_chunk = kc;
+      c.x_splits = sx;
+      c.h_splits = sh;
+    }
+  }
+}
+
+inline void fill_minimal_split(ForwardConfig& c, int kt_x, int kt_h) {
+  c.k_chunk = kt_x > kt_h ? kt_x : kt_h;
+  c.x_splits = 1;
+  c.h_splits = 1;
+}
+
+}  // namespace plan_detail
+
+// Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
+inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
+  char buf[512];
+  const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
+                                                : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
+                                                                             : "bf16 tensor cores");
+  const int64_t steps = p.bidirectional ? p.num_layers * p.seq_len
+                                        : p.seq_len + p.num_layers - 1;
+  snprintf(buf, sizeof(buf),
+           "fused: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per layer-direction, "
+           "%d units each), batch tile %d, K chunk %d (%d+%d splits), smem %s/CTA, %d CTA/SM, "
+           "%s, %lld grid steps",
+           mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
+           static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
+           static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
+           c.ctas_per_dir, c.units_per_cta, c.batch_tile, c.k_chunk, c.x_splits, c.h_splits,
+           plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
+           static_cast<long long>(steps));
+  return buf;
+}
+
+inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
+                               OccupancyFn occupancy, const void* occ_ctx) {
+  using plan_detail::kb;
+  PlanResult r;
+  auto reject = [&r](std::string why) {
+    r.ok = false;
+    r.reason = std::move(why);
+    return r;
+  };
+  char buf[512];
+
+  // 1. coverage
+  if (p.proj_size > 0)
+    return reject("proj_size > 0 (LSTM with projections) is not covered by the fused kernel yet");
+  if (p.num_layers < 1 || p.hidden_size < 1 || p.input_size < 1 || p.batch < 1 || p.seq_len < 1)
+    return reject("empty problem (num_layers, hidden_size, input_size, batch and seq_len must be >= 1)");
+  if (p.layer_dirs() > kMaxLayerDirs) {
+    snprintf(buf, sizeof(buf),
+             "num_layers * directions = %d exceeds the fused kernel's limit of %d",
+             p.layer_dirs(), kMaxLayerDirs);
+    return reject(buf);
+  }
+  if (dev.cc_major < 8) {
+    snprintf(buf, sizeof(buf),
+             "the fused kernel needs compute capability >= 8.0 (bf16/TF32 tensor cores); "
+             "this device is sm_%d%d", dev.cc_major, dev.cc_minor);
+    return reject(buf);
+  }
+  // Philox counters and the in-kernel loop use 32-bit t, b, j.
+  if (p.seq_len >= (int64_t(1) << 31) || p.batch >= (int64_t(1) << 31))
+    return reject("seq_len or batch >= 2^31 is not covered by the fused kernel");
+  if (p.hidden_size > 65536 || p.input_size > 65536)
+    return reject("hidden_size or input_size > 65536 is not covered by the fused kernel");
+
+  const int G = p.gates();
+  const int LD = p.layer_dirs();
+  const int H = static_cast<int>(p.hidden_size);
+  ForwardConfig base;
+  base.elem_bytes = dtype_size(p.dtype);
+  base.use_tf32 = p.dtype == DType::kFloat32 && p.allow_tf32;
+  base.kx_pad = static_cast<int>(round_up(p.max_layer_input(), kTile));
+  base.kh_pad = static_cast<int>(round_up(H, kTile));
+  // +16 bytes per row: rows land on different banks (conflict-free ldmatrix),
+  // and every 16-wide tile start stays 32-byte aligned for wmma.
+  base.ld = base.kx_pad + base.kh_pad + 16 / base.elem_bytes;
+  const int kt_x = base.kx_pad / kTile, kt_h = base.kh_pad / kTile;
+
+  const int u_lo = [&] {
+    const int u = 16 / G;
+    return u < 1 ? 1 : (u > H ? H : u);
+  }();
+  const int64_t max_nb = round_up(p.batch, kTile) < 64 ? round_up(p.batch, kTile) : 64;
+
+  // A bound on how many CTAs per layer-direction can ever be co-resident:
+  // occupancy only falls as U (and shared memory) grows.
+  int c_start = static_cast<int>(ceil_div(H, u_lo));
+  {
+    ForwardConfig probe = base;
+    probe.units_per_cta = u_lo;
+    probe.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * u_lo, kTile));
+    probe.batch_tile = kTile;
+    plan_detail::fill_minimal_split(probe, kt_x, kt_h);
+    const int64_t smem = smem_layout(probe).total;
+    const int occ = smem <= dev.smem_optin_per_block ? occupancy(occ_ctx, smem) : 1;
+    const int64_t cap = static_cast<int64_t>(dev.sm_count) * (occ > 0 ? occ : 1) / LD;
+    if (cap < 1) {
+      snprintf(buf, sizeof(buf),
+               "num_layers * directions = %d needs %d co-resident CTAs, the device holds %lld",
+               LD, LD, static_cast<long long>(static_cast<int64_t>(dev.sm_count) * (occ > 0 ? occ : 1)));
+      return reject(buf);
+    }
+    if (cap < c_start) c_start = static_cast<int>(cap);
+  }
+
+  int64_t smallest_smem = -1;  // for the rejection message
+  int smallest_u = 0;
+  int prev_u = -1;
+  for (int c = c_start; c >= 1; --c) {
+    const int U = static_cast<int>(ceil_div(H, c));
+    if (U == prev_u) continue;
+    prev_u = U;
+    ForwardConfig cfg = base;
+    cfg.units_per_cta = U;
+    cfg.ctas_per_dir = static_cast<int>(ceil_div(H, U));
+    cfg.grid = LD * cfg.ctas_per_dir;
+    cfg.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * U, kTile));
+    for (int64_t nb = max_nb; nb >= kTile; nb -= kTile) {
+      cfg.batch_tile = static_cast<int>(nb);
+      plan_detail::choose_k_chunk(cfg, kt_x, kt_h);
+      int64_t smem = smem_layout(cfg).total;
+      if (smem > dev.smem_optin_per_block) {  // fewer K splits, less partial-sum memory
+        plan_detail::fill_minimal_split(cfg, kt_x, kt_h);
+        smem = smem_layout(cfg).total;
+      }
+      if (smallest_smem < 0 || smem < smallest_smem) {
+        smallest_smem = smem;
+        smallest_u = U;
+      }
+      if (smem > dev.smem_optin_per_block) continue;
+      const int occ = occupancy(occ_ctx, smem);
+      if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cfg.grid) continue;
+      cfg.smem_bytes = smem;
+      cfg.blocks_per_sm = occ;
+      r.ok = true;
+      r.cfg = cfg;
+      r.reason = describe(p, cfg);
+      return r;
+    }
+  }
+  snprintf(buf, sizeof(buf),
+           "weights need %s of shared memory per CTA (%d units x %d gates x K=%lld %s, batch "
+           "tile 16) to fit %d layer-directions on %d SMs; the device allows %s per CTA",
+           kb(smallest_smem).c_str(), smallest_u, G,
+           static_cast<long long>(p.max_layer_input() + p.hidden_size), dtype_name(p.dtype), LD,
+           dev.sm_count, kb(dev.smem_optin_per_block).c_str());
+  return reject(buf);
+}
+
+}  // namespace fused_rnn

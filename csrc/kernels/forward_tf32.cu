@@ -1,0 +1,7 @@
+// Forward kernel instantiations for float with TF32 tensor-core math.
+// One file per dtype so that the variants compile in parallel.
+#include "forward_kernel.cuh"
+
+FRNN_INSTANTIATE_FORWARD(float, fused_rnn::CellKind::kLSTM, true)
+FRNN_INSTANTIATE_FORWARD(float, fused_rnn::CellKind::kGRU, true)
+FRNN_INSTANTIATE_FORWARD(float, fused_rnn::CellKind::kRNN, true)

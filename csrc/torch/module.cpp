@@ -1,0 +1,66 @@
+// The Python module fused_rnn._C (or the JIT-built fused_rnn_C): the planner
+// and build facts. The ops themselves are registered with the dispatcher by
+// forward_op.cpp when this module is imported (torch.ops.fused_rnn.*).
+#include <torch/extension.h>
+
+#include <string>
+#include <tuple>
+
+#include "kernels/forward_api.h"
+#include "problem.h"
+
+namespace {
+
+using fused_rnn::DType;
+using fused_rnn::Mode;
+
+// Same decision as the op makes: (True, "fused: <config>") or (False, "<reason>").
+std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, bool bidirectional,
+                                   bool has_biases, int64_t proj_size, int64_t input_size,
+                                   int64_t hidden_size, int64_t batch, int64_t seq_len,
+                                   at::ScalarType dtype, int64_t device_index, bool need_reserve,
+                                   bool has_lengths, double dropout) {
+  Mode m;
+  if (!fused_rnn::binding::parse_mode(mode, &m)) return {false, "unknown mode '" + mode + "'"};
+  DType dt;
+  if (!fused_rnn::binding::parse_dtype(dtype, &dt)) {
+    return {false, std::string("dtype ") + c10::toString(dtype) +
+                       " is not covered by the fused kernel (float32, float16, bfloat16)"};
+  }
+  if (num_layers < 1) return {false, "num_layers must be >= 1"};
+  if (dropout < 0.0 || dropout > 1.0) return {false, "dropout must be in [0, 1]"};
+  const fused_rnn::ForwardProblem p = fused_rnn::binding::make_problem(
+      m, num_layers, bidirectional, has_biases, proj_size, input_size, hidden_size, batch,
+      seq_len, dt, need_reserve, has_lengths, dropout);
+  const auto r = fused_rnn::binding::plan_problem(p, device_index);
+  return {r.first, r.second};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fused_rnn CUDA extension: persistent-kernel LSTM/GRU/RNN forward";
+  m.def("plan", &plan, py::arg("mode"), py::arg("num_layers"), py::arg("bidirectional"),
+        py::arg("has_biases"), py::arg("proj_size"), py::arg("input_size"),
+        py::arg("hidden_size"), py::arg("batch"), py::arg("seq_len"), py::arg("dtype"),
+        py::arg("device_index"), py::arg("need_reserve"), py::arg("has_lengths"),
+        py::arg("dropout"),
+        "Whether the fused forward kernel covers this call: (True, 'fused: <config>') or "
+        "(False, '<reason>').");
+  m.def("compiled_archs", &fused_rnn::compiled_archs,
+        "GPU architectures the kernels were compiled for, e.g. ['sm_80', 'sm_90'].");
+  m.def(
+      "kernel_binary_version",
+      [](int64_t device) {
+        std::string why;
+        const int v = fused_rnn::forward_binary_version(static_cast<int>(device), &why);
+        return std::make_tuple(v, why);
+      },
+      py::arg("device_index"),
+      "(binaryVersion of the forward kernel on that device, e.g. 90, or -1; error text).");
+  m.def("fp32_uses_tf32", &fused_rnn::binding::fp32_uses_tf32,
+        "Whether float32 calls use TF32 tensor cores now (follows torch.backends.cudnn.allow_tf32).");
+  m.attr("max_layer_directions") = fused_rnn::kMaxLayerDirs;
+  m.attr("forward_threads") = fused_rnn::kForwardThreads;
+  m.attr("has_fused_backward") = false;
+}

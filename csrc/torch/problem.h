@@ -1,0 +1,80 @@
+// Shared by the op (forward_op.cpp) and the Python module (module.cpp): turn
+// the op's arguments into a kernels-side ForwardProblem and plan it on a
+// device. Checking one call twice (Python asks plan(), then the op plans
+// again) costs ~1 us: plan_forward_on_device caches.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+#include <utility>
+
+#include "kernels/forward_api.h"
+
+namespace fused_rnn {
+namespace binding {
+
+inline bool parse_mode(c10::string_view s, Mode* out) {
+  if (s == "LSTM") *out = Mode::kLSTM;
+  else if (s == "GRU") *out = Mode::kGRU;
+  else if (s == "RNN_TANH") *out = Mode::kRnnTanh;
+  else if (s == "RNN_RELU") *out = Mode::kRnnRelu;
+  else return false;
+  return true;
+}
+
+inline bool parse_dtype(at::ScalarType t, DType* out) {
+  if (t == at::kFloat) *out = DType::kFloat32;
+  else if (t == at::kHalf) *out = DType::kFloat16;
+  else if (t == at::kBFloat16) *out = DType::kBFloat16;
+  else return false;
+  return true;
+}
+
+// float32 uses TF32 tensor cores when torch would let cuDNN's RNN do so
+// (torch.backends.cudnn.allow_tf32, default True): the fused module then
+// matches the precision of the nn.LSTM it replaces, with either setting.
+// (cuBLAS's flag, torch.backends.cuda.matmul.allow_tf32, is False by default
+// and governs matmuls, not RNNs.) Change this one line to choose otherwise.
+inline bool fp32_uses_tf32() { return at::globalContext().allowTF32CuDNN(); }
+
+inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirectional,
+                                   bool has_biases, int64_t proj_size, int64_t input_size,
+                                   int64_t hidden_size, int64_t batch, int64_t seq_len, DType dtype,
+                                   bool need_reserve, bool has_lengths, double dropout) {
+  ForwardProblem p;
+  p.mode = mode;
+  p.num_layers = static_cast<int>(num_layers > (1 << 20) ? (1 << 20) : num_layers);
+  p.bidirectional = bidirectional;
+  p.has_biases = has_biases;
+  p.proj_size = proj_size;
+  p.input_size = input_size;
+  p.hidden_size = hidden_size;
+  p.batch = batch;
+  p.seq_len = seq_len;
+  p.dtype = dtype;
+  p.need_reserve = need_reserve;
+  p.has_lengths = has_lengths;
+  p.dropout = dropout;
+  p.allow_tf32 = dtype == DType::kFloat32 && fp32_uses_tf32();
+  return p;
+}
+
+// (ok, "fused: ..." or the reason) for a problem on CUDA device `device`.
+inline std::pair<bool, std::string> plan_problem(const ForwardProblem& p, int64_t device) {
+  const int64_t n = c10::cuda::device_count();
+  if (device < 0 || device >= n) {
+    return {false, "no CUDA device with index " + std::to_string(device) + " (" +
+                       std::to_string(n) + " visible)"};
+  }
+  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const PlanResult r = plan_forward_on_device(p, static_cast<int>(device));
+  return {r.ok, r.reason};
+}
+
+}  // namespace binding
+}  // namespace fused_rnn
