@@ -332,6 +332,13 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def is_kernel(backend: str) -> bool:
+    """Whether a fused_backend label says the fused kernel ran (forward, and backward in training)."""
+    if backend.startswith("forward "):
+        return backend.startswith("forward fused") and "; backward fused" in backend
+    return backend.startswith("fused")
+
+
 class Skip(Exception):
     """A case (or one implementation of it) that is not run, with the reason."""
 
@@ -387,7 +394,7 @@ class Runner:
         a = self.args
         prepare()
         step(xs[0])  # first call: JIT / cuDNN plan / autotuning
-        if fused is not None and not fused.last_backend.startswith("fused") and not a.time_fallbacks:
+        if fused is not None and not a.time_fallbacks and not is_kernel(self.fused_backend(fused, fused.training)):
             return  # the fallback path is labelled, not timed (--time-fallbacks to time it)
         est = common.cuda_time(step, xs, runs=1, warmup=0, prepare=prepare)[0]
         budget = a.case_budget
@@ -518,8 +525,7 @@ class Runner:
 
     def finish(self, c: Case, res: Result, fused_ok: bool, notes: list) -> None:
         """Status and the derived numbers; speed ratios only for the kernel itself."""
-        kernel = res.fused_backend.startswith("fused") or res.fused_backend.startswith("forward fused")
-        kernel = kernel and "backward reference" not in res.fused_backend
+        kernel = is_kernel(res.fused_backend)
         diff = res.max_abs_diff_vs_cudnn
         if not fused_ok or res.cudnn_ms is None and res.fused_ms is None:
             res.status = "skipped" if any("too slow" in n or "out of memory" in n for n in notes) else "error"

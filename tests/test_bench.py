@@ -181,6 +181,10 @@ def fake_cuda(monkeypatch):
     ).items():
         monkeypatch.setattr(c, name, value)
     monkeypatch.setattr(bench, "DEVICE", "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: extra threads only spin on a busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fake_fused_rnn():
