@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import math
 import os
 import sys
@@ -623,21 +624,33 @@ def progress_line(i: int, n: int, c: Case, r: Result) -> str:
     return s
 
 
-def run_sweep(runner: Runner, cases: list[Case]) -> list[Result]:
+def run_sweep(runner: Runner, cases: list[Case], checkpoint=None, case_timeout: float = 0) -> list[Result]:
+    """Every case in order, checkpoint(results) after each. A case that runs past
+    case_timeout seconds (a hung kernel) ends the process with a traceback (faulthandler);
+    the last checkpoint says how far the sweep got. Ctrl-C stops the sweep and keeps the results."""
     tqdm = common.optional("tqdm")
     bar = tqdm.tqdm(total=len(cases), unit="case", dynamic_ncols=True) if tqdm else None
     out = []
-    for i, c in enumerate(cases, 1):
-        if bar:
-            bar.set_description(c.label())
-        r = runner.run_case(c)
-        out.append(r)
-        line = progress_line(i, len(cases), c, r)
-        if bar:
-            bar.write(line)
-            bar.update()
-        else:
-            print(line, flush=True)
+    try:
+        for i, c in enumerate(cases, 1):
+            if bar:
+                bar.set_description(c.label())
+            if case_timeout:
+                faulthandler.dump_traceback_later(case_timeout, exit=True, file=sys.__stderr__)
+            r = runner.run_case(c)
+            faulthandler.cancel_dump_traceback_later()
+            out.append(r)
+            line = progress_line(i, len(cases), c, r)
+            if bar:
+                bar.write(line)
+                bar.update()
+            else:
+                print(line, flush=True)
+            if checkpoint:
+                checkpoint(out)
+    except KeyboardInterrupt:
+        faulthandler.cancel_dump_traceback_later()
+        print(f"\ninterrupted: keeping the {len(out)} finished cases", flush=True)
     if bar:
         bar.close()
     return out
@@ -728,8 +741,10 @@ def write_outputs(out_dir: str, meta: dict, results: list[Result], floors: dict 
     common.write_csv(os.path.join(out_dir, "results.csv"), results)
     rows = [dataclasses.asdict(r) for r in results]
     md = [f"# fused_rnn benchmark: {meta['device']}", "", report.header_text(meta), "",
-          f"Command: `{meta['command']}`", "", report.CONVENTIONS.format(runs=meta["runs"]), "",
-          report.results_table(rows), ""]
+          f"Command: `{meta['command']}`", ""]
+    if meta.get("incomplete"):
+        md += [f"**Incomplete run:** {meta['incomplete']}.", ""]
+    md += [report.CONVENTIONS.format(runs=meta["runs"]), "", report.results_table(rows), ""]
     if floors:
         md += ["## Synchronisation floors", "", report.floors_table(floors), ""]
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -751,25 +766,33 @@ def gpu_main(args, fused_rnn) -> int:
     runner = Runner(args, fused_rnn)
     if args.time_budget:
         runner.deadline = time.monotonic() + args.time_budget
+    meta = dict(common.environment(), fused_rnn=info, fused_rnn_path=os.path.dirname(fused_rnn.__file__),
+                runs=args.runs, warmup=args.warmup, flop_convention=FLOP_CONVENTION,
+                peak_tflops=PEAK_TFLOPS if peak_tflops(runner.device, "bf16") else None,
+                peak_source=PEAK_SOURCE, flashrnn=runner.flashrnn is not None)
+    out_dir = args.out or os.path.join(common.REPO, "benchmarks", "results", meta["device_slug"])
+    os.makedirs(out_dir, exist_ok=True)
+
+    def checkpoint(done):  # what survives a hung case or a killed process
+        partial = dict(meta, incomplete=f"{len(done)} of {len(cases)} cases done; the run stopped before the rest")
+        common.write_json(os.path.join(out_dir, "results.json"), partial, done)
+
     print(f"{len(cases)} cases, {args.runs} timed runs each (median/min/max, CUDA events)", flush=True)
     t0 = time.monotonic()
-    results = run_sweep(runner, cases)
+    checkpoint([])
+    results = run_sweep(runner, cases, checkpoint, args.case_timeout)
+    meta["sweep_seconds"] = round(time.monotonic() - t0, 1)
     floors = None
     if args.floors:
         import floors as floors_mod
         floors = floors_mod.run_all()
         print(report.floors_table(floors))
-    meta = dict(common.environment(), fused_rnn=info, fused_rnn_path=os.path.dirname(fused_rnn.__file__),
-                runs=args.runs, warmup=args.warmup, flop_convention=FLOP_CONVENTION,
-                peak_tflops=PEAK_TFLOPS if peak_tflops(runner.device, "bf16") else None,
-                peak_source=PEAK_SOURCE, sweep_seconds=round(time.monotonic() - t0, 1),
-                flashrnn=runner.flashrnn is not None)
-    rows = [dataclasses.asdict(r) for r in results]
     print()
-    print(report.results_table(rows))
+    print(report.results_table([dataclasses.asdict(r) for r in results]))
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "fallback", "mismatch", "skipped", "error")}
     print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" in {meta['sweep_seconds']} s")
-    out_dir = args.out or os.path.join(common.REPO, "benchmarks", "results", meta["device_slug"])
+    if len(results) < len(cases):
+        meta["incomplete"] = f"interrupted after {len(results)} of {len(cases)} cases"
     write_outputs(out_dir, meta, results, floors)
     return 0
 
@@ -796,11 +819,16 @@ def parse_args(argv=None):
     ap.add_argument("--mode", type=csv_of(str), help="infer,train")
     ap.add_argument("--dropout", type=csv_of(float), help="training dropout(s), e.g. 0,0.2")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per implementation (>= 20)")
-    ap.add_argument("--warmup", type=int, default=2, help="warm-up runs before the timed ones")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="warm-up runs right before the timed ones (after the first-call, estimate, "
+                    "host-sync and memory runs, which warm up too)")
     ap.add_argument("--case-budget", type=float, default=None,
                     help="seconds one implementation may take for its timed runs (default 15 quick, 120 full)")
     ap.add_argument("--time-budget", type=float, default=None,
-                    help="seconds for the whole sweep, later cases recorded as skipped (default 100 with --quick)")
+                    help="seconds for the whole sweep, later cases recorded as skipped (default 100 with --quick; 0: none)")
+    ap.add_argument("--case-timeout", type=float, default=300.0,
+                    help="seconds after which a case counts as hung: the process exits with a traceback, "
+                    "keeping the results checkpointed so far (0: never)")
     ap.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
                     help="time fused_rnn.reference on the GPU too (auto: T*L <= 512, H <= 512, B <= 32)")
     ap.add_argument("--time-fallbacks", action="store_true",

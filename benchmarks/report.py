@@ -139,7 +139,8 @@ def render_section(results_dir: str | None, readme_dir: str = REPO) -> str:
         shown = acceptance_rows(rows)
         note = f" Acceptance shapes shown ({len(shown)} of {len(rows)} cases)."
     parts = [
-        f"Latest GPU run: {header_text(meta)}",
+        f"Latest GPU run: {header_text(meta)}"
+        + (f" **Incomplete run:** {meta['incomplete']}." if meta.get("incomplete") else ""),
         CONVENTIONS.format(runs=meta.get("runs", "≥ 20")) + note,
         results_table(shown),
     ]
