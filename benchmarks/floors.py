@@ -53,6 +53,11 @@ def build() -> ctypes.CDLL:
         print(f"floors: cpp_extension.load failed ({type(e).__name__}); building with nvcc", file=sys.stderr)
         path = os.path.join(tempfile.mkdtemp(prefix="floors_"), "floors.so")
         subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", *flags, SOURCE, "-o", path], check=True)
+    return load_library(path)
+
+
+def load_library(path: str) -> ctypes.CDLL:
+    """The compiled floors.cu with its extern "C" signatures declared."""
     lib = ctypes.CDLL(path)
     i, p_f, p_i = ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
     lib.floors_grid_sync.argtypes = [i, i, i, i, p_f, p_i]
@@ -76,8 +81,8 @@ def _per_barrier_us(launch, iters: int, repeats: int) -> tuple[float, int]:
     return 1e3 * (t2 - t1) / iters, count
 
 
-def grid_sync(lib, threads: int, exchange: bool, iters: int = 10000, repeats: int = 5) -> dict:
-    dev = torch.cuda.current_device()
+def grid_sync(lib, threads: int, exchange: bool, iters: int = 10000, repeats: int = 5, device=None) -> dict:
+    dev = torch.cuda.current_device() if device is None else device
     row = dict(threads=threads, exchange=exchange, blocks=0, us=None)
 
     def launch(n):
@@ -95,8 +100,8 @@ def grid_sync(lib, threads: int, exchange: bool, iters: int = 10000, repeats: in
 
 
 def cluster_sync(lib, size: int, exchange: bool, threads: int = 128, iters: int = 10000,
-                 repeats: int = 5) -> dict:
-    dev = torch.cuda.current_device()
+                 repeats: int = 5, device=None) -> dict:
+    dev = torch.cuda.current_device() if device is None else device
     row = dict(cluster_size=size, threads=threads, exchange=exchange, clusters=0, us=None)
 
     def launch(n):

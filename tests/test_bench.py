@@ -2,7 +2,6 @@
 files, the README renderer, the GPU sweep logic with CUDA faked, and floors.cu
 compiling with bare nvcc. Synthetic results live in tmp dirs only."""
 
-import ctypes
 import dataclasses
 import os
 import shutil
@@ -20,6 +19,7 @@ sys.path.insert(0, BENCH)
 
 import bench  # noqa: E402
 import common  # noqa: E402
+import floors  # noqa: E402
 import report  # noqa: E402
 
 
@@ -243,6 +243,16 @@ def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
     r = subprocess.run(["nvcc", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-shared",
                         "-Xcompiler", "-fPIC", src, "-o", str(lib)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    so = ctypes.CDLL(str(lib))  # cudart is linked statically: loads without a GPU
-    for name in ("floors_grid_sync", "floors_cluster_sync", "floors_error_string"):
-        assert hasattr(so, name)
+    so = floors.load_library(str(lib))  # cudart is linked statically: loads without a GPU
+    assert so.floors_error_string(0) == b"no error"
+    if not torch.cuda.is_available():  # the calls fail cleanly, with CUDA's message
+        row = floors.grid_sync(so, 128, False, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["reason"]
+        row = floors.cluster_sync(so, 16, True, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["reason"].startswith("not available")
+
+
+def test_floors_difference_method():
+    # 0.05 ms launch overhead + 1.5 µs per barrier: the difference of N and 2N cancels the overhead
+    us, count = floors._per_barrier_us(lambda n: (0.05 + 1.5e-3 * n, 132), iters=1000, repeats=3)
+    assert us == pytest.approx(1.5) and count == 132
