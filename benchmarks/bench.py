@@ -534,6 +534,8 @@ class Runner:
         elif diff is not None and not diff <= 0.1:
             res.status = "mismatch"
             notes.insert(0, f"fused output differs from cuDNN by {diff:.3g}")
+            if not math.isfinite(diff):
+                res.max_abs_diff_vs_cudnn = None  # JSON has no NaN; the reason keeps it
         else:
             res.status = "ok"
         res.reason = "; ".join(notes)

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -122,9 +123,20 @@ def environment() -> dict:
 # ------------------------------------------------------------- result files
 
 
+def _finite(x):
+    """x with every NaN / infinity replaced by None (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_json(path: str, meta: dict, rows: list, **extra) -> None:
     """{"meta": ..., "cases": [row dicts], **extra} as indented JSON."""
-    doc = {"meta": meta, "cases": [dataclasses.asdict(r) for r in rows], **extra}
+    doc = _finite({"meta": meta, "cases": [dataclasses.asdict(r) for r in rows], **extra})
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False, default=str)
         f.write("\n")

@@ -100,6 +100,9 @@ def test_csv_and_json_round_trip(tmp_path):
     doc = common.read_json(tmp_path / "r.json")
     assert [bench.Result(**d) for d in doc["cases"]] == rows
     assert doc["meta"] == {"device": "x"} and doc["floors"] is None
+    common.write_json(tmp_path / "nan.json", {"x": float("nan")}, [_result(fused_ms=float("inf"))])
+    doc = common.read_json(tmp_path / "nan.json")
+    assert doc["meta"]["x"] is None and doc["cases"][0]["fused_ms"] is None
 
 
 def _synthetic_run(tmp_path, date="2026-01-02T03:04:05+00:00"):
@@ -198,7 +201,14 @@ def _fake_fused_rnn():
             self.last_backward_backend = "fused: fake kernel (test)"
             return out
 
-    return types.SimpleNamespace(LSTM=LSTM, GRU=fused_rnn.GRU, RNN=fused_rnn.RNN,
+    class RNN(fused_rnn.RNN):  # a "kernel" with a broken output
+        def forward(self, *a, **k):
+            out, h = super().forward(*a, **k)
+            self.last_backend = "fused: fake broken kernel (test)"
+            self.last_backward_backend = "fused: fake broken kernel (test)"
+            return out * float("nan"), h
+
+    return types.SimpleNamespace(LSTM=LSTM, GRU=fused_rnn.GRU, RNN=RNN,
                                  reference=fused_rnn.reference, dropout=fused_rnn.dropout,
                                  backend_info=lambda: {"extension_loaded": True, "default_path": "fake"},
                                  __file__=fused_rnn.__file__)
@@ -206,14 +216,14 @@ def _fake_fused_rnn():
 
 def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
     out = tmp_path / "out"
-    args = bench.parse_args(["--cell", "LSTM,GRU", "--layers", "2", "--hidden", "8", "--batch", "2",
+    args = bench.parse_args(["--cell", "LSTM,GRU,RNN", "--layers", "2", "--hidden", "8", "--batch", "2",
                              "--seq", "4", "--dtype", "tf32", "--mode", "infer,train", "--dropout", "0,0.2",
                              "--runs", "3", "--warmup", "1", "--out", str(out)])
     assert bench.gpu_main(args, _fake_fused_rnn()) == 0
     doc = common.read_json(out / "results.json")
     assert doc["meta"]["device"] == "NVIDIA H100 80GB HBM3" and doc["meta"]["runs"] == 3
     rows = {(r["cell"], r["mode"], r["dropout"]): r for r in doc["cases"]}
-    assert set(rows) == {(c, m, p) for c in ("LSTM", "GRU") for m, p in
+    assert set(rows) == {(c, m, p) for c in ("LSTM", "GRU", "RNN") for m, p in
                          (("infer", 0.0), ("train", 0.0), ("train", 0.2))}
     ok = rows[("LSTM", "infer", 0.0)]
     assert ok["status"] == "ok", ok["reason"]
@@ -228,6 +238,8 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
         r = rows[key]
         assert r["status"] == "fallback" and r["speedup_vs_cudnn"] is None and r["fused_ms"] is None
         assert r["fused_backend"].startswith("reference") or "backward reference" in r["fused_backend"]
+    bad = rows[("RNN", "infer", 0.0)]  # wrong output: labelled, no speedup claimed
+    assert bad["status"] == "mismatch" and "nan" in bad["reason"] and bad["speedup_vs_cudnn"] is None
     assert common.read_csv(out / "results.csv", bench.Result)[0].cell == "LSTM"
     assert "fallback" in (out / "results.md").read_text()
 
