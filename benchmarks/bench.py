@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
+import itertools
 import math
 import os
 import sys
@@ -156,17 +157,9 @@ def quick_cases() -> list[Case]:
 
 
 def full_cases() -> list[Case]:
-    out = []
-    for cell in FULL["cell"]:
-        for dt in FULL["dtype"]:
-            for mode in FULL["mode"]:
-                for p in FULL["dropout"]:
-                    for L in FULL["layers"]:
-                        for H in FULL["hidden"]:
-                            for T in FULL["seq"]:
-                                for B in FULL["batch"]:
-                                    out.append(Case(cell, L, H, B, T, dt, mode, p))
-    return out
+    axes = [FULL[k] for k in ("cell", "dtype", "mode", "dropout", "layers", "hidden", "seq", "batch")]
+    return [Case(cell, L, H, B, T, dt, mode, p)
+            for cell, dt, mode, p, L, H, T, B in itertools.product(*axes)]
 
 
 def select_cases(args) -> list[Case]:
