@@ -291,3 +291,195 @@ def test_planner_on_h100_numbers(host_results):
 def test_planner_invariants_sweep(host_results):
     assert host_results["sweep"]["bad"] == 0
     assert host_results["sweep"]["accepted"] > 1000
+
+
+# --------------------------------------------------------------- the kernel, emulated on the CPU
+#
+# csrc/emu/ runs the unmodified forward kernel source on host threads (one per
+# CUDA thread, barriers for __syncthreads / grid.sync, whole-tile wmma), built
+# with AddressSanitizer + UBSan (out-of-bounds shared/global accesses, UB) and
+# ThreadSanitizer (a missing barrier is a data race), and compared with
+# fused_rnn.reference. It checks the kernel's indexing, synchronisation,
+# wavefront / ring / ping-pong schedule, masking, reserve and dropout; it can
+# not check the real wmma register layout or GPU memory-model details.
+
+EMU_MAIN = os.path.join(CSRC, "emu", "forward_emu_main.cpp")
+EMU_MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+EMU_DTYPES = ["float32", "float16", "bfloat16"]
+# tolerance vs the float64 reference (which keeps 16-bit runs in fp32 between
+# steps, while the kernel rounds h to the dtype like cuDNN does)
+EMU_TOL = {("float32", False): 2e-6, ("float32", True): 3e-3, ("float16", False): 5e-3,
+           ("bfloat16", False): 3e-2}
+
+
+class EmuCase(tuple):
+    fields = ("mode", "L", "bidir", "bias", "I", "H", "B", "T", "dtype", "tf32", "reserve",
+              "lengths", "dropout", "sms")
+
+    def __new__(cls, *values):
+        assert len(values) == len(cls.fields)
+        return super().__new__(cls, values)
+
+    def __getattr__(self, name):
+        return self[self.fields.index(name)]
+
+    @property
+    def id(self):
+        return "-".join(str(v) for v in self)
+
+
+EMU_CASES = [
+    #       mode       L  bidir  bias  I    H   B   T  dtype      tf32  rsv  lens  p    sms
+    EmuCase("LSTM", 2, False, True, 13, 37, 3, 5, "float32", False, True, True, 0.0, 8),
+    EmuCase("GRU", 3, False, True, 7, 24, 70, 4, "bfloat16", False, True, False, 0.3, 6),
+    EmuCase("RNN_TANH", 2, True, True, 5, 20, 2, 6, "float16", False, True, True, 0.5, 8),
+    EmuCase("RNN_RELU", 1, False, True, 1, 1, 1, 1, "float32", True, True, False, 0.0, 1),
+    EmuCase("LSTM", 3, True, True, 16, 16, 17, 3, "float32", True, True, True, 0.0, 6),
+    EmuCase("LSTM", 2, False, True, 4, 8, 2, 40, "bfloat16", False, True, False, 0.2, 4),
+    EmuCase("GRU", 2, True, True, 9, 33, 5, 7, "float32", False, True, True, 1.0, 8),
+    EmuCase("LSTM", 4, False, False, 3, 5, 1, 9, "float16", False, False, False, 0.0, 8),
+    EmuCase("LSTM", 2, False, True, 40, 8, 2, 3, "float32", False, True, False, 0.0, 8),
+    EmuCase("LSTM", 1, False, True, 20, 100, 1, 2, "bfloat16", False, True, False, 0.0, 2),
+    EmuCase("GRU", 3, True, False, 6, 10, 3, 5, "float32", True, True, True, 0.4, 7),
+    EmuCase("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, True, 0.0, 6),
+]
+TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6)]
+
+
+def _emu_build(tmp_path_factory, sanitize):
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    exe = tmp_path_factory.mktemp("emu") / "forward_emu"
+    cmd = [CXX, "-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+           f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+           f"-I{os.path.join(CSRC, 'emu', 'include')}", f"-I{CSRC}", EMU_MAIN, "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and "_Float16" in proc.stderr:
+        pytest.skip("host compiler lacks _Float16 (needed by the fp16 emulation)")
+    if proc.returncode != 0 and "sanitize" in proc.stderr:
+        pytest.skip(f"host compiler lacks -fsanitize={sanitize}")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return exe
+
+
+@pytest.fixture(scope="module")
+def emu_asan(tmp_path_factory):
+    return _emu_build(tmp_path_factory, "address,undefined")
+
+
+@pytest.fixture(scope="module")
+def emu_tsan(tmp_path_factory):
+    return _emu_build(tmp_path_factory, "thread")
+
+
+def _emu_run(exe, case: EmuCase, tmp_path):
+    torch = pytest.importorskip("torch")
+    from fused_rnn import reference
+
+    g = torch.Generator().manual_seed(zlib_crc(case.id))
+    dt = getattr(torch, case.dtype)
+    D = 2 if case.bidir else 1
+    G = reference.GATES[case.mode]
+    k = 1.0 / math.sqrt(case.H)
+    f64 = dict(generator=g, dtype=torch.float64)
+    weights = []
+    for layer in range(case.L):
+        for _ in range(D):
+            in_l = case.I if layer == 0 else D * case.H
+            shapes = [(G * case.H, in_l), (G * case.H, case.H)]
+            shapes += [(G * case.H,), (G * case.H,)] if case.bias else []
+            weights += [((torch.rand(s, **f64) * 2 - 1) * k).to(dt) for s in shapes]
+    x = torch.randn(case.T, case.B, case.I, **f64).to(dt)
+    hx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt)
+    cx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt) \
+        if case.mode == "LSTM" else None
+    lengths = None
+    if case.lengths:
+        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g)
+        lengths[0] = case.T
+    seed = torch.tensor(987654321 + case.B, dtype=torch.int64) \
+        if case.dropout > 0 and case.L > 1 else None
+    blobs = [x, *weights, hx] + ([cx] if cx is not None else []) + \
+        ([lengths] if lengths is not None else []) + ([seed.reshape(1)] if seed is not None else [])
+    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    src.write_bytes(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in blobs))
+    args = [str(exe)] + [str(v) for v in (
+        EMU_MODES.index(case.mode), case.L, int(case.bidir), int(case.bias), case.I, case.H,
+        case.B, case.T, EMU_DTYPES.index(case.dtype), int(case.tf32), int(case.reserve),
+        int(case.lengths), case.dropout, case.sms)] + [str(src), str(dst)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"emulated kernel failed ({proc.returncode}):\n" \
+        f"{proc.stdout}\n{proc.stderr[-8000:]}"
+    assert proc.stdout.startswith("fused: "), proc.stdout
+
+    raw = bytearray(dst.read_bytes())
+    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    pos = 0
+
+    def take(*shape):
+        nonlocal pos
+        n = math.prod(shape) * dt.itemsize
+        t = flat[pos:pos + n].view(dt).reshape(shape)
+        pos += n
+        return t
+
+    S = {"LSTM": 6 * case.H, "GRU": 5 * case.H}.get(case.mode, case.H)
+    y = take(case.T, case.B, D * case.H)
+    hy = take(case.L * D, case.B, case.H)
+    cy = take(case.L * D, case.B, case.H) if case.mode == "LSTM" else None
+    res = take(case.L * D, case.T, case.B, S) if case.reserve else None
+    assert pos == len(raw)
+
+    d = (lambda t: None if t is None else t.double())
+    ref = reference.rnn_forward(d(x), [d(w) for w in weights], d(hx), d(cx), lengths, seed,
+                                case.mode, case.L, case.bidir, case.bias, 0, case.dropout,
+                                case.reserve)
+    return dict(y=y, hy=hy, cy=cy, res=res, lengths=lengths, ref=ref)
+
+
+def zlib_crc(s: str) -> int:
+    import zlib
+
+    return zlib.crc32(s.encode()) % 100000
+
+
+def _rel(a, b):
+    b = b.double()
+    return ((a.double() - b).abs().max() / max(1.0, b.abs().max().item())).item()
+
+
+def _check_emu(case, out):
+    tol = EMU_TOL[(case.dtype, case.tf32 and case.dtype == "float32")]
+    ref = out["ref"]
+    for name, got, want in (("output", out["y"], ref[0]), ("h_n", out["hy"], ref[1]),
+                            ("c_n", out["cy"], ref[2] if case.mode == "LSTM" else None)):
+        if got is None:
+            continue
+        assert torch_isfinite_all(got), name
+        assert _rel(got, want) <= tol, (name, _rel(got, want), tol)
+    import torch
+
+    valid = torch.ones(case.T, case.B, dtype=torch.bool)
+    if out["lengths"] is not None:
+        valid = torch.arange(case.T).unsqueeze(1) < out["lengths"].unsqueeze(0)
+        assert (out["y"][~valid] == 0).all(), "output rows past a length must be exactly 0"
+    if case.reserve:
+        got, want = out["res"][:, valid], ref[3][:, valid]
+        assert torch_isfinite_all(got)
+        assert _rel(got, want) <= 2 * tol, ("reserve", _rel(got, want))
+
+
+def torch_isfinite_all(t):
+    import torch
+
+    return bool(torch.isfinite(t.float()).all())
+
+
+@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: c.id)
+def test_emulated_kernel_matches_reference(emu_asan, case, tmp_path):
+    _check_emu(case, _emu_run(emu_asan, case, tmp_path))
+
+
+@pytest.mark.parametrize("case", TSAN_CASES, ids=lambda c: c.id)
+def test_emulated_kernel_has_no_data_races(emu_tsan, case, tmp_path):
+    _check_emu(case, _emu_run(emu_tsan, case, tmp_path))

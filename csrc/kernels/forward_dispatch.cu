@@ -79,6 +79,26 @@ std::mutex g_mutex;
 std::map<PlanKey, PlanResult> g_cache;
 std::map<std::pair<int, const void*>, bool> g_attr_set;
 
+// Lets `fn` use the device's whole opt-in shared memory (the occupancy API and
+// launches need it above 48 KB) and prefer the largest carveout. Once per
+// (device, kernel); never lowered afterwards, so plans made for one shape stay
+// valid for another. Call with g_mutex held.
+cudaError_t prepare_kernel_locked(const void* fn, int device) {
+  auto& done = g_attr_set[{device, fn}];
+  if (done) return cudaSuccess;
+  int smem_optin = 0;
+  cudaError_t e;
+  if ((e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) ||
+      (e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin)) ||
+      (e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                cudaSharedmemCarveoutMaxShared))) {
+    cudaGetLastError();
+    return e;
+  }
+  done = true;
+  return cudaSuccess;
+}
+
 }  // namespace
 
 PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
@@ -122,18 +142,9 @@ PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
     g_cache[key] = bad;
     return bad;
   }
-  // Let the occupancy API (and later launches) use the full opt-in shared
-  // memory, and prefer the largest shared-memory carveout. Once per (device, kernel).
-  auto& done = g_attr_set[{device, q.fn}];
-  if (!done) {
-    if ((e = cudaFuncSetAttribute(q.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin)) ||
-        (e = cudaFuncSetAttribute(q.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared))) {
-      cudaGetLastError();
-      bad.reason = cuda_reason("cudaFuncSetAttribute", e);
-      return bad;
-    }
-    done = true;
+  if ((e = prepare_kernel_locked(q.fn, device)) != cudaSuccess) {
+    bad.reason = cuda_reason("cudaFuncSetAttribute", e);
+    return bad;
   }
   PlanResult r = plan_forward(pr, dev, &query_occupancy, &q);
   if (q.err != cudaSuccess) {
@@ -148,6 +159,16 @@ PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
 
 cudaError_t launch_forward(const ForwardParams& p, DType dtype, bool use_tf32,
                            cudaStream_t stream) {
+  {
+    int device = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e != cudaSuccess) return e;
+    const bool tf32 = dtype == DType::kFloat32 && use_tf32;
+    std::lock_guard<std::mutex> lock(g_mutex);
+    e = prepare_kernel_locked(kernel_symbol(dtype, cell_kind(static_cast<Mode>(p.mode)), tf32),
+                              device);
+    if (e != cudaSuccess) return e;
+  }
   switch (dtype) {
     case DType::kFloat16: return launch_for_cell<__half, false>(p, stream);
     case DType::kBFloat16: return launch_for_cell<__nv_bfloat16, false>(p, stream);

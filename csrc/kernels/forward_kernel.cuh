@@ -36,6 +36,12 @@
 #include "gate_math.h"
 #include "philox.cuh"
 
+// The kernel's dynamic shared memory. A hook so that the host emulation
+// (csrc/emu/) can run this exact source with one block of memory per CTA.
+#ifndef FRNN_DECLARE_DYNAMIC_SMEM
+#define FRNN_DECLARE_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
 namespace fused_rnn {
 namespace fwd {
 
@@ -243,7 +249,7 @@ __global__ void __launch_bounds__(kForwardThreads, 1)
 rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   constexpr int G = kGates<CELL>;
   constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
-  extern __shared__ __align__(128) unsigned char smem[];
+  FRNN_DECLARE_DYNAMIC_SMEM(smem);
   const ForwardConfig& c = p.cfg;
   const SmemLayout lay = smem_layout(c);
   T* const sw = reinterpret_cast<T*>(smem + lay.w);
@@ -458,14 +464,13 @@ const void* forward_kernel_ptr() {
   return reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32>);
 }
 
-// One cooperative launch on `stream`. The caller (the binding) has planned
-// the config (all CTAs co-resident) and made `p`'s device current.
+// One cooperative launch on `stream`. The caller (launch_forward in
+// forward_dispatch.cu) has raised the kernel's dynamic shared-memory limit on
+// this device, and the planned config makes all CTAs co-resident (otherwise
+// the launch fails with cudaErrorCooperativeLaunchTooLarge: an error, never a hang).
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
   const void* fn = forward_kernel_ptr<T, CELL, TF32>();
-  cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(p.cfg.smem_bytes));
-  if (err != cudaSuccess) return err;
   void* args[] = {const_cast<ForwardParams*>(&p)};
   return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,
                                      static_cast<size_t>(p.cfg.smem_bytes), stream);

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "common.h"
+#include "philox.cuh"
 
 namespace fused_rnn {
 
@@ -176,5 +177,35 @@ struct ForwardParams {
   uint64_t dropout_threshold = 0;  // philox.cuh: keep iff bits < threshold
   float dropout_scale = 0.0f;      // 1 / (1 - p), 0 for p = 1
 };
+
+// Everything of ForwardParams but the tensor pointers (x, weights, hx, cx,
+// lengths, seed, y, hy, cy, reserve), which the caller sets: sizes, config,
+// workspace pointers (carved from `workspace`, laid out by forward_workspace),
+// dropout constants. Shared by the binding and the host emulation (csrc/emu/).
+inline void init_forward_params(ForwardParams& fp, const ForwardProblem& p,
+                                const ForwardConfig& cfg, void* workspace) {
+  fp.cfg = cfg;
+  fp.mode = static_cast<int>(p.mode);
+  fp.num_layers = p.num_layers;
+  fp.num_dirs = p.num_dirs();
+  fp.input_size = static_cast<int>(p.input_size);
+  fp.hidden = static_cast<int>(p.hidden_size);
+  fp.batch = p.batch;
+  fp.seq_len = p.seq_len;
+  fp.reserve_width = p.reserve_width();
+  const WorkspaceLayout w = forward_workspace(p);
+  auto at = [workspace](int64_t off) -> void* {
+    return off < 0 ? nullptr : static_cast<unsigned char*>(workspace) + off;
+  };
+  fp.hring = at(w.hring);
+  fp.xring = at(w.xring);
+  fp.layer_buf = at(w.layer);
+  fp.state_h = static_cast<float*>(at(w.state_h));
+  fp.state_c = static_cast<float*>(at(w.state_c));
+  fp.dropout_active = p.dropout_active();
+  fp.dropout_threshold = fp.dropout_active ? dropout_threshold(p.dropout) : 0;
+  fp.dropout_scale =
+      fp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
+}
 
 }  // namespace fused_rnn

@@ -12,11 +12,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
 #include "kernels/forward_api.h"
-#include "kernels/philox.cuh"
 #include "problem.h"
 
 namespace fused_rnn {
@@ -126,20 +126,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   at::Tensor cy = is_lstm ? at::empty({LD, B, H}, opts) : at::empty({0}, opts);
   at::Tensor reserve = need_reserve ? at::empty({LD, T, B, problem.reserve_width()}, opts)
                                     : at::empty({0}, opts);
-  const WorkspaceLayout wl = forward_workspace(problem);
-  at::Tensor ws = at::empty({wl.total > 0 ? wl.total : 1}, opts.dtype(at::kByte));
-  auto* ws_base = static_cast<uint8_t*>(ws.data_ptr());
-  auto ws_at = [ws_base](int64_t off) -> void* { return off < 0 ? nullptr : ws_base + off; };
+  at::Tensor ws = at::empty({std::max<int64_t>(forward_workspace(problem).total, 1)},
+                            opts.dtype(at::kByte));
 
   ForwardParams p;
-  p.cfg = plan.cfg;
-  p.mode = static_cast<int>(mode);
-  p.num_layers = static_cast<int>(num_layers);
-  p.num_dirs = static_cast<int>(D);
-  p.input_size = static_cast<int>(I);
-  p.hidden = static_cast<int>(H);
-  p.batch = B;
-  p.seq_len = T;
+  init_forward_params(p, problem, plan.cfg, ws.data_ptr());
   p.x = x.data_ptr();
   for (int64_t ld = 0; ld < LD; ++ld) {
     const int64_t base = ld * per_dir;
@@ -156,15 +147,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   p.hy = hy.data_ptr();
   p.cy = is_lstm ? cy.data_ptr() : nullptr;
   p.reserve = need_reserve ? reserve.data_ptr() : nullptr;
-  p.reserve_width = problem.reserve_width();
-  p.hring = ws_at(wl.hring);
-  p.xring = ws_at(wl.xring);
-  p.layer_buf = ws_at(wl.layer);
-  p.state_h = static_cast<float*>(ws_at(wl.state_h));
-  p.state_c = static_cast<float*>(ws_at(wl.state_c));
-  p.dropout_active = use_dropout;
-  p.dropout_threshold = use_dropout ? dropout_threshold(dropout) : 0;
-  p.dropout_scale = use_dropout && dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 0.0f;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.get_device()).stream();
   C10_CUDA_CHECK(launch_forward(p, dtype, plan.cfg.use_tf32, stream));

@@ -14,6 +14,19 @@ namespace {
 using fused_rnn::DType;
 using fused_rnn::Mode;
 
+// torch's Python spelling of the dtypes a user is likely to pass.
+std::string torch_dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "torch.float64";
+    case at::kFloat: return "torch.float32";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 // Same decision as the op makes: (True, "fused: <config>") or (False, "<reason>").
 std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, bool bidirectional,
                                    bool has_biases, int64_t proj_size, int64_t input_size,
@@ -24,7 +37,7 @@ std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, 
   if (!fused_rnn::binding::parse_mode(mode, &m)) return {false, "unknown mode '" + mode + "'"};
   DType dt;
   if (!fused_rnn::binding::parse_dtype(dtype, &dt)) {
-    return {false, std::string("dtype ") + c10::toString(dtype) +
+    return {false, "dtype " + torch_dtype_name(dtype) +
                        " is not covered by the fused kernel (float32, float16, bfloat16)"};
   }
   if (num_layers < 1) return {false, "num_layers must be >= 1"};

@@ -1,0 +1,116 @@
+// Host emulation of the small part of CUDA that csrc/kernels/forward_kernel.cuh
+// uses, so that the *same kernel source* runs on a CPU-only machine: every
+// CUDA thread is a host thread, __syncthreads() a per-CTA barrier, grid.sync()
+// a barrier over the whole grid, shared memory a per-CTA heap block, wmma
+// fragments whole 16x16 tiles (each lane computes the full tile redundantly;
+// lane 0 stores it). The checks a GPU would do silently are asserts here:
+// wmma pointer alignment and leading dimensions, 16-byte vector alignment,
+// barrier deadlocks (watchdog). Built with -fsanitize=address,undefined (or
+// thread) by tests/test_compile_kernels.py.
+//
+// Only what the forward kernel needs; not a general CUDA emulator. Speed is
+// irrelevant (tiny problems). The emulator can not find bugs in the hardware
+// semantics it models (e.g. the real wmma register layout) -- only in the
+// kernel's own indexing, synchronisation and arithmetic.
+#pragma once
+
+#include <assert.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <type_traits>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define __shared__
+#define __align__(n) alignas(n)
+
+// The kernel declares its dynamic shared memory through this hook.
+#define FRNN_DECLARE_DYNAMIC_SMEM(name) unsigned char* const name = ::emu::cta_smem()
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3() = default;
+  dim3(unsigned a, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+
+typedef int cudaError_t;
+typedef struct CUstream_st* cudaStream_t;
+constexpr cudaError_t cudaSuccess = 0;
+
+namespace emu {
+
+// A reusable barrier with a watchdog: a kernel that deadlocks (a barrier not
+// reached by every thread) aborts with a message instead of hanging CI.
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait(const char* what) {
+    std::unique_lock<std::mutex> lock(m_);
+    const unsigned gen = gen_;
+    if (++count_ == n_) {
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return gen_ != gen; })) {
+      fprintf(stderr, "emu: deadlock at %s (%d of %d threads arrived)\n", what, count_, n_);
+      abort();
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  int n_;
+  int count_ = 0;
+  unsigned gen_ = 0;
+};
+
+struct Cta {
+  Barrier* bar;
+  unsigned char* smem;
+};
+
+inline thread_local Cta* tl_cta = nullptr;
+inline thread_local Barrier* tl_grid = nullptr;
+inline unsigned char* cta_smem() { return tl_cta->smem; }
+
+}  // namespace emu
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+inline void __syncthreads() { emu::tl_cta->bar->wait("__syncthreads"); }
+
+template <typename T> inline T __ldcg(const T* p) {
+  if (sizeof(T) >= 16) assert(reinterpret_cast<uintptr_t>(p) % 16 == 0);
+  return *p;
+}
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+
+// CUDA's integer min(); by value (decltype of ?: on lvalues would be a reference).
+template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) {
+  return a < b ? a : b;
+}

@@ -1,0 +1,3 @@
+// emu shim (see ../emu_cuda.h)
+#pragma once
+#include "cuda_runtime.h"
