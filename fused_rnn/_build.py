@@ -66,7 +66,12 @@ def nvcc_flags(archs: list[str] | None = None) -> list[str]:
         "-U__CUDA_NO_HALF_CONVERSIONS__",
         "-U__CUDA_NO_BFLOAT16_OPERATORS__",
         "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    ] + gencode_flags(archs)
+    ] + gencode_flags(archs) + ptxas_report_flags()
+
+
+def ptxas_report_flags() -> list[str]:
+    """FUSED_RNN_PTXAS_VERBOSE=1: print registers / spills / smem per kernel (scripts/gpu_check.sh)."""
+    return ["--ptxas-options=-v"] if os.environ.get("FUSED_RNN_PTXAS_VERBOSE", "0") == "1" else []
 
 
 def include_dirs(root: str = ROOT) -> list[str]:

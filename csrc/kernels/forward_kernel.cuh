@@ -257,6 +257,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   float* const part = reinterpret_cast<float*>(smem + lay.part);
   float* const bias_x = reinterpret_cast<float*>(smem + lay.bias);
   float* const bias_h = bias_x + c.m_pad;
+  float* const s_hprev = reinterpret_cast<float*>(smem + lay.state);  // [bl * U + u]
+  float* const s_cprev = s_hprev + c.batch_tile * c.units_per_cta;
+  int* const s_valid = reinterpret_cast<int*>(smem + lay.valid);      // [bl]
 
   const int H = p.hidden;
   const int D = p.num_dirs;
@@ -355,6 +358,16 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         // 1. gather X (rows >= nbv keep stale data: they only feed discarded columns)
         load_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l);
         load_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H);
+        //    ... and this tile's exact fp32 state and length flags (owner-only data)
+        for (int pi = threadIdx.x; pi < uc * nbv; pi += kForwardThreads) {
+          const int u = pi % uc, bl = pi / uc;
+          const int64_t sidx = ld_id * BH + (b0 + bl) * H + u0 + u;
+          s_hprev[bl * U + u] = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
+          if constexpr (CELL == CellKind::kLSTM)
+            s_cprev[bl * U + u] = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
+        }
+        for (int bl = threadIdx.x; bl < nbv; bl += kForwardThreads)
+          s_valid[bl] = p.lengths == nullptr || t < __ldg(p.lengths + b0 + bl);
         __syncthreads();
         // 2. gate pre-activations
         if constexpr (sizeof(T) == 4 && !TF32) {
@@ -364,9 +377,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         }
         __syncthreads();
         // 3. epilogue: one thread per (unit, batch row), units fastest
-        //    (coalesced stores of h rows). No trailing barrier needed: the next
-        //    tile's gather only writes sx, which no one reads after the GEMM,
-        //    and its GEMM writes `part` only after the next __syncthreads.
+        //    (coalesced stores of h rows). The next tile's gather writes sx
+        //    (no one reads it after the GEMM) and the state tiles (read here):
+        //    hence the barrier at the end of the tile.
         const int pairs = uc * nbv;
         for (int pi = threadIdx.x; pi < pairs; pi += kForwardThreads) {
           const int u = pi % uc;
@@ -386,13 +399,13 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             gh[g] = ah;
           }
           const int64_t sidx = ld_id * BH + b * H + j;  // (ld, b, j) in hx / cx / hy / cy / state
-          const float h_prev = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
-          const bool valid = p.lengths == nullptr || t < __ldg(p.lengths + b);
+          const float h_prev = s_hprev[bl * U + u];
+          const bool valid = s_valid[bl] != 0;
           T* const rsv = reserve ? reserve + ((ld_id * T_len + t) * B + b) * p.reserve_width
                                  : nullptr;
           float h_new;
           if constexpr (CELL == CellKind::kLSTM) {
-            const float c_prev = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
+            const float c_prev = s_cprev[bl * U + u];
             float pre[4];
 #pragma unroll
             for (int g = 0; g < 4; ++g) pre[g] = gx[g] + gh[g];
@@ -451,6 +464,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           }
           // (unidirectional, no dropout: layer + 1 reads hring directly)
         }
+        if (b0 + c.batch_tile < B) __syncthreads();  // (after the last tile: grid.sync)
       }
     }
     if (s + 1 < n_steps) grid.sync();

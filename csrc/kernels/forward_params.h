@@ -89,8 +89,12 @@ struct ForwardConfig {
 //   x     (batch_tile, ld)       X tile: column-major B operand, row b = [x_t(b) ; h_{t-1}(b)]
 //   part  (splits, batch_tile, m_pad) fp32 partial sums of the warp work items
 //   bias  2 x m_pad fp32         b_ih, b_hh per gate row (0 without biases)
+//   state 2 x (batch_tile, U) fp32  h_{t-1}, c_{t-1} of this tile's (b, unit),
+//                                loaded with the gather so that their L2 round
+//                                trip overlaps it instead of the epilogue's
+//   valid batch_tile int32        t < lengths[b] of this tile's rows
 struct SmemLayout {
-  int64_t w = 0, x = 0, part = 0, bias = 0, total = 0;
+  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, total = 0;
 };
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -102,7 +106,10 @@ FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
   s.part = align_to(s.x + static_cast<int64_t>(c.batch_tile) * c.ld * c.elem_bytes, 128);
   s.bias = align_to(
       s.part + static_cast<int64_t>(c.x_splits + c.h_splits) * c.batch_tile * c.m_pad * 4, 128);
-  s.total = align_to(s.bias + 2 * static_cast<int64_t>(c.m_pad) * 4, 128);
+  s.state = align_to(s.bias + 2 * static_cast<int64_t>(c.m_pad) * 4, 128);
+  s.valid = align_to(
+      s.state + 2 * static_cast<int64_t>(c.batch_tile) * c.units_per_cta * 4, 128);
+  s.total = align_to(s.valid + static_cast<int64_t>(c.batch_tile) * 4, 128);
   return s;
 }
 

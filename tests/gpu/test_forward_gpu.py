@@ -1,0 +1,461 @@
+"""The fused CUDA forward kernel against a float64 reference and against cuDNN.
+
+Runs only where a CUDA device is visible (marked ``gpu``; tests/conftest.py
+skips it elsewhere). On such a machine a missing or broken extension FAILS:
+the ``ext`` fixture asserts it loaded.
+
+Rules (design section 5):
+* accuracy: on the same (dtype-quantised) weights and inputs, the fused
+  error vs the float64 reference is at most 2x cuDNN's error (torch.nn at the
+  same dtype, same TF32 setting) plus a small floor;
+* outputs are poisoned (the caching allocator's free blocks are filled with
+  0xFF = NaN in every float dtype) before each fused call, then checked finite;
+* reserve == the reference's reserve on valid timesteps; dropout == the
+  reference with the same seed; inference == training forward bit for bit;
+* one kernel launch, no cuDNN; CUDA-graph capture/replay; T > 65535; bad
+  input raises and leaves the device usable.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+from fused_rnn import reference
+
+pytestmark = pytest.mark.gpu
+
+DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+         "bf16": torch.bfloat16}
+# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
+FLOOR = {"fp32": 1e-5, "tf32": 5e-4, "fp16": 1e-3, "bf16": 8e-3}
+CAP = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
+NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ext():
+    from fused_rnn._build import extension_status, load_extension
+
+    mod = load_extension()
+    assert mod is not None, (
+        "a CUDA device is visible but the fused_rnn extension did not load: "
+        f"{extension_status()}")
+    assert hasattr(torch.ops.fused_rnn, "_fused_forward")
+    return mod
+
+
+@pytest.fixture
+def precision(request):
+    """Sets torch.backends.cudnn.allow_tf32 (which the fused kernel follows too)."""
+    old = torch.backends.cudnn.allow_tf32
+    yield lambda prec: setattr(torch.backends.cudnn, "allow_tf32", prec == "tf32")
+    torch.backends.cudnn.allow_tf32 = old
+
+
+def poison_allocator():
+    """Fill free caching-allocator blocks with 0xFF bytes (NaN for fp32/fp16/bf16)."""
+    big = torch.empty(96 << 20, dtype=torch.uint8, device="cuda").fill_(255)
+    small = [torch.empty(512 << 10, dtype=torch.uint8, device="cuda").fill_(255)
+             for _ in range(24)]
+    del big, small
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+class Case(NamedTuple):
+    mode: str
+    L: int
+    bidir: bool
+    I: int
+    H: int
+    B: int
+    T: int
+    bias: bool
+    prec: str
+    lengths: bool
+
+    @property
+    def id(self):
+        return (f"{self.mode}-L{self.L}{'-bi' if self.bidir else ''}-I{self.I}-H{self.H}"
+                f"-B{self.B}-T{self.T}{'' if self.bias else '-nobias'}-{self.prec}"
+                f"{'-len' if self.lengths else ''}")
+
+
+CASES = [
+    Case("LSTM", 1, False, 1, 1, 1, 1, True, "fp32", False),         # the smallest problem
+    Case("LSTM", 2, False, 13, 37, 3, 7, True, "tf32", False),
+    Case("LSTM", 4, False, 64, 100, 5, 9, True, "bf16", True),
+    Case("LSTM", 3, True, 17, 64, 70, 6, False, "fp16", True),       # 2 batch tiles
+    Case("LSTM", 1, False, 1024, 1024, 3, 5, True, "bf16", False),   # H = 1024
+    Case("LSTM", 2, False, 512, 512, 32, 16, True, "bf16", False),
+    Case("LSTM", 2, False, 512, 512, 32, 16, True, "tf32", False),
+    Case("LSTM", 4, False, 256, 256, 200, 8, True, "fp16", False),   # 4 batch tiles
+    Case("LSTM", 2, True, 33, 129, 1, 12, True, "fp32", True),
+    Case("GRU", 1, False, 5, 8, 1, 1, True, "bf16", False),
+    Case("GRU", 2, False, 13, 37, 4, 10, True, "fp32", True),
+    Case("GRU", 3, True, 100, 100, 9, 6, True, "tf32", True),
+    Case("GRU", 4, False, 512, 512, 16, 12, True, "bf16", False),
+    Case("GRU", 2, False, 7, 250, 65, 5, False, "fp16", False),
+    Case("RNN_TANH", 1, False, 3, 16, 2, 20, True, "fp32", False),
+    Case("RNN_TANH", 3, True, 21, 48, 17, 7, True, "bf16", True),
+    Case("RNN_TANH", 4, False, 256, 512, 8, 9, False, "tf32", False),
+    Case("RNN_TANH", 2, False, 40, 77, 3, 4, True, "fp16", True),
+    Case("RNN_RELU", 2, False, 9, 31, 6, 11, True, "fp16", True),
+    Case("RNN_RELU", 2, True, 64, 64, 33, 5, True, "fp32", False),
+    Case("RNN_RELU", 1, False, 1, 1000, 1, 3, True, "bf16", False),
+    Case("RNN_RELU", 3, False, 50, 24, 4, 6, False, "tf32", True),
+]
+
+
+def make_inputs(case: Case, seed: int = 0):
+    """Random weights (torch's init range), input, states, lengths; all quantised to the
+    case's dtype on the GPU. The float64 reference gets the same quantised values."""
+    g = torch.Generator().manual_seed(seed)
+    dt = DTYPE[case.prec]
+    D = 2 if case.bidir else 1
+    G = reference.GATES[case.mode]
+    k = 1.0 / math.sqrt(case.H)
+
+    def rnd(*shape, scale=1.0, uniform=False):
+        t = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale if uniform \
+            else torch.randn(shape, generator=g, dtype=torch.float64) * scale
+        return t.to(dt).cuda()
+
+    weights = []
+    for layer in range(case.L):
+        for _ in range(D):
+            in_l = case.I if layer == 0 else D * case.H
+            weights.append(rnd(G * case.H, in_l, scale=k, uniform=True))
+            weights.append(rnd(G * case.H, case.H, scale=k, uniform=True))
+            if case.bias:
+                weights.append(rnd(G * case.H, scale=k, uniform=True))
+                weights.append(rnd(G * case.H, scale=k, uniform=True))
+    x = rnd(case.T, case.B, case.I)
+    hx = rnd(case.L * D, case.B, case.H, scale=0.5)
+    cx = rnd(case.L * D, case.B, case.H, scale=0.5) if case.mode == "LSTM" else None
+    lengths = None
+    if case.lengths:
+        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g, dtype=torch.int64)
+        lengths[0] = case.T  # one full-length sequence (packing needs max == T for total_length)
+        lengths = lengths.cuda()
+    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths)
+
+
+def op_args(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False):
+    return (inp["x"], inp["w"], inp["hx"], inp["cx"], inp["lengths"], seed, case.mode, case.L,
+            case.bidir, case.bias, 0, dropout, need_reserve)
+
+
+def run_reference(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False):
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return reference.rnn_forward(d(inp["x"]), [w.double() for w in inp["w"]], d(inp["hx"]),
+                                 d(inp["cx"]), inp["lengths"], seed, case.mode, case.L,
+                                 case.bidir, case.bias, 0, dropout, need_reserve)
+
+
+def run_cudnn(case: Case, inp):
+    """torch.nn at the case's dtype on the same weights: (output, hy, cy or None)."""
+    kw = dict(num_layers=case.L, bias=case.bias, bidirectional=case.bidir,
+              dtype=DTYPE[case.prec], device="cuda")
+    if case.mode.startswith("RNN"):
+        kw["nonlinearity"] = "tanh" if case.mode == "RNN_TANH" else "relu"
+    m = NN[case.mode](case.I, case.H, **kw)
+    with torch.no_grad():
+        for p, w in zip(m._flat_weights, inp["w"]):
+            p.copy_(w)
+        state = (inp["hx"], inp["cx"]) if case.mode == "LSTM" else inp["hx"]
+        if inp["lengths"] is None:
+            out, h = m(inp["x"], state)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(inp["x"], inp["lengths"].cpu(),
+                                                       enforce_sorted=False)
+            out, h = m(packed, state)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=case.T)
+    if case.mode == "LSTM":
+        return out, h[0], h[1]
+    return out, h, None
+
+
+def rel_err(got, ref):
+    """max |got - ref| / max(1, max |ref|), in float64."""
+    if got is None or ref is None or ref.numel() == 0:
+        return 0.0
+    ref = ref.double()
+    return ((got.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
+
+
+def result_err(res, ref, mode):
+    out, hy, cy = res[0], res[1], res[2]
+    e = max(rel_err(out, ref[0]), rel_err(hy, ref[1]))
+    if mode == "LSTM":
+        e = max(e, rel_err(cy, ref[2]))
+    return e
+
+
+def fused(ext, case, inp, **kw):
+    poison_allocator()
+    res = torch.ops.fused_rnn._fused_forward(*op_args(case, inp, **kw))
+    torch.cuda.synchronize()
+    return res
+
+
+def plan_or_skip(ext, case, need_reserve=False, dropout=0.0):
+    ok, why = ext.plan(case.mode, case.L, case.bidir, case.bias, 0, case.I, case.H, case.B,
+                       case.T, DTYPE[case.prec], torch.cuda.current_device(), need_reserve,
+                       case.lengths, dropout)
+    assert isinstance(why, str) and why
+    if not ok:
+        pytest.skip(f"not covered by the fused kernel on this device: {why}")
+    return why
+
+
+def valid_mask(case, lengths):
+    """(T, B) bool: t < lengths[b]."""
+    t = torch.arange(case.T, device="cuda").unsqueeze(1)
+    if lengths is None:
+        return torch.ones(case.T, case.B, dtype=torch.bool, device="cuda")
+    return t < lengths.unsqueeze(0)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_smoke_tiny(ext, precision):
+    """First and smallest: one layer, one step (if this hangs, nothing else will work)."""
+    precision("fp32")
+    case = Case("LSTM", 1, False, 3, 5, 2, 1, True, "fp32", False)
+    plan_or_skip(ext, case)
+    inp = make_inputs(case)
+    out, hy, cy, reserve = fused(ext, case, inp)
+    ref = run_reference(case, inp)
+    assert out.shape == (1, 2, 5) and hy.shape == (1, 2, 5) and cy.shape == (1, 2, 5)
+    assert reserve.numel() == 0
+    assert result_err((out, hy, cy), ref, "LSTM") < 1e-5
+
+
+def test_extension_facts(ext):
+    archs = ext.compiled_archs()
+    assert archs and all(a.startswith("sm_") for a in archs), archs
+    version, why = ext.kernel_binary_version(torch.cuda.current_device())
+    major, minor = torch.cuda.get_device_capability()
+    assert version == 10 * major + minor, (version, why)
+    assert ext.max_layer_directions == 32
+
+
+def test_plan_covers_targets_and_explains_rejections(ext, precision):
+    dev = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(dev)
+    precision("tf32")
+    p = lambda mode, L, H, dt, **kw: ext.plan(  # noqa: E731
+        mode, L, kw.get("bidir", False), True, kw.get("proj", 0), H, H, kw.get("B", 32), 512, dt,
+        dev, False, False, 0.0)
+    if props.major >= 9 and props.multi_processor_count >= 128:  # H100 / H200
+        for mode, L, H, dt in [("LSTM", 4, 512, torch.bfloat16), ("GRU", 4, 512, torch.bfloat16),
+                               ("LSTM", 2, 512, torch.float32), ("LSTM", 4, 256, torch.float32),
+                               ("LSTM", 4, 512, torch.float16), ("LSTM", 2, 256, torch.bfloat16)]:
+            ok, why = p(mode, L, H, dt)
+            assert ok, (mode, L, H, dt, why)
+            assert why.startswith("fused: ")
+    ok, why = p("LSTM", 2, 64, torch.bfloat16, proj=32)
+    assert not ok and "proj_size" in why
+    ok, why = p("LSTM", 2, 64, torch.float64)
+    assert not ok and "float64" in why
+    ok, why = ext.plan("LSTM", 1, False, True, 0, 8, 8, 1, 1, torch.float32, 99, False, False, 0.0)
+    assert not ok and "device" in why
+    ok, why = p("LSTM", 4, 4096, torch.float32)
+    assert not ok and "shared memory" in why
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_matches_reference(ext, precision, case):
+    precision(case.prec)
+    plan_or_skip(ext, case, need_reserve=True)
+    inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000)
+    out, hy, cy, reserve = fused(ext, case, inp, need_reserve=True)
+    D = 2 if case.bidir else 1
+    assert out.shape == (case.T, case.B, D * case.H) and out.dtype == DTYPE[case.prec]
+    assert hy.shape == (case.L * D, case.B, case.H)
+    if case.mode == "LSTM":
+        assert cy.shape == (case.L * D, case.B, case.H)
+    else:
+        assert cy.numel() == 0
+    assert torch.isfinite(out).all() and torch.isfinite(hy).all() and torch.isfinite(cy).all()
+
+    ref = run_reference(case, inp, need_reserve=True)
+    err = result_err((out, hy, cy), ref, case.mode)
+    try:
+        cud = run_cudnn(case, inp)
+        cudnn_err = result_err(cud, ref, case.mode)
+    except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
+        cudnn_err = 0.0
+        print(f"cuDNN failed ({e}); checking against the floor only")
+    print(f"{case.id}: fused err {err:.3g}, cuDNN err {cudnn_err:.3g}")
+    assert err <= 2 * cudnn_err + FLOOR[case.prec], (err, cudnn_err)
+    assert err <= CAP[case.prec], (err, cudnn_err)
+
+    # zero output rows past each length, exactly
+    valid = valid_mask(case, inp["lengths"])
+    assert (out[~valid] == 0).all()
+
+    # reserve: same layout and values as the reference's, on valid timesteps
+    assert reserve.shape == ref[3].shape, (reserve.shape, ref[3].shape)
+    vr, vf = ref[3][:, valid], reserve[:, valid]
+    assert torch.isfinite(vf).all()
+    res_err = rel_err(vf, vr)
+    assert res_err <= max(4 * err, FLOOR[case.prec] * 4) + 2 * cudnn_err, (res_err, err)
+
+    # inference (nothing saved) computes the same numbers, bit for bit
+    out2, hy2, cy2, reserve2 = fused(ext, case, inp, need_reserve=False)
+    assert reserve2.numel() == 0
+    assert torch.equal(out2, out) and torch.equal(hy2, hy) and torch.equal(cy2, cy)
+
+
+def test_public_op_takes_the_fused_path(ext, precision):
+    precision("fp32")
+    case = Case("GRU", 2, False, 24, 40, 5, 6, True, "bf16", True)
+    plan_or_skip(ext, case)
+    inp = make_inputs(case)
+    a = fused(ext, case, inp)
+    b = torch.ops.fused_rnn.rnn_forward(*op_args(case, inp))
+    torch.cuda.synchronize()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+DROPOUT_CASES = [
+    (Case("LSTM", 3, False, 20, 48, 6, 9, True, "fp32", False), 0.3),
+    (Case("GRU", 2, True, 11, 33, 5, 7, True, "fp32", True), 0.5),
+    (Case("RNN_TANH", 2, False, 8, 16, 3, 5, True, "fp32", False), 1.0),
+    (Case("LSTM", 4, False, 64, 128, 40, 6, True, "bf16", True), 0.2),
+    (Case("GRU", 3, True, 16, 70, 3, 4, False, "fp16", False), 0.4),
+]
+
+
+@pytest.mark.parametrize("case,p", DROPOUT_CASES, ids=lambda v: v.id if isinstance(v, Case) else str(v))
+def test_dropout_equals_reference_with_same_seed(ext, precision, case, p):
+    precision(case.prec)
+    plan_or_skip(ext, case, need_reserve=True, dropout=p)
+    inp = make_inputs(case, seed=7)
+    seed = torch.tensor(123456789 + int(p * 100), dtype=torch.int64, device="cuda")
+    out, hy, cy, reserve = fused(ext, case, inp, dropout=p, seed=seed, need_reserve=True)
+    assert torch.isfinite(out).all()
+    ref = run_reference(case, inp, dropout=p, seed=seed, need_reserve=True)
+    err = result_err((out, hy, cy), ref, case.mode)
+    assert err <= CAP[case.prec], err
+    valid = valid_mask(case, inp["lengths"])
+    assert rel_err(reserve[:, valid], ref[3][:, valid]) <= max(4 * err, 4 * FLOOR[case.prec])
+    # it really dropped something: differs from the run without dropout
+    plain = run_reference(case, inp)
+    assert rel_err(out, plain[0]) > 10 * CAP[case.prec] or case.prec != "fp32"
+    # same seed, same bits
+    again = fused(ext, case, inp, dropout=p, seed=seed, need_reserve=True)
+    assert torch.equal(again[0], out)
+
+
+def test_one_kernel_no_cudnn(ext, precision):
+    from torch.profiler import ProfilerActivity, profile
+
+    precision("tf32")
+    case = Case("LSTM", 4, False, 32, 64, 8, 16, True, "bf16", False)
+    plan_or_skip(ext, case)
+    inp = make_inputs(case)
+    for call in (torch.ops.fused_rnn._fused_forward, torch.ops.fused_rnn.rnn_forward):
+        call(*op_args(case, inp))
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call(*op_args(case, inp))
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events()
+                 if str(e.device_type).endswith("CUDA")
+                 and not e.name.startswith(("Memcpy", "Memset", "[memory]"))]
+        assert 1 <= len(names) <= 2, names
+        assert not any("cudnn" in n.lower() for n in names), names
+        assert any("rnn_forward_kernel" in n for n in names), names
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_cuda_graph_capture_and_replay(ext, precision, dropout):
+    precision("tf32")
+    case = Case("LSTM", 2, False, 16, 32, 4, 10, True, "fp32", True)
+    plan_or_skip(ext, case, dropout=dropout)
+    inp = make_inputs(case)
+    seed = torch.tensor(42, dtype=torch.int64, device="cuda")
+    args = op_args(case, inp, dropout=dropout, seed=seed if dropout else None)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            torch.ops.fused_rnn._fused_forward(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = torch.ops.fused_rnn._fused_forward(*args)
+    new_x = torch.randn_like(inp["x"])
+    inp["x"].copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = torch.ops.fused_rnn._fused_forward(*args)
+    torch.cuda.synchronize()
+    for g_t, e_t in zip(static_out, eager):
+        assert torch.equal(g_t, e_t)
+
+
+def test_long_sequence_beyond_grid_limit(ext, precision):
+    """T > 65535: the time loop is in the kernel, not in a grid dimension."""
+    precision("fp32")
+    case = Case("LSTM", 2, False, 8, 16, 2, 70000, True, "fp32", False)
+    plan_or_skip(ext, case)
+    inp = make_inputs(case)
+    out, hy, cy, _ = fused(ext, case, inp)
+    assert torch.isfinite(out).all() and torch.isfinite(hy).all()
+    cud = run_cudnn(case, inp)
+    assert rel_err(out, cud[0]) < 1e-3 and rel_err(hy, cud[1]) < 1e-3 and rel_err(cy, cud[2]) < 1e-3
+    # prefix property (unidirectional): the first steps equal the fp64 reference on a prefix
+    short = case._replace(T=64)
+    ref = run_reference(short, dict(inp, x=inp["x"][:64]))
+    assert rel_err(out[:64], ref[0]) < 1e-5
+
+
+def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
+    precision("fp32")
+    case = Case("LSTM", 2, False, 8, 16, 3, 4, True, "fp32", False)
+    inp = make_inputs(case)
+    op = torch.ops.fused_rnn._fused_forward
+    good = op_args(case, inp)
+
+    def with_(**kw):
+        a = list(good)
+        names = ["input", "weights", "hx", "cx", "lengths", "seed", "mode", "L", "bidir", "bias",
+                 "proj", "dropout", "need_reserve"]
+        for k, v in kw.items():
+            a[names.index(k)] = v
+        return a
+
+    bad_calls = [
+        with_(input=inp["x"].cpu()),                                    # wrong device
+        with_(input=inp["x"].double()),                                 # wrong dtype
+        with_(hx=inp["hx"][:, :2]),                                     # wrong shape
+        with_(weights=[inp["w"][0].half()] + inp["w"][1:]),             # mixed dtypes
+        with_(weights=inp["w"][:-1]),                                   # missing tensor
+        with_(lengths=torch.ones(3, dtype=torch.int64)),                # lengths on the CPU
+        with_(dropout=0.5),                                             # no seed
+        with_(cx=None),                                                 # LSTM without cx
+        with_(mode="LSTMX"),
+        with_(proj=4),                                                  # not covered
+    ]
+    for a in bad_calls:
+        with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+            op(*a)
+    out = op(*good)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out[0]).all()
