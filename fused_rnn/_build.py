@@ -50,15 +50,16 @@ def gencode_flags(archs: list[str]) -> list[str]:
     return flags
 
 
+# No -std flag: torch.utils.cpp_extension adds the standard its headers need
+# (C++20 since torch 2.10); the code compiles as C++17 and C++20.
 def cxx_flags() -> list[str]:
-    return ["-O3", "-std=c++17"]
+    return ["-O3"]
 
 
 def nvcc_flags(archs: list[str] | None = None) -> list[str]:
     archs = arch_list() if archs is None else archs
     return [
         "-O3",
-        "-std=c++17",
         "--use_fast_math",
         "--expt-relaxed-constexpr",
         "-lineinfo",
