@@ -11,6 +11,7 @@
 #include <c10/util/string_view.h>
 
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/forward_api.h"
@@ -36,11 +37,44 @@ inline bool parse_dtype(at::ScalarType t, DType* out) {
 }
 
 // float32 uses TF32 tensor cores when torch would let cuDNN's RNN do so
-// (torch.backends.cudnn.allow_tf32, default True): the fused module then
+// (torch.backends.cudnn.rnn.fp32_precision, or the legacy
+// torch.backends.cudnn.allow_tf32; default: TF32): the fused module then
 // matches the precision of the nn.LSTM it replaces, with either setting.
 // (cuBLAS's flag, torch.backends.cuda.matmul.allow_tf32, is False by default
-// and governs matmuls, not RNNs.) Change this one line to choose otherwise.
-inline bool fp32_uses_tf32() { return at::globalContext().allowTF32CuDNN(); }
+// and governs matmuls, not RNNs.)
+//
+// Asked for the RNN operator specifically: without an operator, newer torch
+// raises when the conv and RNN settings differ. The getter's signature
+// changed across releases -- allowTF32CuDNN(), allowTF32CuDNN(std::string op),
+// allowTF32CuDNN(std::optional<Float32Op> op) -- so the call is chosen from
+// the member's own parameter type, naming no release-specific symbol.
+namespace detail {
+template <typename F>
+struct getter_arg;
+template <typename R, typename C>
+struct getter_arg<R (C::*)() const> {
+  using type = void;
+};
+template <typename R, typename C, typename A>
+struct getter_arg<R (C::*)(A) const> {
+  using type = std::decay_t<A>;
+};
+
+template <typename Ctx>
+bool cudnn_rnn_allows_tf32(const Ctx& ctx) {
+  using Arg = typename getter_arg<decltype(&Ctx::allowTF32CuDNN)>::type;
+  if constexpr (std::is_void_v<Arg>) {
+    return ctx.allowTF32CuDNN();
+  } else if constexpr (std::is_same_v<Arg, std::string>) {
+    return ctx.allowTF32CuDNN(std::string("rnn"));
+  } else {  // std::optional<Float32Op>
+    using Op = typename Arg::value_type;
+    return ctx.allowTF32CuDNN(Op::RNN);
+  }
+}
+}  // namespace detail
+
+inline bool fp32_uses_tf32() { return detail::cudnn_rnn_allows_tf32(at::globalContext()); }
 
 inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirectional,
                                    bool has_biases, int64_t proj_size, int64_t input_size,
