@@ -219,12 +219,16 @@ def _backward_direction(mode, dy, dh, dc, x, res, h0, c0, w_ih, w_hh, w_hr, leng
     steps = range(T) if reverse else range(T - 1, -1, -1)
     for t in steps:
         if lengths is not None:
-            v = (t < lengths).unsqueeze(1).to(res.dtype)
+            valid = (t < lengths).unsqueeze(1)
+            v = valid.to(res.dtype)
+            # Gate columns of frozen steps are not used: select, never multiply
+            # by zero, so whatever they hold cannot turn into NaN.
+            r = torch.where(valid, res[t], torch.zeros((), dtype=res.dtype, device=res.device))
         else:
             v = torch.ones((), dtype=res.dtype, device=res.device)
+            r = res[t]
         dh_new = v * (dy[t] + dh)
         dh_skip = (1 - v) * dh  # a frozen step passes the gradient through unchanged
-        r = res[t]
         if mode == "LSTM":
             i, f, g, o = r[:, :4 * H].chunk(4, dim=1)
             c = r[:, 4 * H:5 * H]

@@ -169,3 +169,27 @@ def test_torch_compile_inductor_inference():
     x = torch.randn(2, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_ignores_gate_columns_of_frozen_steps(mode):
+    """The contract leaves gate columns past a sequence's length unspecified: NaN there is harmless."""
+    lengths = torch.tensor([4, 1, 3])
+    x, w, h, c, _, seed, *opts = _op_args(mode, T=4, B=3, lengths=lengths, need_reserve=True)
+    out, hy, cy, res = torch.ops.fused_rnn.rnn_forward(x, w, h, c, lengths, seed, *opts)
+    G = reference.GATES[mode]
+    H = w[1].shape[1]
+    grads = (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy))
+    args = (x, w, h, c, lengths, seed, out)
+    clean = torch.ops.fused_rnn.rnn_backward(*grads, *args, res, *opts[:-1])
+    poisoned = res.clone()
+    frozen = torch.arange(4).unsqueeze(1) >= lengths.unsqueeze(0)  # (T, B)
+    n_gate_cols = {"LSTM": 4 * H, "GRU": 4 * H}.get(mode, 0)
+    if n_gate_cols:
+        poisoned[:, frozen, :n_gate_cols] = float("nan")
+    else:  # RNN: h of a frozen step is the frozen state; poison nothing that is defined
+        assert G == 1
+    dirty = torch.ops.fused_rnn.rnn_backward(*grads, *args, poisoned, *opts[:-1])
+    for a, b in zip(clean[:1] + tuple(clean[1]) + clean[2:], dirty[:1] + tuple(dirty[1]) + dirty[2:]):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)

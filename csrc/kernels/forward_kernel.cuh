@@ -414,12 +414,13 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             const float c_new = valid ? o.c : c_prev;
             p.state_c[sidx] = c_new;
             if (rsv) {
-              if (valid) {
-                rsv[j] = from_f<T>(o.i);
-                rsv[H + j] = from_f<T>(o.f);
-                rsv[2 * H + j] = from_f<T>(o.g);
-                rsv[3 * H + j] = from_f<T>(o.o);
-              }
+              // Gates are written for frozen steps too (finite values from the
+              // frozen state): every reserve element is defined, so a backward
+              // that multiplies them by a zero mask never meets NaN garbage.
+              rsv[j] = from_f<T>(o.i);
+              rsv[H + j] = from_f<T>(o.f);
+              rsv[2 * H + j] = from_f<T>(o.g);
+              rsv[3 * H + j] = from_f<T>(o.o);
               rsv[4 * H + j] = from_f<T>(c_new);
               rsv[5 * H + j] = from_f<T>(h_new);
             }
@@ -428,12 +429,10 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             const GruOut o = gru_cell(gx, gh, h_prev);
             h_new = valid ? o.h : h_prev;
             if (rsv) {
-              if (valid) {
-                rsv[j] = from_f<T>(o.r);
-                rsv[H + j] = from_f<T>(o.z);
-                rsv[2 * H + j] = from_f<T>(o.n);
-                rsv[3 * H + j] = from_f<T>(o.hn);
-              }
+              rsv[j] = from_f<T>(o.r);  // written for frozen steps too (see LSTM)
+              rsv[H + j] = from_f<T>(o.z);
+              rsv[2 * H + j] = from_f<T>(o.n);
+              rsv[3 * H + j] = from_f<T>(o.hn);
               rsv[4 * H + j] = from_f<T>(h_new);
             }
           } else {
