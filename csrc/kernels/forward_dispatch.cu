@@ -125,6 +125,14 @@ PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
   }
   dev.smem_optin_per_block = smem_optin;
   dev.smem_per_sm = smem_sm;
+  int cooperative = 0;
+  if (cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess ||
+      !cooperative) {
+    cudaGetLastError();
+    bad.reason = "the device does not support cooperative launches";
+    g_cache[key] = bad;
+    return bad;
+  }
 
   const bool tf32 = pr.dtype == DType::kFloat32 && pr.allow_tf32;
   OccupancyQuery q{kernel_symbol(pr.dtype, cell_kind(pr.mode), tf32), cudaSuccess};
