@@ -5,13 +5,15 @@
 #
 # 1. builds the CUDA extension in place for sm_90a only (TORCH_CUDA_ARCH_LIST,
 #    MAX_JOBS=16), with the ptxas report (registers / spills / smem per kernel);
-# 2. runs the GPU forward tests in full (no -x: every failure is reported);
+# 2. runs a tiny smoke test first (45 s limit: a hang there costs little),
+#    then the GPU tests in full (no -x: every failure is reported);
 # 3. runs the quick benchmark (benchmarks/bench.py --quick) if present;
-# 4. runs the whole suite with -x in the time left.
-# Every step has its own time limit (build 200 s, GPU tests 140 s, bench 120 s,
-# the rest until 570 s) so the script ends under 10 minutes even if a kernel
-# hangs (a killed process takes its CUDA context and kernel with it). At most
-# 8 files are written to the output folder.
+# 4. measures the floors (benchmarks/floors.py: barrier latencies).
+# The CPU tests are CI's job and are not run here (device time is scarce).
+# Every step has its own time limit (build 200 s, smoke 45 s, GPU tests 160 s,
+# bench 120 s, floors 45 s) so the script ends under 10 minutes even if a kernel hangs (a
+# killed process takes its CUDA context and kernel with it). At most 8 files
+# are written to the output folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-./gpu_out}"
@@ -61,9 +63,14 @@ mv "$OUT_DIR/build.tmp" "$OUT_DIR/build.log"
 grep -B1 -E "registers" "$OUT_DIR/build.log" | head -40 || true
 python -c "import fused_rnn, pprint; pprint.pprint(fused_rnn.backend_info())" 2>&1 | tee -a "$OUT_DIR/env.txt" || true
 
-# 2. the GPU forward tests, in full (no -x: every failure is reported)
-step "pytest tests/gpu" 140 "$OUT_DIR/pytest_gpu.txt" \
+# 2. a tiny smoke test (a hang here costs 45 s, not the whole GPU step), then
+#    the GPU tests in full (no -x: every failure is reported)
+step "pytest smoke" 45 "$OUT_DIR/pytest_smoke.tmp" \
+  python -m pytest tests/gpu -q -rs -k smoke_tiny -o faulthandler_timeout=30 -s
+step "pytest tests/gpu" 160 "$OUT_DIR/pytest_gpu.tmp" \
   python -m pytest tests/gpu -q -rs -o faulthandler_timeout=60 -s
+cat "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp" > "$OUT_DIR/pytest_gpu.txt"
+rm -f "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp"
 
 # 3. quick benchmark (written by another helper; results copied, not its plots)
 if [ -f benchmarks/bench.py ]; then
@@ -77,16 +84,9 @@ else
   echo "bench: benchmarks/bench.py not present, skipped" | tee -a "$SUMMARY"
 fi
 
-# 4. the whole suite with -x, in the time that is left (the CPU tests are slow;
-#    tests/gpu ran above; tests/test_compile_kernels.py is CI's nvcc check,
-#    which the build above just did for real)
-left=$((570 - SECONDS))
-if [ "$left" -gt 30 ]; then
-  step "pytest tests -x (${left}s budget)" "$left" "$OUT_DIR/pytest_all.txt" \
-    python -m pytest tests -x -q -rs --ignore=tests/gpu --ignore=tests/test_compile_kernels.py \
-    -o faulthandler_timeout=60
-else
-  echo "pytest tests -x: skipped, ${left}s left" | tee -a "$SUMMARY"
+# 4. the floors: grid-barrier and cluster-barrier latency, cuDNN per-layer step
+if [ -f benchmarks/floors.py ]; then
+  step "floors" 45 "$OUT_DIR/floors.txt" python benchmarks/floors.py
 fi
 
 echo "== summary"; cat "$SUMMARY"
