@@ -8,7 +8,8 @@
 // barrier deadlocks (watchdog). Built with -fsanitize=address,undefined (or
 // thread) by tests/test_compile_kernels.py.
 //
-// Only what the forward kernel needs; not a general CUDA emulator. Speed is
+// Only what the kernels need (forward_kernel.cuh, backward_kernel.cuh); not
+// a general CUDA emulator. Speed is
 // irrelevant (tiny problems). The emulator can not find bugs in the hardware
 // semantics it models (e.g. the real wmma register layout) -- only in the
 // kernel's own indexing, synchronisation and arithmetic.
@@ -26,6 +27,11 @@
 #include <condition_variable>
 #include <mutex>
 #include <type_traits>
+#include <vector>
+
+// Kernels select emulated versions of what has no portable CUDA C++ spelling
+// (inline PTX: cp.async) with this macro.
+#define FRNN_EMULATION 1
 
 #define __global__
 #define __device__
@@ -86,6 +92,7 @@ class Barrier {
 struct Cta {
   Barrier* bar;
   unsigned char* smem;
+  Barrier** warps = nullptr;  // one barrier per warp (__syncwarp); set by drivers that need it
 };
 
 inline thread_local Cta* tl_cta = nullptr;
@@ -100,6 +107,40 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
 inline void __syncthreads() { emu::tl_cta->bar->wait("__syncthreads"); }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  assert(emu::tl_cta->warps && "emu: this driver has no warp barriers");
+  emu::tl_cta->warps[threadIdx.x / 32]->wait("__syncwarp");
+}
+
+namespace emu {
+// cp.async, modelled as late as the hardware may perform it: a thread's copies
+// are queued per commit group and performed only when cp_async_wait(n) lets
+// the group be complete (all but the newest n groups). A kernel that reads a
+// stage before waiting for it reads stale data here as on a GPU; a kernel
+// that rewrites a stage another lane still reads is a data race (TSan).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+};
+inline thread_local std::vector<std::vector<AsyncCopy>> tl_groups;  // committed, oldest first
+inline thread_local std::vector<AsyncCopy> tl_open;                 // not committed yet
+
+inline void cp_async16(void* dst, const void* src) {
+  assert(reinterpret_cast<uintptr_t>(dst) % 16 == 0 && "cp.async: dst must be 16-byte aligned");
+  assert(reinterpret_cast<uintptr_t>(src) % 16 == 0 && "cp.async: src must be 16-byte aligned");
+  tl_open.push_back(AsyncCopy{dst, src});
+}
+inline void cp_async_commit() {
+  tl_groups.push_back(tl_open);
+  tl_open.clear();
+}
+inline void cp_async_wait(int pending) {
+  while (static_cast<int>(tl_groups.size()) > pending) {
+    for (const AsyncCopy& c : tl_groups.front()) memcpy(c.dst, c.src, 16);
+    tl_groups.erase(tl_groups.begin());
+  }
+}
+}  // namespace emu
 
 template <typename T> inline T __ldcg(const T* p) {
   if (sizeof(T) >= 16) assert(reinterpret_cast<uintptr_t>(p) % 16 == 0);
