@@ -1,0 +1,7 @@
+// Backward kernel instantiations: __half with fp16 tensor-core math.
+// One file per dtype so that the variants compile in parallel.
+#include "backward_kernel.cuh"
+
+FRNN_INSTANTIATE_BACKWARD(__half, fused_rnn::CellKind::kLSTM, false)
+FRNN_INSTANTIATE_BACKWARD(__half, fused_rnn::CellKind::kGRU, false)
+FRNN_INSTANTIATE_BACKWARD(__half, fused_rnn::CellKind::kRNN, false)

@@ -1,0 +1,633 @@
+// The persistent backward kernel: backpropagation through time for a whole
+// LSTM / GRU / RNN stack, every layer and every timestep, in one cooperative
+// launch. The algorithm is fused_rnn/reference.py's rnn_backward /
+// _backward_direction (the spec); the layouts are in backward_params.h.
+//
+// Schedule (one grid-wide barrier per step), a reverse wavefront:
+//   unidirectional  T + L steps; at step s layer l runs its backward step
+//                   k = s - (L-1-l), k = 0..T: timestep t = T-1-k (k < T),
+//                   and k = T finishes (grad_hx / grad_cx). Its inputs,
+//                   dg^{l+1}[t] (the layer above, its step k) and dg^l[t+1]
+//                   (its own step k-1), were both written at step s - 1.
+//   bidirectional   L*T + 1 steps; layer l runs k = 0..T at steps
+//                   (L-1-l)*T + k, both directions at once (forward
+//                   direction t = T-1-k, reverse t = k): layer l needs both
+//                   directions of layer l+1 at t, i.e. all of layer l+1. A
+//                   layer's final step k = T shares a step with the first
+//                   step of the layer below.
+//
+// Per step, an active CTA (units J of (l, d), batch rows [b_lo, b_hi)), for
+// each pass of up to 8 batch tiles of 16 rows:
+//   0. issues the loads of what its epilogue needs (reserve gates and states,
+//      grad_output, its fp32 carries) so that they fly during the GEMM;
+//   1. GEMM, per warp: one (batch tile, K split) item; K is the concatenation
+//      of the rows dg_ih^{l+1,d'}[t][b, :] (d' = 0..D-1; the "above" part,
+//      absent for the top layer) and dg_hh^{l,d}[t_prev][b, :] (the "rec" part,
+//      absent at k = 0), streamed from L2 (cp.async.cg: written by other CTAs
+//      in this launch; L1 is not coherent) into the warp's own staging
+//      buffers, and multiplied with the CTA's weight columns (wmma, fp32
+//      accumulate, or exact FP32 FMA); above and rec sums kept apart;
+//   2. epilogue, one thread per (unit, row): dy = grad_output (top layer) or
+//      the above sum (dropped with the mask the forward used: bits computed
+//      by the owner of the unit); dh = rec + carry; the pointwise derivative
+//      of the cell from the reserve's activated gates and states; writes the
+//      gate gradients dg_ih[t] (and dg_hh[t] for GRU), the fp32 carries
+//      (owner-only state), the dropped layer output (dropout; for dW_ih of
+//      the layer above), and at k = T grad_hx / grad_cx.
+// Variable lengths: a step past a sequence's length writes zero gate
+// gradients and passes dh / dc through unchanged (the reference's rule).
+// The reserve is only read: a second backward gives identical gradients.
+//
+// No torch header: compiled by bare nvcc in CI (tests/test_compile_kernels.py)
+// and run on CPU threads by csrc/emu/ (FRNN_EMULATION).
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include "backward_params.h"
+#include "common.h"
+#include "forward_kernel.cuh"  // element helpers, MmaTypes, the dynamic smem hook
+#include "gate_math.h"
+#include "philox.cuh"
+
+namespace fused_rnn {
+namespace bwd {
+
+namespace cg = cooperative_groups;
+namespace wmma = nvcuda::wmma;
+using fwd::from_f;
+using fwd::kGates;
+using fwd::round_tf32;
+using fwd::to_f;
+
+// ------------------------------------------------------------ async copies
+//
+// cp.async.cg: 16 bytes global -> shared, through L2 only (the data was
+// written by other CTAs in this launch). The emulation (csrc/emu) performs a
+// thread's copies as late as the wait allows, so a missing wait reads stale
+// data there too.
+#if defined(FRNN_EMULATION)
+FRNN_DEVICE void cp_async16(void* dst, const void* src) { ::emu::cp_async16(dst, src); }
+FRNN_DEVICE void cp_async_commit() { ::emu::cp_async_commit(); }
+FRNN_DEVICE void cp_async_wait(int pending) { ::emu::cp_async_wait(pending); }
+#else
+FRNN_DEVICE void cp_async16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+#endif
+}
+FRNN_DEVICE void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Returns when at most `pending` of this thread's most recent groups are in flight.
+FRNN_DEVICE void cp_async_wait(int pending) {
+#if defined(__CUDA_ARCH__)
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+  }
+#endif
+}
+#endif
+
+// ------------------------------------------------------------ the GEMM
+
+// K of one step, in 16-element tiles: `na` above segments (d' = 0..na-1) then
+// the rec segment (if has_rec), each gt = GHp / 16 tiles long. The weight
+// tile's K index of linear tile `pos` is pos for an above tile and
+// ka/16 + (pos - na*gt) for a rec tile.
+struct StepK {
+  const void* above;   // dg_ih^{l+1, 0}[t] row 0 (direction d' adds d' * dir_stride)
+  const void* rec;     // dg_hh^{l, d}[t_prev] row 0
+  int64_t dir_stride;  // elements between d' = 0 and 1 of the above part (T * B * GHp)
+  int na;              // above segments (0 or D)
+  bool has_rec;
+  int gt;              // tiles per segment
+  int ka_tiles;        // ka / 16
+  int total;           // tiles in all: (na + has_rec) * gt
+};
+
+template <typename T> struct Block {
+  // K block of the weight layout and MMA K step (16-bit: m16n16k16; fp32: tf32 m16n16k8)
+  static constexpr int kK = sizeof(T) == 2 ? 16 : 8;
+};
+
+// One warp's GEMM item: rows [row0, row0 + rows) (<= 16) of the pass, K tiles
+// [tk0, tk1). Accumulates above and rec sums separately and stores them to
+// part_w[2][16][m_pad] (column-major per sum: [n][m]).
+template <typename T, bool TF32>
+FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, float* part_w,
+                           const StepK& sk, int64_t row0, int rows, int tk0, int tk1, int U) {
+  constexpr int kK = Block<T>::kK;
+  constexpr int kPiece = 16 / sizeof(T);           // elements per 16-byte copy
+  constexpr bool kFma = sizeof(T) == 4 && !TF32;   // exact FP32 path
+  const int lane = threadIdx.x % 32;
+  const int GHp = c.gh_pad;
+  const int gt = sk.gt;
+  const int chunk_tiles = c.stage_k / 16;          // 4 (16-bit) or 2 (fp32)
+  const int MT = c.m_tiles;
+  const int64_t stage_elems = 16 * static_cast<int64_t>(c.stage_ld);
+
+  // chunk length at linear tile position pos: stays inside one segment and the item
+  auto chunk_len = [&](int pos) {
+    const int seg_left = gt - pos % gt;
+    int n = chunk_tiles < seg_left ? chunk_tiles : seg_left;
+    return n < tk1 - pos ? n : tk1 - pos;
+  };
+  auto issue = [&](int pos, int stage) {
+    const int n = chunk_len(pos);
+    const int seg = pos / gt;
+    const int off = pos - seg * gt;
+    const T* src = seg < sk.na
+        ? static_cast<const T*>(sk.above) + seg * sk.dir_stride
+        : static_cast<const T*>(sk.rec);
+    src += row0 * GHp + off * 16;
+    T* dst = stage0 + stage * stage_elems;
+    const int per_row = n * 16 / kPiece;
+    const int pieces = rows * per_row;
+    for (int i = lane; i < pieces; i += 32) {
+      const int r = i / per_row;
+      const int q = i - r * per_row;
+      cp_async16(dst + r * c.stage_ld + q * kPiece, src + static_cast<int64_t>(r) * GHp + q * kPiece);
+    }
+  };
+
+  if constexpr (kFma) {
+    // lane -> row m = lane % 16 of each m-tile, 8 batch columns n0 .. n0+7
+    const int m = lane % 16;
+    const int n0 = (lane / 16) * 8;
+    float acc[2][kBackwardMaxMTiles][8];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[a][mt][q] = 0.0f;
+    auto compute = [&](int pos, int stage, float (&ac)[kBackwardMaxMTiles][8]) {
+      const int n = chunk_len(pos);
+      const int seg = pos / gt;
+      const int wk0 = seg < sk.na ? pos : sk.ka_tiles + (pos - seg * gt);
+      const float* bst = reinterpret_cast<const float*>(stage0 + stage * stage_elems);
+      for (int kt = 0; kt < n; ++kt) {
+#pragma unroll
+        for (int kk = 0; kk < 16; kk += 4) {
+          const int kb = (wk0 + kt) * (16 / kK) + kk / kK;
+          float4 bv[8];
+#pragma unroll
+          for (int q = 0; q < 8; ++q)
+            bv[q] = *reinterpret_cast<const float4*>(bst + (n0 + q) * c.stage_ld + kt * 16 + kk);
+#pragma unroll
+          for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
+            if (mt < MT) {
+              const float4 av = *reinterpret_cast<const float4*>(
+                  reinterpret_cast<const float*>(sw) +
+                  (static_cast<int64_t>(kb) * U + mt * 16 + m) * kK + kk % kK);
+#pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                ac[mt][q] = fmaf(av.x, bv[q].x, ac[mt][q]);
+                ac[mt][q] = fmaf(av.y, bv[q].y, ac[mt][q]);
+                ac[mt][q] = fmaf(av.z, bv[q].z, ac[mt][q]);
+                ac[mt][q] = fmaf(av.w, bv[q].w, ac[mt][q]);
+              }
+            }
+          }
+        }
+      }
+    };
+    // pipeline
+    int ipos = tk0, cpos = tk0, istage = 0, cstage = 0;
+    for (int q = 0; q < c.stages - 1; ++q) {
+      if (ipos < tk1) {
+        issue(ipos, istage);
+        ipos += chunk_len(ipos);
+      }
+      cp_async_commit();
+      istage = istage + 1 == c.stages ? 0 : istage + 1;
+    }
+    while (cpos < tk1) {
+      cp_async_wait(c.stages - 2);
+      __syncwarp();  // every lane's copies of chunk cpos landed; stage istage is free
+      if (ipos < tk1) {
+        issue(ipos, istage);
+        ipos += chunk_len(ipos);
+      }
+      cp_async_commit();
+      istage = istage + 1 == c.stages ? 0 : istage + 1;
+      const bool is_rec = cpos / gt >= sk.na;
+      if (is_rec) compute(cpos, cstage, acc[1]);
+      else compute(cpos, cstage, acc[0]);
+      cpos += chunk_len(cpos);
+      cstage = cstage + 1 == c.stages ? 0 : cstage + 1;
+    }
+    cp_async_wait(0);
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+        if (mt < MT)
+#pragma unroll
+          for (int q = 0; q < 8; ++q)
+            part_w[(a * 16 + n0 + q) * c.m_pad + mt * 16 + m] = acc[a][mt][q];
+  } else {
+    using M = fwd::MmaTypes<T, TF32>;
+    typename M::C acc[2][kBackwardMaxMTiles];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) wmma::fill_fragment(acc[a][mt], 0.0f);
+    auto compute = [&](int pos, int stage, typename M::C (&ac)[kBackwardMaxMTiles]) {
+      const int n = chunk_len(pos);
+      const int seg = pos / gt;
+      const int wk0 = seg < sk.na ? pos : sk.ka_tiles + (pos - seg * gt);
+      const T* bst = stage0 + stage * stage_elems;
+      for (int kt = 0; kt < n; ++kt) {
+#pragma unroll
+        for (int sub = 0; sub < 16 / kK; ++sub) {
+          typename M::B fb;
+          wmma::load_matrix_sync(fb, bst + kt * 16 + sub * kK, c.stage_ld);
+          if constexpr (TF32) {
+#pragma unroll
+            for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = round_tf32(fb.x[i]);
+          }
+          const int kb = (wk0 + kt) * (16 / kK) + sub;
+#pragma unroll
+          for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
+            if (mt < MT) {
+              typename M::A fa;
+              wmma::load_matrix_sync(fa, sw + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
+              wmma::mma_sync(ac[mt], fa, fb, ac[mt]);
+            }
+          }
+        }
+      }
+    };
+    int ipos = tk0, cpos = tk0, istage = 0, cstage = 0;
+    for (int q = 0; q < c.stages - 1; ++q) {
+      if (ipos < tk1) {
+        issue(ipos, istage);
+        ipos += chunk_len(ipos);
+      }
+      cp_async_commit();
+      istage = istage + 1 == c.stages ? 0 : istage + 1;
+    }
+    while (cpos < tk1) {
+      cp_async_wait(c.stages - 2);
+      __syncwarp();
+      if (ipos < tk1) {
+        issue(ipos, istage);
+        ipos += chunk_len(ipos);
+      }
+      cp_async_commit();
+      istage = istage + 1 == c.stages ? 0 : istage + 1;
+      const bool is_rec = cpos / gt >= sk.na;
+      if (is_rec) compute(cpos, cstage, acc[1]);
+      else compute(cpos, cstage, acc[0]);
+      cpos += chunk_len(cpos);
+      cstage = cstage + 1 == c.stages ? 0 : cstage + 1;
+    }
+    cp_async_wait(0);
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+        if (mt < MT)
+          wmma::store_matrix_sync(part_w + a * 16 * c.m_pad + mt * 16, acc[a][mt], c.m_pad,
+                                  wmma::mem_col_major);
+  }
+}
+
+// ------------------------------------------------------------ the epilogue's inputs
+
+// What the epilogue of one (unit, row) reads from global memory, loaded before
+// the GEMM so that the loads overlap it. Floats; gates unused past a length.
+struct EpiIn {
+  float carry = 0.0f;   // dh carried from the step before (grad_hy at k = 0)
+  float dcarry = 0.0f;  // LSTM: dc carried (grad_cy at k = 0)
+  float dy = 0.0f;      // top layer: grad_output[t, b, d*H + j]
+  float g0 = 0.0f, g1 = 0.0f, g2 = 0.0f, g3 = 0.0f;  // LSTM i f g o; GRU r z n hn; RNN h_t
+  float c = 0.0f;       // LSTM c_t
+  float prev = 0.0f;    // LSTM c_{t-1}; GRU h_{t-1} (forward-time order)
+  float hout = 0.0f;    // h_t (the layer's output before dropout)
+  bool valid = false;   // t < lengths[b]
+};
+
+// ------------------------------------------------------------ the kernel
+
+template <typename T, CellKind CELL, bool TF32>
+__global__ void __launch_bounds__(kBackwardThreads, 1)
+rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
+  constexpr int G = kGates<CELL>;
+  constexpr int kK = Block<T>::kK;
+  constexpr int kPre = 2;  // (unit, row) pairs per thread whose inputs are prefetched
+  FRNN_DECLARE_DYNAMIC_SMEM(smem);
+  const BackwardConfig& c = p.cfg;
+  const BackwardSmemLayout lay = backward_smem_layout(c);
+  T* const sw = reinterpret_cast<T*>(smem + lay.w);
+  T* const sstage = reinterpret_cast<T*>(smem + lay.stage);
+  float* const part = reinterpret_cast<float*>(smem + lay.part);
+
+  const int H = p.hidden;
+  const int D = p.num_dirs;
+  const int L = p.num_layers;
+  const int64_t B = p.batch;
+  const int64_t T_len = p.seq_len;
+  const int64_t S = p.reserve_width;
+  const int U = c.units_per_cta;
+  const int GH = G * H;
+  const int GHp = c.gh_pad;
+  const int bslice = blockIdx.x % c.batch_slices;
+  const int unit_cta = blockIdx.x / c.batch_slices;
+  const int ld_id = unit_cta / c.ctas_per_dir;
+  const int slice = unit_cta - ld_id * c.ctas_per_dir;
+  const int layer = ld_id / D;
+  const int dir = ld_id - layer * D;
+  const int u0 = slice * U;
+  const int uc = min(U, H - u0);
+  const int64_t b_lo = static_cast<int64_t>(bslice) * c.rows_per_slice;
+  const int64_t b_hi = min(B, b_lo + c.rows_per_slice);
+  const bool top = layer == L - 1;
+  const bool bidir = D == 2;
+  const int warp = threadIdx.x / 32;
+  const int64_t BH = B * H;
+  const int64_t TBG = T_len * B * GHp;  // elements per (layer, direction) of dg_ih / dg_hh
+
+  // ---- prologue: zero the weight tile (K padding, rows past uc, slack), then
+  // load this CTA's weight columns once for the whole launch.
+  {
+    uint4* z = reinterpret_cast<uint4*>(smem + lay.w);
+    const int64_t n16 = (lay.stage - lay.w) / 16;
+    for (int64_t i = threadIdx.x; i < n16; i += kBackwardThreads) z[i] = make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  {
+    auto put = [&](int k, int u, T v) {
+      if constexpr (TF32) v = from_f<T>(round_tf32(to_f(v)));
+      sw[(static_cast<int64_t>(k / kK) * U + u) * kK + k % kK] = v;
+    };
+    if (!top) {
+      const int in_next = D * H;  // input width of layer l + 1
+      for (int d2 = 0; d2 < D; ++d2) {
+        const T* w = static_cast<const T*>(p.w_ih[(layer + 1) * D + d2]);
+        for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
+          const int row = i / uc, u = i - row * uc;
+          put(d2 * GHp + row, u, w[static_cast<int64_t>(row) * in_next + dir * H + u0 + u]);
+        }
+      }
+    }
+    const T* w = static_cast<const T*>(p.w_hh[ld_id]);
+    for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
+      const int row = i / uc, u = i - row * uc;
+      put(c.ka + row, u, w[static_cast<int64_t>(row) * H + u0 + u]);
+    }
+  }
+  __syncthreads();
+
+  const T* const reserve = static_cast<const T*>(p.reserve);
+  const T* const gout = static_cast<const T*>(p.grad_output);
+  const T* const ghy = static_cast<const T*>(p.grad_hy);
+  const T* const gcy = static_cast<const T*>(p.grad_cy);
+  const T* const hx = static_cast<const T*>(p.hx);
+  const T* const cx = static_cast<const T*>(p.cx);
+  T* const dg_ih = static_cast<T*>(p.dg_ih);
+  T* const dg_hh = static_cast<T*>(p.dg_hh);
+  T* const xdrop = static_cast<T*>(p.xdrop);
+  const uint64_t seed = p.dropout_active ? static_cast<uint64_t>(*p.seed) : 0;
+  const bool drop_here = p.dropout_active && !top;  // this layer's output was dropped
+
+  cg::grid_group grid = cg::this_grid();
+  const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len + 1 : T_len + L;
+  const int pass_rows = c.n_tiles * 16;
+
+  for (int64_t s = 0; s < n_steps; ++s) {
+    const int64_t k = bidir ? s - static_cast<int64_t>(L - 1 - layer) * T_len
+                            : s - (L - 1 - layer);
+    if (k >= 0 && k <= T_len) {
+      const bool has_t = k < T_len;
+      const int64_t t = has_t ? (dir == 0 ? T_len - 1 - k : k) : -1;
+      const int64_t tp = k >= 1 ? (dir == 0 ? T_len - k : k - 1) : -1;  // t of step k - 1
+      // t - 1 in forward-time order (the state before t), -1 / T at the boundary
+      const int64_t tf = dir == 0 ? t - 1 : t + 1;
+      const bool tf_in = has_t && tf >= 0 && tf < T_len;
+
+      StepK sk;
+      sk.gt = GHp / 16;
+      sk.na = (has_t && !top) ? D : 0;
+      sk.has_rec = k >= 1;
+      sk.ka_tiles = c.ka / 16;
+      sk.dir_stride = TBG;
+      sk.total = (sk.na + (sk.has_rec ? 1 : 0)) * sk.gt;
+      sk.above = sk.na ? static_cast<const void*>(dg_ih + ((layer + 1) * D) * TBG + t * B * GHp)
+                       : nullptr;
+      sk.rec = sk.has_rec ? static_cast<const void*>(dg_hh + ld_id * TBG + tp * B * GHp)
+                          : nullptr;
+
+      for (int64_t b0 = b_lo; b0 < b_hi; b0 += pass_rows) {
+        const int nbv = static_cast<int>(min(static_cast<int64_t>(pass_rows), b_hi - b0));
+        const int pairs = uc * nbv;
+
+        // 0. the epilogue's inputs, in flight during the GEMM
+        auto load_in = [&](int pi) {
+          EpiIn in;
+          const int u = pi % uc, bl = pi / uc;
+          const int64_t b = b0 + bl;
+          const int j = u0 + u;
+          const int64_t sidx = ld_id * BH + b * H + j;
+          if (k == 0) {
+            in.carry = to_f(ghy[sidx]);
+            if constexpr (CELL == CellKind::kLSTM) in.dcarry = to_f(gcy[sidx]);
+          } else {
+            in.carry = __ldcg(p.state_dh + sidx);
+            if constexpr (CELL == CellKind::kLSTM) in.dcarry = __ldcg(p.state_dc + sidx);
+          }
+          if (has_t) {
+            in.valid = p.lengths == nullptr || t < __ldg(p.lengths + b);
+            if (top) in.dy = to_f(gout[(t * B + b) * (D * H) + dir * H + j]);
+            const T* rsv = reserve + ((ld_id * T_len + t) * B + b) * S;
+            const T* rsv_prev = tf_in ? reserve + ((ld_id * T_len + tf) * B + b) * S : rsv;
+            if constexpr (CELL == CellKind::kLSTM) {
+              in.g0 = to_f(rsv[j]);
+              in.g1 = to_f(rsv[H + j]);
+              in.g2 = to_f(rsv[2 * H + j]);
+              in.g3 = to_f(rsv[3 * H + j]);
+              in.c = to_f(rsv[4 * H + j]);
+              in.hout = to_f(rsv[5 * H + j]);
+              in.prev = tf_in ? to_f(rsv_prev[4 * H + j]) : to_f(cx[sidx]);
+            } else if constexpr (CELL == CellKind::kGRU) {
+              in.g0 = to_f(rsv[j]);
+              in.g1 = to_f(rsv[H + j]);
+              in.g2 = to_f(rsv[2 * H + j]);
+              in.g3 = to_f(rsv[3 * H + j]);
+              in.hout = to_f(rsv[4 * H + j]);
+              in.prev = tf_in ? to_f(rsv_prev[4 * H + j]) : to_f(hx[sidx]);
+            } else {
+              in.g0 = to_f(rsv[j]);
+              in.hout = in.g0;
+            }
+          }
+          return in;
+        };
+        EpiIn pre[kPre];
+#pragma unroll
+        for (int q = 0; q < kPre; ++q) {
+          const int pi = threadIdx.x + q * kBackwardThreads;
+          if (pi < pairs) pre[q] = load_in(pi);
+        }
+
+        // 1. the GEMM: warp item (batch tile nt, K split ks)
+        if (sk.total > 0) {
+          const int nt = warp / c.k_splits;
+          const int ks = warp - nt * c.k_splits;
+          const int rows = min(16, nbv - nt * 16);
+          if (rows > 0) {
+            const int tk0 = static_cast<int>(static_cast<int64_t>(sk.total) * ks / c.k_splits);
+            const int tk1 = static_cast<int>(static_cast<int64_t>(sk.total) * (ks + 1) / c.k_splits);
+            warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
+                               part + static_cast<int64_t>(warp) * 2 * 16 * c.m_pad, sk,
+                               b0 + nt * 16, rows, tk0, tk1, U);
+          }
+        }
+        __syncthreads();
+
+        // 2. epilogue: one thread per (unit, row), units fastest
+        auto finish = [&](int pi, const EpiIn& in) {
+          const int u = pi % uc, bl = pi / uc;
+          const int64_t b = b0 + bl;
+          const int j = u0 + u;
+          const int64_t sidx = ld_id * BH + b * H + j;
+          const int nt = bl / 16, n = bl % 16;
+          float rec = 0.0f, above = 0.0f;
+          for (int q = 0; q < c.k_splits; ++q) {
+            const float* pw = part + static_cast<int64_t>(nt * c.k_splits + q) * 2 * 16 * c.m_pad;
+            if (sk.has_rec) rec += pw[(16 + n) * c.m_pad + u];
+            if (sk.na) above += pw[n * c.m_pad + u];
+          }
+          const float dh_in = rec + in.carry;
+          if (!has_t) {  // k = T: the gradient w.r.t. the initial state
+            static_cast<T*>(p.grad_hx)[sidx] = from_f<T>(dh_in);
+            if constexpr (CELL == CellKind::kLSTM)
+              static_cast<T*>(p.grad_cx)[sidx] = from_f<T>(in.dcarry);
+            return;
+          }
+          float dy;
+          if (top) {
+            dy = in.dy;
+          } else if (p.dropout_active) {
+            const bool keep = dropout_keep(seed, p.dropout_threshold, layer, dir,
+                                           static_cast<uint32_t>(t), static_cast<uint32_t>(b), j);
+            dy = keep ? above * p.dropout_scale : 0.0f;
+          } else {
+            dy = above;
+          }
+          if (drop_here) {  // the input of layer + 1 at (t, b), exactly as the forward dropped it
+            T out = from_f<T>(0.0f);
+            if (in.valid &&
+                dropout_keep(seed, p.dropout_threshold, layer, dir, static_cast<uint32_t>(t),
+                             static_cast<uint32_t>(b), j))
+              out = from_f<T>(in.hout * p.dropout_scale);
+            xdrop[((static_cast<int64_t>(layer) * T_len + t) * B + b) * (D * H) + dir * H + j] = out;
+          }
+          T* const gi = dg_ih + ld_id * TBG + (t * B + b) * GHp;
+          const bool v = in.valid;
+          const float dh_new = v ? dy + dh_in : 0.0f;
+          float carry = v ? 0.0f : dh_in;
+          if constexpr (CELL == CellKind::kLSTM) {
+            float da_i = 0.0f, da_f = 0.0f, da_g = 0.0f, da_o = 0.0f, dc_next = in.dcarry;
+            if (v) {
+              const float i = in.g0, f = in.g1, g = in.g2, o = in.g3;
+              const float tc = tanh_f(in.c);
+              const float dc = in.dcarry + dh_new * o * (1.0f - tc * tc);
+              da_i = dc * g * i * (1.0f - i);
+              da_f = dc * in.prev * f * (1.0f - f);
+              da_g = dc * i * (1.0f - g * g);
+              da_o = dh_new * tc * o * (1.0f - o);
+              dc_next = dc * f;
+            }
+            gi[j] = from_f<T>(da_i);
+            gi[H + j] = from_f<T>(da_f);
+            gi[2 * H + j] = from_f<T>(da_g);
+            gi[3 * H + j] = from_f<T>(da_o);
+            p.state_dc[sidx] = dc_next;
+          } else if constexpr (CELL == CellKind::kGRU) {
+            float dar = 0.0f, daz = 0.0f, dan = 0.0f, dan_h = 0.0f;
+            if (v) {
+              const float r = in.g0, z = in.g1, nn = in.g2, hn = in.g3;
+              dan = dh_new * (1.0f - z) * (1.0f - nn * nn);
+              dar = dan * hn * r * (1.0f - r);
+              daz = dh_new * (in.prev - nn) * z * (1.0f - z);
+              dan_h = dan * r;
+              carry = dh_new * z;
+            }
+            T* const gh = dg_hh + ld_id * TBG + (t * B + b) * GHp;
+            gi[j] = from_f<T>(dar);
+            gi[H + j] = from_f<T>(daz);
+            gi[2 * H + j] = from_f<T>(dan);
+            gh[j] = from_f<T>(dar);
+            gh[H + j] = from_f<T>(daz);
+            gh[2 * H + j] = from_f<T>(dan_h);
+          } else {
+            float da = 0.0f;
+            if (v) {
+              const float h = in.g0;
+              const float act = p.mode == static_cast<int>(Mode::kRnnRelu)
+                                    ? (h > 0.0f ? 1.0f : 0.0f)
+                                    : 1.0f - h * h;
+              da = dh_new * act;
+            }
+            gi[j] = from_f<T>(da);
+          }
+          p.state_dh[sidx] = carry;
+          // the row's padding columns [GH, GHp) are read by the next GEMMs: zeros
+          if (j == H - 1) {
+            for (int col = GH; col < GHp; ++col) gi[col] = from_f<T>(0.0f);
+            if constexpr (CELL == CellKind::kGRU) {
+              T* const gh = dg_hh + ld_id * TBG + (t * B + b) * GHp;
+              for (int col = GH; col < GHp; ++col) gh[col] = from_f<T>(0.0f);
+            }
+          }
+        };
+#pragma unroll
+        for (int q = 0; q < kPre; ++q) {
+          const int pi = threadIdx.x + q * kBackwardThreads;
+          if (pi < pairs) finish(pi, pre[q]);
+        }
+        for (int pi = threadIdx.x + kPre * kBackwardThreads; pi < pairs; pi += kBackwardThreads)
+          finish(pi, load_in(pi));
+        if (b0 + pass_rows < b_hi) __syncthreads();  // the next pass rewrites the partial sums
+      }
+    }
+    if (s + 1 < n_steps) grid.sync();
+  }
+}
+
+// ------------------------------------------------------------ launchers
+
+template <typename T, CellKind CELL, bool TF32>
+const void* backward_kernel_ptr() {
+  return reinterpret_cast<const void*>(&rnn_backward_kernel<T, CELL, TF32>);
+}
+
+// One cooperative launch on `stream` (see launch_forward_kernel).
+template <typename T, CellKind CELL, bool TF32>
+cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream) {
+  const void* fn = backward_kernel_ptr<T, CELL, TF32>();
+  void* args[] = {const_cast<BackwardParams*>(&p)};
+  return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
+                                     static_cast<size_t>(p.cfg.smem_bytes), stream);
+}
+
+}  // namespace bwd
+}  // namespace fused_rnn
+
+#define FRNN_INSTANTIATE_BACKWARD(T, CELL, TF32)                                             \
+  template const void* fused_rnn::bwd::backward_kernel_ptr<T, CELL, TF32>();                \
+  template cudaError_t fused_rnn::bwd::launch_backward_kernel<T, CELL, TF32>(               \
+      const fused_rnn::BackwardParams&, cudaStream_t);

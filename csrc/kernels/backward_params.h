@@ -1,0 +1,205 @@
+// What the host hands the backward kernel: the planned configuration, raw
+// pointers, and the layouts of shared memory and of the workspace. Plain
+// structs, no torch and no CUDA header (g++-compilable), like forward_params.h,
+// whose ForwardProblem describes the call for both directions of the op.
+//
+// Shapes (T timesteps, B batch, I input size, H hidden size, L layers,
+// D = 1 or 2 directions, G gates, GH = G*H, GHp = round_up(GH, 16),
+// LD = L * D, ld = l * D + d, S = reserve width):
+//   w_ih[ld]     (GH, in_l)   in_0 = I, in_l = D*H for l >= 1
+//   w_hh[ld]     (GH, H)
+//   hx, cx       (LD, B, H)                  cx only for LSTM
+//   lengths      (B,) int64 or null          seed: 0-d int64 or null
+//   reserve      (LD, T, B, S)               read only (csrc/README.md)
+//   grad_output  (T, B, D*H)   grad_hy, grad_cy (LD, B, H)
+// Written by the kernel:
+//   dg_ih        (LD, T, B, GHp)  dtype: gate gradients, ih side (columns
+//                                 [GH, GHp) are written as 0)
+//   dg_hh        (LD, T, B, GHp)  dtype: GRU only, hh side (n part = dn * r);
+//                                 for LSTM / RNN the hh side equals dg_ih
+//   xdrop        (L-1, T, B, D*H) dtype: dropout only: the dropped output of
+//                                 layer l (the input of l + 1, for its dW_ih)
+//   grad_hx, grad_cx (LD, B, H)   dtype
+// The binding turns dg_ih / dg_hh into the weight, bias and input gradients
+// with a few GEMMs after the kernel (csrc/torch/backward_grads.h).
+#pragma once
+
+#include "common.h"
+#include "forward_params.h"
+#include "philox.cuh"
+
+namespace fused_rnn {
+
+// Threads per CTA of the backward kernel (8 warps); the work split below
+// assumes exactly 8 warps (n-tiles x K splits = 8 warp items per pass).
+constexpr int kBackwardThreads = 256;
+constexpr int kBackwardWarps = kBackwardThreads / 32;
+// At most two 16-row m-tiles (32 units) per CTA: the accumulators of both
+// live in registers for a whole K range.
+constexpr int kBackwardMaxMTiles = 2;
+// One staged chunk row is 128 bytes of K (64 elements of 16-bit, 32 fp32).
+constexpr int kStageRowBytes = 128;
+
+// How the backward kernel covers a problem (chosen by plan_backward,
+// backward_plan.h).
+//
+// Work split: CTA id = ((ld * ctas_per_dir) + slice) * batch_slices + bslice
+// owns hidden units [slice*U, min((slice+1)*U, H)) of (layer, direction) ld
+// and batch rows [bslice*R, min((bslice+1)*R, B)), R = rows_per_slice. It
+// keeps, in shared memory, the COLUMNS of its units of
+//   W_ih^{l+1, d'}[:, d*H + j]   (d' = 0..D-1; layers l < L-1)  "above" part
+//   W_hh^{l, d}[:, j]                                             "rec" part
+// i.e. a U x K matrix with K = [D*GHp (above, if L > 1) | GHp (rec)], stored
+// K-blocked: element (k, u) at ((k / kb) * U + u) * kb + k % kb, kb = 16
+// (16-bit) or 8 (fp32), so that a 16-row A tile of rows u..u+15 is
+// contiguous with leading dimension kb (rows past U read the next block or
+// the zeroed slack: they only feed discarded output rows).
+// Per step it computes, for its units and rows,
+//   dy  = sum_d' dg_ih^{l+1,d'}[t] W_ih^{l+1,d'}[:, d*H + J]   (or grad_output)
+//   rec = dg_hh^{l,d}[t_prev] W_hh^{l,d}[:, J]
+// as (U x K) x (K x rows) with K streamed from L2 by each warp through its own
+// cp.async pipeline (`stages` deep, chunks of up to 128 bytes per row).
+struct BackwardConfig {
+  int units_per_cta = 0;   // U
+  int ctas_per_dir = 0;    // C = ceil(H / U)
+  int batch_slices = 0;    // BS: CTAs sharing one unit slice, each with its own rows
+  int rows_per_slice = 0;  // R (a multiple of 16 when BS > 1)
+  int grid = 0;            // LD * C * BS (all co-resident: cooperative launch)
+  int m_tiles = 0;         // ceil(U / 16), <= kBackwardMaxMTiles
+  int m_pad = 0;           // 16 * m_tiles
+  int gh_pad = 0;          // GHp = round_up(G * H, 16): row stride of dg_ih / dg_hh
+  int ka = 0;              // above-part K extent in the weight tile: (L > 1 ? D : 0) * GHp
+  int kw = 0;              // ka + GHp
+  int kblock = 0;          // K block of the weight layout: 16 (16-bit), 8 (fp32)
+  int n_tiles = 0;         // 16-row batch tiles per pass: 1, 2, 4 or 8
+  int k_splits = 0;        // kBackwardWarps / n_tiles: K splits per batch tile
+  int stages = 0;          // cp.async pipeline depth per warp (2..4)
+  int stage_k = 0;         // elements per staged row chunk (kStageRowBytes / e)
+  int stage_ld = 0;        // row stride (elements) of a stage: stage_k + 16 / e
+  int elem_bytes = 0;
+  int blocks_per_sm = 0;
+  int64_t smem_bytes = 0;
+  bool use_tf32 = false;
+};
+
+// Byte offsets of the shared-memory regions of one CTA.
+//   w      U x kw elements, K-blocked (above), + 16 * kblock elements of zeroed slack
+//   stage  kBackwardWarps x stages x 16 x stage_ld elements: per-warp staging
+//          of the B operand (16 batch rows x one K chunk)
+//   part   kBackwardWarps x 2 x 16 x m_pad fp32: per-warp partial sums
+//          [warp][above | rec][row n][unit m]
+struct BackwardSmemLayout {
+  int64_t w = 0, stage = 0, part = 0, total = 0;
+};
+
+FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
+  BackwardSmemLayout s;
+  const int64_t e = c.elem_bytes;
+  s.w = 0;
+  s.stage = align_to(s.w + (static_cast<int64_t>(c.units_per_cta) * c.kw + 16 * c.kblock) * e,
+                     128);
+  s.part = align_to(
+      s.stage + static_cast<int64_t>(kBackwardWarps) * c.stages * 16 * c.stage_ld * e, 128);
+  s.total = align_to(s.part + static_cast<int64_t>(kBackwardWarps) * 2 * 16 * c.m_pad * 4, 128);
+  return s;
+}
+
+// Byte offsets inside the one workspace tensor the binding allocates (-1: absent).
+struct BackwardWorkspaceLayout {
+  int64_t dg_ih = -1, dg_hh = -1, xdrop = -1, state_dh = -1, state_dc = -1, total = 0;
+};
+
+inline int64_t backward_gh_pad(const ForwardProblem& p) {
+  return round_up(static_cast<int64_t>(p.gates()) * p.hidden_size, kTile);
+}
+
+inline BackwardWorkspaceLayout backward_workspace(const ForwardProblem& p) {
+  BackwardWorkspaceLayout w;
+  const int64_t es = dtype_size(p.dtype);
+  const int64_t BH = p.batch * p.hidden_size;
+  const int64_t rows = static_cast<int64_t>(p.layer_dirs()) * p.seq_len * p.batch;
+  const int64_t ghp = backward_gh_pad(p);
+  int64_t off = 0;
+  auto take = [&off](int64_t bytes) {
+    const int64_t at = off;
+    off = align_to(off + bytes, 256);
+    return at;
+  };
+  w.dg_ih = take(rows * ghp * es);
+  if (p.mode == Mode::kGRU) w.dg_hh = take(rows * ghp * es);
+  if (p.dropout_active())
+    w.xdrop = take(static_cast<int64_t>(p.num_layers - 1) * p.seq_len * p.num_dirs() * BH * es);
+  w.state_dh = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (p.mode == Mode::kLSTM) w.state_dc = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  w.total = off;
+  return w;
+}
+
+// Everything the kernel reads and writes. Passed by value as a
+// __grid_constant__ kernel parameter (about 0.8 KB, under the 4 KB limit).
+struct BackwardParams {
+  BackwardConfig cfg;
+  int mode = 0;  // Mode
+  int num_layers = 0;
+  int num_dirs = 0;
+  int input_size = 0;
+  int hidden = 0;
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  int64_t reserve_width = 0;
+
+  const void* w_ih[kMaxLayerDirs] = {};  // only layers >= 1 are read (layer 0's is the binding's)
+  const void* w_hh[kMaxLayerDirs] = {};
+  const void* hx = nullptr;
+  const void* cx = nullptr;
+  const int64_t* lengths = nullptr;
+  const int64_t* seed = nullptr;
+  const void* reserve = nullptr;
+  const void* grad_output = nullptr;
+  const void* grad_hy = nullptr;
+  const void* grad_cy = nullptr;
+
+  void* grad_hx = nullptr;
+  void* grad_cx = nullptr;
+  void* dg_ih = nullptr;
+  void* dg_hh = nullptr;  // == dg_ih unless GRU
+  void* xdrop = nullptr;
+  float* state_dh = nullptr;
+  float* state_dc = nullptr;
+
+  bool dropout_active = false;
+  uint64_t dropout_threshold = 0;
+  float dropout_scale = 0.0f;
+};
+
+// Everything of BackwardParams but the tensor pointers the caller sets
+// (weights, hx, cx, lengths, seed, reserve, grads in and out): sizes, config,
+// workspace pointers (laid out by backward_workspace), dropout constants.
+// Shared by the binding and the host emulation (csrc/emu/).
+inline void init_backward_params(BackwardParams& bp, const ForwardProblem& p,
+                                 const BackwardConfig& cfg, void* workspace) {
+  bp.cfg = cfg;
+  bp.mode = static_cast<int>(p.mode);
+  bp.num_layers = p.num_layers;
+  bp.num_dirs = p.num_dirs();
+  bp.input_size = static_cast<int>(p.input_size);
+  bp.hidden = static_cast<int>(p.hidden_size);
+  bp.batch = p.batch;
+  bp.seq_len = p.seq_len;
+  bp.reserve_width = p.reserve_width();
+  const BackwardWorkspaceLayout w = backward_workspace(p);
+  auto at = [workspace](int64_t off) -> void* {
+    return off < 0 ? nullptr : static_cast<unsigned char*>(workspace) + off;
+  };
+  bp.dg_ih = at(w.dg_ih);
+  bp.dg_hh = w.dg_hh >= 0 ? at(w.dg_hh) : bp.dg_ih;
+  bp.xdrop = at(w.xdrop);
+  bp.state_dh = static_cast<float*>(at(w.state_dh));
+  bp.state_dc = static_cast<float*>(at(w.state_dc));
+  bp.dropout_active = p.dropout_active();
+  bp.dropout_threshold = bp.dropout_active ? dropout_threshold(p.dropout) : 0;
+  bp.dropout_scale =
+      bp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
+}
+
+}  // namespace fused_rnn
