@@ -1,6 +1,7 @@
-// The Python module fused_rnn._C (or the JIT-built fused_rnn_C): the planner
+// The Python module fused_rnn._C (or the JIT-built fused_rnn_C): the planners
 // and build facts. The ops themselves are registered with the dispatcher by
-// forward_op.cpp when this module is imported (torch.ops.fused_rnn.*).
+// forward_op.cpp and backward_op.cpp when this module is imported
+// (torch.ops.fused_rnn.*).
 #include <torch/extension.h>
 
 #include <string>
@@ -27,12 +28,14 @@ std::string torch_dtype_name(at::ScalarType t) {
   }
 }
 
-// Same decision as the op makes: (True, "fused: <config>") or (False, "<reason>").
-std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, bool bidirectional,
-                                   bool has_biases, int64_t proj_size, int64_t input_size,
-                                   int64_t hidden_size, int64_t batch, int64_t seq_len,
-                                   at::ScalarType dtype, int64_t device_index, bool need_reserve,
-                                   bool has_lengths, double dropout) {
+// Same decision as the op makes: (True, "fused: <config>") or (False, "<reason>");
+// with `backward`, the backward op's decision ("fused backward: <config>").
+std::tuple<bool, std::string> plan_impl(const std::string& mode, int64_t num_layers,
+                                        bool bidirectional, bool has_biases, int64_t proj_size,
+                                        int64_t input_size, int64_t hidden_size, int64_t batch,
+                                        int64_t seq_len, at::ScalarType dtype,
+                                        int64_t device_index, bool need_reserve, bool has_lengths,
+                                        double dropout, bool backward) {
   Mode m;
   if (!fused_rnn::binding::parse_mode(mode, &m)) return {false, "unknown mode '" + mode + "'"};
   DType dt;
@@ -45,14 +48,35 @@ std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, 
   const fused_rnn::ForwardProblem p = fused_rnn::binding::make_problem(
       m, num_layers, bidirectional, has_biases, proj_size, input_size, hidden_size, batch,
       seq_len, dt, need_reserve, has_lengths, dropout);
-  const auto r = fused_rnn::binding::plan_problem(p, device_index);
+  const auto r = fused_rnn::binding::plan_problem(p, device_index, backward);
   return {r.first, r.second};
+}
+
+std::tuple<bool, std::string> plan(const std::string& mode, int64_t num_layers, bool bidirectional,
+                                   bool has_biases, int64_t proj_size, int64_t input_size,
+                                   int64_t hidden_size, int64_t batch, int64_t seq_len,
+                                   at::ScalarType dtype, int64_t device_index, bool need_reserve,
+                                   bool has_lengths, double dropout) {
+  return plan_impl(mode, num_layers, bidirectional, has_biases, proj_size, input_size,
+                   hidden_size, batch, seq_len, dtype, device_index, need_reserve, has_lengths,
+                   dropout, false);
+}
+
+std::tuple<bool, std::string> plan_backward(const std::string& mode, int64_t num_layers,
+                                            bool bidirectional, bool has_biases,
+                                            int64_t proj_size, int64_t input_size,
+                                            int64_t hidden_size, int64_t batch, int64_t seq_len,
+                                            at::ScalarType dtype, int64_t device_index,
+                                            bool need_reserve, bool has_lengths, double dropout) {
+  return plan_impl(mode, num_layers, bidirectional, has_biases, proj_size, input_size,
+                   hidden_size, batch, seq_len, dtype, device_index, need_reserve, has_lengths,
+                   dropout, true);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fused_rnn CUDA extension: persistent-kernel LSTM/GRU/RNN forward";
+  m.doc() = "fused_rnn CUDA extension: persistent-kernel LSTM/GRU/RNN forward and backward";
   m.def("plan", &plan, py::arg("mode"), py::arg("num_layers"), py::arg("bidirectional"),
         py::arg("has_biases"), py::arg("proj_size"), py::arg("input_size"),
         py::arg("hidden_size"), py::arg("batch"), py::arg("seq_len"), py::arg("dtype"),
@@ -60,6 +84,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dropout"),
         "Whether the fused forward kernel covers this call: (True, 'fused: <config>') or "
         "(False, '<reason>').");
+  m.def("plan_backward", &plan_backward, py::arg("mode"), py::arg("num_layers"),
+        py::arg("bidirectional"), py::arg("has_biases"), py::arg("proj_size"),
+        py::arg("input_size"), py::arg("hidden_size"), py::arg("batch"), py::arg("seq_len"),
+        py::arg("dtype"), py::arg("device_index"), py::arg("need_reserve"),
+        py::arg("has_lengths"), py::arg("dropout"),
+        "Whether the fused backward kernel covers the backward of this call: (True, 'fused "
+        "backward: <config>') or (False, '<reason>'). (It also needs a saved reserve, i.e. "
+        "a forward with need_reserve.)");
   m.def("compiled_archs", &fused_rnn::compiled_archs,
         "GPU architectures the kernels were compiled for, e.g. ['sm_80', 'sm_90'].");
   m.def(
@@ -75,5 +107,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether float32 calls use TF32 tensor cores now (follows torch.backends.cudnn.allow_tf32).");
   m.attr("max_layer_directions") = fused_rnn::kMaxLayerDirs;
   m.attr("forward_threads") = fused_rnn::kForwardThreads;
-  m.attr("has_fused_backward") = false;
+  m.attr("has_fused_backward") = true;
+  m.attr("backward_threads") = fused_rnn::kBackwardThreads;
 }

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/backward_api.h"
 #include "kernels/forward_api.h"
 
 namespace fused_rnn {
@@ -98,14 +99,20 @@ inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirecti
   return p;
 }
 
-// (ok, "fused: ..." or the reason) for a problem on CUDA device `device`.
-inline std::pair<bool, std::string> plan_problem(const ForwardProblem& p, int64_t device) {
+// (ok, "fused: ..." or the reason) for a problem on CUDA device `device`;
+// `backward` plans the backward kernel ("fused backward: ...") instead.
+inline std::pair<bool, std::string> plan_problem(const ForwardProblem& p, int64_t device,
+                                                 bool backward = false) {
   const int64_t n = c10::cuda::device_count();
   if (device < 0 || device >= n) {
     return {false, "no CUDA device with index " + std::to_string(device) + " (" +
                        std::to_string(n) + " visible)"};
   }
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  if (backward) {
+    const BackwardPlanResult r = plan_backward_on_device(p, static_cast<int>(device));
+    return {r.ok, r.reason};
+  }
   const PlanResult r = plan_forward_on_device(p, static_cast<int>(device));
   return {r.ok, r.reason};
 }
