@@ -1,0 +1,511 @@
+"""CI without a GPU, for the backward kernel (csrc/kernels/backward_*):
+
+* every ``csrc/kernels/backward_*.cu`` compiles with nvcc for sm_80 and sm_90a
+  (one nvcc call per file for both archs, two files at a time) with the
+  extension's flags and no register spill;
+* the backward planner (backward_plan.h) covers the speed-target shapes on an
+  H100's numbers, rejects the rest with a reason, and keeps its invariants;
+* the kernel source runs in the host emulation (csrc/emu/backward_emu_main.cpp)
+  under ASan + UBSan (and TSan for a few cases), and the binding's own
+  post-kernel GEMM code (csrc/torch/backward_grads.h, built for CPU tensors)
+  turns its outputs into gradients, which must match
+  ``fused_rnn.reference.rnn_backward`` in float64 on the same reserve.
+
+What the emulation can not check: the real wmma register layouts, cp.async
+and grid.sync on real hardware (the emulation performs copies as late as the
+waits allow, so a missing wait or barrier does show), speed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import zlib
+from typing import NamedTuple
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+BACKWARD_SOURCES = sorted(glob.glob(os.path.join(CSRC, "kernels", "backward_*.cu")))
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+ARCHS = ["8.0", "9.0a"]
+
+
+def _build_config():
+    spec = importlib.util.spec_from_file_location(
+        "_fused_rnn_build_cfg_bwd", os.path.join(ROOT, "fused_rnn", "_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------- nvcc, both archs per call
+
+
+@pytest.fixture(scope="module")
+def nvcc_logs(tmp_path_factory):
+    if NVCC is None:
+        pytest.skip("nvcc not on PATH")
+    cfg = _build_config()
+    flags = cfg.nvcc_flags(ARCHS)
+    out = tmp_path_factory.mktemp("nvcc_bwd")
+
+    def compile_one(src):
+        cmd = [NVCC, *flags, "-Xptxas", "-v", f"-I{CSRC}", "-c", src,
+               "-o", str(out / (os.path.basename(src) + ".o"))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        return src, proc.returncode, proc.stdout + proc.stderr
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return {os.path.basename(s): (rc, log) for s, rc, log in pool.map(compile_one, BACKWARD_SOURCES)}
+
+
+@pytest.mark.parametrize("source", [os.path.basename(s) for s in BACKWARD_SOURCES])
+def test_backward_kernel_compiles_without_spills(nvcc_logs, source):
+    rc, log = nvcc_logs[source]
+    assert rc == 0, f"nvcc failed for {source}:\n{log[-6000:]}"
+    assert "warning" not in log.lower(), log[-6000:]
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+    assert not any(spills), f"register spills in {source}:\n{log}"
+    stacks = [int(n) for n in re.findall(r"(\d+) bytes stack frame", log)]
+    assert not any(stacks), f"stack frame (local memory) in {source}:\n{log}"
+    if "dispatch" not in source:  # 3 cells x 2 archs
+        assert len(re.findall(r"Compiling entry function", log)) == 6, log
+        print(source, re.findall(r"Used (\d+) registers", log))
+
+
+# --------------------------------------------------------------- planner on the host
+
+_PLAN_PROGRAM = r"""
+#include "kernels/backward_plan.h"
+#include <cstdio>
+using namespace fused_rnn;
+
+static int occ(const void* ctx, int64_t smem) {
+  return estimate_occupancy(*static_cast<const DeviceLimits*>(ctx), smem, 250);
+}
+static DeviceLimits h100() {
+  DeviceLimits d;
+  d.sm_count = 132; d.smem_optin_per_block = 232448; d.smem_per_sm = 233472;
+  d.cc_major = 9; d.cc_minor = 0;
+  return d;
+}
+static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, DType dt, int proj = 0) {
+  ForwardProblem p;
+  p.mode = m; p.num_layers = L; p.bidirectional = bidir; p.input_size = I; p.hidden_size = H;
+  p.batch = B; p.seq_len = 512; p.dtype = dt; p.allow_tf32 = true; p.proj_size = proj;
+  p.need_reserve = true;
+  return p;
+}
+static void show(const char* name, const ForwardProblem& p, DeviceLimits d) {
+  BackwardPlanResult r = plan_backward(p, d, &occ, &d);
+  printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"slices\": %d, "
+         "\"stages\": %d, \"smem\": %lld},\n", name, r.ok ? "true" : "false", r.reason.c_str(),
+         r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_slices, r.cfg.stages,
+         (long long)r.cfg.smem_bytes);
+}
+static int sweep() {
+  int bad = 0, accepted = 0;
+  const Mode modes[] = {Mode::kLSTM, Mode::kGRU, Mode::kRnnTanh};
+  const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  const int Hs[] = {1, 7, 16, 37, 100, 256, 512, 1024};
+  const int Bs[] = {1, 17, 64, 512};
+  const int Ls[] = {1, 2, 4};
+  DeviceLimits d = h100();
+  for (Mode m : modes) for (DType dt : dts) for (int H : Hs) for (int B : Bs)
+  for (int L : Ls) for (int bi = 0; bi < 2; ++bi) {
+    ForwardProblem p = prob(m, L, bi, 13, H, B, dt);
+    BackwardPlanResult r = plan_backward(p, d, &occ, &d);
+    if (!r.ok) continue;
+    ++accepted;
+    const BackwardConfig& c = r.cfg;
+    const int G = p.gates();
+    bool ok = c.grid == p.layer_dirs() * c.ctas_per_dir * c.batch_slices
+      && c.grid <= d.sm_count * c.blocks_per_sm
+      && (int64_t)c.ctas_per_dir * c.units_per_cta >= H
+      && (int64_t)(c.ctas_per_dir - 1) * c.units_per_cta < H
+      && c.units_per_cta <= 16 * kBackwardMaxMTiles
+      && c.m_tiles * 16 >= c.units_per_cta && c.m_pad == 16 * c.m_tiles
+      && (int64_t)c.batch_slices * c.rows_per_slice >= B
+      && (int64_t)(c.batch_slices - 1) * c.rows_per_slice < B
+      && (c.batch_slices == 1 || c.rows_per_slice % 16 == 0)
+      && c.n_tiles * c.k_splits == kBackwardWarps
+      && c.gh_pad % 16 == 0 && c.gh_pad >= G * H
+      && c.kw == c.ka + c.gh_pad && c.ka == (L > 1 ? p.num_dirs() : 0) * c.gh_pad
+      && c.stages >= 2 && c.stages <= 4
+      && (c.stage_ld * c.elem_bytes) % 16 == 0 && (16 * c.stage_ld * c.elem_bytes) % 32 == 0
+      && c.kblock * c.elem_bytes == 32
+      && c.smem_bytes == backward_smem_layout(c).total && c.smem_bytes <= d.smem_optin_per_block
+      && c.use_tf32 == (dt == DType::kFloat32);
+    if (!ok) { ++bad; fprintf(stderr, "bad plan: %s\n", r.reason.c_str()); }
+  }
+  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d},\n", accepted, bad);
+  return bad;
+}
+int main() {
+  printf("{\n");
+  DeviceLimits d = h100();
+  show("lstm_bf16_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kBFloat16), d);
+  show("gru_bf16_L4_H512", prob(Mode::kGRU, 4, false, 512, 512, 32, DType::kBFloat16), d);
+  show("lstm_bf16_L2_H256", prob(Mode::kLSTM, 2, false, 256, 256, 32, DType::kBFloat16), d);
+  show("lstm_bf16_L4_H512_B512", prob(Mode::kLSTM, 4, false, 512, 512, 512, DType::kBFloat16), d);
+  show("lstm_tf32_L2_H512", prob(Mode::kLSTM, 2, false, 512, 512, 32, DType::kFloat32), d);
+  show("lstm_tf32_L4_H256", prob(Mode::kLSTM, 4, false, 256, 256, 32, DType::kFloat32), d);
+  show("lstm_tf32_L2_H256_B512", prob(Mode::kLSTM, 2, false, 256, 256, 512, DType::kFloat32), d);
+  show("lstm_bf16_L1_H1024", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, DType::kBFloat16), d);
+  show("lstm_tf32_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kFloat32), d);
+  show("proj", prob(Mode::kLSTM, 2, false, 64, 64, 8, DType::kBFloat16, 32), d);
+  show("too_many_layers", prob(Mode::kGRU, 17, true, 8, 8, 1, DType::kFloat16), d);
+  show("odd_small", prob(Mode::kRnnRelu, 3, true, 13, 37, 1, DType::kFloat16), d);
+  DeviceLimits turing = d; turing.cc_major = 7; turing.cc_minor = 5;
+  show("turing", prob(Mode::kLSTM, 1, false, 8, 8, 1, DType::kFloat16), turing);
+  const int bad = sweep();
+  printf("\"end\": 0\n}\n");
+  return bad == 0 ? 0 : 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    d = tmp_path_factory.mktemp("bwd_plan")
+    src, exe = d / "plan.cpp", d / "plan"
+    src.write_text(_PLAN_PROGRAM)
+    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
+                    str(src), "-o", str(exe)], check=True)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def test_backward_planner_covers_the_targets(plans):
+    for name in ("lstm_bf16_L4_H512", "gru_bf16_L4_H512", "lstm_bf16_L2_H256",
+                 "lstm_bf16_L4_H512_B512", "lstm_tf32_L2_H512", "lstm_tf32_L4_H256",
+                 "lstm_tf32_L2_H256_B512", "lstm_bf16_L1_H1024", "odd_small"):
+        assert plans[name]["ok"], (name, plans[name]["reason"])
+        assert plans[name]["reason"].startswith("fused backward: ")
+        assert plans[name]["grid"] <= 132
+        assert plans[name]["stages"] >= 3, plans[name]
+    assert plans["lstm_bf16_L4_H512"]["units"] == 16
+    assert plans["lstm_bf16_L2_H256"]["slices"] == 2  # idle SMs take a share of the batch
+    # honest limits, in words (the forward rejects fp32 L=4 H=512 too)
+    assert not plans["lstm_tf32_L4_H512"]["ok"]
+    assert "shared memory" in plans["lstm_tf32_L4_H512"]["reason"]
+    assert not plans["proj"]["ok"] and "proj_size" in plans["proj"]["reason"]
+    assert not plans["too_many_layers"]["ok"] and "32" in plans["too_many_layers"]["reason"]
+    assert not plans["turing"]["ok"] and "compute capability" in plans["turing"]["reason"]
+
+
+def test_backward_planner_invariants_sweep(plans):
+    assert plans["sweep"]["bad"] == 0
+    assert plans["sweep"]["accepted"] > 700
+
+
+# --------------------------------------------------------------- the kernel, emulated
+
+EMU_MAIN = os.path.join(CSRC, "emu", "backward_emu_main.cpp")
+MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+DTYPES = ["float32", "float16", "bfloat16"]
+# tolerance (max abs error / max(1, max |ref|)) vs the float64 reference on the
+# same reserve: the kernel exchanges gate gradients in the dtype (bf16: 8 bits)
+TOL = {("float32", False): 2e-5, ("float32", True): 6e-3, ("float16", False): 6e-3,
+       ("bfloat16", False): 4e-2}
+
+
+class Case(NamedTuple):
+    mode: str
+    L: int
+    bidir: bool
+    bias: bool
+    I: int
+    H: int
+    B: int
+    T: int
+    dtype: str
+    tf32: bool
+    lengths: bool
+    dropout: float
+    sms: int
+
+    @property
+    def id(self):
+        return (f"{self.mode}-L{self.L}{'-bi' if self.bidir else ''}"
+                f"{'' if self.bias else '-nobias'}-I{self.I}-H{self.H}-B{self.B}-T{self.T}"
+                f"-{self.dtype}{'-tf32' if self.tf32 else ''}{'-len' if self.lengths else ''}"
+                f"{f'-p{self.dropout}' if self.dropout else ''}-sm{self.sms}")
+
+
+CASES = [
+    #    mode        L  bidir  bias   I    H    B   T  dtype       tf32   lens   p    sms
+    Case("LSTM", 2, False, True, 13, 37, 3, 5, "float32", False, True, 0.0, 8),   # 3 CTAs/layer, partial slice
+    Case("GRU", 3, False, True, 7, 24, 70, 4, "bfloat16", False, False, 0.3, 6),  # 2 passes (64 + 6 rows)
+    Case("RNN_TANH", 2, True, True, 5, 20, 2, 6, "float16", False, True, 0.5, 8),
+    Case("RNN_RELU", 1, False, True, 1, 1, 1, 1, "float32", True, False, 0.0, 1),  # smallest
+    Case("LSTM", 3, True, True, 16, 16, 17, 3, "float32", True, True, 0.0, 6),
+    Case("LSTM", 2, False, True, 4, 8, 2, 40, "bfloat16", False, False, 0.2, 4),  # long T
+    Case("GRU", 2, True, True, 9, 33, 5, 7, "float32", False, True, 1.0, 8),      # p = 1
+    Case("LSTM", 4, False, False, 3, 5, 1, 9, "float16", False, False, 0.0, 8),   # no bias
+    Case("LSTM", 1, False, True, 20, 50, 2, 3, "bfloat16", False, True, 0.0, 2),  # U=25: 2 m-tiles
+    Case("GRU", 3, True, False, 6, 10, 3, 5, "float32", True, True, 0.4, 7),
+    Case("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, 0.0, 6),  # batch slices
+    Case("RNN_RELU", 2, False, False, 3, 40, 33, 4, "float16", False, False, 0.3, 12),  # slices + 3 tiles
+]
+TSAN_CASES = [CASES[i] for i in (1, 2, 10)]  # wmma multi-pass, bidirectional, FMA + slices
+
+
+def _emu_build(tmp_path_factory, sanitize):
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    exe = tmp_path_factory.mktemp("bwd_emu") / "backward_emu"
+    cmd = [CXX, "-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+           f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+           f"-I{os.path.join(CSRC, 'emu', 'include')}", f"-I{CSRC}", EMU_MAIN, "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and "_Float16" in proc.stderr:
+        pytest.skip("host compiler lacks _Float16 (needed by the fp16 emulation)")
+    if proc.returncode != 0 and "sanitize" in proc.stderr:
+        pytest.skip(f"host compiler lacks -fsanitize={sanitize}")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "warning" not in proc.stderr, proc.stderr[-6000:]
+    return exe
+
+
+@pytest.fixture(scope="module")
+def emu_asan(tmp_path_factory):
+    return _emu_build(tmp_path_factory, "address,undefined")
+
+
+@pytest.fixture(scope="module")
+def emu_tsan(tmp_path_factory):
+    return _emu_build(tmp_path_factory, "thread")
+
+
+_GRADS_OP = r"""
+#include <torch/library.h>
+#include "torch/backward_grads.h"
+
+static std::tuple<at::Tensor, std::vector<at::Tensor>> weight_grads(
+    const at::Tensor& input, at::TensorList weights, const at::Tensor& hx,
+    const at::Tensor& reserve, const at::Tensor& dg_ih, const at::Tensor& dg_hh,
+    const std::optional<at::Tensor>& xdrop, int64_t num_layers, bool bidirectional,
+    bool has_biases, int64_t gates) {
+  return fused_rnn::binding::backward_weight_grads(
+      input, weights.vec(), hx, reserve, dg_ih, dg_hh, xdrop.has_value() ? *xdrop : at::Tensor(),
+      num_layers, bidirectional, has_biases, gates);
+}
+
+TORCH_LIBRARY(fused_rnn_cpu_test, m) {
+  m.def("weight_grads(Tensor input, Tensor[] weights, Tensor hx, Tensor reserve, Tensor dg_ih, "
+        "Tensor dg_hh, Tensor? xdrop, int num_layers, bool bidirectional, bool has_biases, "
+        "int gates) -> (Tensor, Tensor[])", &weight_grads);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def grads_op(tmp_path_factory):
+    """The binding's post-kernel GEMM code (csrc/torch/backward_grads.h), built for CPU tensors."""
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    if hasattr(torch.ops.fused_rnn_cpu_test, "weight_grads"):
+        return torch.ops.fused_rnn_cpu_test.weight_grads
+    from torch.utils.cpp_extension import include_paths
+
+    d = tmp_path_factory.mktemp("bwd_grads")
+    src, lib = d / "grads.cpp", d / "libgrads.so"
+    src.write_text(_GRADS_OP)
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    base = [CXX, "-O1", "-shared", "-fPIC", "-w", *[f"-I{p}" for p in include_paths()],
+            f"-I{CSRC}", str(src), "-o", str(lib), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
+            f"-Wl,-rpath,{torch_lib}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    for std in ("-std=c++17", "-std=c++20"):
+        proc = subprocess.run(base + [std], capture_output=True, text=True)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    torch.ops.load_library(str(lib))
+    return torch.ops.fused_rnn_cpu_test.weight_grads
+
+
+def _inputs(case: Case):
+    from fused_rnn import reference
+
+    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()) % 100000)
+    dt = getattr(torch, case.dtype)
+    D = 2 if case.bidir else 1
+    G = reference.GATES[case.mode]
+    k = 1.0 / math.sqrt(case.H)
+    f64 = dict(generator=g, dtype=torch.float64)
+    weights = []
+    for layer in range(case.L):
+        for _ in range(D):
+            in_l = case.I if layer == 0 else D * case.H
+            shapes = [(G * case.H, in_l), (G * case.H, case.H)]
+            shapes += [(G * case.H,), (G * case.H,)] if case.bias else []
+            weights += [((torch.rand(s, **f64) * 2 - 1) * k).to(dt) for s in shapes]
+    x = torch.randn(case.T, case.B, case.I, **f64).to(dt)
+    hx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt)
+    cx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt) \
+        if case.mode == "LSTM" else None
+    lengths = None
+    if case.lengths:
+        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g)
+        lengths[0] = case.T
+    seed = torch.tensor(987654321 + case.B, dtype=torch.int64) \
+        if case.dropout > 0 and case.L > 1 else None
+    gout = torch.randn(case.T, case.B, D * case.H, **f64).to(dt)
+    ghy = torch.randn(case.L * D, case.B, case.H, **f64).to(dt)
+    gcy = torch.randn(case.L * D, case.B, case.H, **f64).to(dt) if case.mode == "LSTM" else None
+    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths, seed=seed, gout=gout, ghy=ghy,
+                gcy=gcy)
+
+
+def _rel(a, b):
+    b = b.double()
+    return ((a.double() - b).abs().max() / max(1.0, b.abs().max().item())).item()
+
+
+def _run_and_check(exe, grads_op, case: Case, tmp_path):
+    from fused_rnn import reference
+
+    inp = _inputs(case)
+    dt = getattr(torch, case.dtype)
+    D = 2 if case.bidir else 1
+    G = reference.GATES[case.mode]
+    LD, T, B, H = case.L * D, case.T, case.B, case.H
+    stride = 4 if case.bias else 2
+    # the reserve as the forward computes it in the dtype (what the op saves)
+    _, _, _, reserve = reference.rnn_forward(
+        inp["x"], inp["w"], inp["hx"], inp["cx"], inp["lengths"], inp["seed"], case.mode, case.L,
+        case.bidir, case.bias, 0, case.dropout, True)
+    # gate columns past a length are unspecified by the contract: poison them (NaN)
+    kernel_reserve = reserve.clone()
+    valid = torch.ones(T, B, dtype=torch.bool)
+    if inp["lengths"] is not None:
+        valid = torch.arange(T).unsqueeze(1) < inp["lengths"].unsqueeze(0)
+        n_gate_cols = {"LSTM": 4 * H, "GRU": 4 * H}.get(case.mode, 0)
+        if n_gate_cols:
+            kernel_reserve[:, ~valid, :n_gate_cols] = float("nan")
+
+    kernel_w = []
+    for ld in range(LD):
+        kernel_w += inp["w"][ld * stride:ld * stride + 2]
+    blobs = [*kernel_w, inp["hx"]] + ([inp["cx"]] if inp["cx"] is not None else []) + \
+        ([inp["lengths"]] if inp["lengths"] is not None else []) + \
+        ([inp["seed"].reshape(1)] if inp["seed"] is not None else []) + \
+        [kernel_reserve, inp["gout"], inp["ghy"]] + ([inp["gcy"]] if inp["gcy"] is not None else [])
+    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    src.write_bytes(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in blobs))
+    args = [str(exe)] + [str(v) for v in (
+        MODES.index(case.mode), case.L, int(case.bidir), case.I, case.H, case.B, case.T,
+        DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
+        [str(src), str(dst)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"emulated backward kernel failed ({proc.returncode}):\n" \
+        f"{proc.stdout}\n{proc.stderr[-8000:]}"
+    assert proc.stdout.startswith("fused backward: "), proc.stdout
+    print(proc.stdout.strip())
+
+    raw = bytearray(dst.read_bytes())
+    flat = torch.frombuffer(raw, dtype=torch.uint8)
+    pos = 0
+
+    def take(*shape):
+        nonlocal pos
+        n = math.prod(shape) * dt.itemsize
+        t = flat[pos:pos + n].view(dt).reshape(shape)
+        pos += n
+        return t
+
+    ghp = (G * H + 15) // 16 * 16
+    dg_ih = take(LD, T, B, ghp)
+    dg_hh = take(LD, T, B, ghp) if case.mode == "GRU" else dg_ih
+    use_dropout = case.dropout > 0 and case.L > 1
+    xdrop = take(case.L - 1, T, B, D * H) if use_dropout else None
+    grad_hx = take(LD, B, H)
+    grad_cx = take(LD, B, H) if case.mode == "LSTM" else None
+    assert pos == len(raw)
+
+    # structure: finite, zero padding columns, zero gate gradients past a length
+    for t_ in (dg_ih, dg_hh, grad_hx) + ((grad_cx,) if grad_cx is not None else ()):
+        assert bool(torch.isfinite(t_.float()).all())
+    assert (dg_ih[..., G * H:] == 0).all() and (dg_hh[..., G * H:] == 0).all()
+    assert (dg_ih[:, ~valid] == 0).all() and (dg_hh[:, ~valid] == 0).all()
+    if xdrop is not None:  # bit-identical to the forward's dropped layer outputs
+        from fused_rnn.dropout import apply_dropout
+
+        for layer in range(case.L - 1):
+            h = torch.cat([reserve[layer * D + d][..., -H:] for d in range(D)], dim=2)
+            h = h * valid.unsqueeze(2).to(dt)
+            want = apply_dropout(h.float(), inp["seed"], layer, case.dropout, D).to(dt)
+            assert torch.equal(xdrop[layer], want), layer
+
+    # the binding's GEMMs, on the CPU
+    grad_input, grad_w = grads_op(inp["x"], inp["w"], inp["hx"], kernel_reserve, dg_ih, dg_hh,
+                                  xdrop, case.L, case.bidir, case.bias, G)
+
+    d64 = (lambda t: None if t is None else t.double())
+    ref = reference.rnn_backward(
+        d64(inp["gout"]), d64(inp["ghy"]), d64(inp["gcy"]) if inp["gcy"] is not None else None,
+        d64(inp["x"]), [w.double() for w in inp["w"]], d64(inp["hx"]), d64(inp["cx"]),
+        inp["lengths"], inp["seed"], reserve.double(), case.mode, case.L, case.bidir, case.bias,
+        0, case.dropout)
+    tol = TOL[(case.dtype, case.tf32 and case.dtype == "float32")]
+    errs = {"grad_input": _rel(grad_input, ref[0]), "grad_hx": _rel(grad_hx, ref[2])}
+    if grad_cx is not None:
+        errs["grad_cx"] = _rel(grad_cx, ref[3])
+    names = ["w_ih", "w_hh", "b_ih", "b_hh"][:stride]
+    for i, (got, want) in enumerate(zip(grad_w, ref[1])):
+        assert got.shape == want.shape and got.dtype == dt, (i, got.shape, want.shape)
+        errs[f"{names[i % stride]}[{i // stride}]"] = _rel(got, want)
+    print({k: f"{v:.2e}" for k, v in errs.items()})
+    worst = max(errs, key=errs.get)
+    assert errs[worst] <= tol, (worst, errs[worst], tol, errs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_emulated_backward_matches_reference(emu_asan, grads_op, case, tmp_path):
+    _run_and_check(emu_asan, grads_op, case, tmp_path)
+
+
+@pytest.mark.parametrize("case", TSAN_CASES, ids=lambda c: c.id)
+def test_emulated_backward_has_no_data_races(emu_tsan, grads_op, case, tmp_path):
+    _run_and_check(emu_tsan, grads_op, case, tmp_path)
+
+
+# --------------------------------------------------------------- the C++ schemas
+
+
+def _schema_in(path, name):
+    """The schema string of op `name` in a TORCH_LIBRARY m.def(...) of a C++ file."""
+    src = open(path).read()
+    defs = ["".join(re.findall(r'"([^"]*)"', d))
+            for d in re.findall(r'm\.def\(\s*((?:"[^"]*"\s*)+)\)', src)]
+    hits = [d for d in defs if d.startswith(name + "(")]
+    assert len(hits) == 1, (path, name, defs)
+    return hits[0][len(name):]
+
+
+def test_cpp_schemas_are_the_ops_schemas():
+    """_fused_forward / _fused_backward are declared with exactly rnn_forward / rnn_backward's
+    schemas (fused_rnn/ops.py): the Python side passes the same arguments to both."""
+    from fused_rnn import ops
+
+    for file, name, schema in (("forward_op.cpp", "_fused_forward", ops.FORWARD_SCHEMA),
+                               ("backward_op.cpp", "_fused_backward", ops.BACKWARD_SCHEMA)):
+        got = _schema_in(os.path.join(CSRC, "torch", file), name)
+        a = torch._C.parse_schema("f" + got)
+        b = torch._C.parse_schema("f" + schema)
+        assert str(a) == str(b), (file, str(a), str(b))
