@@ -44,8 +44,16 @@ def _check_seq_len(input: Tensor) -> None:
 
 
 def plan(input: Tensor, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
-         has_biases, proj_size, dropout, need_reserve) -> tuple[bool, str]:
-    """Whether the fused CUDA kernel runs this call: (True, "fused: ...") or (False, why)."""
+         has_biases, proj_size, dropout, need_reserve, *, which: str = "forward"
+         ) -> tuple[bool, str]:
+    """Whether a fused CUDA kernel runs this call: (True, "fused...") or (False, why).
+
+    ``which="forward"`` asks the forward kernel's planner (``_C.plan``),
+    ``which="backward"`` the backward kernel's (``_C.plan_backward``; the
+    backward also needs a saved reserve, which this does not check).
+    """
+    if which not in ("forward", "backward"):
+        raise ValueError(f"fused_rnn.ops.plan: which must be 'forward' or 'backward', got {which!r}")
     if input.device.type != "cuda":
         return False, f"reference: input on {input.device.type}, the fused kernel is CUDA-only"
     if input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -55,9 +63,12 @@ def plan(input: Tensor, weights, hx, cx, lengths, seed, mode, num_layers, bidire
         from ._build import extension_status
 
         return False, f"reference: CUDA extension unavailable ({extension_status()['reason']})"
+    planner = ext.plan if which == "forward" else getattr(ext, "plan_backward", None)
+    if planner is None:
+        return False, "reference: this build of the extension has no fused backward kernel"
     T, B, I = input.shape
     H = weights[0].shape[0] // reference.GATES[mode]
-    ok, why = ext.plan(
+    ok, why = planner(
         mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T, input.dtype,
         input.device.index if input.device.index is not None else torch.cuda.current_device(),
         need_reserve, lengths is not None, float(dropout),
@@ -133,10 +144,11 @@ def _rnn_backward_cuda(grad_output, grad_hy, grad_cy, input, weights, hx, cx, le
                        output, reserve, mode, num_layers, bidirectional, has_biases, proj_size,
                        dropout):
     options = (mode, num_layers, bidirectional, has_biases, proj_size, dropout)
+    # The fused backward needs the forward's reserve (a forward run without
+    # need_reserve saved none: the reference recomputes it) and its planner's yes.
     if (
         reserve.numel() > 0
-        and hasattr(torch.ops.fused_rnn, "_fused_backward")
-        and plan(input, weights, hx, cx, lengths, seed, *options, True)[0]
+        and plan(input, weights, hx, cx, lengths, seed, *options, True, which="backward")[0]
     ):
         return torch.ops.fused_rnn._fused_backward(
             grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths, seed, output,
