@@ -5,12 +5,14 @@
 #
 # 1. builds the CUDA extension in place for sm_90a only (TORCH_CUDA_ARCH_LIST,
 #    MAX_JOBS=16), with the ptxas report (registers / spills / smem per kernel);
-# 2. runs a tiny smoke test first (45 s limit: a hang there costs little),
-#    then the GPU tests in full (no -x: every failure is reported);
+# 2. runs the tiny smoke tests first (forward and backward; 30 s limit: a hang
+#    there costs little), then the GPU tests in full (no -x: every failure is
+#    reported), forward before backward, one line per test (-v) so that a hang
+#    in a later test leaves the earlier results in the log;
 # 3. runs the quick benchmark (benchmarks/bench.py --quick) if present;
 # 4. measures the floors (benchmarks/floors.py: barrier latencies).
 # The CPU tests are CI's job and are not run here (device time is scarce).
-# Every step has its own time limit (build 200 s, smoke 45 s, GPU tests 160 s,
+# Every step has its own time limit (build 200 s, smoke 30 s, GPU tests 175 s,
 # bench 120 s, floors 45 s) so the script ends under 10 minutes even if a kernel hangs (a
 # killed process takes its CUDA context and kernel with it). At most 8 files
 # are written to the output folder.
@@ -60,15 +62,16 @@ step build 200 "$OUT_DIR/build.log" python setup.py build_ext --inplace
   tail -n 300 "$OUT_DIR/build.log"
 } > "$OUT_DIR/build.tmp"
 mv "$OUT_DIR/build.tmp" "$OUT_DIR/build.log"
-grep -B1 -E "registers" "$OUT_DIR/build.log" | head -40 || true
+grep -B1 -E "registers" "$OUT_DIR/build.log" | head -60 || true
 python -c "import fused_rnn, pprint; pprint.pprint(fused_rnn.backend_info())" 2>&1 | tee -a "$OUT_DIR/env.txt" || true
 
-# 2. a tiny smoke test (a hang here costs 45 s, not the whole GPU step), then
-#    the GPU tests in full (no -x: every failure is reported)
-step "pytest smoke" 45 "$OUT_DIR/pytest_smoke.tmp" \
-  python -m pytest tests/gpu -q -rs -k smoke_tiny -o faulthandler_timeout=30 -s
-step "pytest tests/gpu" 160 "$OUT_DIR/pytest_gpu.tmp" \
-  python -m pytest tests/gpu -q -rs -o faulthandler_timeout=60 -s
+# 2. the tiny smoke tests (a hang here costs 30 s, not the whole GPU step), then
+#    the GPU tests in full (no -x: every failure is reported), forward first
+GPU_TESTS="tests/gpu/test_forward_gpu.py tests/gpu/test_backward_gpu.py"
+step "pytest smoke" 30 "$OUT_DIR/pytest_smoke.tmp" \
+  python -m pytest $GPU_TESTS -q -rs -k smoke_tiny -o faulthandler_timeout=20 -s
+step "pytest tests/gpu" 175 "$OUT_DIR/pytest_gpu.tmp" \
+  python -m pytest $GPU_TESTS -v -rs -o faulthandler_timeout=60 -s
 cat "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp" > "$OUT_DIR/pytest_gpu.txt"
 rm -f "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp"
 

@@ -1,0 +1,573 @@
+"""The fused CUDA backward kernel against a float64 reference and against cuDNN.
+
+Runs only where a CUDA device is visible (marked ``gpu``; tests/conftest.py
+skips it elsewhere). On such a machine a missing extension, or one without
+the fused backward, FAILS.
+
+Rules (design section 5):
+* accuracy: on the same (dtype-quantised) weights, inputs and output
+  gradients, every gradient of the fused path (fused forward -> reserve ->
+  fused backward) vs the float64 reference (reference forward + BPTT in
+  float64) is at most 2x cuDNN's error (torch.nn at the same dtype and TF32
+  setting, same weights, autograd) plus a small floor; with dropout (which
+  cuDNN can not reproduce) the scale is cuDNN's error on the same case
+  without dropout;
+* outputs are poisoned (free caching-allocator blocks filled with NaN bytes)
+  before each fused call;
+* the public op takes the fused path; backward twice with retain_graph is
+  bit-identical; double backward raises; gradcheck (float64, reference path);
+  a training step runs the fused kernels and no cuDNN kernel; CUDA-graph
+  capture; a short training run follows nn.LSTM's loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from fused_rnn import reference
+
+pytestmark = pytest.mark.gpu
+
+DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+         "bf16": torch.bfloat16}
+# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
+FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
+CAP = {"fp32": 5e-4, "tf32": 5e-2, "fp16": 5e-2, "bf16": 2.5e-1}
+NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ext():
+    from fused_rnn._build import extension_status, load_extension
+
+    mod = load_extension()
+    assert mod is not None, (
+        "a CUDA device is visible but the fused_rnn extension did not load: "
+        f"{extension_status()}")
+    assert getattr(mod, "has_fused_backward", False), "extension built without the fused backward"
+    assert hasattr(mod, "plan_backward")
+    assert hasattr(torch.ops.fused_rnn, "_fused_backward")
+    return mod
+
+
+@pytest.fixture
+def precision():
+    """Sets torch.backends.cudnn.allow_tf32 (which the fused kernels follow too)."""
+    old = torch.backends.cudnn.allow_tf32
+    yield lambda prec: setattr(torch.backends.cudnn, "allow_tf32", prec == "tf32")
+    torch.backends.cudnn.allow_tf32 = old
+
+
+def poison_allocator():
+    """Fill free caching-allocator blocks with 0xFF bytes (NaN for fp32/fp16/bf16)."""
+    big = torch.empty(96 << 20, dtype=torch.uint8, device="cuda").fill_(255)
+    small = [torch.empty(512 << 10, dtype=torch.uint8, device="cuda").fill_(255)
+             for _ in range(24)]
+    del big, small
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+class Case(NamedTuple):
+    mode: str
+    L: int
+    bidir: bool
+    I: int
+    H: int
+    B: int
+    T: int
+    bias: bool
+    prec: str
+    lengths: bool
+    dropout: float = 0.0
+
+    @property
+    def id(self):
+        return (f"{self.mode}-L{self.L}{'-bi' if self.bidir else ''}-I{self.I}-H{self.H}"
+                f"-B{self.B}-T{self.T}{'' if self.bias else '-nobias'}-{self.prec}"
+                f"{'-len' if self.lengths else ''}{f'-p{self.dropout}' if self.dropout else ''}")
+
+
+CASES = [
+    Case("LSTM", 1, False, 1, 1, 1, 1, True, "fp32", False),          # the smallest problem
+    Case("LSTM", 2, False, 13, 37, 3, 7, True, "tf32", False),
+    Case("LSTM", 4, False, 64, 100, 5, 9, True, "bf16", True),
+    Case("LSTM", 3, True, 17, 64, 70, 6, False, "fp16", True),        # 2 batch tiles
+    Case("LSTM", 1, False, 1024, 1024, 3, 5, True, "bf16", False),    # H = 1024
+    Case("LSTM", 2, False, 512, 512, 32, 16, True, "bf16", False),    # speed-target shapes
+    Case("LSTM", 2, False, 512, 512, 32, 16, True, "tf32", False),
+    Case("LSTM", 4, False, 256, 256, 200, 8, True, "fp16", False),    # batch slices, passes
+    Case("LSTM", 2, True, 33, 129, 1, 12, True, "fp32", True),
+    Case("GRU", 1, False, 5, 8, 1, 1, True, "bf16", False),
+    Case("GRU", 2, False, 13, 37, 4, 10, True, "fp32", True),
+    Case("GRU", 3, True, 100, 100, 9, 6, True, "tf32", True),
+    Case("GRU", 4, False, 512, 512, 16, 12, True, "bf16", False),
+    Case("RNN_TANH", 3, True, 21, 48, 17, 7, True, "bf16", True),
+    Case("RNN_TANH", 2, False, 40, 77, 3, 4, True, "fp16", True),
+    Case("RNN_RELU", 2, False, 9, 31, 6, 11, True, "fp16", True),
+    Case("RNN_RELU", 1, False, 1, 1000, 1, 3, True, "bf16", False),
+    Case("RNN_RELU", 3, False, 50, 24, 4, 6, False, "tf32", True),
+]
+DROPOUT_CASES = [
+    Case("LSTM", 3, False, 20, 48, 6, 9, True, "fp32", False, 0.3),
+    Case("GRU", 2, True, 11, 33, 5, 7, True, "fp32", True, 0.5),
+    Case("RNN_TANH", 2, False, 8, 16, 3, 5, True, "fp32", False, 1.0),
+    Case("LSTM", 4, False, 64, 128, 40, 6, True, "bf16", True, 0.2),
+    Case("GRU", 3, True, 16, 70, 3, 4, False, "fp16", False, 0.4),
+]
+
+
+def make_inputs(case: Case, seed: int = 0):
+    """Random weights (torch's init range), input, states, lengths and output gradients,
+    quantised to the case's dtype on the GPU (the float64 reference gets the same values)."""
+    g = torch.Generator().manual_seed(seed)
+    dt = DTYPE[case.prec]
+    D = 2 if case.bidir else 1
+    G = reference.GATES[case.mode]
+    k = 1.0 / math.sqrt(case.H)
+
+    def rnd(*shape, scale=1.0, uniform=False):
+        t = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale if uniform \
+            else torch.randn(shape, generator=g, dtype=torch.float64) * scale
+        return t.to(dt).cuda()
+
+    weights = []
+    for layer in range(case.L):
+        for _ in range(D):
+            in_l = case.I if layer == 0 else D * case.H
+            weights.append(rnd(G * case.H, in_l, scale=k, uniform=True))
+            weights.append(rnd(G * case.H, case.H, scale=k, uniform=True))
+            if case.bias:
+                weights.append(rnd(G * case.H, scale=k, uniform=True))
+                weights.append(rnd(G * case.H, scale=k, uniform=True))
+    x = rnd(case.T, case.B, case.I)
+    hx = rnd(case.L * D, case.B, case.H, scale=0.5)
+    cx = rnd(case.L * D, case.B, case.H, scale=0.5) if case.mode == "LSTM" else None
+    lengths = None
+    if case.lengths:
+        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g, dtype=torch.int64)
+        lengths[0] = case.T
+        lengths = lengths.cuda()
+    gout = rnd(case.T, case.B, D * case.H)
+    ghy = rnd(case.L * D, case.B, case.H)
+    gcy = rnd(case.L * D, case.B, case.H) if case.mode == "LSTM" else None
+    seed_t = torch.tensor(123456789 + case.B, dtype=torch.int64, device="cuda") \
+        if case.dropout > 0 and case.L > 1 else None
+    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths, gout=gout, ghy=ghy, gcy=gcy,
+                seed=seed_t)
+
+
+def fwd_args(case, inp, dtype_fn=lambda t: t, need_reserve=True):
+    d = lambda t: None if t is None else dtype_fn(t)  # noqa: E731
+    return (d(inp["x"]), [dtype_fn(w) for w in inp["w"]], d(inp["hx"]), d(inp["cx"]),
+            inp["lengths"], inp["seed"], case.mode, case.L, case.bidir, case.bias, 0,
+            case.dropout, need_reserve)
+
+
+def bwd_args(case, inp, fwd_out, dtype_fn=lambda t: t):
+    out, hy, cy, reserve = fwd_out
+    d = lambda t: None if t is None else dtype_fn(t)  # noqa: E731
+    gcy = d(inp["gcy"]) if inp["gcy"] is not None else torch.empty(0, dtype=out.dtype,
+                                                                     device="cuda")
+    return (d(inp["gout"]), d(inp["ghy"]), gcy, d(inp["x"]), [dtype_fn(w) for w in inp["w"]],
+            d(inp["hx"]), d(inp["cx"]), inp["lengths"], inp["seed"], out, reserve, case.mode,
+            case.L, case.bidir, case.bias, 0, case.dropout)
+
+
+def run_reference(case, inp):
+    """The exact gradients (float64 forward + BPTT) of the quantised problem."""
+    d = lambda t: t.double()  # noqa: E731
+    f = reference.rnn_forward(*fwd_args(case, inp, d))
+    return reference.rnn_backward(*[a for i, a in enumerate(bwd_args(case, inp, f, d)) if i != 9])
+
+
+def run_fused(case, inp):
+    poison_allocator()
+    f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
+    poison_allocator()
+    g = torch.ops.fused_rnn._fused_backward(*bwd_args(case, inp, f))
+    torch.cuda.synchronize()
+    return g
+
+
+def run_cudnn(case, inp):
+    """torch.nn at the case's dtype (cuDNN), same weights and output gradients, autograd:
+    (grad_input, grad_weights, grad_hx, grad_cx)."""
+    kw = dict(num_layers=case.L, bias=case.bias, bidirectional=case.bidir,
+              dtype=DTYPE[case.prec], device="cuda")
+    if case.mode.startswith("RNN"):
+        kw["nonlinearity"] = "tanh" if case.mode == "RNN_TANH" else "relu"
+    m = NN[case.mode](case.I, case.H, **kw)
+    with torch.no_grad():
+        for p, w in zip(m._flat_weights, inp["w"]):
+            p.copy_(w)
+    x = inp["x"].clone().requires_grad_()
+    h0 = inp["hx"].clone().requires_grad_()
+    c0 = inp["cx"].clone().requires_grad_() if case.mode == "LSTM" else None
+    state = (h0, c0) if case.mode == "LSTM" else h0
+    if inp["lengths"] is None:
+        out, h = m(x, state)
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(x, inp["lengths"].cpu(), enforce_sorted=False)
+        out, h = m(packed, state)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=case.T)
+    hy, cy = (h[0], h[1]) if case.mode == "LSTM" else (h, None)
+    loss = (out.float() * inp["gout"].float()).sum() + (hy.float() * inp["ghy"].float()).sum()
+    if cy is not None:
+        loss = loss + (cy.float() * inp["gcy"].float()).sum()
+    params = list(m._flat_weights)
+    grads = torch.autograd.grad(loss, [x, h0] + ([c0] if c0 is not None else []) + params)
+    gx, ghx = grads[0], grads[1]
+    gcx = grads[2] if c0 is not None else None
+    gw = list(grads[3 if c0 is not None else 2:])
+    return gx, gw, ghx, gcx
+
+
+def rel_err(got, ref):
+    """max |got - ref| / max(1, max |ref|), in float64."""
+    if got is None or ref is None or ref.numel() == 0:
+        return 0.0
+    ref = ref.double()
+    return ((got.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
+
+
+def grad_errors(res, ref, mode):
+    """{name: error} over every gradient: input, each weight, hx, cx."""
+    errs = {"input": rel_err(res[0], ref[0]), "hx": rel_err(res[2], ref[2])}
+    if mode == "LSTM":
+        errs["cx"] = rel_err(res[3], ref[3])
+    for i, (g, r) in enumerate(zip(res[1], ref[1])):
+        errs[f"w{i}"] = rel_err(g, r)
+    return errs
+
+
+def plan_backward_or_skip(ext, case):
+    """The backward plan's summary; skips shapes the device can not hold on chip, but small
+    ones (H <= 256, I <= 256) must be covered on any sm_80+ GPU."""
+    args = (case.mode, case.L, case.bidir, case.bias, 0, case.I, case.H, case.B, case.T,
+            DTYPE[case.prec], torch.cuda.current_device(), True, case.lengths, case.dropout)
+    ok_f, why_f = ext.plan(*args)
+    ok, why = ext.plan_backward(*args)
+    assert isinstance(why, str) and why
+    if not (ok and ok_f):
+        assert not (case.H <= 256 and case.I <= 256), f"small shape not covered: {why_f}; {why}"
+        pytest.skip(f"not covered by the fused kernels on this device: {why_f}; {why}")
+    assert why.startswith("fused backward: "), why
+    print(why)
+    return why
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_smoke_tiny(ext, precision):
+    """First and smallest: one layer, one step (if this hangs, nothing else will work)."""
+    precision("fp32")
+    case = Case("LSTM", 1, False, 3, 5, 2, 1, True, "fp32", False)
+    plan_backward_or_skip(ext, case)
+    inp = make_inputs(case)
+    got = run_fused(case, inp)
+    ref = run_reference(case, inp)
+    assert got[0].shape == (1, 2, 3) and got[2].shape == (1, 2, 5) and got[3].shape == (1, 2, 5)
+    assert [g.shape for g in got[1]] == [w.shape for w in inp["w"]]
+    errs = grad_errors(got, ref, "LSTM")
+    assert max(errs.values()) < 1e-5, errs
+
+
+def test_plan_backward_covers_targets_and_explains_rejections(ext, precision):
+    dev = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(dev)
+    precision("tf32")
+    p = lambda mode, L, H, dt, **kw: ext.plan_backward(  # noqa: E731
+        mode, L, kw.get("bidir", False), True, kw.get("proj", 0), H, H, kw.get("B", 32), 512, dt,
+        dev, True, False, 0.0)
+    if props.major >= 9 and props.multi_processor_count >= 128:  # H100 / H200
+        for mode, L, H, dt, B in [("LSTM", 4, 512, torch.bfloat16, 32),
+                                  ("GRU", 4, 512, torch.bfloat16, 32),
+                                  ("LSTM", 2, 512, torch.float32, 32),
+                                  ("LSTM", 4, 256, torch.float32, 32),
+                                  ("LSTM", 2, 256, torch.bfloat16, 512),
+                                  ("LSTM", 4, 512, torch.bfloat16, 512)]:
+            ok, why = p(mode, L, H, dt, B=B)
+            assert ok, (mode, L, H, dt, B, why)
+            assert why.startswith("fused backward: ")
+    ok, why = p("LSTM", 2, 64, torch.bfloat16, proj=32)
+    assert not ok and "proj_size" in why
+    ok, why = p("LSTM", 2, 64, torch.float64)
+    assert not ok and "float64" in why
+    ok, why = ext.plan_backward("LSTM", 1, False, True, 0, 8, 8, 1, 1, torch.float32, 99, True,
+                                False, 0.0)
+    assert not ok and "device" in why
+    ok, why = p("LSTM", 4, 4096, torch.float32)
+    assert not ok and "shared memory" in why
+    # the Python side asks the same planner
+    x = torch.randn(5, 2, 8, device="cuda")
+    w = [torch.randn(32, 8, device="cuda"), torch.randn(32, 8, device="cuda")]
+    h = torch.zeros(1, 2, 8, device="cuda")
+    ok, why = fused_rnn.ops.plan(x, w, h, h, None, None, "LSTM", 1, False, False, 0, 0.0, True,
+                                 which="backward")
+    assert ok and why.startswith("fused backward: "), why
+
+
+def _check_case(ext, case, scale_case=None):
+    """fused vs float64 reference vs cuDNN; returns the errors."""
+    plan_backward_or_skip(ext, case)
+    inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000)
+    got = run_fused(case, inp)
+    for g in [got[0], got[2], *got[1]] + ([got[3]] if case.mode == "LSTM" else []):
+        assert g.dtype == DTYPE[case.prec]
+        assert torch.isfinite(g).all()
+    assert [g.shape for g in got[1]] == [w.shape for w in inp["w"]]
+    if case.mode != "LSTM":
+        assert got[3].numel() == 0
+    ref = run_reference(case, inp)
+    errs = grad_errors(got, ref, case.mode)
+    base = scale_case or case
+    try:
+        binp = inp if scale_case is None else make_inputs(base, seed=zlib.crc32(case.id.encode()) % 1000)
+        cud = run_cudnn(base, binp)
+        cud_ref = ref if scale_case is None else run_reference(base, binp)
+        cerrs = grad_errors(cud, cud_ref, base.mode)
+    except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
+        print(f"cuDNN failed ({e}); checking against the floor only")
+        cerrs = {k: 0.0 for k in errs}
+    worst = {k: (errs[k], cerrs.get(k, 0.0)) for k in errs}
+    print(case.id, {k: f"{a:.2e} (cuDNN {b:.2e})" for k, (a, b) in worst.items()})
+    for name, (e, c) in worst.items():
+        assert e <= 2 * c + FLOOR[case.prec], (name, e, c, worst)
+        assert e <= CAP[case.prec], (name, e, c, worst)
+    return errs
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_backward_matches_reference(ext, precision, case):
+    precision(case.prec)
+    _check_case(ext, case)
+
+
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=lambda c: c.id)
+def test_backward_with_dropout_matches_reference(ext, precision, case):
+    """Masks regenerated from the seed (no mask tensor): the same gradients as the
+    reference with the same seed; cuDNN's error without dropout sets the scale."""
+    precision(case.prec)
+    _check_case(ext, case, scale_case=case._replace(dropout=0.0))
+
+
+def test_public_op_takes_the_fused_backward(ext, precision):
+    precision("tf32")
+    case = Case("GRU", 2, False, 24, 40, 5, 6, True, "bf16", True)
+    plan_backward_or_skip(ext, case)
+    inp = make_inputs(case)
+    f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
+    a = torch.ops.fused_rnn._fused_backward(*bwd_args(case, inp, f))
+    b = torch.ops.fused_rnn.rnn_backward(*bwd_args(case, inp, f))
+    torch.cuda.synchronize()
+    for x, y in zip([a[0], a[2], a[3], *a[1]], [b[0], b[2], b[3], *b[1]]):
+        assert torch.equal(x, y)
+    # without a reserve (forward without need_reserve) it falls back to the reference
+    f0 = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp, need_reserve=False))
+    c = torch.ops.fused_rnn.rnn_backward(*bwd_args(case, inp, f0))
+    assert rel_err(c[0], a[0]) < 5e-2
+
+
+def _module_pair(mode, I, H, dtype=torch.float32, **kw):
+    if mode.startswith("RNN"):
+        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    ref = NN[mode](I, H, dtype=dtype, device="cuda", **kw)
+    fused = {"LSTM": fused_rnn.LSTM, "GRU": fused_rnn.GRU}.get(mode, fused_rnn.RNN)(
+        I, H, dtype=dtype, device="cuda", **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def test_backward_twice_with_retain_graph_is_identical(ext, precision):
+    precision("tf32")
+    _, m = _module_pair("LSTM", 12, 32, num_layers=3, dropout=0.3)
+    m.train()
+    x = torch.randn(9, 4, 12, device="cuda", requires_grad=True)
+    out, _ = m(x)
+    assert m.last_backend.startswith("fused"), m.last_backend
+    loss = (out ** 2).sum()
+    params = [x, *m.parameters()]
+    g1 = torch.autograd.grad(loss, params, retain_graph=True)
+    g2 = torch.autograd.grad(loss, params)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_raises(ext):
+    _, m = _module_pair("GRU", 6, 16, num_layers=2)
+    x = torch.randn(5, 3, 6, device="cuda", requires_grad=True)
+    out, _ = m(x)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_gradcheck_float64_on_the_gpu(ext):
+    """float64 is not covered by the kernels: the reference path on CUDA tensors."""
+    torch.manual_seed(0)
+    T, B, I, H, L = 3, 2, 3, 4, 2
+    m = fused_rnn.LSTM(I, H, num_layers=L, bidirectional=True, dtype=torch.float64,
+                       device="cuda")
+    x = torch.randn(T, B, I, dtype=torch.float64, device="cuda", requires_grad=True)
+    h0 = torch.randn(2 * L, B, H, dtype=torch.float64, device="cuda", requires_grad=True)
+    c0 = torch.randn(2 * L, B, H, dtype=torch.float64, device="cuda", requires_grad=True)
+    ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
+
+    def f(x, h0, c0, *ws):
+        out, hy, cy = fused_rnn.functional.lstm(x, (h0, c0), list(ws), True, L, 0.0, False,
+                                                True)
+        return out, hy, cy
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *ws), eps=1e-6, atol=1e-5)
+
+
+def _kernel_names(prof):
+    return [e.name for e in prof.events()
+            if str(e.device_type).endswith("CUDA")
+            and not e.name.startswith(("Memcpy", "Memset", "[memory]"))]
+
+
+def test_training_step_runs_fused_kernels_and_no_cudnn(ext, precision):
+    from torch.profiler import ProfilerActivity, profile
+
+    precision("tf32")
+    _, m = _module_pair("LSTM", 32, 64, num_layers=4, dropout=0.1)
+    m.train()
+    x = torch.randn(16, 8, 32, device="cuda", requires_grad=True)
+
+    def step():
+        out, (hy, cy) = m(x)
+        (out.square().mean() + hy.sum() + cy.sum()).backward()
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    names = _kernel_names(prof)
+    assert any("rnn_forward_kernel" in n for n in names), names
+    assert any("rnn_backward_kernel" in n for n in names), names
+    cudnn_like = [n for n in names if "cudnn" in n.lower() or n.startswith("RNN_")
+                  or "elemWise" in n or "_elementWise" in n or "LSTM_" in n or "GRU_" in n]
+    assert not cudnn_like, cudnn_like
+    assert sum("rnn_backward_kernel" in n for n in names) == 1, names
+
+
+def test_cuda_graph_capture_of_the_backward(ext, precision):
+    precision("tf32")
+    case = Case("LSTM", 2, False, 16, 32, 4, 10, True, "tf32", True, 0.25)
+    plan_backward_or_skip(ext, case)
+    inp = make_inputs(case)
+    f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
+    args = bwd_args(case, inp, f)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            torch.ops.fused_rnn._fused_backward(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = torch.ops.fused_rnn._fused_backward(*args)
+    inp["gout"].copy_(torch.randn_like(inp["gout"]))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = torch.ops.fused_rnn._fused_backward(*args)
+    torch.cuda.synchronize()
+    for g_t, e_t in zip([static[0], static[2], static[3], *static[1]],
+                        [eager[0], eager[2], eager[3], *eager[1]]):
+        assert torch.equal(g_t, e_t)
+
+
+def test_training_run_follows_nn_lstm(ext, precision):
+    """A 2-layer LSTM learns a delayed-copy task; the fused module's loss curve stays with
+    nn.LSTM's (same init, same batches, TF32 as cuDNN uses it by default)."""
+    precision("tf32")
+    torch.manual_seed(0)
+    I, H, T, B, delay, steps = 4, 64, 40, 32, 3, 300
+    ref, fused = _module_pair("LSTM", I, H, num_layers=2)
+    head_r = nn.Linear(H, I, device="cuda")
+    head_f = nn.Linear(H, I, device="cuda")
+    head_f.load_state_dict(head_r.state_dict())
+    g = torch.Generator(device="cuda").manual_seed(1)
+    batches = [torch.randn(T, B, I, device="cuda", generator=g) for _ in range(20)]
+
+    def curve(rnn, head):
+        opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-2)
+        losses = []
+        for i in range(steps):
+            x = batches[i % len(batches)]
+            target = torch.cat([torch.zeros_like(x[:delay]), x[:-delay]])
+            out, _ = rnn(x)
+            loss = nn.functional.mse_loss(head(out), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return torch.tensor(losses)
+
+    lr_ = curve(ref, head_r)
+    lf = curve(fused, head_f)
+    assert fused.last_backend.startswith("fused"), fused.last_backend
+    print("nn.LSTM", lr_[::30].tolist())
+    print("fused  ", lf[::30].tolist())
+    assert torch.isfinite(lf).all()
+    assert lf[-20:].mean() < 0.05 * lf[:5].mean(), "the fused model did not learn"
+    assert lr_[-20:].mean() < 0.05 * lr_[:5].mean(), "nn.LSTM did not learn (test setup)"
+    # the same curve within noise: smoothed log-losses (25-step windows) stay together;
+    # tight while the loss falls, looser at the end where Adam's steps make it jitter
+    sm = lambda c: c.log().unfold(0, 25, 1).mean(1)  # noqa: E731
+    gap = (sm(lf) - sm(lr_)).abs()
+    print("smoothed log-loss gap", gap[::25].tolist())
+    assert gap[:50].max() < 0.1, gap[:50]
+    assert gap.max() < 0.7, gap
+    assert abs(math.log(lf[-25:].mean() / lr_[-25:].mean())) < 0.7
+
+
+def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
+    precision("fp32")
+    case = Case("LSTM", 2, False, 8, 16, 3, 4, True, "fp32", False)
+    inp = make_inputs(case)
+    f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
+    good = bwd_args(case, inp, f)
+    op = torch.ops.fused_rnn._fused_backward
+    names = ["gout", "ghy", "gcy", "input", "weights", "hx", "cx", "lengths", "seed", "output",
+             "reserve", "mode", "L", "bidir", "bias", "proj", "dropout"]
+
+    def with_(**kw):
+        a = list(good)
+        for k, v in kw.items():
+            a[names.index(k)] = v
+        return a
+
+    bad_calls = [
+        with_(input=inp["x"].cpu()),                                   # wrong device
+        with_(gout=inp["gout"].double()),                              # wrong dtype
+        with_(reserve=f[3][:, :2]),                                    # wrong reserve shape
+        with_(reserve=torch.empty(0, device="cuda")),                  # no reserve
+        with_(ghy=inp["ghy"][:, :2]),                                  # wrong shape
+        with_(weights=inp["w"][:-1]),                                  # missing tensor
+        with_(dropout=0.5),                                            # no seed
+        with_(cx=None),                                                # LSTM without cx
+        with_(mode="LSTMX"),
+        with_(proj=4),                                                 # not covered
+    ]
+    for a in bad_calls:
+        with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+            op(*a)
+    out = op(*good)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out[0]).all()
