@@ -261,8 +261,11 @@ CASES = [
     Case("GRU", 3, True, False, 6, 10, 3, 5, "float32", True, True, 0.4, 7),
     Case("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, 0.0, 6),  # batch slices
     Case("RNN_RELU", 2, False, False, 3, 40, 33, 4, "float16", False, False, 0.3, 12),  # slices + 3 tiles
+    # long K per warp: 8 (bf16) / 5 (fp32) chunks through a 4-stage ring (stage reuse)
+    Case("LSTM", 2, False, True, 8, 64, 128, 2, "bfloat16", False, False, 0.0, 8),
+    Case("GRU", 1, False, True, 8, 48, 128, 3, "float32", False, True, 0.0, 4),
 ]
-TSAN_CASES = [CASES[i] for i in (1, 2, 10)]  # wmma multi-pass, bidirectional, FMA + slices
+TSAN_CASES = [CASES[i] for i in (1, 2, 10, 13)]  # wmma multi-pass, bidir, FMA + slices, stage ring
 
 
 def _emu_build(tmp_path_factory, sanitize):
