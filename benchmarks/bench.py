@@ -504,15 +504,7 @@ class Runner:
         fwd = fused.last_backend or "unknown"
         if not train:
             return fwd
-        bwd = getattr(fused, "last_backward_backend", None)
-        if bwd is None:
-            # Mirrors fused_rnn.ops._rnn_backward_cuda: the fused backward runs when the forward
-            # was fused and the extension registered fused_rnn::_fused_backward.
-            registered = hasattr(getattr(torch.ops, "fused_rnn", None), "_fused_backward")
-            if fwd.startswith("fused") and registered:
-                bwd = "fused"
-            else:
-                bwd = "reference: " + ("forward not fused" if registered else "fused_rnn::_fused_backward not registered")
+        bwd = fused.last_backward_backend or "unknown (no gradient was needed)"
         return f"forward {fwd}; backward {bwd}"
 
     def finish(self, c: Case, res: Result, fused_ok: bool, notes: list) -> None:

@@ -66,7 +66,11 @@ def run(
     batch_first: bool = False,
     lengths: Tensor | None = None,
 ):
-    """The stack; returns (output, hy, cy or None, backend) where backend says which path ran."""
+    """The stack; returns (output, hy, cy or None, forward_backend, backward_backend).
+
+    The backends say which path runs and why: the forward's (ran), and the
+    backward's (will run, when a gradient is needed; None otherwise).
+    """
     input, hx, cx, *weights = _autocast(mode, input.device.type, [input, hx, cx, *weights])
     _check_same(input, weights, "parameter")
     _check_same(input, (hx, cx), "hidden")
@@ -83,15 +87,20 @@ def run(
     )
     args = (input, list(weights), hx.contiguous(), None if cx is None else cx.contiguous(),
             lengths, seed, mode, num_layers, bidirectional, has_biases, proj_size, p, need_reserve)
+    backward = None
     if torch.compiler.is_compiling():
-        backend = "decided at run time (inside torch.compile)"
+        forward = "decided at run time (inside torch.compile)"
+        if need_reserve:
+            backward = forward
     else:
         ops._check_seq_len(input)
-        backend = ops.plan(*args)[1]
+        forward = ops.plan(*args)[1]
+        if need_reserve:
+            backward = ops.plan(*args, which="backward")[1]
     output, hy, cy, _ = torch.ops.fused_rnn.rnn_forward(*args)
     if batch_first:
         output = output.transpose(0, 1)
-    return output, hy, (cy if mode == "LSTM" else None), backend
+    return output, hy, (cy if mode == "LSTM" else None), forward, backward
 
 
 def _fn(mode):
@@ -99,7 +108,7 @@ def _fn(mode):
           dropout: float = 0.0, train: bool = False, bidirectional: bool = False,
           batch_first: bool = False, proj_size: int = 0, lengths: Tensor | None = None):
         h, c = hx if mode == "LSTM" else (hx, None)
-        out, hy, cy, _ = run(
+        out, hy, cy, _, _ = run(
             mode, input, weights, h, c, num_layers=num_layers, bidirectional=bidirectional,
             has_biases=has_biases, proj_size=proj_size, dropout=dropout, train=train,
             batch_first=batch_first, lengths=lengths,

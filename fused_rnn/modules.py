@@ -6,7 +6,9 @@ checks, parameter names and shapes, initialisation, state_dict, repr and
 follows torch's forward step by step (same exceptions, same messages, same
 outputs) and calls :func:`fused_rnn.functional.run` instead of ``torch._VF``.
 
-``last_backend`` records which path the last forward took and why.
+``last_backend`` records which path the last forward took and why, and
+``last_backward_backend`` which path its backward takes (None when the
+forward needed no gradient).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ class _FusedForward:
     """The forward shared by the three modules (mixed in before the torch class)."""
 
     last_backend: str | None = None
+    last_backward_backend: str | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.last_backend = None
+        self.last_backward_backend = None
 
     def _class_tag(self) -> str:
         return "RNN" if self.mode in ("RNN_TANH", "RNN_RELU") else self.mode
@@ -104,13 +108,15 @@ class _FusedForward:
         if batch_sizes is not None:
             index, lengths, T, B = _packed_index(batch_sizes, input.device)
             padded = input.new_zeros(T * B, input.shape[-1]).index_copy(0, index, input)
-            out, hy, cy, backend = run(self.mode, padded.view(T, B, -1), self._flat_weights,
-                                       h0, c0, lengths=lengths, **options)
+            out, hy, cy, backend, backward = run(self.mode, padded.view(T, B, -1),
+                                                 self._flat_weights, h0, c0, lengths=lengths,
+                                                 **options)
             output = out.reshape(T * B, -1).index_select(0, index)
         else:
-            output, hy, cy, backend = run(self.mode, input, self._flat_weights, h0, c0,
-                                          batch_first=self.batch_first, **options)
+            output, hy, cy, backend, backward = run(self.mode, input, self._flat_weights, h0, c0,
+                                                    batch_first=self.batch_first, **options)
         self.last_backend = backend
+        self.last_backward_backend = backward
         hidden = (hy, cy) if is_lstm else hy
 
         if batch_sizes is not None:
@@ -150,5 +156,5 @@ def convert(model: nn.Module) -> nn.Module:
         fused = _FUSED_FOR.get(type(module))
         if fused is not None:
             module.__class__ = fused
-            module.last_backend = None
+            module.last_backend = module.last_backward_backend = None
     return model

@@ -133,10 +133,14 @@ def test_lower_precision_dtypes(mode, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_last_backend_is_recorded(mode):
     _, fused = make_pair(mode, 3, 4)
-    assert fused.last_backend is None
-    fused(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert fused.last_backend is None and fused.last_backward_backend is None
+    with torch.no_grad():
+        fused(torch.randn(2, 1, 3, dtype=torch.float64))
     assert fused.last_backend.startswith("reference: ")
     assert "CUDA" in fused.last_backend or "cuda" in fused.last_backend
+    assert fused.last_backward_backend is None  # no gradient needed
+    fused(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert fused.last_backward_backend.startswith("reference: ")
 
 
 def test_backend_info():
