@@ -10,11 +10,10 @@ gradient stops at the chunk boundary but the memory does not.
 The default corpus needs no download: the Python documentation text that
 ships with CPython (`pydoc_data.topics`). Use `--text FILE` for your own.
 
-    python examples/char_lm.py                              # small, CPU-friendly
-    python examples/char_lm.py --save ck.pt                 # ... and keep a checkpoint
+    python examples/char_lm.py --save ck.pt          # small, CPU-friendly; keep a checkpoint
     python examples/char_lm.py --resume ck.pt --steps 0 --generate "def "
-    python examples/char_lm.py --hidden 1024 --layers 3 --batch 128 \\
-        --seq-len 128 --steps 1000 --compare-nn              # on a GPU
+    python examples/char_lm.py --hidden 512 --layers 3 --embed 128 --batch 128 \\
+        --seq-len 128 --compare-nn                    # on a GPU, vs torch.nn (cuDNN)
 
 fused_rnn.LSTM/GRU are drop-in subclasses of torch.nn.LSTM/GRU, so the only
 fused_rnn-specific line below is the choice of class (`rnn_lib`).
@@ -222,32 +221,34 @@ def generate(model, vocab, prompt, length, temperature, generator):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--text", metavar="FILE", help="training text (default: CPython's pydoc_data.topics)")
-    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="default: %(default)s")
-    p.add_argument("--embed", type=int, default=64, help="embedding size (%(default)s)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden size of every layer (%(default)s)")
-    p.add_argument("--layers", type=int, default=2, help="stacked RNN layers (%(default)s)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout between RNN layers (%(default)s)")
-    p.add_argument("--seq-len", type=int, default=64, help="TBPTT chunk length (%(default)s)")
-    p.add_argument("--batch", type=int, default=32, help="parallel text streams (%(default)s)")
-    p.add_argument("--steps", type=int, default=300, help="training steps, 0: none (%(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (%(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (%(default)s)")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (%(default)s)")
-    p.add_argument("--val-frac", type=float, default=0.05, help="fraction of the text held out (%(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="default: %(default)s")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: on with CUDA)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--log-every", type=int, default=10, help="progress update interval in steps (%(default)s)")
-    p.add_argument("--save", metavar="PATH", help="write a checkpoint here after training")
-    p.add_argument("--resume", metavar="PATH", help="start from this checkpoint (its model config wins)")
-    p.add_argument("--generate", metavar="PROMPT", help="sample text after this prompt")
-    p.add_argument("--length", type=int, default=200, help="characters to generate (%(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0: greedy (%(default)s)")
-    p.add_argument("--compare-nn", action="store_true",
-                   help="also train the same config with torch.nn and compare tokens/s")
+    add = p.add_argument
+    add("--text", metavar="FILE", help="training text (default: CPython's pydoc_data.topics)")
+    add("--cell", choices=["lstm", "gru"], default="lstm", help="default: %(default)s")
+    add("--embed", type=int, default=64, help="embedding size (%(default)s)")
+    add("--hidden", type=int, default=256, help="hidden size of every layer (%(default)s)")
+    add("--layers", type=int, default=2, help="stacked RNN layers (%(default)s)")
+    add("--dropout", type=float, default=0.1, help="dropout between RNN layers (%(default)s)")
+    add("--seq-len", type=int, default=64, help="TBPTT chunk length (%(default)s)")
+    add("--batch", type=int, default=32, help="parallel text streams (%(default)s)")
+    add("--steps", type=int, default=1000, help="training steps, 0: none (%(default)s)")
+    add("--lr", type=float, default=3e-3, help="AdamW learning rate (%(default)s)")
+    add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (%(default)s)")
+    add("--clip", type=float, default=1.0, help="gradient-norm clipping (%(default)s)")
+    add("--val-frac", type=float, default=0.05, help="fraction held out (%(default)s)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: %(default)s")
+    add("--amp", action=argparse.BooleanOptionalAction, default=None,
+        help="bfloat16 autocast (default: on with CUDA)")
+    add("--seed", type=int, default=0, help="default: %(default)s")
+    add("--log-every", type=int, default=10, help="steps between progress updates (%(default)s)")
+    add("--save", metavar="PATH", help="write a checkpoint here after training")
+    add("--resume", metavar="PATH", help="start from this checkpoint (its model config wins)")
+    add("--generate", metavar="PROMPT", help="sample text after this prompt")
+    add("--length", type=int, default=200, help="characters to generate (%(default)s)")
+    add("--temperature", type=float, default=0.8,
+        help="sampling temperature, 0: greedy (%(default)s)")
+    add("--compare-nn", action="store_true",
+        help="also train the same config with torch.nn and compare tokens/s")
     return p.parse_args(argv)
 
 
@@ -301,17 +302,18 @@ def main(argv=None):
             result["val_ppl"] = evaluate(model, val_data, args.seq_len, amp)
             print(f"validation perplexity {result['val_ppl']:.2f}")
 
-        if args.compare_nn:
+        if args.compare_nn:  # the same run again, on torch.nn (cuDNN on a GPU)
             ref, ref_opt = build(torch.nn)
             if ckpt:
                 ref.load_state_dict(ckpt["model"])
                 ref_opt.load_state_dict(ckpt["optimizer"])
-            ref_losses, ref_tps = train(ref, ref_opt, train_data, args, step - args.steps, device, amp,
+            start = step - args.steps
+            ref_losses, ref_tps = train(ref, ref_opt, train_data, args, start, device, amp,
                                         "torch.nn ")
             result["nn_tokens_per_s"] = ref_tps
             print(f"tokens/s: fused_rnn {tps:,.0f}, torch.nn {ref_tps:,.0f} "
-                  f"(x{tps / ref_tps:.2f}); final loss fused_rnn {losses[-1]:.3f}, "
-                  f"torch.nn {ref_losses[-1]:.3f}")
+                  f"(fused_rnn speed-up {tps / ref_tps:.2f}x); "
+                  f"final loss fused_rnn {losses[-1]:.3f}, torch.nn {ref_losses[-1]:.3f}")
 
     if args.save:
         torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step,
@@ -320,7 +322,8 @@ def main(argv=None):
 
     if args.generate is not None:
         gen = torch.Generator(device=device).manual_seed(args.seed)
-        result["generated"] = generate(model, vocab, args.generate, args.length, args.temperature, gen)
+        result["generated"] = generate(model, vocab, args.generate, args.length,
+                                       args.temperature, gen)
         result["generate_backend"] = model.rnn.last_backend
         print("-" * 60)
         print(args.generate + result["generated"])

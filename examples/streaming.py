@@ -50,7 +50,7 @@ def as_tuple(state):
 
 
 class Timer:
-    """Milliseconds per call: CUDA events on a GPU (GPU time, no host sync per call), else wall clock."""
+    """Milliseconds per call: CUDA events on a GPU (no host sync per call), else wall clock."""
 
     def __init__(self, device):
         self.cuda = device.type == "cuda"
@@ -108,14 +108,14 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=256, help="hidden size (%(default)s)")
     p.add_argument("--layers", type=int, default=2, help="stacked layers (%(default)s)")
     p.add_argument("--batch", type=int, default=1, help="parallel streams (%(default)s)")
-    p.add_argument("--seq-len", type=int, default=256, help="timesteps in the whole stream (%(default)s)")
+    p.add_argument("--seq-len", type=int, default=256, help="timesteps in all (%(default)s)")
     p.add_argument("--chunk", type=int, default=16, help="timesteps per call (%(default)s)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default: %(default)s")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: %(default)s")
     p.add_argument("--tol", type=float, help="max allowed |chunked - whole| (default: by dtype)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (%(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the stream (%(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes (%(default)s)")
     p.add_argument("--compare-nn", action=argparse.BooleanOptionalAction, default=None,
                    help="also time torch.nn with the same weights (default: on with CUDA)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -162,7 +162,7 @@ def main(argv=None):
         ref_out, _ = stream(ref, x, args.chunk)
         nn_med, nn_p90 = latency(ref, x, args.chunk, args.warmup, args.repeats, device)
         print(f"torch.nn latency per call:  median {nn_med:.3f} ms, p90 {nn_p90:.3f} ms "
-              f"(fused_rnn x{nn_med / med:.2f} faster at the median); "
+              f"(fused_rnn speed-up {nn_med / med:.2f}x at the median); "
               f"max |fused - nn| {(ref_out - chunk_out).abs().max().item():.2e}")
         result.update(nn_median_ms=nn_med, nn_p90_ms=nn_p90)
 
