@@ -21,9 +21,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 NO_RESULTS = (
-    "No GPU results committed yet; run scripts/gpu_check.sh on an H100/H200 "
-    "(it runs `python benchmarks/bench.py --quick`), commit the folder it writes under "
-    "`benchmarks/results/<device>/`, then `python benchmarks/report.py --update-readme`.\n\n"
+    "No GPU results committed yet. On an H100/H200, `bash scripts/gpu_check.sh` runs "
+    "`python benchmarks/bench.py --quick` and returns its results folder as "
+    "`bench_results.tgz`: unpack it into `benchmarks/results/<device>/`, commit it, then run "
+    "`python benchmarks/report.py --update-readme`.\n\n"
     "Without a GPU, `python benchmarks/bench.py --quick` checks the reference path against "
     "torch.nn (parity and CPU timings); speed numbers need a GPU."
 )

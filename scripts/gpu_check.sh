@@ -75,14 +75,12 @@ step "pytest tests/gpu" 175 "$OUT_DIR/pytest_gpu.tmp" \
 cat "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp" > "$OUT_DIR/pytest_gpu.txt"
 rm -f "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp"
 
-# 3. quick benchmark (written by another helper; results copied, not its plots)
+# 3. quick benchmark; its whole results folder (JSON, CSV, markdown, plots) comes
+#    back as one archive: unpack it into benchmarks/results/<device>/ and commit
 if [ -f benchmarks/bench.py ]; then
   BENCH_TMP="$(mktemp -d)"
   step "bench --quick" 120 "$OUT_DIR/bench.txt" python benchmarks/bench.py --quick --out "$BENCH_TMP"
-  for f in results.md results.json; do
-    found="$(find "$BENCH_TMP" -name "$f" | head -1)"
-    if [ -n "$found" ]; then cp "$found" "$OUT_DIR/bench_$f"; fi
-  done
+  tar czf "$OUT_DIR/bench_results.tgz" -C "$BENCH_TMP" . || true
 else
   echo "bench: benchmarks/bench.py not present, skipped" | tee -a "$SUMMARY"
 fi
