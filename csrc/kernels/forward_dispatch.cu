@@ -1,189 +1,46 @@
 // Runtime dispatch (dtype x cell x tf32 -> template instantiation), the
-// device-aware planner (occupancy from the CUDA runtime, cached), and build
-// facts. The instantiations live in forward_<dtype>.cu, compiled in parallel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// device-aware planner (occupancy from the CUDA runtime, cached; both in
+// dispatch_common.h, shared with backward_dispatch.cu), and build facts. The
+// instantiations live in forward_<dtype>.cu, compiled in parallel.
 #include <cuda_runtime.h>
 
-#include <map>
-#include <mutex>
 #include <tuple>
 
+#include "dispatch_common.h"
 #include "forward_api.h"
 
 namespace fused_rnn {
-namespace fwd {
-// Declared here, defined (and explicitly instantiated) in forward_kernel.cuh
-// via forward_{f32,tf32,f16,bf16}.cu.
-template <typename T, CellKind CELL, bool TF32> const void* forward_kernel_ptr();
-template <typename T, CellKind CELL, bool TF32>
-cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream);
-}  // namespace fwd
-
 namespace {
 
-template <typename T, bool TF32>
-const void* kernel_for_cell(CellKind cell) {
-  switch (cell) {
-    case CellKind::kLSTM: return fwd::forward_kernel_ptr<T, CellKind::kLSTM, TF32>();
-    case CellKind::kGRU: return fwd::forward_kernel_ptr<T, CellKind::kGRU, TF32>();
-    default: return fwd::forward_kernel_ptr<T, CellKind::kRNN, TF32>();
+// What the forward's dispatch adds to its kernel family (see dispatch_common.h).
+struct ForwardDispatch : ForwardKernels {
+  using Result = PlanResult;
+  using Key = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int, bool, bool, double, bool>;
+  // (device, every problem field)
+  static Key key(const ForwardProblem& pr, int device) {
+    return Key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
+               pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
+               pr.seq_len, static_cast<int>(pr.dtype), pr.need_reserve, pr.has_lengths,
+               pr.dropout, pr.allow_tf32};
   }
-}
-
-const void* kernel_symbol(DType dtype, CellKind cell, bool tf32) {
-  switch (dtype) {
-    case DType::kFloat16: return kernel_for_cell<__half, false>(cell);
-    case DType::kBFloat16: return kernel_for_cell<__nv_bfloat16, false>(cell);
-    default:
-      return tf32 ? kernel_for_cell<float, true>(cell) : kernel_for_cell<float, false>(cell);
+  static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
+                     const void* ctx) {
+    return plan_forward(pr, dev, occupancy, ctx);
   }
-}
-
-template <typename T, bool TF32>
-cudaError_t launch_for_cell(const ForwardParams& p, cudaStream_t stream) {
-  switch (cell_kind(static_cast<Mode>(p.mode))) {
-    case CellKind::kLSTM: return fwd::launch_forward_kernel<T, CellKind::kLSTM, TF32>(p, stream);
-    case CellKind::kGRU: return fwd::launch_forward_kernel<T, CellKind::kGRU, TF32>(p, stream);
-    default: return fwd::launch_forward_kernel<T, CellKind::kRNN, TF32>(p, stream);
-  }
-}
-
-struct OccupancyQuery {
-  const void* fn;
-  cudaError_t err;
+  static const char* planning() { return "planning"; }
+  static const char* kernel_name() { return "kernel"; }
 };
-
-int query_occupancy(const void* ctx, int64_t smem_bytes) {
-  auto* q = static_cast<OccupancyQuery*>(const_cast<void*>(ctx));
-  int blocks = 0;
-  const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, q->fn, kForwardThreads, static_cast<size_t>(smem_bytes));
-  if (e != cudaSuccess) {
-    q->err = e;
-    return 0;
-  }
-  return blocks;
-}
-
-std::string cuda_reason(const char* what, cudaError_t e) {
-  return std::string("CUDA error while planning (") + what + "): " + cudaGetErrorString(e);
-}
-
-// Cache: (device, every problem field) -> result. Planning queries the
-// occupancy API several times; a training loop plans the same shape twice per
-// step (Python's check, then the op), so this keeps the host cost ~1 us.
-using PlanKey = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                           int64_t, int, bool, bool, double, bool>;
-std::mutex g_mutex;
-std::map<PlanKey, PlanResult> g_cache;
-std::map<std::pair<int, const void*>, bool> g_attr_set;
-
-// Lets `fn` use the device's whole opt-in shared memory (the occupancy API and
-// launches need it above 48 KB) and prefer the largest carveout. Once per
-// (device, kernel); never lowered afterwards, so plans made for one shape stay
-// valid for another. Call with g_mutex held.
-cudaError_t prepare_kernel_locked(const void* fn, int device) {
-  auto& done = g_attr_set[{device, fn}];
-  if (done) return cudaSuccess;
-  int smem_optin = 0;
-  cudaError_t e;
-  if ((e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) ||
-      (e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin)) ||
-      (e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                cudaSharedmemCarveoutMaxShared))) {
-    cudaGetLastError();
-    return e;
-  }
-  done = true;
-  return cudaSuccess;
-}
 
 }  // namespace
 
 PlanResult plan_forward_on_device(const ForwardProblem& pr, int device) {
-  const PlanKey key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
-                    pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
-                    pr.seq_len, static_cast<int>(pr.dtype), pr.need_reserve, pr.has_lengths,
-                    pr.dropout, pr.allow_tf32};
-  std::lock_guard<std::mutex> lock(g_mutex);
-  auto hit = g_cache.find(key);
-  if (hit != g_cache.end()) return hit->second;
-
-  PlanResult bad;
-  DeviceLimits dev;
-  int smem_optin = 0, smem_sm = 0;
-  cudaError_t e;
-  if ((e = cudaDeviceGetAttribute(&dev.sm_count, cudaDevAttrMultiProcessorCount, device)) ||
-      (e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) ||
-      (e = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) ||
-      (e = cudaDeviceGetAttribute(&dev.cc_major, cudaDevAttrComputeCapabilityMajor, device)) ||
-      (e = cudaDeviceGetAttribute(&dev.cc_minor, cudaDevAttrComputeCapabilityMinor, device))) {
-    cudaGetLastError();
-    bad.reason = cuda_reason("device attributes", e);
-    return bad;  // not cached: may be transient
-  }
-  dev.smem_optin_per_block = smem_optin;
-  dev.smem_per_sm = smem_sm;
-  int cooperative = 0;
-  if (cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess ||
-      !cooperative) {
-    cudaGetLastError();
-    bad.reason = "the device does not support cooperative launches";
-    g_cache[key] = bad;
-    return bad;
-  }
-
-  const bool tf32 = pr.dtype == DType::kFloat32 && pr.allow_tf32;
-  OccupancyQuery q{kernel_symbol(pr.dtype, cell_kind(pr.mode), tf32), cudaSuccess};
-  // Is there code for this device in the extension at all?
-  cudaFuncAttributes attr;
-  e = cudaFuncGetAttributes(&attr, q.fn);
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // clear it: the caller's launch checks must not see it
-    char buf[256];
-    snprintf(buf, sizeof(buf),
-             "the extension has no kernel code for this device (sm_%d%d): %s; rebuild with "
-             "TORCH_CUDA_ARCH_LIST covering it",
-             dev.cc_major, dev.cc_minor, cudaGetErrorString(e));
-    bad.reason = buf;
-    g_cache[key] = bad;
-    return bad;
-  }
-  if ((e = prepare_kernel_locked(q.fn, device)) != cudaSuccess) {
-    bad.reason = cuda_reason("cudaFuncSetAttribute", e);
-    return bad;
-  }
-  PlanResult r = plan_forward(pr, dev, &query_occupancy, &q);
-  if (q.err != cudaSuccess) {
-    cudaGetLastError();
-    bad.reason = cuda_reason("occupancy query", q.err);
-    return bad;
-  }
-  if (g_cache.size() > 4096) g_cache.clear();  // bound memory for shape-varying workloads
-  g_cache[key] = r;
-  return r;
+  return plan_on_device<ForwardDispatch>(pr, device);
 }
 
 cudaError_t launch_forward(const ForwardParams& p, DType dtype, bool use_tf32,
                            cudaStream_t stream) {
-  {
-    int device = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e != cudaSuccess) return e;
-    const bool tf32 = dtype == DType::kFloat32 && use_tf32;
-    std::lock_guard<std::mutex> lock(g_mutex);
-    e = prepare_kernel_locked(kernel_symbol(dtype, cell_kind(static_cast<Mode>(p.mode)), tf32),
-                              device);
-    if (e != cudaSuccess) return e;
-  }
-  switch (dtype) {
-    case DType::kFloat16: return launch_for_cell<__half, false>(p, stream);
-    case DType::kBFloat16: return launch_for_cell<__nv_bfloat16, false>(p, stream);
-    default:
-      return use_tf32 ? launch_for_cell<float, true>(p, stream)
-                      : launch_for_cell<float, false>(p, stream);
-  }
+  return launch_on_current_device<ForwardDispatch>(p, dtype, use_tf32, stream);
 }
 
 std::vector<std::string> compiled_archs() {
@@ -201,7 +58,7 @@ int forward_binary_version(int device, std::string* why) {
   cudaSetDevice(device);
   cudaFuncAttributes attr;
   const cudaError_t e = cudaFuncGetAttributes(
-      &attr, kernel_symbol(DType::kBFloat16, CellKind::kLSTM, false));
+      &attr, kernel_symbol<ForwardKernels>(DType::kBFloat16, CellKind::kLSTM, false));
   cudaSetDevice(prev);
   if (e != cudaSuccess) {
     cudaGetLastError();
