@@ -119,19 +119,14 @@ inline BackwardWorkspaceLayout backward_workspace(const ForwardProblem& p) {
   const int64_t BH = p.batch * p.hidden_size;
   const int64_t rows = static_cast<int64_t>(p.layer_dirs()) * p.seq_len * p.batch;
   const int64_t ghp = backward_gh_pad(p);
-  int64_t off = 0;
-  auto take = [&off](int64_t bytes) {
-    const int64_t at = off;
-    off = align_to(off + bytes, 256);
-    return at;
-  };
-  w.dg_ih = take(rows * ghp * es);
-  if (p.mode == Mode::kGRU) w.dg_hh = take(rows * ghp * es);
+  WorkspaceCursor ws;
+  w.dg_ih = ws.take(rows * ghp * es);
+  if (p.mode == Mode::kGRU) w.dg_hh = ws.take(rows * ghp * es);
   if (p.dropout_active())
-    w.xdrop = take(static_cast<int64_t>(p.num_layers - 1) * p.seq_len * p.num_dirs() * BH * es);
-  w.state_dh = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
-  if (p.mode == Mode::kLSTM) w.state_dc = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
-  w.total = off;
+    w.xdrop = ws.take(static_cast<int64_t>(p.num_layers - 1) * p.seq_len * p.num_dirs() * BH * es);
+  w.state_dh = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (p.mode == Mode::kLSTM) w.state_dc = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  w.total = ws.total();
   return w;
 }
 
@@ -179,27 +174,13 @@ struct BackwardParams {
 inline void init_backward_params(BackwardParams& bp, const ForwardProblem& p,
                                  const BackwardConfig& cfg, void* workspace) {
   bp.cfg = cfg;
-  bp.mode = static_cast<int>(p.mode);
-  bp.num_layers = p.num_layers;
-  bp.num_dirs = p.num_dirs();
-  bp.input_size = static_cast<int>(p.input_size);
-  bp.hidden = static_cast<int>(p.hidden_size);
-  bp.batch = p.batch;
-  bp.seq_len = p.seq_len;
-  bp.reserve_width = p.reserve_width();
+  init_problem_fields(bp, p);
   const BackwardWorkspaceLayout w = backward_workspace(p);
-  auto at = [workspace](int64_t off) -> void* {
-    return off < 0 ? nullptr : static_cast<unsigned char*>(workspace) + off;
-  };
-  bp.dg_ih = at(w.dg_ih);
-  bp.dg_hh = w.dg_hh >= 0 ? at(w.dg_hh) : bp.dg_ih;
-  bp.xdrop = at(w.xdrop);
-  bp.state_dh = static_cast<float*>(at(w.state_dh));
-  bp.state_dc = static_cast<float*>(at(w.state_dc));
-  bp.dropout_active = p.dropout_active();
-  bp.dropout_threshold = bp.dropout_active ? dropout_threshold(p.dropout) : 0;
-  bp.dropout_scale =
-      bp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
+  bp.dg_ih = workspace_at(workspace, w.dg_ih);
+  bp.dg_hh = w.dg_hh >= 0 ? workspace_at(workspace, w.dg_hh) : bp.dg_ih;
+  bp.xdrop = workspace_at(workspace, w.xdrop);
+  bp.state_dh = static_cast<float*>(workspace_at(workspace, w.state_dh));
+  bp.state_dc = static_cast<float*>(workspace_at(workspace, w.state_dc));
 }
 
 }  // namespace fused_rnn

@@ -99,6 +99,46 @@ struct SmemLayout {
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// Lays out the regions of a workspace one after the other, each 256-byte
+// aligned (forward_workspace, backward_workspace).
+class WorkspaceCursor {
+ public:
+  // The byte offset of a new region of `bytes` bytes.
+  int64_t take(int64_t bytes) {
+    const int64_t at = off_;
+    off_ = align_to(off_ + bytes, 256);
+    return at;
+  }
+  int64_t total() const { return off_; }
+
+ private:
+  int64_t off_ = 0;
+};
+
+// The address of a workspace region at byte offset `off`, null for an absent
+// region (off < 0).
+inline void* workspace_at(void* workspace, int64_t off) {
+  return off < 0 ? nullptr : static_cast<unsigned char*>(workspace) + off;
+}
+
+// The fields ForwardParams and BackwardParams (backward_params.h) share that
+// come from the problem alone: sizes, mode, and the dropout constants.
+template <typename Params>
+inline void init_problem_fields(Params& kp, const ForwardProblem& p) {
+  kp.mode = static_cast<int>(p.mode);
+  kp.num_layers = p.num_layers;
+  kp.num_dirs = p.num_dirs();
+  kp.input_size = static_cast<int>(p.input_size);
+  kp.hidden = static_cast<int>(p.hidden_size);
+  kp.batch = p.batch;
+  kp.seq_len = p.seq_len;
+  kp.reserve_width = p.reserve_width();
+  kp.dropout_active = p.dropout_active();
+  kp.dropout_threshold = kp.dropout_active ? dropout_threshold(p.dropout) : 0;
+  kp.dropout_scale =
+      kp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
+}
+
 FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
   SmemLayout s;
   s.w = 0;
@@ -130,18 +170,13 @@ inline WorkspaceLayout forward_workspace(const ForwardProblem& p) {
   WorkspaceLayout w;
   const int64_t es = dtype_size(p.dtype);
   const int64_t BH = p.batch * p.hidden_size;
-  int64_t off = 0;
-  auto take = [&off](int64_t bytes) {
-    const int64_t at = off;
-    off = align_to(off + bytes, 256);
-    return at;
-  };
-  w.hring = take(static_cast<int64_t>(p.layer_dirs()) * 2 * BH * es);
-  if (!p.bidirectional && p.dropout_active()) w.xring = take((p.num_layers - 1) * 2 * BH * es);
-  if (p.bidirectional && p.num_layers > 1) w.layer = take(p.seq_len * 2 * BH * es);
-  w.state_h = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
-  if (p.mode == Mode::kLSTM) w.state_c = take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
-  w.total = off;
+  WorkspaceCursor ws;
+  w.hring = ws.take(static_cast<int64_t>(p.layer_dirs()) * 2 * BH * es);
+  if (!p.bidirectional && p.dropout_active()) w.xring = ws.take((p.num_layers - 1) * 2 * BH * es);
+  if (p.bidirectional && p.num_layers > 1) w.layer = ws.take(p.seq_len * 2 * BH * es);
+  w.state_h = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (p.mode == Mode::kLSTM) w.state_c = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  w.total = ws.total();
   return w;
 }
 
@@ -192,27 +227,13 @@ struct ForwardParams {
 inline void init_forward_params(ForwardParams& fp, const ForwardProblem& p,
                                 const ForwardConfig& cfg, void* workspace) {
   fp.cfg = cfg;
-  fp.mode = static_cast<int>(p.mode);
-  fp.num_layers = p.num_layers;
-  fp.num_dirs = p.num_dirs();
-  fp.input_size = static_cast<int>(p.input_size);
-  fp.hidden = static_cast<int>(p.hidden_size);
-  fp.batch = p.batch;
-  fp.seq_len = p.seq_len;
-  fp.reserve_width = p.reserve_width();
+  init_problem_fields(fp, p);
   const WorkspaceLayout w = forward_workspace(p);
-  auto at = [workspace](int64_t off) -> void* {
-    return off < 0 ? nullptr : static_cast<unsigned char*>(workspace) + off;
-  };
-  fp.hring = at(w.hring);
-  fp.xring = at(w.xring);
-  fp.layer_buf = at(w.layer);
-  fp.state_h = static_cast<float*>(at(w.state_h));
-  fp.state_c = static_cast<float*>(at(w.state_c));
-  fp.dropout_active = p.dropout_active();
-  fp.dropout_threshold = fp.dropout_active ? dropout_threshold(p.dropout) : 0;
-  fp.dropout_scale =
-      fp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
+  fp.hring = workspace_at(workspace, w.hring);
+  fp.xring = workspace_at(workspace, w.xring);
+  fp.layer_buf = workspace_at(workspace, w.layer);
+  fp.state_h = static_cast<float*>(workspace_at(workspace, w.state_h));
+  fp.state_c = static_cast<float*>(workspace_at(workspace, w.state_c));
 }
 
 }  // namespace fused_rnn
