@@ -26,6 +26,7 @@
 
 #include "backward_grads.h"
 #include "kernels/backward_api.h"
+#include "op_common.h"
 #include "problem.h"
 
 namespace fused_rnn {
@@ -33,15 +34,6 @@ namespace binding {
 namespace {
 
 constexpr const char* kOp = "fused_rnn::_fused_backward: ";
-
-void check_like(const at::Tensor& t, const at::Tensor& input, const char* name,
-                at::IntArrayRef sizes) {
-  TORCH_CHECK(t.device() == input.device(), kOp, name, " is on ", t.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), kOp, name, " has dtype ", t.scalar_type(),
-              " but input has dtype ", input.scalar_type());
-  TORCH_CHECK(t.sizes() == sizes, kOp, name, " has shape ", t.sizes(), ", expected ", sizes);
-}
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
@@ -51,74 +43,25 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
     c10::string_view mode_str, int64_t num_layers, bool bidirectional, bool has_biases,
     int64_t proj_size, double dropout) {
   // ---- arguments vs the contract
-  Mode mode;
-  TORCH_CHECK(parse_mode(mode_str, &mode), kOp, "unknown mode '", std::string(mode_str),
-              "' (expected LSTM, GRU, RNN_TANH or RNN_RELU)");
-  TORCH_CHECK(input.is_cuda(), kOp, "input must be a CUDA tensor, got one on ", input.device());
-  TORCH_CHECK(input.dim() == 3, kOp, "input must be (T, B, I), got shape ", input.sizes());
-  DType dtype;
-  TORCH_CHECK(parse_dtype(input.scalar_type(), &dtype), kOp, "dtype ", input.scalar_type(),
-              " is not supported (float32, float16, bfloat16)");
-  TORCH_CHECK(num_layers >= 1, kOp, "num_layers must be >= 1, got ", num_layers);
-  TORCH_CHECK(proj_size == 0, kOp, "proj_size > 0 is not covered by the fused backward kernel");
-  TORCH_CHECK(dropout >= 0.0 && dropout <= 1.0, kOp, "dropout must be in [0, 1], got ", dropout);
-  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
-  TORCH_CHECK(T >= 1 && B >= 1 && I >= 1, kOp, "input must be non-empty, got shape ",
-              input.sizes());
-  const int64_t D = bidirectional ? 2 : 1;
-  const int64_t LD = num_layers * D;
-  const int64_t G = num_gates(mode);
-  const int64_t per_dir = has_biases ? 4 : 2;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == LD * per_dir, kOp, "expected ",
-              LD * per_dir, " weight tensors (num_layers * directions * ", per_dir, "), got ",
-              weights.size());
-  TORCH_CHECK(weights[0].dim() == 2 && weights[0].size(0) % G == 0 && weights[0].size(0) > 0,
-              kOp, "weight_ih_l0 must be (", G, " * hidden_size, input_size), got shape ",
-              weights[0].sizes());
-  const int64_t H = weights[0].size(0) / G;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    const int64_t in_l = l == 0 ? I : D * H;
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t base = (l * D + d) * per_dir;
-      check_like(weights[base], input, "w_ih", {G * H, in_l});
-      check_like(weights[base + 1], input, "w_hh", {G * H, H});
-      if (has_biases) {
-        check_like(weights[base + 2], input, "b_ih", {G * H});
-        check_like(weights[base + 3], input, "b_hh", {G * H});
-      }
-    }
-  }
-  check_like(hx, input, "hx", {LD, B, H});
-  const bool is_lstm = mode == Mode::kLSTM;
-  if (is_lstm) {
-    TORCH_CHECK(cx.has_value(), kOp, "cx is required for LSTM");
-    check_like(*cx, input, "cx", {LD, B, H});
-    check_like(grad_cy, input, "grad_cy", {LD, B, H});
-  }
-  check_like(grad_output, input, "grad_output", {T, B, D * H});
-  check_like(grad_hy, input, "grad_hy", {LD, B, H});
+  const StackArgs a = check_stack_args(
+      kOp, input, weights, hx, cx, mode_str, num_layers, bidirectional, has_biases, proj_size,
+      dropout, "proj_size > 0 is not covered by the fused backward kernel");
+  const Mode mode = a.mode;
+  const DType dtype = a.dtype;
+  const int64_t T = a.T, B = a.B, I = a.I, D = a.D, LD = a.LD, G = a.G, H = a.H,
+                per_dir = a.per_dir;
+  const bool is_lstm = a.is_lstm;
+  if (is_lstm) check_like(kOp, grad_cy, input, "grad_cy", {LD, B, H});
+  check_like(kOp, grad_output, input, "grad_output", {T, B, D * H});
+  check_like(kOp, grad_hy, input, "grad_hy", {LD, B, H});
   TORCH_CHECK(output.device() == input.device(), kOp, "output is on ", output.device(),
               " but input is on ", input.device());
   const int64_t S = is_lstm ? 6 * H : mode == Mode::kGRU ? 5 * H : H;
   TORCH_CHECK(reserve.numel() > 0, kOp,
               "an empty reserve (forward ran with need_reserve=False): nothing to backpropagate "
               "through; fused_rnn.ops recomputes it on the reference path");
-  check_like(reserve, input, "reserve", {LD, T, B, S});
-  if (lengths.has_value()) {
-    TORCH_CHECK(lengths->device() == input.device() && lengths->scalar_type() == at::kLong &&
-                    lengths->dim() == 1 && lengths->size(0) == B,
-                kOp, "lengths must be an int64 tensor of shape (", B, ") on ", input.device(),
-                ", got ", lengths->scalar_type(), " ", lengths->sizes(), " on ",
-                lengths->device());
-  }
-  const bool use_dropout = dropout > 0.0 && num_layers > 1;
-  if (use_dropout) {
-    TORCH_CHECK(seed.has_value(), kOp, "dropout > 0 with num_layers > 1 needs a seed tensor");
-    TORCH_CHECK(seed->device() == input.device() && seed->scalar_type() == at::kLong &&
-                    seed->numel() == 1,
-                kOp, "seed must be a 0-d int64 tensor on ", input.device(), ", got ",
-                seed->scalar_type(), " ", seed->sizes(), " on ", seed->device());
-  }
+  check_like(kOp, reserve, input, "reserve", {LD, T, B, S});
+  check_lengths_and_seed(kOp, input, a, lengths, seed);
 
   // ---- plan (same function as fused_rnn._C.plan_backward)
   c10::cuda::CUDAGuard guard(input.device());
@@ -131,13 +74,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
               plan.reason);
 
   // ---- operands (contiguous; copies only where the caller's are not)
-  const at::Tensor x = input.contiguous();
-  std::vector<at::Tensor> w;
-  w.reserve(weights.size());
-  for (const auto& t : weights) w.push_back(t.contiguous());
-  const at::Tensor h0 = hx.contiguous();
-  const at::Tensor c0 = is_lstm ? cx->contiguous() : at::Tensor();
-  const at::Tensor lens = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  const StackOperands o = contiguous_operands(input, weights, hx, cx, lengths, a);
+  const std::vector<at::Tensor>& w = o.w;
   const at::Tensor res = reserve.contiguous();
   const at::Tensor gout = grad_output.contiguous();
   const at::Tensor ghy = grad_hy.contiguous();
@@ -168,10 +106,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
     p.w_ih[ld] = w[ld * per_dir].data_ptr();
     p.w_hh[ld] = w[ld * per_dir + 1].data_ptr();
   }
-  p.hx = h0.data_ptr();
-  p.cx = is_lstm ? c0.data_ptr() : nullptr;
-  p.lengths = lengths.has_value() ? lens.data_ptr<int64_t>() : nullptr;
-  p.seed = use_dropout ? seed->data_ptr<int64_t>() : nullptr;
+  set_state_pointers(p, o, a, lengths, seed);
   p.reserve = res.data_ptr();
   p.grad_output = gout.data_ptr();
   p.grad_hy = ghy.data_ptr();
@@ -185,7 +120,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
 
   // ---- weight, bias and input gradients: GEMMs on the current stream
   auto [grad_input, grad_weights] = backward_weight_grads(
-      x, w, h0, res, dg_ih, dg_hh, xdrop, num_layers, bidirectional, has_biases, G);
+      o.x, w, o.h0, res, dg_ih, dg_hh, xdrop, num_layers, bidirectional, has_biases, G);
   return {grad_input, grad_weights, grad_hx, grad_cx};
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/forward_api.h"
+#include "op_common.h"
 #include "problem.h"
 
 namespace fused_rnn {
@@ -25,80 +26,20 @@ namespace {
 
 constexpr const char* kOp = "fused_rnn::_fused_forward: ";
 
-void check_like(const at::Tensor& t, const at::Tensor& input, const char* name,
-                at::IntArrayRef sizes) {
-  TORCH_CHECK(t.device() == input.device(), kOp, name, " is on ", t.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), kOp, name, " has dtype ", t.scalar_type(),
-              " but input has dtype ", input.scalar_type());
-  TORCH_CHECK(t.sizes() == sizes, kOp, name, " has shape ", t.sizes(), ", expected ", sizes);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
     const at::Tensor& input, at::TensorList weights, const at::Tensor& hx,
     const std::optional<at::Tensor>& cx, const std::optional<at::Tensor>& lengths,
     const std::optional<at::Tensor>& seed, c10::string_view mode_str, int64_t num_layers,
     bool bidirectional, bool has_biases, int64_t proj_size, double dropout, bool need_reserve) {
   // ---- arguments vs the contract
-  Mode mode;
-  TORCH_CHECK(parse_mode(mode_str, &mode), kOp, "unknown mode '", std::string(mode_str),
-              "' (expected LSTM, GRU, RNN_TANH or RNN_RELU)");
-  TORCH_CHECK(input.is_cuda(), kOp, "input must be a CUDA tensor, got one on ", input.device());
-  TORCH_CHECK(input.dim() == 3, kOp, "input must be (T, B, I), got shape ", input.sizes());
-  DType dtype;
-  TORCH_CHECK(parse_dtype(input.scalar_type(), &dtype), kOp, "dtype ", input.scalar_type(),
-              " is not supported (float32, float16, bfloat16)");
-  TORCH_CHECK(num_layers >= 1, kOp, "num_layers must be >= 1, got ", num_layers);
-  TORCH_CHECK(proj_size >= 0, kOp, "proj_size must be >= 0, got ", proj_size);
-  TORCH_CHECK(dropout >= 0.0 && dropout <= 1.0, kOp, "dropout must be in [0, 1], got ", dropout);
-  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
-  TORCH_CHECK(T >= 1 && B >= 1 && I >= 1, kOp, "input must be non-empty, got shape ",
-              input.sizes());
-  const int64_t D = bidirectional ? 2 : 1;
-  const int64_t LD = num_layers * D;
-  const int64_t G = num_gates(mode);
-  const int64_t per_dir = 2 + (has_biases ? 2 : 0) + (proj_size > 0 ? 1 : 0);
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == LD * per_dir, kOp, "expected ",
-              LD * per_dir, " weight tensors (num_layers * directions * ", per_dir, "), got ",
-              weights.size());
-  TORCH_CHECK(weights[0].dim() == 2 && weights[0].size(0) % G == 0 && weights[0].size(0) > 0,
-              kOp, "weight_ih_l0 must be (", G, " * hidden_size, input_size), got shape ",
-              weights[0].sizes());
-  const int64_t H = weights[0].size(0) / G;
-  const int64_t h_out = proj_size > 0 ? proj_size : H;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    const int64_t in_l = l == 0 ? I : D * h_out;
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t base = (l * D + d) * per_dir;
-      check_like(weights[base], input, "w_ih", {G * H, in_l});
-      check_like(weights[base + 1], input, "w_hh", {G * H, h_out});
-      if (has_biases) {
-        check_like(weights[base + 2], input, "b_ih", {G * H});
-        check_like(weights[base + 3], input, "b_hh", {G * H});
-      }
-    }
-  }
-  check_like(hx, input, "hx", {LD, B, h_out});
-  const bool is_lstm = mode == Mode::kLSTM;
-  if (is_lstm) {
-    TORCH_CHECK(cx.has_value(), kOp, "cx is required for LSTM");
-    check_like(*cx, input, "cx", {LD, B, H});
-  }
-  if (lengths.has_value()) {
-    TORCH_CHECK(lengths->device() == input.device() && lengths->scalar_type() == at::kLong &&
-                    lengths->dim() == 1 && lengths->size(0) == B,
-                kOp, "lengths must be an int64 tensor of shape (", B, ") on ", input.device(),
-                ", got ", lengths->scalar_type(), " ", lengths->sizes(), " on ",
-                lengths->device());
-  }
-  const bool use_dropout = dropout > 0.0 && num_layers > 1;
-  if (use_dropout) {
-    TORCH_CHECK(seed.has_value(), kOp, "dropout > 0 with num_layers > 1 needs a seed tensor");
-    TORCH_CHECK(seed->device() == input.device() && seed->scalar_type() == at::kLong &&
-                    seed->numel() == 1,
-                kOp, "seed must be a 0-d int64 tensor on ", input.device(), ", got ",
-                seed->scalar_type(), " ", seed->sizes(), " on ", seed->device());
-  }
+  const StackArgs a =
+      check_stack_args(kOp, input, weights, hx, cx, mode_str, num_layers, bidirectional,
+                       has_biases, proj_size, dropout, /*proj_unsupported=*/nullptr);
+  check_lengths_and_seed(kOp, input, a, lengths, seed);
+  const Mode mode = a.mode;
+  const DType dtype = a.dtype;
+  const int64_t T = a.T, B = a.B, I = a.I, D = a.D, LD = a.LD, H = a.H, per_dir = a.per_dir;
+  const bool is_lstm = a.is_lstm;
 
   // ---- plan (same function as fused_rnn._C.plan)
   c10::cuda::CUDAGuard guard(input.device());
@@ -110,13 +51,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   TORCH_CHECK(plan.ok, kOp, "this call is not covered by the fused kernel: ", plan.reason);
 
   // ---- operands (contiguous; copies only where the caller's are not)
-  const at::Tensor x = input.contiguous();
-  std::vector<at::Tensor> w;
-  w.reserve(weights.size());
-  for (const auto& t : weights) w.push_back(t.contiguous());
-  const at::Tensor h0 = hx.contiguous();
-  const at::Tensor c0 = is_lstm ? cx->contiguous() : at::Tensor();
-  const at::Tensor lens = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  const StackOperands o = contiguous_operands(input, weights, hx, cx, lengths, a);
+  const std::vector<at::Tensor>& w = o.w;
 
   // ---- outputs and workspace (caching allocator; nothing needs zeroing:
   // the kernel writes every element of output, hy, cy and the valid reserve)
@@ -131,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
 
   ForwardParams p;
   init_forward_params(p, problem, plan.cfg, ws.data_ptr());
-  p.x = x.data_ptr();
+  p.x = o.x.data_ptr();
   for (int64_t ld = 0; ld < LD; ++ld) {
     const int64_t base = ld * per_dir;
     p.w_ih[ld] = w[base].data_ptr();
@@ -139,10 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
     p.b_ih[ld] = has_biases ? w[base + 2].data_ptr() : nullptr;
     p.b_hh[ld] = has_biases ? w[base + 3].data_ptr() : nullptr;
   }
-  p.hx = h0.data_ptr();
-  p.cx = is_lstm ? c0.data_ptr() : nullptr;
-  p.lengths = lengths.has_value() ? lens.data_ptr<int64_t>() : nullptr;
-  p.seed = use_dropout ? seed->data_ptr<int64_t>() : nullptr;
+  set_state_pointers(p, o, a, lengths, seed);
   p.y = output.data_ptr();
   p.hy = hy.data_ptr();
   p.cy = is_lstm ? cy.data_ptr() : nullptr;
