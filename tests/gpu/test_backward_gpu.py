@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import NamedTuple
 
 import pytest
 import torch
+from gpu_helpers import (DTYPE, NN, Case, cudnn_module, load_extension_or_fail, make_inputs,
+                         poison_allocator, rel_err, run_module)
 from torch import nn
 
 import fused_rnn
@@ -35,68 +36,26 @@ from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
-DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-         "bf16": torch.bfloat16}
 # error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
 FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
 CAP = {"fp32": 5e-4, "tf32": 5e-2, "fp16": 5e-2, "bf16": 2.5e-1}
-NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 
 
 # ----------------------------------------------------------------------------- fixtures
+# (precision: tests/gpu/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def ext():
-    from fused_rnn._build import extension_status, load_extension
-
-    mod = load_extension()
-    assert mod is not None, (
-        "a CUDA device is visible but the fused_rnn extension did not load: "
-        f"{extension_status()}")
+    mod = load_extension_or_fail()
     assert getattr(mod, "has_fused_backward", False), "extension built without the fused backward"
     assert hasattr(mod, "plan_backward")
     assert hasattr(torch.ops.fused_rnn, "_fused_backward")
     return mod
 
 
-@pytest.fixture
-def precision():
-    """Sets torch.backends.cudnn.allow_tf32 (which the fused kernels follow too)."""
-    old = torch.backends.cudnn.allow_tf32
-    yield lambda prec: setattr(torch.backends.cudnn, "allow_tf32", prec == "tf32")
-    torch.backends.cudnn.allow_tf32 = old
-
-
-def poison_allocator():
-    """Fill free caching-allocator blocks with 0xFF bytes (NaN for fp32/fp16/bf16)."""
-    big = torch.empty(96 << 20, dtype=torch.uint8, device="cuda").fill_(255)
-    small = [torch.empty(512 << 10, dtype=torch.uint8, device="cuda").fill_(255)
-             for _ in range(24)]
-    del big, small
-
-
 # ----------------------------------------------------------------------------- problems
-
-
-class Case(NamedTuple):
-    mode: str
-    L: int
-    bidir: bool
-    I: int
-    H: int
-    B: int
-    T: int
-    bias: bool
-    prec: str
-    lengths: bool
-    dropout: float = 0.0
-
-    @property
-    def id(self):
-        return (f"{self.mode}-L{self.L}{'-bi' if self.bidir else ''}-I{self.I}-H{self.H}"
-                f"-B{self.B}-T{self.T}{'' if self.bias else '-nobias'}-{self.prec}"
-                f"{'-len' if self.lengths else ''}{f'-p{self.dropout}' if self.dropout else ''}")
+# (Case, make_inputs(..., backward=True): gpu_helpers.py)
 
 
 CASES = [
@@ -126,46 +85,6 @@ DROPOUT_CASES = [
     Case("LSTM", 4, False, 64, 128, 40, 6, True, "bf16", True, 0.2),
     Case("GRU", 3, True, 16, 70, 3, 4, False, "fp16", False, 0.4),
 ]
-
-
-def make_inputs(case: Case, seed: int = 0):
-    """Random weights (torch's init range), input, states, lengths and output gradients,
-    quantised to the case's dtype on the GPU (the float64 reference gets the same values)."""
-    g = torch.Generator().manual_seed(seed)
-    dt = DTYPE[case.prec]
-    D = 2 if case.bidir else 1
-    G = reference.GATES[case.mode]
-    k = 1.0 / math.sqrt(case.H)
-
-    def rnd(*shape, scale=1.0, uniform=False):
-        t = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale if uniform \
-            else torch.randn(shape, generator=g, dtype=torch.float64) * scale
-        return t.to(dt).cuda()
-
-    weights = []
-    for layer in range(case.L):
-        for _ in range(D):
-            in_l = case.I if layer == 0 else D * case.H
-            weights.append(rnd(G * case.H, in_l, scale=k, uniform=True))
-            weights.append(rnd(G * case.H, case.H, scale=k, uniform=True))
-            if case.bias:
-                weights.append(rnd(G * case.H, scale=k, uniform=True))
-                weights.append(rnd(G * case.H, scale=k, uniform=True))
-    x = rnd(case.T, case.B, case.I)
-    hx = rnd(case.L * D, case.B, case.H, scale=0.5)
-    cx = rnd(case.L * D, case.B, case.H, scale=0.5) if case.mode == "LSTM" else None
-    lengths = None
-    if case.lengths:
-        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g, dtype=torch.int64)
-        lengths[0] = case.T
-        lengths = lengths.cuda()
-    gout = rnd(case.T, case.B, D * case.H)
-    ghy = rnd(case.L * D, case.B, case.H)
-    gcy = rnd(case.L * D, case.B, case.H) if case.mode == "LSTM" else None
-    seed_t = torch.tensor(123456789 + case.B, dtype=torch.int64, device="cuda") \
-        if case.dropout > 0 and case.L > 1 else None
-    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths, gout=gout, ghy=ghy, gcy=gcy,
-                seed=seed_t)
 
 
 def fwd_args(case, inp, dtype_fn=lambda t: t, need_reserve=True):
@@ -204,24 +123,12 @@ def run_fused(case, inp):
 def run_cudnn(case, inp):
     """torch.nn at the case's dtype (cuDNN), same weights and output gradients, autograd:
     (grad_input, grad_weights, grad_hx, grad_cx)."""
-    kw = dict(num_layers=case.L, bias=case.bias, bidirectional=case.bidir,
-              dtype=DTYPE[case.prec], device="cuda")
-    if case.mode.startswith("RNN"):
-        kw["nonlinearity"] = "tanh" if case.mode == "RNN_TANH" else "relu"
-    m = NN[case.mode](case.I, case.H, **kw)
-    with torch.no_grad():
-        for p, w in zip(m._flat_weights, inp["w"]):
-            p.copy_(w)
+    m = cudnn_module(case, inp)
     x = inp["x"].clone().requires_grad_()
     h0 = inp["hx"].clone().requires_grad_()
     c0 = inp["cx"].clone().requires_grad_() if case.mode == "LSTM" else None
     state = (h0, c0) if case.mode == "LSTM" else h0
-    if inp["lengths"] is None:
-        out, h = m(x, state)
-    else:
-        packed = nn.utils.rnn.pack_padded_sequence(x, inp["lengths"].cpu(), enforce_sorted=False)
-        out, h = m(packed, state)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=case.T)
+    out, h = run_module(m, case, x, state, inp["lengths"])
     hy, cy = (h[0], h[1]) if case.mode == "LSTM" else (h, None)
     loss = (out.float() * inp["gout"].float()).sum() + (hy.float() * inp["ghy"].float()).sum()
     if cy is not None:
@@ -232,14 +139,6 @@ def run_cudnn(case, inp):
     gcx = grads[2] if c0 is not None else None
     gw = list(grads[3 if c0 is not None else 2:])
     return gx, gw, ghx, gcx
-
-
-def rel_err(got, ref):
-    """max |got - ref| / max(1, max |ref|), in float64."""
-    if got is None or ref is None or ref.numel() == 0:
-        return 0.0
-    ref = ref.double()
-    return ((got.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
 
 
 def grad_errors(res, ref, mode):
@@ -276,7 +175,7 @@ def test_smoke_tiny(ext, precision):
     precision("fp32")
     case = Case("LSTM", 1, False, 3, 5, 2, 1, True, "fp32", False)
     plan_backward_or_skip(ext, case)
-    inp = make_inputs(case)
+    inp = make_inputs(case, backward=True)
     got = run_fused(case, inp)
     ref = run_reference(case, inp)
     assert got[0].shape == (1, 2, 3) and got[2].shape == (1, 2, 5) and got[3].shape == (1, 2, 5)
@@ -323,7 +222,7 @@ def test_plan_backward_covers_targets_and_explains_rejections(ext, precision):
 def _check_case(ext, case, scale_case=None):
     """fused vs float64 reference vs cuDNN; returns the errors."""
     plan_backward_or_skip(ext, case)
-    inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000)
+    inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000, backward=True)
     got = run_fused(case, inp)
     for g in [got[0], got[2], *got[1]] + ([got[3]] if case.mode == "LSTM" else []):
         assert g.dtype == DTYPE[case.prec]
@@ -335,7 +234,8 @@ def _check_case(ext, case, scale_case=None):
     errs = grad_errors(got, ref, case.mode)
     base = scale_case or case
     try:
-        binp = inp if scale_case is None else make_inputs(base, seed=zlib.crc32(case.id.encode()) % 1000)
+        binp = inp if scale_case is None else make_inputs(
+            base, seed=zlib.crc32(case.id.encode()) % 1000, backward=True)
         cud = run_cudnn(base, binp)
         cud_ref = ref if scale_case is None else run_reference(base, binp)
         cerrs = grad_errors(cud, cud_ref, base.mode)
@@ -368,7 +268,7 @@ def test_public_op_takes_the_fused_backward(ext, precision):
     precision("tf32")
     case = Case("GRU", 2, False, 24, 40, 5, 6, True, "bf16", True)
     plan_backward_or_skip(ext, case)
-    inp = make_inputs(case)
+    inp = make_inputs(case, backward=True)
     f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
     a = torch.ops.fused_rnn._fused_backward(*bwd_args(case, inp, f))
     b = torch.ops.fused_rnn.rnn_backward(*bwd_args(case, inp, f))
@@ -470,7 +370,7 @@ def test_cuda_graph_capture_of_the_backward(ext, precision):
     precision("tf32")
     case = Case("LSTM", 2, False, 16, 32, 4, 10, True, "tf32", True, 0.25)
     plan_backward_or_skip(ext, case)
-    inp = make_inputs(case)
+    inp = make_inputs(case, backward=True)
     f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
     args = bwd_args(case, inp, f)
     side = torch.cuda.Stream()
@@ -540,7 +440,7 @@ def test_training_run_follows_nn_lstm(ext, precision):
 def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
     precision("fp32")
     case = Case("LSTM", 2, False, 8, 16, 3, 4, True, "fp32", False)
-    inp = make_inputs(case)
+    inp = make_inputs(case, backward=True)
     f = torch.ops.fused_rnn._fused_forward(*fwd_args(case, inp))
     good = bwd_args(case, inp, f)
     op = torch.ops.fused_rnn._fused_backward

@@ -18,12 +18,12 @@ Rules (design section 5):
 
 from __future__ import annotations
 
-import math
 import zlib
-from typing import NamedTuple
 
 import pytest
 import torch
+from gpu_helpers import (DTYPE, Case, cudnn_module, load_extension_or_fail, make_inputs,
+                         poison_allocator, rel_err, run_module)
 from torch import nn
 
 import fused_rnn
@@ -31,65 +31,24 @@ from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
-DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-         "bf16": torch.bfloat16}
 # error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
 FLOOR = {"fp32": 1e-5, "tf32": 1.5e-3, "fp16": 1e-3, "bf16": 8e-3}
 CAP = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
-NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 
 
 # ----------------------------------------------------------------------------- fixtures
+# (precision: tests/gpu/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def ext():
-    from fused_rnn._build import extension_status, load_extension
-
-    mod = load_extension()
-    assert mod is not None, (
-        "a CUDA device is visible but the fused_rnn extension did not load: "
-        f"{extension_status()}")
+    mod = load_extension_or_fail()
     assert hasattr(torch.ops.fused_rnn, "_fused_forward")
     return mod
 
 
-@pytest.fixture
-def precision(request):
-    """Sets torch.backends.cudnn.allow_tf32 (which the fused kernel follows too)."""
-    old = torch.backends.cudnn.allow_tf32
-    yield lambda prec: setattr(torch.backends.cudnn, "allow_tf32", prec == "tf32")
-    torch.backends.cudnn.allow_tf32 = old
-
-
-def poison_allocator():
-    """Fill free caching-allocator blocks with 0xFF bytes (NaN for fp32/fp16/bf16)."""
-    big = torch.empty(96 << 20, dtype=torch.uint8, device="cuda").fill_(255)
-    small = [torch.empty(512 << 10, dtype=torch.uint8, device="cuda").fill_(255)
-             for _ in range(24)]
-    del big, small
-
-
 # ----------------------------------------------------------------------------- problems
-
-
-class Case(NamedTuple):
-    mode: str
-    L: int
-    bidir: bool
-    I: int
-    H: int
-    B: int
-    T: int
-    bias: bool
-    prec: str
-    lengths: bool
-
-    @property
-    def id(self):
-        return (f"{self.mode}-L{self.L}{'-bi' if self.bidir else ''}-I{self.I}-H{self.H}"
-                f"-B{self.B}-T{self.T}{'' if self.bias else '-nobias'}-{self.prec}"
-                f"{'-len' if self.lengths else ''}")
+# (Case, make_inputs: gpu_helpers.py)
 
 
 CASES = [
@@ -118,40 +77,6 @@ CASES = [
 ]
 
 
-def make_inputs(case: Case, seed: int = 0):
-    """Random weights (torch's init range), input, states, lengths; all quantised to the
-    case's dtype on the GPU. The float64 reference gets the same quantised values."""
-    g = torch.Generator().manual_seed(seed)
-    dt = DTYPE[case.prec]
-    D = 2 if case.bidir else 1
-    G = reference.GATES[case.mode]
-    k = 1.0 / math.sqrt(case.H)
-
-    def rnd(*shape, scale=1.0, uniform=False):
-        t = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale if uniform \
-            else torch.randn(shape, generator=g, dtype=torch.float64) * scale
-        return t.to(dt).cuda()
-
-    weights = []
-    for layer in range(case.L):
-        for _ in range(D):
-            in_l = case.I if layer == 0 else D * case.H
-            weights.append(rnd(G * case.H, in_l, scale=k, uniform=True))
-            weights.append(rnd(G * case.H, case.H, scale=k, uniform=True))
-            if case.bias:
-                weights.append(rnd(G * case.H, scale=k, uniform=True))
-                weights.append(rnd(G * case.H, scale=k, uniform=True))
-    x = rnd(case.T, case.B, case.I)
-    hx = rnd(case.L * D, case.B, case.H, scale=0.5)
-    cx = rnd(case.L * D, case.B, case.H, scale=0.5) if case.mode == "LSTM" else None
-    lengths = None
-    if case.lengths:
-        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g, dtype=torch.int64)
-        lengths[0] = case.T  # one full-length sequence (packing needs max == T for total_length)
-        lengths = lengths.cuda()
-    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths)
-
-
 def op_args(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False):
     return (inp["x"], inp["w"], inp["hx"], inp["cx"], inp["lengths"], seed, case.mode, case.L,
             case.bidir, case.bias, 0, dropout, need_reserve)
@@ -166,33 +91,13 @@ def run_reference(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False
 
 def run_cudnn(case: Case, inp):
     """torch.nn at the case's dtype on the same weights: (output, hy, cy or None)."""
-    kw = dict(num_layers=case.L, bias=case.bias, bidirectional=case.bidir,
-              dtype=DTYPE[case.prec], device="cuda")
-    if case.mode.startswith("RNN"):
-        kw["nonlinearity"] = "tanh" if case.mode == "RNN_TANH" else "relu"
-    m = NN[case.mode](case.I, case.H, **kw)
+    m = cudnn_module(case, inp)
     with torch.no_grad():
-        for p, w in zip(m._flat_weights, inp["w"]):
-            p.copy_(w)
         state = (inp["hx"], inp["cx"]) if case.mode == "LSTM" else inp["hx"]
-        if inp["lengths"] is None:
-            out, h = m(inp["x"], state)
-        else:
-            packed = nn.utils.rnn.pack_padded_sequence(inp["x"], inp["lengths"].cpu(),
-                                                       enforce_sorted=False)
-            out, h = m(packed, state)
-            out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=case.T)
+        out, h = run_module(m, case, inp["x"], state, inp["lengths"])
     if case.mode == "LSTM":
         return out, h[0], h[1]
     return out, h, None
-
-
-def rel_err(got, ref):
-    """max |got - ref| / max(1, max |ref|), in float64."""
-    if got is None or ref is None or ref.numel() == 0:
-        return 0.0
-    ref = ref.double()
-    return ((got.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
 
 
 def result_err(res, ref, mode):
