@@ -20,33 +20,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
-import importlib.util
 import json
-import math
 import os
 import re
-import shutil
 import subprocess
-import zlib
 from typing import NamedTuple
 
 import pytest
 import torch
+from compile_helpers import (ARCHS, CSRC, CXX, NVCC, TensorReader, build_emulator,
+                             nvcc_compile, random_stack, rel_err, spill_bytes, write_tensors)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
 BACKWARD_SOURCES = sorted(glob.glob(os.path.join(CSRC, "kernels", "backward_*.cu")))
-NVCC = shutil.which("nvcc")
-CXX = shutil.which("g++") or shutil.which("c++")
-ARCHS = ["8.0", "9.0a"]
-
-
-def _build_config():
-    spec = importlib.util.spec_from_file_location(
-        "_fused_rnn_build_cfg_bwd", os.path.join(ROOT, "fused_rnn", "_build.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # --------------------------------------------------------------- nvcc, both archs per call
@@ -56,15 +41,10 @@ def _build_config():
 def nvcc_logs(tmp_path_factory):
     if NVCC is None:
         pytest.skip("nvcc not on PATH")
-    cfg = _build_config()
-    flags = cfg.nvcc_flags(ARCHS)
     out = tmp_path_factory.mktemp("nvcc_bwd")
 
     def compile_one(src):
-        cmd = [NVCC, *flags, "-Xptxas", "-v", f"-I{CSRC}", "-c", src,
-               "-o", str(out / (os.path.basename(src) + ".o"))]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        return src, proc.returncode, proc.stdout + proc.stderr
+        return (src, *nvcc_compile(src, ARCHS, out / (os.path.basename(src) + ".o")))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         return {os.path.basename(s): (rc, log) for s, rc, log in pool.map(compile_one, BACKWARD_SOURCES)}
@@ -75,7 +55,7 @@ def test_backward_kernel_compiles_without_spills(nvcc_logs, source):
     rc, log = nvcc_logs[source]
     assert rc == 0, f"nvcc failed for {source}:\n{log[-6000:]}"
     assert "warning" not in log.lower(), log[-6000:]
-    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+    spills = spill_bytes(log)
     assert not any(spills), f"register spills in {source}:\n{log}"
     stacks = [int(n) for n in re.findall(r"(\d+) bytes stack frame", log)]
     assert not any(stacks), f"stack frame (local memory) in {source}:\n{log}"
@@ -215,7 +195,6 @@ def test_backward_planner_invariants_sweep(plans):
 
 # --------------------------------------------------------------- the kernel, emulated
 
-EMU_MAIN = os.path.join(CSRC, "emu", "backward_emu_main.cpp")
 MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 DTYPES = ["float32", "float16", "bfloat16"]
 # tolerance (max abs error / max(1, max |ref|)) vs the float64 reference on the
@@ -269,19 +248,9 @@ TSAN_CASES = [CASES[i] for i in (1, 2, 10, 13)]  # wmma multi-pass, bidir, FMA +
 
 
 def _emu_build(tmp_path_factory, sanitize):
-    if CXX is None:
-        pytest.skip("no host C++ compiler")
-    exe = tmp_path_factory.mktemp("bwd_emu") / "backward_emu"
-    cmd = [CXX, "-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-           f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
-           f"-I{os.path.join(CSRC, 'emu', 'include')}", f"-I{CSRC}", EMU_MAIN, "-o", str(exe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip("host compiler lacks _Float16 (needed by the fp16 emulation)")
-    if proc.returncode != 0 and "sanitize" in proc.stderr:
-        pytest.skip(f"host compiler lacks -fsanitize={sanitize}")
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    assert "warning" not in proc.stderr, proc.stderr[-6000:]
+    exe, stderr = build_emulator(tmp_path_factory, "backward_emu_main.cpp", "backward_emu",
+                                 sanitize)
+    assert "warning" not in stderr, stderr[-6000:]
     return exe
 
 
@@ -342,48 +311,10 @@ def grads_op(tmp_path_factory):
     return torch.ops.fused_rnn_cpu_test.weight_grads
 
 
-def _inputs(case: Case):
-    from fused_rnn import reference
-
-    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()) % 100000)
-    dt = getattr(torch, case.dtype)
-    D = 2 if case.bidir else 1
-    G = reference.GATES[case.mode]
-    k = 1.0 / math.sqrt(case.H)
-    f64 = dict(generator=g, dtype=torch.float64)
-    weights = []
-    for layer in range(case.L):
-        for _ in range(D):
-            in_l = case.I if layer == 0 else D * case.H
-            shapes = [(G * case.H, in_l), (G * case.H, case.H)]
-            shapes += [(G * case.H,), (G * case.H,)] if case.bias else []
-            weights += [((torch.rand(s, **f64) * 2 - 1) * k).to(dt) for s in shapes]
-    x = torch.randn(case.T, case.B, case.I, **f64).to(dt)
-    hx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt)
-    cx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt) \
-        if case.mode == "LSTM" else None
-    lengths = None
-    if case.lengths:
-        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g)
-        lengths[0] = case.T
-    seed = torch.tensor(987654321 + case.B, dtype=torch.int64) \
-        if case.dropout > 0 and case.L > 1 else None
-    gout = torch.randn(case.T, case.B, D * case.H, **f64).to(dt)
-    ghy = torch.randn(case.L * D, case.B, case.H, **f64).to(dt)
-    gcy = torch.randn(case.L * D, case.B, case.H, **f64).to(dt) if case.mode == "LSTM" else None
-    return dict(x=x, w=weights, hx=hx, cx=cx, lengths=lengths, seed=seed, gout=gout, ghy=ghy,
-                gcy=gcy)
-
-
-def _rel(a, b):
-    b = b.double()
-    return ((a.double() - b).abs().max() / max(1.0, b.abs().max().item())).item()
-
-
 def _run_and_check(exe, grads_op, case: Case, tmp_path):
     from fused_rnn import reference
 
-    inp = _inputs(case)
+    inp = random_stack(case, grads=True)
     dt = getattr(torch, case.dtype)
     D = 2 if case.bidir else 1
     G = reference.GATES[case.mode]
@@ -410,7 +341,7 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path):
         ([inp["seed"].reshape(1)] if inp["seed"] is not None else []) + \
         [kernel_reserve, inp["gout"], inp["ghy"]] + ([inp["gcy"]] if inp["gcy"] is not None else [])
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
-    src.write_bytes(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in blobs))
+    write_tensors(src, blobs)
     args = [str(exe)] + [str(v) for v in (
         MODES.index(case.mode), case.L, int(case.bidir), case.I, case.H, case.B, case.T,
         DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
@@ -421,25 +352,15 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path):
     assert proc.stdout.startswith("fused backward: "), proc.stdout
     print(proc.stdout.strip())
 
-    raw = bytearray(dst.read_bytes())
-    flat = torch.frombuffer(raw, dtype=torch.uint8)
-    pos = 0
-
-    def take(*shape):
-        nonlocal pos
-        n = math.prod(shape) * dt.itemsize
-        t = flat[pos:pos + n].view(dt).reshape(shape)
-        pos += n
-        return t
-
+    out = TensorReader(dst, dt)
     ghp = (G * H + 15) // 16 * 16
-    dg_ih = take(LD, T, B, ghp)
-    dg_hh = take(LD, T, B, ghp) if case.mode == "GRU" else dg_ih
+    dg_ih = out.take(LD, T, B, ghp)
+    dg_hh = out.take(LD, T, B, ghp) if case.mode == "GRU" else dg_ih
     use_dropout = case.dropout > 0 and case.L > 1
-    xdrop = take(case.L - 1, T, B, D * H) if use_dropout else None
-    grad_hx = take(LD, B, H)
-    grad_cx = take(LD, B, H) if case.mode == "LSTM" else None
-    assert pos == len(raw)
+    xdrop = out.take(case.L - 1, T, B, D * H) if use_dropout else None
+    grad_hx = out.take(LD, B, H)
+    grad_cx = out.take(LD, B, H) if case.mode == "LSTM" else None
+    assert out.pos == len(out.raw)
 
     # structure: finite, zero padding columns, zero gate gradients past a length
     for t_ in (dg_ih, dg_hh, grad_hx) + ((grad_cx,) if grad_cx is not None else ()):
@@ -466,13 +387,13 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path):
         inp["lengths"], inp["seed"], reserve.double(), case.mode, case.L, case.bidir, case.bias,
         0, case.dropout)
     tol = TOL[(case.dtype, case.tf32 and case.dtype == "float32")]
-    errs = {"grad_input": _rel(grad_input, ref[0]), "grad_hx": _rel(grad_hx, ref[2])}
+    errs = {"grad_input": rel_err(grad_input, ref[0]), "grad_hx": rel_err(grad_hx, ref[2])}
     if grad_cx is not None:
-        errs["grad_cx"] = _rel(grad_cx, ref[3])
+        errs["grad_cx"] = rel_err(grad_cx, ref[3])
     names = ["w_ih", "w_hh", "b_ih", "b_hh"][:stride]
     for i, (got, want) in enumerate(zip(grad_w, ref[1])):
         assert got.shape == want.shape and got.dtype == dt, (i, got.shape, want.shape)
-        errs[f"{names[i % stride]}[{i // stride}]"] = _rel(got, want)
+        errs[f"{names[i % stride]}[{i // stride}]"] = rel_err(got, want)
     print({k: f"{v:.2e}" for k, v in errs.items()})
     worst = max(errs, key=errs.get)
     assert errs[worst] <= tol, (worst, errs[worst], tol, errs)

@@ -16,38 +16,23 @@ Skips only what the machine lacks (nvcc / g++ / headers).
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import sysconfig
 
 import pytest
+from compile_helpers import (ARCHS, CSRC, CXX, NVCC, ROOT, TensorReader, build_config,
+                             build_emulator, nvcc_compile, random_stack, rel_err, spill_bytes,
+                             write_tensors)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
 # (backward_*.cu: tests/test_compile_backward.py, both archs per nvcc call)
 KERNEL_SOURCES = sorted(s for s in glob.glob(os.path.join(CSRC, "kernels", "*.cu"))
                         if not os.path.basename(s).startswith("backward_"))
 BINDING_SOURCES = sorted(glob.glob(os.path.join(CSRC, "torch", "*.cpp")))
-ARCHS = ["8.0", "9.0a"]
-
-
-def _build_config():
-    # fused_rnn/_build.py by path (as setup.py does): the exact flags of the real build.
-    spec = importlib.util.spec_from_file_location(
-        "_fused_rnn_build_cfg", os.path.join(ROOT, "fused_rnn", "_build.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-NVCC = shutil.which("nvcc")
-CXX = shutil.which("g++") or shutil.which("c++")
 
 
 def _cuda_include_dir():
@@ -67,14 +52,9 @@ def _cuda_include_dir():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", KERNEL_SOURCES, ids=os.path.basename)
 def test_kernel_compiles_without_spills(source, arch, tmp_path):
-    cfg = _build_config()
-    flags = cfg.nvcc_flags([arch])
-    cmd = [NVCC, *flags, "-Xptxas", "-v", f"-I{CSRC}", "-c", source,
-           "-o", str(tmp_path / "out.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"nvcc failed for {os.path.basename(source)} sm_{arch}:\n{log}"
-    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+    returncode, log = nvcc_compile(source, [arch], tmp_path / "out.o")
+    assert returncode == 0, f"nvcc failed for {os.path.basename(source)} sm_{arch}:\n{log}"
+    spills = spill_bytes(log)
     assert not any(spills), f"register spills in {os.path.basename(source)} sm_{arch}:\n{log}"
     # the kernel files must actually contain kernels (instantiations not lost)
     if os.path.basename(source).startswith("forward_") and "dispatch" not in source:
@@ -106,7 +86,7 @@ def test_binding_syntax(source):
         pytest.skip("installed torch ships no c10/cuda headers")
     if not py_inc or not os.path.exists(os.path.join(py_inc, "Python.h")):
         pytest.skip("no Python.h")
-    cfg = _build_config()
+    cfg = build_config()
     cmd = [CXX, *cfg.cxx_flags(), "-fsyntax-only", "-w",
            # the CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h (export macros only)
            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
@@ -305,7 +285,6 @@ def test_planner_invariants_sweep(host_results):
 # wavefront / ring / ping-pong schedule, masking, reserve and dropout; it can
 # not check the real wmma register layout or GPU memory-model details.
 
-EMU_MAIN = os.path.join(CSRC, "emu", "forward_emu_main.cpp")
 EMU_MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 EMU_DTYPES = ["float32", "float16", "bfloat16"]
 # tolerance vs the float64 reference (which keeps 16-bit runs in fp32 between
@@ -349,18 +328,7 @@ TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6)]
 
 
 def _emu_build(tmp_path_factory, sanitize):
-    if CXX is None:
-        pytest.skip("no host C++ compiler")
-    exe = tmp_path_factory.mktemp("emu") / "forward_emu"
-    cmd = [CXX, "-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-           f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
-           f"-I{os.path.join(CSRC, 'emu', 'include')}", f"-I{CSRC}", EMU_MAIN, "-o", str(exe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip("host compiler lacks _Float16 (needed by the fp16 emulation)")
-    if proc.returncode != 0 and "sanitize" in proc.stderr:
-        pytest.skip(f"host compiler lacks -fsanitize={sanitize}")
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    exe, _ = build_emulator(tmp_path_factory, "forward_emu_main.cpp", "forward_emu", sanitize)
     return exe
 
 
@@ -378,33 +346,15 @@ def _emu_run(exe, case: EmuCase, tmp_path):
     torch = pytest.importorskip("torch")
     from fused_rnn import reference
 
-    g = torch.Generator().manual_seed(zlib_crc(case.id))
     dt = getattr(torch, case.dtype)
     D = 2 if case.bidir else 1
-    G = reference.GATES[case.mode]
-    k = 1.0 / math.sqrt(case.H)
-    f64 = dict(generator=g, dtype=torch.float64)
-    weights = []
-    for layer in range(case.L):
-        for _ in range(D):
-            in_l = case.I if layer == 0 else D * case.H
-            shapes = [(G * case.H, in_l), (G * case.H, case.H)]
-            shapes += [(G * case.H,), (G * case.H,)] if case.bias else []
-            weights += [((torch.rand(s, **f64) * 2 - 1) * k).to(dt) for s in shapes]
-    x = torch.randn(case.T, case.B, case.I, **f64).to(dt)
-    hx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt)
-    cx = (0.5 * torch.randn(case.L * D, case.B, case.H, **f64)).to(dt) \
-        if case.mode == "LSTM" else None
-    lengths = None
-    if case.lengths:
-        lengths = torch.randint(1, case.T + 1, (case.B,), generator=g)
-        lengths[0] = case.T
-    seed = torch.tensor(987654321 + case.B, dtype=torch.int64) \
-        if case.dropout > 0 and case.L > 1 else None
+    inp = random_stack(case)
+    x, weights, hx, cx = inp["x"], inp["w"], inp["hx"], inp["cx"]
+    lengths, seed = inp["lengths"], inp["seed"]
     blobs = [x, *weights, hx] + ([cx] if cx is not None else []) + \
         ([lengths] if lengths is not None else []) + ([seed.reshape(1)] if seed is not None else [])
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
-    src.write_bytes(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in blobs))
+    write_tensors(src, blobs)
     args = [str(exe)] + [str(v) for v in (
         EMU_MODES.index(case.mode), case.L, int(case.bidir), int(case.bias), case.I, case.H,
         case.B, case.T, EMU_DTYPES.index(case.dtype), int(case.tf32), int(case.reserve),
@@ -414,40 +364,19 @@ def _emu_run(exe, case: EmuCase, tmp_path):
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused: "), proc.stdout
 
-    raw = bytearray(dst.read_bytes())
-    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-    pos = 0
-
-    def take(*shape):
-        nonlocal pos
-        n = math.prod(shape) * dt.itemsize
-        t = flat[pos:pos + n].view(dt).reshape(shape)
-        pos += n
-        return t
-
+    out = TensorReader(dst, dt)
     S = {"LSTM": 6 * case.H, "GRU": 5 * case.H}.get(case.mode, case.H)
-    y = take(case.T, case.B, D * case.H)
-    hy = take(case.L * D, case.B, case.H)
-    cy = take(case.L * D, case.B, case.H) if case.mode == "LSTM" else None
-    res = take(case.L * D, case.T, case.B, S) if case.reserve else None
-    assert pos == len(raw)
+    y = out.take(case.T, case.B, D * case.H)
+    hy = out.take(case.L * D, case.B, case.H)
+    cy = out.take(case.L * D, case.B, case.H) if case.mode == "LSTM" else None
+    res = out.take(case.L * D, case.T, case.B, S) if case.reserve else None
+    assert out.pos == len(out.raw)
 
     d = (lambda t: None if t is None else t.double())
     ref = reference.rnn_forward(d(x), [d(w) for w in weights], d(hx), d(cx), lengths, seed,
                                 case.mode, case.L, case.bidir, case.bias, 0, case.dropout,
                                 case.reserve)
     return dict(y=y, hy=hy, cy=cy, res=res, lengths=lengths, ref=ref)
-
-
-def zlib_crc(s: str) -> int:
-    import zlib
-
-    return zlib.crc32(s.encode()) % 100000
-
-
-def _rel(a, b):
-    b = b.double()
-    return ((a.double() - b).abs().max() / max(1.0, b.abs().max().item())).item()
 
 
 def _check_emu(case, out):
@@ -458,7 +387,7 @@ def _check_emu(case, out):
         if got is None:
             continue
         assert torch_isfinite_all(got), name
-        assert _rel(got, want) <= tol, (name, _rel(got, want), tol)
+        assert rel_err(got, want) <= tol, (name, rel_err(got, want), tol)
     import torch
 
     valid = torch.ones(case.T, case.B, dtype=torch.bool)
@@ -468,7 +397,7 @@ def _check_emu(case, out):
     if case.reserve:
         got, want = out["res"][:, valid], ref[3][:, valid]
         assert torch_isfinite_all(got)
-        assert _rel(got, want) <= 2 * tol, ("reserve", _rel(got, want))
+        assert rel_err(got, want) <= 2 * tol, ("reserve", rel_err(got, want))
 
 
 def torch_isfinite_all(t):
