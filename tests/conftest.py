@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# the helper modules shared by several test files assert too: full assertion reports
+pytest.register_assert_rewrite("compile_helpers", "gpu_helpers")
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` skip cleanly where no CUDA device is visible."""
