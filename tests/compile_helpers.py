@@ -10,6 +10,7 @@ nvcc and planner tests without torch).
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -46,6 +47,21 @@ def nvcc_compile(source, archs, obj):
 def spill_bytes(log):
     """Every 'N bytes spill stores/loads' figure of a ptxas report."""
     return [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+
+
+def run_host_program(tmp_path_factory, name, program):
+    """Builds the C++ `program` (kernel headers on the include path) with g++ -Werror,
+    runs it, and returns its stdout parsed as JSON. Skips without a host compiler."""
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    d = tmp_path_factory.mktemp(name)
+    src, exe = d / f"{name}.cpp", d / name
+    src.write_text(program)
+    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
+                    str(src), "-o", str(exe)], check=True)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
 
 
 # --------------------------------------------------------------- the host emulation

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
-import json
 import os
 import re
 import subprocess
@@ -29,7 +28,8 @@ from typing import NamedTuple
 import pytest
 import torch
 from compile_helpers import (ARCHS, CSRC, CXX, NVCC, TensorReader, build_emulator,
-                             nvcc_compile, random_stack, rel_err, spill_bytes, write_tensors)
+                             nvcc_compile, random_stack, rel_err, run_host_program, spill_bytes,
+                             write_tensors)
 
 BACKWARD_SOURCES = sorted(glob.glob(os.path.join(CSRC, "kernels", "backward_*.cu")))
 
@@ -158,16 +158,7 @@ int main() {
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no host C++ compiler")
-    d = tmp_path_factory.mktemp("bwd_plan")
-    src, exe = d / "plan.cpp", d / "plan"
-    src.write_text(_PLAN_PROGRAM)
-    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
-                    str(src), "-o", str(exe)], check=True)
-    proc = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return run_host_program(tmp_path_factory, "plan", _PLAN_PROGRAM)
 
 
 def test_backward_planner_covers_the_targets(plans):

@@ -16,7 +16,6 @@ Skips only what the machine lacks (nvcc / g++ / headers).
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import re
@@ -26,8 +25,8 @@ import sysconfig
 
 import pytest
 from compile_helpers import (ARCHS, CSRC, CXX, NVCC, ROOT, TensorReader, build_config,
-                             build_emulator, nvcc_compile, random_stack, rel_err, spill_bytes,
-                             write_tensors)
+                             build_emulator, nvcc_compile, random_stack, rel_err,
+                             run_host_program, spill_bytes, write_tensors)
 
 # (backward_*.cu: tests/test_compile_backward.py, both archs per nvcc call)
 KERNEL_SOURCES = sorted(s for s in glob.glob(os.path.join(CSRC, "kernels", "*.cu"))
@@ -216,16 +215,7 @@ int main() {
 
 @pytest.fixture(scope="module")
 def host_results(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no host C++ compiler")
-    d = tmp_path_factory.mktemp("host")
-    src, exe = d / "host_checks.cpp", d / "host_checks"
-    src.write_text(_HOST_PROGRAM)
-    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
-                    str(src), "-o", str(exe)], check=True)
-    proc = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return run_host_program(tmp_path_factory, "host_checks", _HOST_PROGRAM)
 
 
 def _sigmoid(x):
