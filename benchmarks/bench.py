@@ -651,6 +651,14 @@ def run_sweep(runner: Runner, cases: list[Case], checkpoint=None, case_timeout: 
 # -------------------------------------------------------------------- outputs
 
 
+def _save_figure(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(results: list[Result], out_dir: str, device: str) -> list[str]:
     """speedup.png (speedup vs batch, per H and dtype) and step_time.png (time per step vs T)."""
     mpl = common.optional("matplotlib")
@@ -690,11 +698,7 @@ def plot(results: list[Result], out_dir: str, device: str) -> list[str]:
             ax.set_ylabel("speedup vs cuDNN")
             ax.legend(fontsize=6)
     fig.suptitle(f"fused_rnn speedup over cuDNN (cuDNN time / fused time)\n{device}", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "speedup.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(plt, fig, out_dir, "speedup.png"))
 
     # time per timestep vs T at the smallest batch, inference: the latency regime
     fig, axes = plt.subplots(1, len(dtypes), squeeze=False, figsize=(4.5 * len(dtypes), 3.4))
@@ -719,11 +723,7 @@ def plot(results: list[Result], out_dir: str, device: str) -> list[str]:
         ax.set_title(f"{dt}, inference, B={b0}", fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(f"time per step vs T\n{device}", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "step_time.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(plt, fig, out_dir, "step_time.png"))
     return written
 
 
