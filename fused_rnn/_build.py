@@ -17,6 +17,7 @@ so the source list and compiler flags live in one place.
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib
 import os
 import sys
@@ -50,16 +51,49 @@ def gencode_flags(archs: list[str]) -> list[str]:
     return flags
 
 
+def source_hash(root: str = ROOT) -> str:
+    """SHA-256 (first 16 hex digits) of every file under csrc/ (paths and contents, in
+    sorted order). Compiled into the extension (``_C.source_hash``), so that a prebuilt
+    extension can be checked against the sources it claims to be built from."""
+    h = hashlib.sha256()
+    base = os.path.join(root, "csrc")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        paths += [os.path.join(dirpath, f) for f in filenames]
+    for path in sorted(paths):
+        h.update(os.path.relpath(path, base).replace(os.sep, "/").encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(f.read())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def phase_timing() -> bool:
+    """FUSED_RNN_PHASE_TIMING=1: build the kernels with per-phase clock64() recording
+    (benchmarks/floors.py --phases; scripts/gpu_check.sh builds this way)."""
+    return os.environ.get("FUSED_RNN_PHASE_TIMING", "0") == "1"
+
+
+def define_flags(root: str = ROOT) -> list[str]:
+    """Preprocessor definitions shared by the C++ and CUDA compilations."""
+    flags = [f"-DFRNN_SOURCE_HASH={source_hash(root)}"]
+    if phase_timing():
+        flags.append("-DFRNN_PHASE_TIMING=1")
+    return flags
+
+
 # No -std flag: torch.utils.cpp_extension adds the standard its headers need
 # (C++20 since torch 2.10); the code compiles as C++17 and C++20.
 def cxx_flags() -> list[str]:
-    return ["-O3"]
+    return ["-O3"] + define_flags()
 
 
 def nvcc_flags(archs: list[str] | None = None) -> list[str]:
     archs = arch_list() if archs is None else archs
     return [
         "-O3",
+        *define_flags(),
         "--use_fast_math",
         "--expt-relaxed-constexpr",
         "-lineinfo",

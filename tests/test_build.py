@@ -32,6 +32,31 @@ def test_arch_list_and_gencode(monkeypatch):
     assert _build.gencode_flags(_build.arch_list())[-1] == "-gencode=arch=compute_90a,code=sm_90a"
 
 
+def test_source_hash_follows_csrc_and_is_compiled_in(tmp_path, monkeypatch):
+    """scripts/gpu_check.sh --prebuilt trusts a built extension only if the hash compiled
+    into it (_C.source_hash) equals this tree's: any change under csrc/ must change it."""
+    import shutil
+
+    shutil.copytree(os.path.join(ROOT, "csrc"), tmp_path / "csrc")
+    h0 = _build.source_hash(str(tmp_path))
+    assert h0 == _build.source_hash(ROOT) and len(h0) == 16
+    assert _build.source_hash(str(tmp_path)) == h0  # stable
+    f = tmp_path / "csrc" / "kernels" / "common.h"
+    f.write_text(f.read_text() + "\n")
+    h1 = _build.source_hash(str(tmp_path))
+    assert h1 != h0
+    (tmp_path / "csrc" / "kernels" / "new.h").write_text("")
+    assert _build.source_hash(str(tmp_path)) not in (h0, h1)
+    # both compilers get it; the phase-timing macro only when asked for
+    monkeypatch.delenv("FUSED_RNN_PHASE_TIMING", raising=False)
+    assert f"-DFRNN_SOURCE_HASH={h0}" in _build.cxx_flags()
+    assert f"-DFRNN_SOURCE_HASH={h0}" in _build.nvcc_flags(["9.0a"])
+    assert "-DFRNN_PHASE_TIMING=1" not in _build.nvcc_flags(["9.0a"])
+    monkeypatch.setenv("FUSED_RNN_PHASE_TIMING", "1")
+    assert "-DFRNN_PHASE_TIMING=1" in _build.nvcc_flags(["9.0a"])
+    assert "-DFRNN_PHASE_TIMING=1" in _build.cxx_flags()
+
+
 def test_no_extension_on_a_cpu_build_and_a_reason():
     if torch.version.cuda is not None:
         return

@@ -10,6 +10,16 @@
 #include "kernels/forward_api.h"
 #include "problem.h"
 
+// _build.source_hash() of the csrc/ tree this module was compiled from
+// (-DFRNN_SOURCE_HASH=<hex>; "unknown" when built without _build.py's flags).
+#define FRNN_STR_(x) #x
+#define FRNN_STR(x) FRNN_STR_(x)
+#ifdef FRNN_SOURCE_HASH
+#define FRNN_SOURCE_HASH_STR FRNN_STR(FRNN_SOURCE_HASH)
+#else
+#define FRNN_SOURCE_HASH_STR "unknown"
+#endif
+
 namespace {
 
 using fused_rnn::DType;
@@ -108,5 +118,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("max_layer_directions") = fused_rnn::kMaxLayerDirs;
   m.attr("forward_threads") = fused_rnn::kForwardThreads;
   m.attr("has_fused_backward") = true;
+  m.attr("source_hash") = FRNN_SOURCE_HASH_STR;
   m.attr("backward_threads") = fused_rnn::kBackwardThreads;
 }
