@@ -22,8 +22,8 @@ REPO = os.path.dirname(HERE)
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 NO_RESULTS = (
     "No GPU results committed yet. On an H100/H200, `bash scripts/gpu_check.sh` runs "
-    "`python benchmarks/bench.py --quick` and returns its results folder as "
-    "`bench_results.tgz`: unpack it into `benchmarks/results/<device>/`, commit it, then run "
+    "`python benchmarks/bench.py --quick` and the floors, and returns their results folder as "
+    "`results.tgz`: unpack it into `benchmarks/results/<device>/`, commit it, then run "
     "`python benchmarks/report.py --update-readme`.\n\n"
     "Without a GPU, `python benchmarks/bench.py --quick` checks the reference path against "
     "torch.nn (parity and CPU timings); speed numbers need a GPU."

@@ -1,94 +1,391 @@
 #!/usr/bin/env bash
-# One-call check on a GPU machine (H100/H200, sm_90a), from the repository root:
+# The GPU check: one short call on an H100/H200 (sm_90a) that says which path broke and why,
+# and leaves room for a second call. From the repository root:
 #
-#   bash scripts/gpu_check.sh            # results in ${OUT:-./gpu_out}/
+#   bash scripts/gpu_check.sh                      # every stage; results in ${OUT:-./gpu_out}/
+#   bash scripts/gpu_check.sh --dry-run            # the plan and its worst case (no GPU needed)
+#   bash scripts/gpu_check.sh --only tests         # one stage (builds first if needed)
+#   bash scripts/gpu_check.sh --prebuilt DIR ...   # reuse the extension of an earlier call
+#   bash scripts/gpu_check.sh --force              # run every stage whatever came before
 #
-# 1. builds the CUDA extension in place for sm_90a only (TORCH_CUDA_ARCH_LIST,
-#    MAX_JOBS=16), with the ptxas report (registers / spills / smem per kernel);
-# 2. runs the tiny smoke tests first (forward and backward; 30 s limit: a hang
-#    there costs little), then the GPU tests in full (no -x: every failure is
-#    reported), forward before backward, one line per test (-v) so that a hang
-#    in a later test leaves the earlier results in the log;
-# 3. runs the quick benchmark (benchmarks/bench.py --quick) if present;
-# 4. measures the floors (benchmarks/floors.py: barrier latencies).
-# The CPU tests are CI's job and are not run here (device time is scarce).
-# Every step has its own time limit (build 200 s, smoke 30 s, GPU tests 175 s,
-# bench 120 s, floors 45 s) so the script ends under 10 minutes even if a kernel hangs (a
-# killed process takes its CUDA context and kernel with it). At most 8 files
-# are written to the output folder.
-set -euo pipefail
+# Stages, each with its own time limit (--dry-run prints them and the worst-case total):
+#   build      the extension in place (fused_rnn/_C*.so) for this GPU's arch only (sm_90a on
+#              Hopper), MAX_JOBS=16, with the ptxas report and the per-phase timing compiled in
+#              (FUSED_RNN_PHASE_TIMING=1); benchmarks/csrc/floors.cu is compiled beside it.
+#              Skipped when --prebuilt DIR (or a leftover in-place build) holds an extension
+#              built from this very csrc/ (its compiled-in source hash is checked).
+#   smoke      tests/gpu/test_smoke_gpu.py: tiny cases that reach every path only hardware can
+#              break (grid barrier, ring slots, tensor-core fragments, cp.async ring, dropout,
+#              lengths, bidirectional; the backward fed the reference's reserve)
+#   tests      the full GPU tests (forward, then backward) -- only if smoke passed
+#   sanitizer  compute-sanitizer memcheck / racecheck / synccheck over scripts/gpu_sanitize.py
+#              (one tiny bf16 forward + backward) -- whenever the build is there; "skipped"
+#              where the tool or the device does not support it
+#   bench      benchmarks/bench.py --quick (time-boxed) -- only if the GPU tests passed
+#   floors     benchmarks/floors.py (barrier and cuDNN floors), then --phases (time per
+#              kernel phase beside the model) -- only if the GPU tests passed
+# pytest runs with a per-test limit (pytest-timeout, thread method: a hung test ends the
+# process and is named in the summary) when the plugin is installed; every stage also has a
+# hard limit (timeout(1)).
+#
+# The output folder holds at most 8 files; summary.txt first (per stage ok / FAILED /
+# TIMEOUT / skipped with its time, failing test ids, the first lines of each failure):
+#   summary.txt build.log smoke.log tests.log sanitizer.log bench_floors.log
+#   results.tgz   the benchmark's results folder (results.json/.csv/.md, plots) with
+#                 floors.json and phases.json: unpack into benchmarks/results/<device>/, commit,
+#                 then python benchmarks/report.py --update-readme
+#   prebuilt.tgz  the built extension; a later call takes it with --prebuilt DIR (DIR holding
+#                 prebuilt.tgz or the .so): no rebuild when only Python changed
+# Exit status: 0 when every stage that ran passed, 1 otherwise, 2 for bad usage.
+#
+# Environment: PYTHON (default python3), OUT, TORCH_CUDA_ARCH_LIST (default: the GPU's
+# own arch, e.g. 9.0a), MAX_JOBS (16).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${OUT:-./gpu_out}"
+ROOT=$PWD
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+ONLY="" PREBUILT="" FORCE=0 DRY=0
+ARGS="$*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) ONLY=${2:-}; shift 2 || { usage >&2; exit 2; } ;;
+    --only=*) ONLY=${1#--only=}; shift ;;
+    --prebuilt) PREBUILT=${2:-}; shift 2 || { usage >&2; exit 2; } ;;
+    --prebuilt=*) PREBUILT=${1#--prebuilt=}; shift ;;
+    --force) FORCE=1; shift ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+STAGES="build smoke tests sanitizer bench floors"
+if [ -n "$ONLY" ] && ! [[ " $STAGES " == *" $ONLY "* ]]; then
+  echo "gpu_check: --only takes one of: $STAGES (got '$ONLY')" >&2; exit 2
+fi
+if [ -n "$PREBUILT" ] && [ ! -d "$PREBUILT" ]; then
+  echo "gpu_check: --prebuilt: '$PREBUILT' is not a folder" >&2; exit 2
+fi
+
+# ---------------------------------------------------------------- limits (seconds)
+# Sized so that the worst case (every stage hits its limit, plus the kill delays) stays
+# under 6 minutes: a second call still fits in a 15-minute device budget.
+KILL_AFTER=1       # SIGKILL this long after the SIGTERM of a limit
+L_SMI=5            # nvidia-smi
+L_PROBE=15         # Python: versions, CUDA visible (the first torch import may be slow)
+L_BUILD=95         # the extension, 16 parallel jobs (about 15 translation units)
+L_HASH=10          # import the extension, check its source hash
+L_SMOKE=30         # whole smoke stage, Python and CUDA start included
+T_SMOKE=15         # per smoke test
+L_TESTS=65         # the full GPU tests
+T_TESTS=30         # per test
+L_SANITIZER=17     # per tool (memcheck, racecheck, synccheck)
+SAN_TOOLS="memcheck racecheck synccheck"
+L_BENCH=35         # bench.py --quick --time-budget (L_BENCH - 12): Python, CUDA, the writes
+L_FLOORS=28        # floors.py and floors.py --phases together
+
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }  # does this call run STAGE (gates aside)?
+
+if [ "$DRY" = 1 ]; then
+  n_san=$(echo $SAN_TOOLS | wc -w)
+  total=0
+  line() {  # line NAME SECONDS WHAT [N_LIMITED_CALLS]
+    printf '  %-10s %4s s  %s\n' "$1" "$2" "$3"; total=$((total + $2 + KILL_AFTER * ${4:-1}))
+  }
+  echo "gpu_check plan (dry run: nothing is built or run)${ARGS:+; options: $ARGS}"
+  line env $((L_SMI + L_PROBE)) "nvidia-smi; Python, torch, CUDA versions; a CUDA device visible" 2
+  # (hash check of the prebuilt or leftover extension, the build, the hash check of the build)
+  if [ -n "$PREBUILT" ]; then
+    line build $((L_BUILD + L_HASH * 2)) "load $PREBUILT (prebuilt.tgz or _C*.so); if its source hash differs, build" 3
+  else
+    line build $((L_BUILD + L_HASH * 2)) "setup.py build_ext --inplace, this GPU's arch only, phase timing on (skipped if an in-place build matches csrc/)" 3
+  fi
+  gated=""; [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && gated=1
+  want smoke && line smoke "$L_SMOKE" "tests/gpu/test_smoke_gpu.py, ${T_SMOKE} s per test"
+  want tests && line tests "$L_TESTS" "tests/gpu/test_forward_gpu.py + test_backward_gpu.py, ${T_TESTS} s per test${gated:+; only if smoke passed}"
+  want sanitizer && line sanitizer $((L_SANITIZER * n_san)) "$SAN_TOOLS, ${L_SANITIZER} s each" "$n_san"
+  want bench && line bench "$L_BENCH" "benchmarks/bench.py --quick${gated:+; only if the GPU tests passed}"
+  want floors && line floors "$L_FLOORS" "benchmarks/floors.py, then --phases${gated:+; only if the GPU tests passed}"
+  echo "worst case: $total s (every limit reached, plus ${KILL_AFTER} s kill delay each)"
+  [ "$FORCE" = 1 ] && echo "--force: every stage runs whatever the earlier ones gave"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- set-up
+PY=${PYTHON:-python3}
+OUT_DIR=${OUT:-./gpu_out}
 mkdir -p "$OUT_DIR"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}"
-export MAX_JOBS="${MAX_JOBS:-16}"
-export FUSED_RNN_PTXAS_VERBOSE=1
-export FUSED_RNN_NO_JIT=1          # tests must use the build below, never a silent JIT build
-export PYTHONFAULTHANDLER=1
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+SCRATCH=$(mktemp -d)
+BG_PIDS=""
+trap 'for p in $BG_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$SCRATCH"' EXIT
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export MAX_JOBS=${MAX_JOBS:-16}
+export FUSED_RNN_PTXAS_VERBOSE=1 FUSED_RNN_PHASE_TIMING=1
+export FUSED_RNN_NO_JIT=1  # the tests must use the build below, never a silent JIT build
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+  case "$cap" in 9.0) TORCH_CUDA_ARCH_LIST=9.0a ;; [0-9]*.[0-9]*) TORCH_CUDA_ARCH_LIST=$cap ;; *) TORCH_CUDA_ARCH_LIST=9.0a ;; esac
+fi
+export TORCH_CUDA_ARCH_LIST
 SUMMARY="$OUT_DIR/summary.txt"
-: > "$SUMMARY"
-status=0
-step() {  # step NAME SECONDS LOGFILE CMD...: run with a time limit, tee the log, record the result
-  local name=$1 secs=$2 log=$3; shift 3
-  local t0=$SECONDS rc verdict=ok
-  set +e
-  timeout --kill-after=10 "$secs" "$@" 2>&1 | tee "$log"
-  rc=${PIPESTATUS[0]}
-  set -e
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMEOUT after ${secs}s"
-  elif [ "$rc" -ne 0 ]; then verdict="FAILED (exit $rc)"; fi
-  echo "$name: $verdict in $((SECONDS - t0))s" | tee -a "$SUMMARY"
-  if [ "$rc" -ne 0 ]; then status=1; fi
-  return 0
+STAGE_LINES="$SCRATCH/stages"
+DETAILS="$SCRATCH/details"
+: > "$STAGE_LINES"; : > "$DETAILS"
+FAILED_AT=""
+declare -A RESULT  # stage -> ok | failed | timeout | skipped
+
+record() {  # record STAGE VERDICT TIME LIMIT [NOTE]
+  RESULT[$1]=$2
+  local shown=$2
+  case "$2" in failed) shown=FAILED ;; timeout) shown=TIMEOUT ;; esac
+  printf '%-10s %-8s %5s %6s  %s\n' "$1" "$shown" "$3" "$4" "${5:-}" >> "$STAGE_LINES"
+  echo "gpu_check: $1 $shown ${3} ${5:-}"
+  if [ "$2" = failed ] || [ "$2" = timeout ]; then FAILED_AT=${FAILED_AT:-$1}; fi
+}
+skip() { record "$1" skipped - - "$2"; }
+detail() { { echo; echo "== $1"; cat; } >> "$DETAILS"; }
+
+limited() {  # limited SECONDS LOG CMD...: run with a hard time limit; returns its status
+  local secs=$1 log=$2; shift 2
+  timeout --kill-after="$KILL_AFTER" "$secs" "$@" >> "$log" 2>&1
+}
+verdict_of() { case "$1" in 0) echo ok ;; 124|137) echo timeout ;; *) echo failed ;; esac; }
+
+HAVE_TIMEOUT_PLUGIN=0
+"$PY" -c "import pytest_timeout" >/dev/null 2>&1 && HAVE_TIMEOUT_PLUGIN=1
+
+# ---------------------------------------------------------------- env (top of summary.txt)
+{
+  echo "fused_rnn GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), host $(hostname)"
+  echo "command: scripts/gpu_check.sh $ARGS"
+  echo "commit: $(git log -1 --format='%h %s' 2>/dev/null || echo 'no git')$(git status --porcelain 2>/dev/null | grep -q . && echo ' (working tree has uncommitted changes)')"
+  timeout --kill-after=$KILL_AFTER "$L_SMI" nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  echo "nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
+  echo "build: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS phase timing on; pytest-timeout: $([ $HAVE_TIMEOUT_PLUGIN = 1 ] && echo "yes (thread method)" || echo 'NOT installed: a hung test is stopped only by its stage limit')"
+} > "$SCRATCH/env" 2>&1
+timeout --kill-after=$KILL_AFTER "$L_PROBE" "$PY" -c "
+import sys, torch
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
+      '| cuDNN', torch.backends.cudnn.version(), '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+sys.exit(0 if torch.cuda.is_available() else 3)" >> "$SCRATCH/env" 2>&1
+rc=$?
+cat "$SCRATCH/env"
+if [ "$rc" != 0 ]; then
+  { cat "$SCRATCH/env"; echo; echo "no CUDA device usable from $PY (probe exit $rc): nothing was checked"; } > "$SUMMARY"
+  exit 1
+fi
+
+# ---------------------------------------------------------------- build
+so_file() { ls fused_rnn/_C*.so 2>/dev/null | head -1; }
+hash_matches() {  # was the in-place extension built from this csrc/? (prints why not)
+  timeout --kill-after=$KILL_AFTER "$L_HASH" "$PY" -c "
+import sys
+import torch  # noqa: F401  (the extension links against it)
+from fused_rnn import _build
+try:
+    import fused_rnn._C as C
+except ImportError as e:
+    print(f'it does not import: {e}'); sys.exit(1)
+want, got = _build.source_hash(), getattr(C, 'source_hash', 'unknown')
+if got != want:
+    print(f'it was built from csrc/ {got}, this tree is {want}'); sys.exit(1)
+import fused_rnn, pprint
+with open('$SCRATCH/backend_info', 'w') as f:
+    pprint.pprint(fused_rnn.backend_info(), stream=f)
+" 2>&1
 }
 
-{
-  echo "== $(date -u)  $(hostname)"
-  nvidia-smi || true
-  nvcc --version | tail -2 || true
-  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" || true
-  echo "git: $(git log --oneline -1 2>/dev/null || echo 'no git')"
-} 2>&1 | tee "$OUT_DIR/env.txt"
+BUILD_LOG="$OUT_DIR/build.log"
+: > "$BUILD_LOG"
+build_ready=0
+t0=$SECONDS
+if [ -n "$PREBUILT" ]; then
+  rm -f fused_rnn/_C*.so
+  if [ -f "$PREBUILT/prebuilt.tgz" ]; then
+    tar xzf "$PREBUILT/prebuilt.tgz" -C fused_rnn
+  else
+    cp "$PREBUILT"/_C*.so fused_rnn/ 2>/dev/null
+  fi
+  if [ -z "$(so_file)" ]; then
+    echo "--prebuilt $PREBUILT: no prebuilt.tgz or _C*.so there; building" | tee -a "$BUILD_LOG"
+  elif why=$(hash_matches 2>&1); then
+    build_ready=1
+    record build ok $((SECONDS - t0))s "${L_BUILD}s" "prebuilt extension from $PREBUILT (source hash matches)"
+  else
+    echo "--prebuilt $PREBUILT: $why; rebuilding" | tee -a "$BUILD_LOG"
+  fi
+elif [ -n "$(so_file)" ] && why=$(hash_matches 2>&1); then
+  build_ready=1
+  record build ok $((SECONDS - t0))s "${L_BUILD}s" "in-place extension of an earlier call (source hash matches)"
+fi
+if [ "$build_ready" = 0 ]; then
+  rm -rf build fused_rnn/_C*.so
+  if want floors || want bench; then  # floors.cu (cached by torch) compiles beside the extension
+    ( limited "$L_BUILD" "$SCRATCH/floors_build.log" "$PY" -c \
+        "import sys; sys.path.insert(0, 'benchmarks'); import floors; floors.build()" ) &
+    BG_PIDS="$BG_PIDS $!"
+  fi
+  t0=$SECONDS
+  limited "$L_BUILD" "$SCRATCH/build_full.log" "$PY" setup.py build_ext --inplace
+  rc=$?
+  [ "$rc" = 0 ] && [ -z "$(so_file)" ] && rc=1 && echo "setup.py ended without building fused_rnn/_C*.so" >> "$SCRATCH/build_full.log"
+  [ "$rc" = 0 ] && ! why=$(hash_matches 2>&1) && rc=1 && echo "the built extension: $why" >> "$SCRATCH/build_full.log"
+  v=$(verdict_of $rc)
+  {
+    echo "== ptxas report ($TORCH_CUDA_ARCH_LIST): registers / spills / shared memory per kernel"
+    grep -E "Compiling entry function|registers|spill|smem|bytes stack" "$SCRATCH/build_full.log" \
+      | sed -E 's/.*ptxas info *: //'
+    echo; echo "== build log (last 300 lines)"
+    tail -n 300 "$SCRATCH/build_full.log"
+  } >> "$BUILD_LOG"
+  if [ "$v" = ok ]; then
+    build_ready=1
+    tar czf "$OUT_DIR/prebuilt.tgz" -C fused_rnn "$(basename "$(so_file)")"
+    record build ok $((SECONDS - t0))s "${L_BUILD}s" "fused_rnn/$(basename "$(so_file)") -> prebuilt.tgz"
+  else
+    record build "$v" $((SECONDS - t0))s "${L_BUILD}s" "see build.log"
+    grep -iE "error|undefined|fatal" "$SCRATCH/build_full.log" | head -20 | detail "build: first errors"
+  fi
+fi
+[ -f "$SCRATCH/backend_info" ] && { echo "backend_info:"; cat "$SCRATCH/backend_info"; } >> "$SCRATCH/env"
 
-# 1. build (in place: fused_rnn/_C*.so next to the package; nothing installed)
-rm -rf build fused_rnn/_C*.so
-step build 200 "$OUT_DIR/build.log" python setup.py build_ext --inplace
-# ptxas report first, then the tail of the build log (one file: at most 8 come back)
-{
-  echo "== ptxas report (sm_90a): registers / spills / shared memory per kernel"
-  grep -E "Compiling entry function|registers|spill|smem|bytes stack" "$OUT_DIR/build.log" \
-    | sed -E 's/.*ptxas info *: //' || true
-  echo; echo "== build log (last 300 lines)"
-  tail -n 300 "$OUT_DIR/build.log"
-} > "$OUT_DIR/build.tmp"
-mv "$OUT_DIR/build.tmp" "$OUT_DIR/build.log"
-grep -B1 -E "registers" "$OUT_DIR/build.log" | head -60 || true
-python -c "import fused_rnn, pprint; pprint.pprint(fused_rnn.backend_info())" 2>&1 | tee -a "$OUT_DIR/env.txt" || true
+# ---------------------------------------------------------------- pytest stages
+pytest_stage() {  # pytest_stage NAME LIMIT PER_TEST FILES...
+  local name=$1 secs=$2 per=$3; shift 3
+  local log="$OUT_DIR/$name.log" trace="$SCRATCH/$name.trace" t0=$SECONDS rc v note
+  : > "$log"; : > "$trace"
+  local tflags=()
+  [ "$HAVE_TIMEOUT_PLUGIN" = 1 ] && tflags=(--timeout="$per" --timeout-method=thread)
+  FUSED_RNN_TEST_TRACE="$trace" limited "$secs" "$log" \
+    "$PY" -m pytest "$@" -v -rfEs -p no:cacheprovider "${tflags[@]}"
+  rc=$?
+  v=$(verdict_of $rc)
+  # the test that started and never finished: a per-test timeout (os._exit) or the stage limit
+  local hung
+  # trace lines (tests/conftest.py): "start<TAB>nodeid", "end<TAB>outcome<TAB>nodeid"
+  hung=$(awk -F'\t' '$1=="start"{s[$2]=1; last=$2} $1=="end"{delete s[$3]} END{if (last in s) print last}' "$trace")
+  local passed failed
+  passed=$(grep -c "^end	passed	" "$trace")
+  failed=$(grep -c "^end	failed	" "$trace")
+  note="$passed passed, $failed failed"
+  if [ -n "$hung" ]; then
+    v=timeout
+    if grep -q "Timeout" "$log"; then note="$note; HUNG (per-test limit ${per}s): $hung"
+    else note="$note; stopped in: $hung"; fi
+  elif [ "$v" = failed ] && [ "$failed" = 0 ] && ! grep -qE '^(FAILED|ERROR) ' "$log"; then
+    note="$note; pytest exit $rc (see $name.log)"
+  fi
+  record "$name" "$v" $((SECONDS - t0))s "${secs}s" "$note"
+  if [ "$v" != ok ]; then
+    {
+      grep -E '^(FAILED|ERROR) ' "$log" | head -25
+      [ -n "$hung" ] && echo "HUNG: $hung"
+      echo "-- first error lines:"
+      grep -E '^E   ' "$log" | head -25
+      [ -n "$hung" ] && grep -A12 -m1 "Timeout" "$log"
+      tail -n 5 "$log"
+    } | detail "$name: failures"
+  fi
+}
 
-# 2. the tiny smoke tests (a hang here costs 30 s, not the whole GPU step), then
-#    the GPU tests in full (no -x: every failure is reported), forward first
-GPU_TESTS="tests/gpu/test_forward_gpu.py tests/gpu/test_backward_gpu.py"
-step "pytest smoke" 30 "$OUT_DIR/pytest_smoke.tmp" \
-  python -m pytest $GPU_TESTS -q -rs -k smoke_tiny -o faulthandler_timeout=20 -s
-step "pytest tests/gpu" 175 "$OUT_DIR/pytest_gpu.tmp" \
-  python -m pytest $GPU_TESTS -v -rs -o faulthandler_timeout=60 -s
-cat "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp" > "$OUT_DIR/pytest_gpu.txt"
-rm -f "$OUT_DIR/pytest_smoke.tmp" "$OUT_DIR/pytest_gpu.tmp"
+if ! want smoke; then :
+elif [ "$build_ready" = 0 ]; then skip smoke "no extension"
+else pytest_stage smoke "$L_SMOKE" "$T_SMOKE" tests/gpu/test_smoke_gpu.py
+fi
 
-# 3. quick benchmark; its whole results folder (JSON, CSV, markdown, plots) comes
-#    back as one archive: unpack it into benchmarks/results/<device>/ and commit
-if [ -f benchmarks/bench.py ]; then
-  BENCH_TMP="$(mktemp -d)"
-  step "bench --quick" 120 "$OUT_DIR/bench.txt" python benchmarks/bench.py --quick --out "$BENCH_TMP"
-  tar czf "$OUT_DIR/bench_results.tgz" -C "$BENCH_TMP" . || true
+if ! want tests; then :
+elif [ "$build_ready" = 0 ]; then skip tests "no extension"
+elif [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && [ "${RESULT[smoke]:-}" != ok ]; then
+  skip tests "smoke did not pass (--force runs it anyway)"
+else pytest_stage tests "$L_TESTS" "$T_TESTS" tests/gpu/test_forward_gpu.py tests/gpu/test_backward_gpu.py
+fi
+
+# ---------------------------------------------------------------- sanitizer
+if ! want sanitizer; then :
+elif [ "$build_ready" = 0 ]; then skip sanitizer "no extension"
+elif ! command -v compute-sanitizer >/dev/null 2>&1; then skip sanitizer "compute-sanitizer not found"
 else
-  echo "bench: benchmarks/bench.py not present, skipped" | tee -a "$SUMMARY"
+  SAN_LOG="$OUT_DIR/sanitizer.log"
+  : > "$SAN_LOG"
+  filter=()
+  compute-sanitizer --help 2>/dev/null | grep -q -- '--kernel-name' && filter=(--kernel-name kns=rnn_)
+  t0=$SECONDS
+  san_v=ok notes=""
+  for tool in $SAN_TOOLS; do
+    echo "==== $tool" >> "$SAN_LOG"
+    # no caching allocator: every tensor its own cudaMalloc, so an overrun is seen
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$L_SANITIZER" "$SAN_LOG" compute-sanitizer \
+      --tool "$tool" "${filter[@]}" --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
+    rc=$?
+    part=$(awk -v t="==== $tool" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
+    if echo "$part" | grep -qiE "device not supported|not supported on this|unsupported (device|gpu)"; then
+      notes="$notes $tool: unsupported;"; [ "$san_v" = ok ] && san_v=unsupported
+    elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then notes="$notes $tool: TIMEOUT;"; san_v=timeout
+    else
+      errs=$(echo "$part" | grep -E "SUMMARY" | grep -oE "[0-9]+ errors?" | grep -oE "[0-9]+" | tail -1)
+      notes="$notes $tool: ${errs:-?} errors (exit $rc);"
+      [ "$rc" != 0 ] && [ "$san_v" != timeout ] && san_v=failed
+    fi
+  done
+  if [ "$san_v" = unsupported ]; then
+    record sanitizer skipped $((SECONDS - t0))s "$((L_SANITIZER * $(echo $SAN_TOOLS | wc -w)))s" "skipped: sanitizer unsupported here;$notes"
+  else
+    record sanitizer "$san_v" $((SECONDS - t0))s "$((L_SANITIZER * $(echo $SAN_TOOLS | wc -w)))s" "${notes# }"
+    [ "$san_v" != ok ] && grep -E "^=+ (Invalid|Race|Barrier|Error|ERROR|Program hit|Saved host|    at )" "$SAN_LOG" \
+      | head -30 | detail "sanitizer: first reports"
+  fi
 fi
 
-# 4. the floors: grid-barrier and cluster-barrier latency, cuDNN per-layer step
-if [ -f benchmarks/floors.py ]; then
-  step "floors" 45 "$OUT_DIR/floors.txt" python benchmarks/floors.py
+# ---------------------------------------------------------------- bench, floors
+RESULTS="$SCRATCH/results"
+mkdir -p "$RESULTS"
+BF_LOG="$OUT_DIR/bench_floors.log"
+gate_perf() {  # may the timing stages run? (prints why not)
+  if [ "$build_ready" = 0 ]; then echo "no extension"; return 1; fi
+  if [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && [ "${RESULT[tests]:-}" != ok ]; then
+    echo "the GPU tests did not pass (--force runs it anyway)"; return 1
+  fi
+}
+if want bench; then
+  if why=$(gate_perf); then
+    t0=$SECONDS
+    echo "==== bench.py --quick" >> "$BF_LOG"
+    limited "$L_BENCH" "$BF_LOG" "$PY" benchmarks/bench.py --quick --time-budget $((L_BENCH - 12)) \
+      --case-timeout $((L_BENCH - 12)) --out "$RESULTS"
+    rc=$?
+    record bench "$(verdict_of $rc)" $((SECONDS - t0))s "${L_BENCH}s" "results.json/.csv/.md and plots in results.tgz"
+    [ "$rc" != 0 ] && tail -n 15 "$BF_LOG" | detail "bench: last lines"
+  else skip bench "$why"; fi
 fi
+if want floors; then
+  if why=$(gate_perf); then
+    for p in $BG_PIDS; do wait "$p" 2>/dev/null; done; BG_PIDS=""
+    t0=$SECONDS
+    echo "==== floors.py" >> "$BF_LOG"
+    # one limit for both: phases get what the floors leave
+    limited "$L_FLOORS" "$BF_LOG" bash -c "'$PY' benchmarks/floors.py --out '$RESULTS'; r1=\$?; \
+      echo '==== floors.py --phases'; '$PY' benchmarks/floors.py --phases --out '$RESULTS'; r2=\$?; \
+      exit \$(( r1 > r2 ? r1 : r2 ))"
+    rc=$?
+    record floors "$(verdict_of $rc)" $((SECONDS - t0))s "${L_FLOORS}s" "floors.json, phases.json in results.tgz"
+    [ "$rc" != 0 ] && tail -n 15 "$BF_LOG" | detail "floors: last lines"
+  else skip floors "$why"; fi
+fi
+if [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then tar czf "$OUT_DIR/results.tgz" -C "$RESULTS" .; fi
 
-echo "== summary"; cat "$SUMMARY"
-exit "$status"
+# ---------------------------------------------------------------- summary
+{
+  cat "$SCRATCH/env"
+  echo
+  printf '%-10s %-8s %5s %6s  %s\n' stage verdict time limit note
+  cat "$STAGE_LINES"
+  echo
+  if [ -n "$FAILED_AT" ]; then echo "VERDICT: FAILED (first at: $FAILED_AT)"; else echo "VERDICT: every stage that ran passed"; fi
+  cat "$DETAILS"
+} > "$SUMMARY"
+echo; echo "== summary ($SUMMARY)"; cat "$SUMMARY"
+echo; echo "files: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
+[ -z "$FAILED_AT" ]
