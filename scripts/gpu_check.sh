@@ -94,7 +94,7 @@ if [ "$DRY" = 1 ]; then
     printf '  %-10s %4s s  %s\n' "$1" "$2" "$3"; total=$((total + $2 + KILL_AFTER * ${4:-1}))
   }
   echo "gpu_check plan (dry run: nothing is built or run)${ARGS:+; options: $ARGS}"
-  line env $((L_SMI + L_PROBE)) "nvidia-smi; Python, torch, CUDA versions; a CUDA device visible" 2
+  line env $((L_SMI + L_PROBE)) "nvidia-smi; Python, torch, CUDA versions, a CUDA device visible, pytest-timeout" 2
   # (hash check of the prebuilt or leftover extension, the build, the hash check of the build)
   if [ -n "$PREBUILT" ]; then
     line build $((L_BUILD + L_HASH * 2)) "load $PREBUILT (prebuilt.tgz or _C*.so); if its source hash differs, build" 3
@@ -125,8 +125,10 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-16}
 export FUSED_RNN_PTXAS_VERBOSE=1 FUSED_RNN_PHASE_TIMING=1
 export FUSED_RNN_NO_JIT=1  # the tests must use the build below, never a silent JIT build
-if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+GPU_LINE=$(timeout --kill-after=$KILL_AFTER "$L_SMI" nvidia-smi \
+  --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 | head -1)
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then  # this GPU's arch only (9.0 -> 9.0a: Hopper's own)
+  cap=$(echo "$GPU_LINE" | awk -F', ' '{print $3}')
   case "$cap" in 9.0) TORCH_CUDA_ARCH_LIST=9.0a ;; [0-9]*.[0-9]*) TORCH_CUDA_ARCH_LIST=$cap ;; *) TORCH_CUDA_ARCH_LIST=9.0a ;; esac
 fi
 export TORCH_CUDA_ARCH_LIST
@@ -154,24 +156,26 @@ limited() {  # limited SECONDS LOG CMD...: run with a hard time limit; returns i
 }
 verdict_of() { case "$1" in 0) echo ok ;; 124|137) echo timeout ;; *) echo failed ;; esac; }
 
-HAVE_TIMEOUT_PLUGIN=0
-"$PY" -c "import pytest_timeout" >/dev/null 2>&1 && HAVE_TIMEOUT_PLUGIN=1
-
 # ---------------------------------------------------------------- env (top of summary.txt)
 {
   echo "fused_rnn GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), host $(hostname)"
   echo "command: scripts/gpu_check.sh $ARGS"
   echo "commit: $(git log -1 --format='%h %s' 2>/dev/null || echo 'no git')$(git status --porcelain 2>/dev/null | grep -q . && echo ' (working tree has uncommitted changes)')"
-  timeout --kill-after=$KILL_AFTER "$L_SMI" nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  echo "gpu: $GPU_LINE"
   echo "nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
-  echo "build: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS phase timing on; pytest-timeout: $([ $HAVE_TIMEOUT_PLUGIN = 1 ] && echo "yes (thread method)" || echo 'NOT installed: a hung test is stopped only by its stage limit')"
+  echo "build: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS, phase timing compiled in"
 } > "$SCRATCH/env" 2>&1
+# one Python start: versions, a usable CUDA device, the pytest-timeout plugin
 timeout --kill-after=$KILL_AFTER "$L_PROBE" "$PY" -c "
-import sys, torch
+import importlib.util, sys, torch
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
       '| cuDNN', torch.backends.cudnn.version(), '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+print('pytest-timeout:', 'yes (thread method)' if importlib.util.find_spec('pytest_timeout') else
+      'NOT installed: a hung test is stopped only by its stage limit')
 sys.exit(0 if torch.cuda.is_available() else 3)" >> "$SCRATCH/env" 2>&1
 rc=$?
+HAVE_TIMEOUT_PLUGIN=0
+grep -q "^pytest-timeout: yes" "$SCRATCH/env" && HAVE_TIMEOUT_PLUGIN=1
 cat "$SCRATCH/env"
 if [ "$rc" != 0 ]; then
   { cat "$SCRATCH/env"; echo; echo "no CUDA device usable from $PY (probe exit $rc): nothing was checked"; } > "$SUMMARY"

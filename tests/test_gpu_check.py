@@ -64,8 +64,9 @@ FAKE_PYTHON = r"""#!/usr/bin/env bash
 # a stand-in for python3 on a GPU machine: logs each call, behaves per FAKE_* variables
 echo "$*" >> "$FAKE_LOG"
 case "$*" in
-  *"import pytest_timeout"*) exit 0 ;;
-  *"torch.cuda.is_available"*) echo "python 3.12 | torch fake | CUDA 13.0 | device FakeGPU"; exit 0 ;;
+  *"torch.cuda.is_available"*) echo "python 3.12 | torch fake | CUDA 13.0 | device FakeGPU"
+                               if [ "${FAKE_PLUGIN:-yes}" = yes ]; then echo "pytest-timeout: yes (thread method)"
+                               else echo "pytest-timeout: NOT installed: ..."; fi; exit 0 ;;
   *"floors.build()"*) exit 0 ;;
   *"source_hash"*)
     if [ "${FAKE_HASH:-ok}" = ok ]; then exit 0; fi
@@ -155,6 +156,12 @@ def test_everything_passes(fake_tree):
     assert "./results.json" in names  # report.py finds it at the top of the folder
     assert any(n.endswith("floors.json") for n in names) and any(n.endswith("phases.json") for n in names)
     assert "Used 200 registers" in (fake_tree.out / "build.log").read_text()
+
+
+def test_without_pytest_timeout_the_tests_still_run(fake_tree):
+    proc, summary, calls, _ = fake_tree(plugin="no")
+    assert proc.returncode == 0, summary
+    assert "--timeout" not in calls and "pytest-timeout: NOT installed" in summary
 
 
 def test_smoke_failure_stops_tests_and_timings_but_not_the_sanitizer(fake_tree):
