@@ -22,13 +22,18 @@ Rules (design section 5):
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
 import pytest
 import torch
-from gpu_helpers import (DTYPE, NN, Case, cudnn_module, load_extension_or_fail, make_inputs,
-                         poison_allocator, rel_err, run_module)
+from gpu_helpers import BWD_CAP as CAP
+from gpu_helpers import BWD_FLOOR as FLOOR
+from gpu_helpers import (DTYPE, NN, Case, assert_close_named, assert_finite, describe_index,
+                         grads_named, load_extension_or_fail, make_inputs, poison_allocator,
+                         rel_err, tolerance)
+from gpu_helpers import cudnn_backward as run_cudnn
 from torch import nn
 
 import fused_rnn
@@ -36,9 +41,8 @@ from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
-# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
-FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
-CAP = {"fp32": 5e-4, "tf32": 5e-2, "fp16": 5e-2, "bf16": 2.5e-1}
+# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision:
+# FLOOR, CAP (gpu_helpers.BWD_FLOOR / BWD_CAP, shared with test_smoke_gpu.py)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -120,35 +124,10 @@ def run_fused(case, inp):
     return g
 
 
-def run_cudnn(case, inp):
-    """torch.nn at the case's dtype (cuDNN), same weights and output gradients, autograd:
-    (grad_input, grad_weights, grad_hx, grad_cx)."""
-    m = cudnn_module(case, inp)
-    x = inp["x"].clone().requires_grad_()
-    h0 = inp["hx"].clone().requires_grad_()
-    c0 = inp["cx"].clone().requires_grad_() if case.mode == "LSTM" else None
-    state = (h0, c0) if case.mode == "LSTM" else h0
-    out, h = run_module(m, case, x, state, inp["lengths"])
-    hy, cy = (h[0], h[1]) if case.mode == "LSTM" else (h, None)
-    loss = (out.float() * inp["gout"].float()).sum() + (hy.float() * inp["ghy"].float()).sum()
-    if cy is not None:
-        loss = loss + (cy.float() * inp["gcy"].float()).sum()
-    params = list(m._flat_weights)
-    grads = torch.autograd.grad(loss, [x, h0] + ([c0] if c0 is not None else []) + params)
-    gx, ghx = grads[0], grads[1]
-    gcx = grads[2] if c0 is not None else None
-    gw = list(grads[3 if c0 is not None else 2:])
-    return gx, gw, ghx, gcx
-
-
-def grad_errors(res, ref, mode):
-    """{name: error} over every gradient: input, each weight, hx, cx."""
-    errs = {"input": rel_err(res[0], ref[0]), "hx": rel_err(res[2], ref[2])}
-    if mode == "LSTM":
-        errs["cx"] = rel_err(res[3], ref[3])
-    for i, (g, r) in enumerate(zip(res[1], ref[1])):
-        errs[f"w{i}"] = rel_err(g, r)
-    return errs
+def grad_errors(res, ref, case):
+    """{name: error} over every gradient: grad_input, grad_hx, grad_cx, grad_w_ih_l0, ..."""
+    ref_n = grads_named(case, ref)
+    return {n: rel_err(g, ref_n[n]) for n, g in grads_named(case, res).items()}
 
 
 def plan_backward_or_skip(ext, case):
@@ -170,18 +149,7 @@ def plan_backward_or_skip(ext, case):
 # ----------------------------------------------------------------------------- tests
 
 
-def test_smoke_tiny(ext, precision):
-    """First and smallest: one layer, one step (if this hangs, nothing else will work)."""
-    precision("fp32")
-    case = Case("LSTM", 1, False, 3, 5, 2, 1, True, "fp32", False)
-    plan_backward_or_skip(ext, case)
-    inp = make_inputs(case, backward=True)
-    got = run_fused(case, inp)
-    ref = run_reference(case, inp)
-    assert got[0].shape == (1, 2, 3) and got[2].shape == (1, 2, 5) and got[3].shape == (1, 2, 5)
-    assert [g.shape for g in got[1]] == [w.shape for w in inp["w"]]
-    errs = grad_errors(got, ref, "LSTM")
-    assert max(errs.values()) < 1e-5, errs
+# (the tiny smoke test, L=1 T=1 fp32, is in test_smoke_gpu.py, run before this file)
 
 
 def test_plan_backward_covers_targets_and_explains_rejections(ext, precision):
@@ -224,30 +192,30 @@ def _check_case(ext, case, scale_case=None):
     plan_backward_or_skip(ext, case)
     inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000, backward=True)
     got = run_fused(case, inp)
-    for g in [got[0], got[2], *got[1]] + ([got[3]] if case.mode == "LSTM" else []):
-        assert g.dtype == DTYPE[case.prec]
-        assert torch.isfinite(g).all()
+    got_n = grads_named(case, got)
+    for n, g in got_n.items():
+        assert g.dtype == DTYPE[case.prec], f"{case.id}: {n} has dtype {g.dtype}"
+    assert_finite(case.id, got_n)
     assert [g.shape for g in got[1]] == [w.shape for w in inp["w"]]
     if case.mode != "LSTM":
         assert got[3].numel() == 0
     ref = run_reference(case, inp)
-    errs = grad_errors(got, ref, case.mode)
     base = scale_case or case
     try:
         binp = inp if scale_case is None else make_inputs(
             base, seed=zlib.crc32(case.id.encode()) % 1000, backward=True)
         cud = run_cudnn(base, binp)
         cud_ref = ref if scale_case is None else run_reference(base, binp)
-        cerrs = grad_errors(cud, cud_ref, base.mode)
+        cerrs = grad_errors(cud, cud_ref, base)
     except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
         print(f"cuDNN failed ({e}); checking against the floor only")
-        cerrs = {k: 0.0 for k in errs}
-    worst = {k: (errs[k], cerrs.get(k, 0.0)) for k in errs}
-    print(case.id, {k: f"{a:.2e} (cuDNN {b:.2e})" for k, (a, b) in worst.items()})
-    for name, (e, c) in worst.items():
-        assert e <= 2 * c + FLOOR[case.prec], (name, e, c, worst)
-        assert e <= CAP[case.prec], (name, e, c, worst)
-    return errs
+        cerrs = {k: 0.0 for k in got_n}
+    # per gradient: error <= 2 x cuDNN's + floor, <= cap; prints one line per gradient,
+    # the message names the gradient and the index of its largest error
+    return assert_close_named(
+        case.id, got_n, grads_named(case, ref),
+        {k: tolerance(cerrs.get(k, 0.0), FLOOR[case.prec], CAP[case.prec]) for k in got_n},
+        cerrs, where=functools.partial(describe_index, case))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -18,12 +18,17 @@ Rules (design section 5):
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import pytest
 import torch
-from gpu_helpers import (DTYPE, Case, cudnn_module, load_extension_or_fail, make_inputs,
-                         poison_allocator, rel_err, run_module)
+from gpu_helpers import FWD_CAP as CAP
+from gpu_helpers import FWD_FLOOR as FLOOR
+from gpu_helpers import (DTYPE, Case, Tol, assert_close_named, assert_finite, describe_index,
+                         forward_named, load_extension_or_fail, make_inputs, poison_allocator,
+                         rel_err, tolerance)
+from gpu_helpers import cudnn_forward as run_cudnn
 from torch import nn
 
 import fused_rnn
@@ -31,9 +36,8 @@ from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
-# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision
-FLOOR = {"fp32": 1e-5, "tf32": 1.5e-3, "fp16": 1e-3, "bf16": 8e-3}
-CAP = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
+# error floors (added to 2x cuDNN's error) and absolute sanity caps, per precision:
+# FLOOR, CAP (gpu_helpers.FWD_FLOOR / FWD_CAP, shared with test_smoke_gpu.py)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -89,25 +93,6 @@ def run_reference(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False
                                  case.bidir, case.bias, 0, dropout, need_reserve)
 
 
-def run_cudnn(case: Case, inp):
-    """torch.nn at the case's dtype on the same weights: (output, hy, cy or None)."""
-    m = cudnn_module(case, inp)
-    with torch.no_grad():
-        state = (inp["hx"], inp["cx"]) if case.mode == "LSTM" else inp["hx"]
-        out, h = run_module(m, case, inp["x"], state, inp["lengths"])
-    if case.mode == "LSTM":
-        return out, h[0], h[1]
-    return out, h, None
-
-
-def result_err(res, ref, mode):
-    out, hy, cy = res[0], res[1], res[2]
-    e = max(rel_err(out, ref[0]), rel_err(hy, ref[1]))
-    if mode == "LSTM":
-        e = max(e, rel_err(cy, ref[2]))
-    return e
-
-
 def fused(ext, case, inp, **kw):
     poison_allocator()
     res = torch.ops.fused_rnn._fused_forward(*op_args(case, inp, **kw))
@@ -140,17 +125,7 @@ def valid_mask(case, lengths):
 # ----------------------------------------------------------------------------- tests
 
 
-def test_smoke_tiny(ext, precision):
-    """First and smallest: one layer, one step (if this hangs, nothing else will work)."""
-    precision("fp32")
-    case = Case("LSTM", 1, False, 3, 5, 2, 1, True, "fp32", False)
-    plan_or_skip(ext, case)
-    inp = make_inputs(case)
-    out, hy, cy, reserve = fused(ext, case, inp)
-    ref = run_reference(case, inp)
-    assert out.shape == (1, 2, 5) and hy.shape == (1, 2, 5) and cy.shape == (1, 2, 5)
-    assert reserve.numel() == 0
-    assert result_err((out, hy, cy), ref, "LSTM") < 1e-5
+# (the tiny smoke test, L=1 T=1 fp32, is in test_smoke_gpu.py, run before this file)
 
 
 def test_extension_facts(ext):
@@ -199,19 +174,26 @@ def test_forward_matches_reference(ext, precision, case):
         assert cy.shape == (case.L * D, case.B, case.H)
     else:
         assert cy.numel() == 0
-    assert torch.isfinite(out).all() and torch.isfinite(hy).all() and torch.isfinite(cy).all()
+    got_n = forward_named(case, (out, hy, cy))
+    assert_finite(case.id, got_n)
 
     ref = run_reference(case, inp, need_reserve=True)
-    err = result_err((out, hy, cy), ref, case.mode)
+    ref_n = forward_named(case, ref)
     try:
         cud = run_cudnn(case, inp)
-        cudnn_err = result_err(cud, ref, case.mode)
+        cud_errs = {n: rel_err(t, ref_n[n]) for n, t in forward_named(case, cud).items()}
     except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
-        cudnn_err = 0.0
+        cud_errs = {n: 0.0 for n in got_n}
         print(f"cuDNN failed ({e}); checking against the floor only")
+    # rule: max error <= 2 x (max cuDNN error) + floor, <= cap; the message names the
+    # tensor and the index of its largest error
+    cudnn_err = max(cud_errs.values())
+    errs = assert_close_named(
+        case.id, got_n, ref_n,
+        {n: tolerance(cudnn_err, FLOOR[case.prec], CAP[case.prec]) for n in got_n}, cud_errs,
+        where=functools.partial(describe_index, case))
+    err = max(errs.values())
     print(f"{case.id}: fused err {err:.3g}, cuDNN err {cudnn_err:.3g}")
-    assert err <= 2 * cudnn_err + FLOOR[case.prec], (err, cudnn_err)
-    assert err <= CAP[case.prec], (err, cudnn_err)
 
     # zero output rows past each length, exactly
     valid = valid_mask(case, inp["lengths"])
@@ -220,7 +202,7 @@ def test_forward_matches_reference(ext, precision, case):
     # reserve: same layout and values as the reference's, on valid timesteps
     assert reserve.shape == ref[3].shape, (reserve.shape, ref[3].shape)
     vr, vf = ref[3][:, valid], reserve[:, valid]
-    assert torch.isfinite(vf).all()
+    assert_finite(case.id, {"reserve (valid steps)": vf})
     res_err = rel_err(vf, vr)
     assert res_err <= max(4 * err, FLOOR[case.prec] * 4) + 2 * cudnn_err, (res_err, err)
 
@@ -258,10 +240,13 @@ def test_dropout_equals_reference_with_same_seed(ext, precision, case, p):
     inp = make_inputs(case, seed=7)
     seed = torch.tensor(123456789 + int(p * 100), dtype=torch.int64, device="cuda")
     out, hy, cy, reserve = fused(ext, case, inp, dropout=p, seed=seed, need_reserve=True)
-    assert torch.isfinite(out).all()
+    assert_finite(case.id, forward_named(case, (out, hy, cy)))
     ref = run_reference(case, inp, dropout=p, seed=seed, need_reserve=True)
-    err = result_err((out, hy, cy), ref, case.mode)
-    assert err <= CAP[case.prec], err
+    cap = Tol(CAP[case.prec], f"cap {CAP[case.prec]:.3g}")
+    errs = assert_close_named(case.id, forward_named(case, (out, hy, cy)),
+                              forward_named(case, ref),
+                              {n: cap for n in forward_named(case, ref)})
+    err = max(errs.values())
     valid = valid_mask(case, inp["lengths"])
     assert rel_err(reserve[:, valid], ref[3][:, valid]) <= max(4 * err, 4 * FLOOR[case.prec])
     # it really dropped something: differs from the run without dropout
@@ -327,7 +312,7 @@ def test_long_sequence_beyond_grid_limit(ext, precision):
     plan_or_skip(ext, case)
     inp = make_inputs(case)
     out, hy, cy, _ = fused(ext, case, inp)
-    assert torch.isfinite(out).all() and torch.isfinite(hy).all()
+    assert_finite(case.id, forward_named(case, (out, hy, cy)))
     cud = run_cudnn(case, inp)
     assert rel_err(out, cud[0]) < 1e-3 and rel_err(hy, cud[1]) < 1e-3 and rel_err(cy, cud[2]) < 1e-3
     # prefix property (unidirectional): the first steps equal the fp64 reference on a prefix
@@ -379,7 +364,7 @@ def test_reserve_fully_written_and_training_with_lengths_is_finite(ext, precisio
     plan_or_skip(ext, case, need_reserve=True)
     inp = make_inputs(case, seed=3)
     _, _, _, reserve = fused(ext, case, inp, need_reserve=True)
-    assert torch.isfinite(reserve).all()
+    assert_finite(case.id, {"reserve": reserve})
     for cls in (fused_rnn.LSTM, fused_rnn.GRU):
         m = cls(11, 37, num_layers=2).cuda()
         x = torch.randn(8, 5, 11, device="cuda", requires_grad=True)
@@ -388,8 +373,9 @@ def test_reserve_fully_written_and_training_with_lengths_is_finite(ext, precisio
         out, _ = m(packed)
         assert m.last_backend.startswith("fused"), m.last_backend
         out.data.square().sum().backward()
-        assert torch.isfinite(x.grad).all()
-        assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+        assert_finite(f"{cls.__name__}(11, 37, num_layers=2), packed",
+                      {"grad_input": x.grad,
+                       **{f"grad_{n}": p.grad for n, p in m.named_parameters()}})
 
 
 def test_fp32_follows_cudnn_rnn_precision_setting(ext):
