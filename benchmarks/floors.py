@@ -15,6 +15,15 @@ The CUDA kernels (csrc/floors.cu, no torch header) are compiled at run time
 for the current arch (sm_90a on Hopper) and called through ctypes. A barrier's
 cost is the difference of two launches with N and 2N barriers, divided by N,
 so launch overhead cancels; each launch is repeated and the median taken.
+
+    python benchmarks/floors.py --phases [--out DIR]
+
+measures instead where the fused kernels' wave steps spend their time (gather,
+GEMM, epilogue, barrier wait; bf16 LSTM L=4 H=I=512 T=512, B=1 and 32, forward
+and backward), next to the performance model's prediction (PHASE_MODEL, the
+table "Per-phase model" in csrc/kernels/README.md). It needs the extension
+built with FUSED_RNN_PHASE_TIMING=1 (the kernels' clock64() recorders,
+csrc/kernels/phase_timing.h); a production build carries none.
 """
 
 from __future__ import annotations
@@ -161,10 +170,268 @@ def run_all() -> dict:
     return out
 
 
+# ------------------------------------------------------------ per-phase timing (--phases)
+#
+# The buffer layout mirrors csrc/kernels/phase_timing.h (the header documents it):
+# a run header of 8 int64, then per recorded CTA (one per layer-direction) 8
+# int64 of stamps and 4 slots per wave step (cycles; -1 = did not happen).
+
+PHASE_MAGIC = 0x315348504E4E5246  # the bytes "FRNNPHS1"
+PHASE_RUN_HEADER = 8
+PHASE_CTA_HEADER = 8
+PHASES = ("gather", "gemm", "epilogue", "barrier")  # the 4 slots of a step, in order
+PHASE_KINDS = ("forward", "backward")
+PHASE_SHAPE = dict(cell="LSTM", dtype="bf16", layers=4, hidden=512, input_size=512, seq=512)
+PHASE_BATCHES = (1, 32)
+PHASE_DEVICE = "cuda"  # (the CPU tests run the measurement logic on CPU tensors, faked)
+
+# The performance model's prediction per phase, in µs per active wave step (mean
+# over the recorded CTAs, one per layer), for PHASE_SHAPE; written down before any
+# measurement. csrc/kernels/README.md ("Per-phase model") has the same table with
+# the reasoning; tests/test_bench.py checks that the two agree. None: the kernel
+# has no such phase (the backward's epilogue inputs are loaded inside its GEMM phase).
+PHASE_MODEL = {
+    ("forward", 1): dict(gather=0.5, gemm=1.1, epilogue=0.3, barrier=1.5, total=3.4),
+    ("forward", 32): dict(gather=1.0, gemm=2.3, epilogue=0.5, barrier=1.5, total=5.3),
+    ("backward", 1): dict(gather=None, gemm=1.4, epilogue=0.2, barrier=1.6, total=3.2),
+    ("backward", 32): dict(gather=None, gemm=3.9, epilogue=0.3, barrier=2.1, total=6.3),
+}
+
+
+def phase_wave_steps(kind: str, layers: int, dirs: int, seq: int) -> int:
+    """Wave steps of one launch (phase_timing.h's phase_wave_steps)."""
+    if kind == "forward":
+        return layers * seq if dirs == 2 else seq + layers - 1
+    return layers * seq + 1 if dirs == 2 else seq + layers
+
+
+def phase_buffer_elems(kind: str, layers: int, dirs: int, seq: int) -> int:
+    """int64 elements of a phase buffer for one launch (= _C.phase_buffer_size)."""
+    return PHASE_RUN_HEADER + layers * dirs * (
+        PHASE_CTA_HEADER + len(PHASES) * phase_wave_steps(kind, layers, dirs, seq))
+
+
+def parse_phase_buffer(buf) -> dict:
+    """The raw int64 buffer (a sequence of ints or a tensor) as a dict: the run header and,
+    per complete record, its stamps and steps (4-tuples of cycles, -1 = did not happen).
+    Raises ValueError for anything that is not a consistent phase buffer."""
+    v = [int(x) for x in (buf.tolist() if hasattr(buf, "tolist") else buf)]
+    if len(v) < PHASE_RUN_HEADER or v[0] != PHASE_MAGIC:
+        raise ValueError("not a phase buffer (no run header: did the kernel record? "
+                         "is the extension built with FUSED_RNN_PHASE_TIMING=1?)")
+    _, kind, n_rec, steps, seq, layers, dirs, stride = v[:PHASE_RUN_HEADER]
+    if kind not in (0, 1) or n_rec != layers * dirs or \
+            steps != phase_wave_steps(PHASE_KINDS[kind], layers, dirs, seq) or \
+            stride != PHASE_CTA_HEADER + len(PHASES) * steps:
+        raise ValueError(f"inconsistent phase run header {v[:PHASE_RUN_HEADER]}")
+    out = dict(kind=PHASE_KINDS[kind], layers=layers, dirs=dirs, seq=seq, steps=steps,
+               records=[], incomplete=0)
+    for r in range(n_rec):
+        base = PHASE_RUN_HEADER + r * stride
+        rec = v[base:base + stride]
+        if len(rec) < stride or rec[7] != steps:  # cut off by the capacity, or not finished
+            out["incomplete"] += 1
+            continue
+        block, ld, c0, c1, g0, g1, loop0, _ = rec[:PHASE_CTA_HEADER]
+        if ld != r or not c0 <= loop0 <= c1 or not g0 < g1:
+            raise ValueError(f"record {r}: bad stamps {rec[:PHASE_CTA_HEADER]}")
+        st = [tuple(rec[PHASE_CTA_HEADER + 4 * s:PHASE_CTA_HEADER + 4 * s + 4]) for s in range(steps)]
+        for s, slots in enumerate(st):
+            if any(x < -1 for x in slots) or (slots[1] < 0 and any(x >= 0 for x in slots[:3])):
+                raise ValueError(f"record {r}, step {s}: bad slots {slots}")
+        out["records"].append(dict(block=block, ld=ld, clock=(c0, c1), ns=(g0, g1), loop_start=loop0,
+                                   steps=st))
+    return out
+
+
+def analyze_phase_buffer(buf) -> dict:
+    """Per-phase means of one launch's buffer, in µs per ACTIVE wave step: pooled over the
+    recorded CTAs and their active steps (slot 1 >= 0), each CTA's cycles converted with its
+    own clock rate, (clock end - start) / (globaltimer end - start). The barrier mean is over
+    the active steps that end with one (the launch's last step has none); a phase that never
+    happened (the backward's gather) is None. `total_us`: mean per active step of the sum of
+    its recorded phases. Also: active steps per CTA, clock rate, kernel span (globaltimer)."""
+    run = parse_phase_buffer(buf)
+    if not run["records"]:
+        raise ValueError("no complete record in the phase buffer (too small?)")
+    sums = {name: [0.0, 0] for name in PHASES}
+    total, n_active, active_steps, ghz, prologue = 0.0, 0, [], [], []
+    for rec in run["records"]:
+        rate = (rec["clock"][1] - rec["clock"][0]) / (rec["ns"][1] - rec["ns"][0])  # cycles per ns
+        ghz.append(rate)
+        prologue.append((rec["loop_start"] - rec["clock"][0]) / rate / 1e3)
+        act = [slots for slots in rec["steps"] if slots[1] >= 0]
+        active_steps.append(len(act))
+        for slots in act:
+            for name, x in zip(PHASES, slots):
+                if x >= 0:
+                    sums[name][0] += x / rate / 1e3
+                    sums[name][1] += 1
+            total += sum(x for x in slots if x >= 0) / rate / 1e3
+            n_active += 1
+    span_ns = max(r["ns"][1] for r in run["records"]) - min(r["ns"][0] for r in run["records"])
+    return dict(kind=run["kind"], steps=run["steps"], records=len(run["records"]),
+                incomplete=run["incomplete"], active_steps=active_steps,
+                phases_us={name: (s / n if n else None) for name, (s, n) in sums.items()},
+                total_us=total / n_active if n_active else None,
+                clock_ghz=sum(ghz) / len(ghz), prologue_us=sum(prologue) / len(prologue),
+                kernel_us=span_ns / 1e3)
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def phases_table(rows: list[dict]) -> str:
+    """The measured phase means beside the model, one block per (kernel, batch)."""
+    lines = [f"{'kernel':9} {'B':>3}  {'phase':18} {'measured':>9} {'model':>7}   (µs per active step)"]
+    for r in rows:
+        model = PHASE_MODEL.get((r["kernel"], r["batch"]), {})
+        if r.get("reason"):
+            lines.append(f"{r['kernel']:9} {r['batch']:>3}  not measured: {r['reason']}")
+            continue
+        for name in PHASES:
+            label = {"gemm": "GEMM" + (" (+ prefetch)" if r["kernel"] == "backward" else ""),
+                     "barrier": "barrier wait"}.get(name, name)
+            lines.append(f"{r['kernel']:9} {r['batch']:>3}  {label:18} "
+                         f"{_fmt(r['phases_us'][name]):>9} {_fmt(model.get(name)):>7}")
+        lines.append(f"{r['kernel']:9} {r['batch']:>3}  {'total per step':18} "
+                     f"{_fmt(r['total_us']):>9} {_fmt(model.get('total')):>7}")
+        lines.append(f"{'':14}  kernel {r['kernel_us'] / 1e3:.3f} ms by its recorded CTAs' timer; "
+                     f"op {r['event_ms']:.3f} ms by CUDA events = {r['event_us_per_step']:.2f} µs over "
+                     f"{r['steps']} steps{' (incl. the weight GEMMs)' if r['kernel'] == 'backward' else ''}; "
+                     f"SM clock {r['clock_ghz']:.2f} GHz; active steps per CTA "
+                     f"{sorted(set(r['active_steps']))}")
+    return "\n".join(lines)
+
+
+def _phase_ext():
+    """(extension module or None, why not)."""
+    try:
+        from fused_rnn._build import extension_status, load_extension
+    except ImportError as e:
+        return None, f"fused_rnn not importable ({e})"
+    ext = load_extension()
+    if ext is None:
+        return None, f"the CUDA extension is unavailable ({extension_status()['reason']})"
+    if not getattr(ext, "phase_timing_compiled", False):
+        return None, ("the extension was built without per-phase timing; rebuild it with "
+                      "FUSED_RNN_PHASE_TIMING=1 (e.g. FUSED_RNN_PHASE_TIMING=1 python setup.py "
+                      "build_ext --inplace)")
+    return ext, None
+
+
+def _phase_ops():
+    """The extension's ops (registered when it is loaded)."""
+    return torch.ops.fused_rnn
+
+
+def run_phases(ext, batches=PHASE_BATCHES) -> list[dict]:
+    """Per (kernel, batch): one warm-up launch without recording, then one recorded launch
+    between CUDA events, analysed. Through the extension's ops (_fused_forward inference,
+    _fused_backward on a forward's reserve) with a phase buffer set."""
+    sh = PHASE_SHAPE
+    L, H, I, T = sh["layers"], sh["hidden"], sh["input_size"], sh["seq"]
+    dt, dev = torch.bfloat16, PHASE_DEVICE
+    ops = _phase_ops()
+    rows = []
+    for B in batches:
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(I, H, L, device=dev, dtype=dt)
+        w = [t.detach() for t in lstm._flat_weights]
+        x = torch.randn(T, B, I, device=dev, dtype=dt)
+        hx = torch.randn(L, B, H, device=dev, dtype=dt)
+        cx = torch.randn(L, B, H, device=dev, dtype=dt)
+
+        def forward(need_reserve):
+            return ops._fused_forward(x, w, hx, cx, None, None, "LSTM", L, False, True, 0, 0.0,
+                                      need_reserve)
+
+        saved = {}
+
+        def backward():
+            out, _, _, reserve = saved["fwd"]
+            return ops._fused_backward(saved["gout"], saved["ghy"], saved["gcy"], x, w, hx, cx, None,
+                                       None, out, reserve, "LSTM", L, False, True, 0, 0.0)
+
+        for kind in PHASE_KINDS:
+            row = dict(kernel=kind, batch=B, **sh)
+            planner = ext.plan if kind == "forward" else ext.plan_backward
+            ok, why = planner("LSTM", L, False, True, 0, I, H, B, T, dt, torch.cuda.current_device(),
+                              kind == "backward", False, 0.0)
+            row["plan"] = why
+            if not ok:
+                rows.append(dict(row, reason=f"not covered by the fused kernel: {why}"))
+                continue
+            if kind == "forward":
+                launch = lambda: forward(False)  # noqa: E731 - inference, no reserve
+            else:
+                saved["fwd"] = forward(True)
+                saved["gout"] = torch.randn_like(saved["fwd"][0])
+                saved["ghy"], saved["gcy"] = torch.randn_like(hx), torch.randn_like(cx)
+                launch = backward
+            n = ext.phase_buffer_size(kind, L, False, T)
+            assert n == phase_buffer_elems(kind, L, 1, T), "phase buffer formula out of sync"
+            buf = torch.full((n,), -2, dtype=torch.int64, device=dev)
+            ext.set_phase_buffer(kind, None)
+            launch()  # warm-up: module load, plan cache, allocator; not recorded
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            ext.set_phase_buffer(kind, buf)
+            try:
+                start.record()
+                launch()
+                end.record()
+                end.synchronize()
+            finally:
+                ext.set_phase_buffer(kind, None)
+            try:
+                res = analyze_phase_buffer(buf.cpu())
+            except ValueError as e:  # the kernel recorded nothing usable: say so, keep going
+                rows.append(dict(row, reason=f"no usable phase records: {e}"))
+                continue
+            event_ms = start.elapsed_time(end)
+            row.update(res, model=PHASE_MODEL.get((kind, B)), event_ms=event_ms,
+                       event_us_per_step=1e3 * event_ms / res["steps"])
+            rows.append(row)
+        saved.clear()
+    return rows
+
+
+def phases_main(out_dir) -> int:
+    """floors.py --phases: 0 when every row was measured (or no GPU: nothing to do), 1 when
+    the GPU is there but the extension cannot record (built without the flag, or
+    unavailable) or a row could not be measured (its reason is printed)."""
+    if not torch.cuda.is_available():
+        print("floors --phases: no CUDA GPU visible; per-phase timing is a GPU measurement "
+              "(nothing to do here).")
+        return 0
+    ext, why = _phase_ext()
+    if ext is None:
+        print(f"floors --phases: cannot measure: {why}.")
+        return 1
+    rows = run_phases(ext)
+    sh = PHASE_SHAPE
+    print(f"{torch.cuda.get_device_name()}: per-phase timing, {sh['dtype']} {sh['cell']} "
+          f"L={sh['layers']} H=I={sh['hidden']} T={sh['seq']} (mean over the recorded CTAs, one "
+          f"per layer, and their active steps)\n{phases_table(rows)}")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "phases.json"), "w") as f:
+            json.dump({"meta": common.environment(), "phases": rows}, f, indent=1)
+            f.write("\n")
+        print(f"wrote {out_dir}/phases.json")
+    return 1 if any(r.get("reason") for r in rows) else 0
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", help="folder for floors.json")
+    ap.add_argument("--out", help="folder for floors.json (phases.json with --phases)")
+    ap.add_argument("--phases", action="store_true",
+                    help="only the per-phase timing of the fused kernels (needs an extension "
+                         "built with FUSED_RNN_PHASE_TIMING=1), beside the model's prediction")
     args = ap.parse_args(argv)
+    if args.phases:
+        return phases_main(args.out)
     if not torch.cuda.is_available():
         print("floors: no CUDA GPU visible; these are GPU measurements (nothing to do here).")
         return 0

@@ -103,9 +103,14 @@ def floors_table(floors: dict) -> str:
 
 def header_text(meta: dict) -> str:
     commit = (meta.get("git_commit") or "unknown")[:12]
+    # scripts/gpu_check.sh builds with the per-phase timing recorder compiled in (idle
+    # while the benchmark runs, but not the production build): said where it applies
+    diag = (" Extension built with the per-phase timing recorder compiled in (idle during "
+            "these runs; scripts/gpu_check.sh's build)."
+            if (meta.get("fused_rnn") or {}).get("phase_timing_compiled") else "")
     return (f"**{meta['device']}** (compute capability {meta.get('capability', '?')}), "
             f"torch {meta['torch']}, CUDA {meta.get('cuda')}, cuDNN {meta.get('cudnn')}, "
-            f"commit `{commit}`, {meta['date'][:10]}.")
+            f"commit `{commit}`, {meta['date'][:10]}.{diag}")
 
 
 CONVENTIONS = (

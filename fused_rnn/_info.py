@@ -12,7 +12,9 @@ def backend_info(load: bool = True) -> dict:
 
     Keys: ``cuda_available``, ``device`` (name of the current CUDA device or
     None), ``extension_loaded``, ``extension_how`` ("prebuilt" / "jit" /
-    None), ``compiled_archs``, ``reason`` (why the extension is not loaded),
+    None), ``compiled_archs``, ``source_hash`` (of the csrc/ it was built from),
+    ``phase_timing_compiled`` (a diagnostics build with the per-phase timing
+    recorder), ``reason`` (why the extension is not loaded),
     and ``default_path`` (what a CUDA forward of a covered shape would run).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
@@ -23,6 +25,10 @@ def backend_info(load: bool = True) -> dict:
     archs = []
     if ext is not None and hasattr(ext, "compiled_archs"):
         archs = list(ext.compiled_archs())
+    # build facts: the csrc/ hash it was compiled from, and whether its kernels carry the
+    # per-phase timing recorder (a diagnostics build: FUSED_RNN_PHASE_TIMING=1)
+    source_hash = getattr(ext, "source_hash", None) if ext is not None else None
+    phase_timing = bool(getattr(ext, "phase_timing_compiled", False)) if ext is not None else None
     if not cuda:
         reason = ("torch is a CPU-only build" if torch.version.cuda is None
                   else "no CUDA device visible")
@@ -36,6 +42,8 @@ def backend_info(load: bool = True) -> dict:
         "extension_loaded": ext is not None,
         "extension_how": status["how"],
         "compiled_archs": archs,
+        "source_hash": source_hash,
+        "phase_timing_compiled": phase_timing,
         "reason": reason,
         "default_path": "fused CUDA kernel" if ext is not None else "reference (pure PyTorch)",
     }

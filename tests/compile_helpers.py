@@ -67,13 +67,15 @@ def run_host_program(tmp_path_factory, name, program):
 # --------------------------------------------------------------- the host emulation
 
 
-def build_emulator(tmp_path_factory, main, name, sanitize):
-    """Builds csrc/emu/<main> with -fsanitize=<sanitize>: (executable, compiler stderr).
-    Skips where the host compiler lacks _Float16 or the sanitizer."""
+def build_emulator(tmp_path_factory, main, name, sanitize, defines=()):
+    """Builds csrc/emu/<main> with -fsanitize=<sanitize> (and -D<d> for each of `defines`,
+    e.g. FRNN_PHASE_TIMING=1): (executable, compiler stderr). Skips where the host compiler
+    lacks _Float16 or the sanitizer."""
     if CXX is None:
         pytest.skip("no host C++ compiler")
     exe = tmp_path_factory.mktemp(name) / name
     cmd = [CXX, "-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+           *[f"-D{d}" for d in defines],
            f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
            f"-I{os.path.join(CSRC, 'emu', 'include')}", f"-I{CSRC}",
            os.path.join(CSRC, "emu", main), "-o", str(exe)]

@@ -137,6 +137,10 @@ def test_report_renders_and_updates_readme(tmp_path):
     assert "not available: operation not supported" in text
     assert report.NO_RESULTS in report.render_section(None)
     assert report.NO_RESULTS in report.render_section(str(tmp_path / "nowhere"))
+    assert "per-phase timing" not in text
+    # a run on scripts/gpu_check.sh's diagnostics build says so
+    meta = dict(device="X", torch="t", date="2026-01-02", fused_rnn={"phase_timing_compiled": True})
+    assert "per-phase timing recorder compiled in" in report.header_text(meta)
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{report.START}\nold\n{report.END}\n\ntail\n")
@@ -268,3 +272,189 @@ def test_floors_difference_method():
     # 0.05 ms launch overhead + 1.5 µs per barrier: the difference of N and 2N cancels the overhead
     us, count = floors._per_barrier_us(lambda n: (0.05 + 1.5e-3 * n, 132), iters=1000, repeats=3)
     assert us == pytest.approx(1.5) and count == 132
+
+
+# ------------------------------------------------------------------ floors --phases
+
+
+def _phase_buffer(kind="forward", L=2, T=3, rates=(1.5, 2.0)):
+    """A phase buffer built by hand from the layout in csrc/kernels/phase_timing.h: record
+    `ld` runs its phases at rates[ld] cycles per ns; per active step gather 100*(ld+1) ns
+    (backward: none), GEMM 1000, epilogue 300, barrier 400 + 100*s ns; idle steps spend
+    700 ns in the barrier; the launch's last step has no barrier."""
+    S = floors.phase_wave_steps(kind, L, 1, T)
+    stride = 8 + 4 * S
+    buf = [floors.PHASE_MAGIC, floors.PHASE_KINDS.index(kind), L, S, T, L, 1, stride]
+    for ld in range(L):
+        rate = rates[ld]
+        c0, g0 = 1000 * (ld + 1), 5000
+        first = ld if kind == "forward" else L - 1 - ld
+        n_active = T if kind == "forward" else T + 1
+        buf += [7 * ld, ld, c0, c0 + int(rate * 10000), g0, g0 + 10000, c0 + int(rate * 1000), S]
+        for s in range(S):
+            barrier = int(rate * (400 + 100 * s)) if s < S - 1 else -1
+            if first <= s < first + n_active:
+                gather = int(rate * 100 * (ld + 1)) if kind == "forward" else -1
+                buf += [gather, int(rate * 1000), int(rate * 300), barrier]
+            else:
+                buf += [-1, -1, -1, int(rate * 700) if s < S - 1 else -1]
+    assert len(buf) == floors.phase_buffer_elems(kind, L, 1, T)
+    return buf
+
+
+def test_phase_analysis_on_a_synthetic_buffer():
+    res = floors.analyze_phase_buffer(_phase_buffer())
+    assert res["kind"] == "forward" and res["steps"] == 4 and res["records"] == 2
+    assert res["active_steps"] == [3, 3] and res["incomplete"] == 0
+    ph = res["phases_us"]
+    # pooled over (CTA, active step), each CTA at its own clock rate
+    assert ph["gather"] == pytest.approx((3 * 0.1 + 3 * 0.2) / 6)
+    assert ph["gemm"] == pytest.approx(1.0) and ph["epilogue"] == pytest.approx(0.3)
+    # record 0 active at steps 0..2 (barriers 400, 500, 600 ns), record 1 at 1..3 (500, 600, none)
+    assert ph["barrier"] == pytest.approx((0.4 + 0.5 + 0.6 + 0.5 + 0.6) / 5)
+    assert res["total_us"] == pytest.approx((3 * 1.4 + 1.5 + 3 * 1.5 + 1.1) / 6)
+    assert res["clock_ghz"] == pytest.approx(1.75) and res["kernel_us"] == pytest.approx(10.0)
+    assert res["prologue_us"] == pytest.approx(1.0)
+    # the backward: no gather phase, T + 1 active steps per CTA
+    back = floors.analyze_phase_buffer(_phase_buffer("backward"))
+    assert back["phases_us"]["gather"] is None and back["active_steps"] == [4, 4]
+    assert back["phases_us"]["gemm"] == pytest.approx(1.0)
+    # a tensor works as well as a list
+    assert floors.analyze_phase_buffer(torch.tensor(_phase_buffer()))["phases_us"] == ph
+
+
+def test_phase_analysis_rejects_what_is_not_a_complete_run():
+    buf = _phase_buffer()
+    with pytest.raises(ValueError, match="not a phase buffer"):
+        floors.analyze_phase_buffer([0] * len(buf))  # the kernel recorded nothing
+    with pytest.raises(ValueError, match="inconsistent"):
+        floors.analyze_phase_buffer(buf[:3] + [buf[3] + 1] + buf[4:])  # steps vs T, L
+    bad = list(buf)
+    bad[8 + 8 + 4 * 1 + 2] = -5  # record 0, step 1, epilogue
+    with pytest.raises(ValueError, match="bad slots"):
+        floors.analyze_phase_buffer(bad)
+    bad = list(buf)
+    bad[8 + 8 + 4 * 3 + 0] = 5  # record 0, step 3 is idle: a gather there is corrupt
+    with pytest.raises(ValueError, match="bad slots"):
+        floors.analyze_phase_buffer(bad)
+    # a buffer cut short (capacity): only the complete records count
+    stride = 8 + 4 * 4
+    res = floors.analyze_phase_buffer(buf[:8 + stride + 5])
+    assert res["records"] == 1 and res["incomplete"] == 1 and res["active_steps"] == [3]
+    with pytest.raises(ValueError, match="no complete record"):
+        floors.analyze_phase_buffer(buf[:8 + 5])
+
+
+def test_phases_table_shows_measurement_beside_model():
+    res = floors.analyze_phase_buffer(_phase_buffer("backward"))
+    row = dict(kernel="backward", batch=32, event_ms=1.25, event_us_per_step=1.25e3 / res["steps"],
+               **res)
+    text = floors.phases_table([row, dict(kernel="forward", batch=1, reason="not covered: x")])
+    model = floors.PHASE_MODEL[("backward", 32)]
+    assert f"{'GEMM (+ prefetch)':18} {res['phases_us']['gemm']:>9.2f} {model['gemm']:>7.2f}" in text
+    assert f"{'total per step':18} {res['total_us']:>9.2f} {model['total']:>7.2f}" in text
+    assert "gather" in text and "—" in text  # the backward has no gather phase
+    assert "forward     1  not measured: not covered: x" in text
+
+
+def _readme_phase_model():
+    """The "Per-phase model" table of csrc/kernels/README.md as {(kernel, B): {phase: µs}}."""
+    text = open(os.path.join(REPO, "csrc", "kernels", "README.md")).read()
+    head = "| kernel | B | gather | GEMM | epilogue | barrier wait | total per step |"
+    assert text.count(head) == 1
+    lines = text.split(head, 1)[1].strip().splitlines()[1:]  # skip the | --- | row
+    table = {}
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        vals = [None if c in ("–", "-", "—") else float(c) for c in cells[2:]]
+        table[(cells[0], int(cells[1]))] = dict(zip(("gather", "gemm", "epilogue", "barrier",
+                                                     "total"), vals))
+    return table
+
+
+def test_phase_model_readme_table_and_dict_agree():
+    assert _readme_phase_model() == floors.PHASE_MODEL
+    for key, m in floors.PHASE_MODEL.items():
+        parts = sum(v for k, v in m.items() if k != "total" and v is not None)
+        assert m["total"] == pytest.approx(parts, abs=0.051), key
+    assert set(floors.PHASE_MODEL) == {(k, b) for k in floors.PHASE_KINDS for b in floors.PHASE_BATCHES}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, --phases measures")
+def test_phases_without_gpu_exits_0_and_writes_nothing(tmp_path, capsys):
+    assert floors.main(["--phases", "--out", str(tmp_path / "out")]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_phases_with_an_uninstrumented_build_exits_1(tmp_path, capsys, monkeypatch):
+    from fused_rnn import _build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_build, "load_extension",
+                        lambda: types.SimpleNamespace(phase_timing_compiled=False))
+    assert floors.main(["--phases", "--out", str(tmp_path / "out")]) == 1
+    assert "FUSED_RNN_PHASE_TIMING=1" in capsys.readouterr().out
+    monkeypatch.setattr(_build, "load_extension", lambda: None)
+    assert floors.main(["--phases", "--out", str(tmp_path / "out")]) == 1
+    assert "unavailable" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_phases_run_end_to_end_with_cuda_and_the_ops_faked(fake_cuda, monkeypatch, tmp_path, capsys):
+    """floors --phases on a made-up instrumented build: the ops (called with their schemas'
+    arity) write a hand-built buffer into whatever buffer is set; the rows, the table and
+    phases.json come out, and every launch but the recorded one runs without a buffer."""
+    from fused_rnn import ops as fops
+
+    monkeypatch.setattr(floors, "PHASE_SHAPE", dict(floors.PHASE_SHAPE, layers=2, hidden=8,
+                                                    input_size=8, seq=3))
+    monkeypatch.setattr(floors, "PHASE_DEVICE", "cpu")
+    L, T, H = 2, 3, 8
+    state, calls = {}, []
+
+    def record(kind):
+        calls.append((kind, state.get(kind) is not None))
+        if state.get(kind) is not None:
+            state[kind].copy_(torch.tensor(_phase_buffer(kind, L, T)))
+
+    def fwd(*args):
+        assert len(args) == len(torch._C.parse_schema("f" + fops.FORWARD_SCHEMA).arguments)
+        record("forward")
+        x, need_reserve = args[0], args[-1]
+        B = x.shape[1]
+        reserve = torch.zeros(L, T, B, 6 * H) if need_reserve else torch.zeros(0)
+        return torch.zeros(T, B, H), torch.zeros(L, B, H), torch.zeros(L, B, H), reserve
+
+    def bwd(*args):
+        assert len(args) == len(torch._C.parse_schema("f" + fops.BACKWARD_SCHEMA).arguments)
+        assert args[10].shape == (L, T, args[3].shape[1], 6 * H)  # the forward's reserve
+        record("backward")
+        return None
+
+    def set_buf(which, buf):
+        state[which] = buf
+
+    ext = types.SimpleNamespace(
+        phase_timing_compiled=True, plan=lambda *a: (True, "fused: fake"),
+        plan_backward=lambda *a: (True, "fused backward: fake"), set_phase_buffer=set_buf,
+        phase_buffer_size=lambda which, layers, bidir, seq: floors.phase_buffer_elems(
+            which, layers, 2 if bidir else 1, seq))
+    monkeypatch.setattr(floors, "_phase_ext", lambda: (ext, None))
+    monkeypatch.setattr(floors, "_phase_ops",
+                        lambda: types.SimpleNamespace(_fused_forward=fwd, _fused_backward=bwd))
+    assert floors.main(["--phases", "--out", str(tmp_path / "out")]) == 0
+    # per batch: forward warm-up, recorded; forward (reserve), backward warm-up, recorded
+    assert calls == [("forward", False), ("forward", True), ("forward", False),
+                     ("backward", False), ("backward", True)] * 2
+    assert all(v is None for v in state.values())  # cleared after the run
+    doc = common.read_json(tmp_path / "out" / "phases.json")
+    assert "device" in doc["meta"] and len(doc["phases"]) == 4
+    want = {k: floors.analyze_phase_buffer(_phase_buffer(k, L, T)) for k in floors.PHASE_KINDS}
+    for row in doc["phases"]:
+        assert row["phases_us"] == pytest.approx(want[row["kernel"]]["phases_us"])
+        assert row["event_ms"] >= 0 and row["steps"] == want[row["kernel"]]["steps"]
+    out = capsys.readouterr().out
+    assert "total per step" in out and "barrier wait" in out and "phases.json" in out

@@ -302,7 +302,10 @@ def grads_op(tmp_path_factory):
     return torch.ops.fused_rnn_cpu_test.weight_grads
 
 
-def _run_and_check(exe, grads_op, case: Case, tmp_path):
+def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=()):
+    """Runs the emulated backward kernel on `case` (`extra_args`: the driver's optional
+    trailing arguments, e.g. a phase buffer), checks it against the reference, and returns
+    the driver's stdout (the plan)."""
     from fused_rnn import reference
 
     inp = random_stack(case, grads=True)
@@ -336,7 +339,7 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path):
     args = [str(exe)] + [str(v) for v in (
         MODES.index(case.mode), case.L, int(case.bidir), case.I, case.H, case.B, case.T,
         DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
-        [str(src), str(dst)]
+        [str(src), str(dst)] + [str(a) for a in extra_args]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"emulated backward kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
@@ -388,6 +391,7 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path):
     print({k: f"{v:.2e}" for k, v in errs.items()})
     worst = max(errs, key=errs.get)
     assert errs[worst] <= tol, (worst, errs[worst], tol, errs)
+    return proc.stdout
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -332,7 +332,9 @@ def emu_tsan(tmp_path_factory):
     return _emu_build(tmp_path_factory, "thread")
 
 
-def _emu_run(exe, case: EmuCase, tmp_path):
+def _emu_run(exe, case: EmuCase, tmp_path, extra_args=()):
+    """Runs the emulated forward kernel on `case` (`extra_args`: the driver's optional
+    trailing arguments, e.g. a phase buffer) and returns its outputs and the reference's."""
     torch = pytest.importorskip("torch")
     from fused_rnn import reference
 
@@ -348,7 +350,8 @@ def _emu_run(exe, case: EmuCase, tmp_path):
     args = [str(exe)] + [str(v) for v in (
         EMU_MODES.index(case.mode), case.L, int(case.bidir), int(case.bias), case.I, case.H,
         case.B, case.T, EMU_DTYPES.index(case.dtype), int(case.tf32), int(case.reserve),
-        int(case.lengths), case.dropout, case.sms)] + [str(src), str(dst)]
+        int(case.lengths), case.dropout, case.sms)] + [str(src), str(dst)] + \
+        [str(a) for a in extra_args]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"emulated kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
@@ -366,7 +369,7 @@ def _emu_run(exe, case: EmuCase, tmp_path):
     ref = reference.rnn_forward(d(x), [d(w) for w in weights], d(hx), d(cx), lengths, seed,
                                 case.mode, case.L, case.bidir, case.bias, 0, case.dropout,
                                 case.reserve)
-    return dict(y=y, hy=hy, cy=cy, res=res, lengths=lengths, ref=ref)
+    return dict(y=y, hy=hy, cy=cy, res=res, lengths=lengths, ref=ref, plan=proc.stdout)
 
 
 def _check_emu(case, out):

@@ -6,6 +6,7 @@
 // are done by the test (the kernel's outputs are what this program returns).
 //
 //   backward_emu MODE L BIDIR I H B T DTYPE TF32 LENGTHS DROPOUT SMS IN OUT
+//                [PHASE_CAP PHASE_OUT]
 //
 // MODE 0..3 (LSTM, GRU, RNN_TANH, RNN_RELU), DTYPE 0..2 (float32, float16,
 // bfloat16). IN: raw little-endian tensors, concatenated: per (layer,
@@ -15,6 +16,7 @@
 // OUT: dg_ih (LD,T,B,GHp) with its padding columns; [dg_hh (LD,T,B,GHp) for
 // GRU]; [xdrop (L-1,T,B,D*H) with dropout]; grad_hx (LD,B,H); [grad_cx].
 // Outputs and workspace start as 0xFF bytes (NaN in every float dtype).
+// PHASE_CAP PHASE_OUT: a per-phase timing buffer, as for forward_emu.
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/backward_kernel.cuh"
 #include "kernels/backward_plan.h"
@@ -37,9 +39,9 @@ cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, v
 }
 
 int main(int argc, char** argv) {
-  if (argc != 15) {
-    fprintf(stderr, "usage: %s MODE L BIDIR I H B T DTYPE TF32 LENGTHS DROPOUT SMS IN OUT\n",
-            argv[0]);
+  if (argc != 15 && argc != 17) {
+    fprintf(stderr, "usage: %s MODE L BIDIR I H B T DTYPE TF32 LENGTHS DROPOUT SMS IN OUT "
+            "[PHASE_CAP PHASE_OUT]\n", argv[0]);
     return 2;
   }
   ForwardProblem p;
@@ -96,10 +98,13 @@ int main(int argc, char** argv) {
   }
   bp.grad_hx = own(nullptr, h_bytes);
   if (p.mode == Mode::kLSTM) bp.grad_cx = own(nullptr, h_bytes);
+  emu::PhaseBuffer phase;
+  if (argc == 17) phase.attach(bp, atoll(argv[15]));
 
   const cudaError_t err =
       launch_instantiation<BackwardKernels>(bp, p.dtype, plan.cfg.use_tf32, nullptr);
   if (err != cudaSuccess) return 4;
+  if (argc == 17) phase.write(argv[16]);
 
   const int64_t dg_bytes = LD * T * B * plan.cfg.gh_pad * es;
   std::ofstream out(argv[14], std::ios::binary);

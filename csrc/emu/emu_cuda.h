@@ -142,6 +142,20 @@ inline void cp_async_wait(int pending) {
 }
 }  // namespace emu
 
+// Clocks (per-phase timing, csrc/kernels/phase_timing.h): the global timer is
+// the host's steady clock in ns; clock64() counts 2 "cycles" per ns of it (a
+// made-up 2 GHz SM clock, so that a host that confused cycles with ns would
+// be off by 2x in the tests). Both are monotonic across threads, as the
+// per-CTA uses need.
+namespace emu {
+inline int64_t globaltimer_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace emu
+inline long long clock64() { return 2 * emu::globaltimer_ns(); }
+
 template <typename T> inline T __ldcg(const T* p) {
   if (sizeof(T) >= 16) assert(reinterpret_cast<uintptr_t>(p) % 16 == 0);
   return *p;

@@ -132,6 +132,32 @@ class InputFile {
   size_t off_ = 0;
 };
 
+// The optional per-phase timing buffer of a driver run (the trailing
+// arguments PHASE_CAP PHASE_OUT; csrc/kernels/phase_timing.h): `cap` int64
+// elements handed to the kernel plus kGuard more behind them that it must
+// never write, all starting as kFill (a value no record holds), so that the
+// test sees exactly which elements the kernel wrote. Written to PHASE_OUT
+// whole (cap + kGuard elements) after the launch.
+class PhaseBuffer {
+ public:
+  static constexpr int64_t kFill = 0x5A5A5A5A5A5A5A5ALL;
+  static constexpr int64_t kGuard = 64;
+  template <typename Params>
+  void attach(Params& p, int64_t cap) {
+    data_.assign(static_cast<size_t>(cap + kGuard), kFill);
+    p.phase_buf = data_.data();
+    p.phase_cap = cap;
+  }
+  void write(const char* path) const {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(data_.data()),
+              static_cast<std::streamsize>(data_.size() * sizeof(int64_t)));
+  }
+
+ private:
+  std::vector<int64_t> data_;
+};
+
 // Every tensor in its own 256-byte aligned buffer, as the caching allocator
 // gives (so that vector loads see the alignment the GPU would): a copy of
 // `src`, or 0xFF bytes (NaN in every float dtype, like the GPU tests' poison)

@@ -5,6 +5,7 @@
 // the results with fused_rnn.reference.
 //
 //   forward_emu MODE L BIDIR BIAS I H B T DTYPE TF32 RESERVE LENGTHS DROPOUT SMS IN OUT
+//               [PHASE_CAP PHASE_OUT]
 //
 // MODE 0..3 (LSTM, GRU, RNN_TANH, RNN_RELU), DTYPE 0..2 (float32, float16,
 // bfloat16). IN: raw little-endian tensors, concatenated: x (T,B,I); per
@@ -12,6 +13,9 @@
 // LSTM]; [lengths int64 (B)]; [seed int64 when dropout is active]. OUT: y
 // (T,B,D*H), hy (LD,B,H)[, cy][, reserve (LD,T,B,S)]. Outputs and workspace
 // start as 0xFF bytes (NaN in every float dtype), like the GPU tests' poison.
+// PHASE_CAP PHASE_OUT: hand the kernel a per-phase timing buffer of PHASE_CAP
+// int64 elements (emu_launch.h's PhaseBuffer; recorded only by a build with
+// -DFRNN_PHASE_TIMING=1) and write it to PHASE_OUT.
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/forward_kernel.cuh"
 #include "kernels/forward_plan.h"
@@ -34,9 +38,9 @@ cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, v
 }
 
 int main(int argc, char** argv) {
-  if (argc != 17) {
-    fprintf(stderr, "usage: %s MODE L BIDIR BIAS I H B T DTYPE TF32 RESERVE LENGTHS DROPOUT SMS IN OUT\n",
-            argv[0]);
+  if (argc != 17 && argc != 19) {
+    fprintf(stderr, "usage: %s MODE L BIDIR BIAS I H B T DTYPE TF32 RESERVE LENGTHS DROPOUT SMS IN OUT "
+            "[PHASE_CAP PHASE_OUT]\n", argv[0]);
     return 2;
   }
   ForwardProblem p;
@@ -95,10 +99,13 @@ int main(int argc, char** argv) {
   fp.hy = own(nullptr, h_bytes);
   if (p.mode == Mode::kLSTM) fp.cy = own(nullptr, h_bytes);
   if (p.need_reserve) fp.reserve = own(nullptr, r_bytes);
+  emu::PhaseBuffer phase;
+  if (argc == 19) phase.attach(fp, atoll(argv[17]));
 
   const cudaError_t err =
       launch_instantiation<ForwardKernels>(fp, p.dtype, plan.cfg.use_tf32, nullptr);
   if (err != cudaSuccess) return 4;
+  if (argc == 19) phase.write(argv[18]);
 
   std::ofstream out(argv[16], std::ios::binary);
   out.write(static_cast<const char*>(fp.y), y_bytes);

@@ -52,6 +52,7 @@
 #include "common.h"
 #include "forward_kernel.cuh"  // element helpers, MmaTypes, the dynamic smem hook
 #include "gate_math.h"
+#include "phase_timing.h"
 #include "philox.cuh"
 
 namespace fused_rnn {
@@ -359,6 +360,10 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const int warp = threadIdx.x / 32;
   const int64_t BH = B * H;
   const int64_t TBG = T_len * B * GHp;  // elements per (layer, direction) of dg_ih / dg_hh
+  // Per-phase timing (FRNN_PHASE_TIMING builds only; otherwise every rec.*
+  // call is empty): unit slice 0, batch slice 0 of each layer-direction records.
+  PhaseRecorder rec(p.phase_buf, p.phase_cap, slice == 0 && bslice == 0 ? ld_id : -1,
+                    kPhaseKindBackward, L, D, T_len);
 
   // ---- prologue: zero the weight tile (K padding, rows past uc, slack), then
   // load this CTA's weight columns once for the whole launch.
@@ -407,10 +412,12 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len + 1 : T_len + L;
   const int pass_rows = c.n_tiles * 16;
 
+  rec.loop_start();
   for (int64_t s = 0; s < n_steps; ++s) {
     const int64_t k = bidir ? s - static_cast<int64_t>(L - 1 - layer) * T_len
                             : s - (L - 1 - layer);
-    if (k >= 0 && k <= T_len) {
+    const bool active = k >= 0 && k <= T_len;
+    if (active) {
       const bool has_t = k < T_len;
       const int64_t t = has_t ? (dir == 0 ? T_len - 1 - k : k) : -1;
       const int64_t tp = k >= 1 ? (dir == 0 ? T_len - k : k - 1) : -1;  // t of step k - 1
@@ -496,6 +503,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           }
         }
         __syncthreads();
+        rec.mark(kPhaseGemm);  // (with the prefetch issue: no clean boundary, see phase_timing.h)
 
         // 2. epilogue: one thread per (unit, row), units fastest
         auto finish = [&](int pi, const EpiIn& in) {
@@ -601,11 +609,16 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         }
         for (int pi = threadIdx.x + kPre * kBackwardThreads; pi < pairs; pi += kBackwardThreads)
           finish(pi, load_in(pi));
-        if (b0 + pass_rows < b_hi) __syncthreads();  // the next pass rewrites the partial sums
+        // the next pass rewrites the partial sums; a recorded CTA also waits
+        // after the last pass, so that its epilogue phase ends with every thread's
+        if (b0 + pass_rows < b_hi || rec.cta_on()) __syncthreads();
+        rec.mark(kPhaseEpilogue);
       }
     }
     if (s + 1 < n_steps) grid.sync();
+    rec.step_end(s, active, s + 1 < n_steps);
   }
+  rec.finish(n_steps);
 }
 
 // ------------------------------------------------------------ launchers

@@ -34,6 +34,7 @@
 #include "common.h"
 #include "forward_params.h"
 #include "gate_math.h"
+#include "phase_timing.h"
 #include "philox.cuh"
 
 // The kernel's dynamic shared memory. A hook so that the host emulation
@@ -277,6 +278,10 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   const int kt_x_layer = (in_l + kTile - 1) / kTile;
   const int kt_h = c.kh_pad / kTile;
   const bool bidir = D == 2;
+  // Per-phase timing (FRNN_PHASE_TIMING builds only; otherwise every rec.*
+  // call is empty): unit slice 0 of each layer-direction records.
+  PhaseRecorder rec(p.phase_buf, p.phase_cap, slice == 0 ? ld_id : -1, kPhaseKindForward, L, D,
+                    T_len);
 
   // ---- prologue: zero the tiles (padding must be 0, not stale NaNs), then
   // load this CTA's weight rows and biases once for the whole launch.
@@ -326,6 +331,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   cg::grid_group grid = cg::this_grid();
   const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len : T_len + L - 1;
 
+  rec.loop_start();
   for (int64_t s = 0; s < n_steps; ++s) {
     int64_t k;  // this layer's local step
     bool active;
@@ -369,6 +375,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         for (int bl = threadIdx.x; bl < nbv; bl += kForwardThreads)
           s_valid[bl] = p.lengths == nullptr || t < __ldg(p.lengths + b0 + bl);
         __syncthreads();
+        rec.mark(kPhaseGather);
         // 2. gate pre-activations
         if constexpr (sizeof(T) == 4 && !TF32) {
           gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
@@ -376,6 +383,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           gemm_tensor_core<T, TF32>(sw, sx, part, c, kt_x_layer, kt_h);
         }
         __syncthreads();
+        rec.mark(kPhaseGemm);
         // 3. epilogue: one thread per (unit, batch row), units fastest
         //    (coalesced stores of h rows). The next tile's gather writes sx
         //    (no one reads it after the GEMM) and the state tiles (read here):
@@ -463,11 +471,16 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           }
           // (unidirectional, no dropout: layer + 1 reads hring directly)
         }
-        if (b0 + c.batch_tile < B) __syncthreads();  // (after the last tile: grid.sync)
+        // (after the last tile: grid.sync; a recorded CTA waits here too, so
+        // that its epilogue phase ends when every thread's epilogue has)
+        if (b0 + c.batch_tile < B || rec.cta_on()) __syncthreads();
+        rec.mark(kPhaseEpilogue);
       }
     }
     if (s + 1 < n_steps) grid.sync();
+    rec.step_end(s, active, s + 1 < n_steps);
   }
+  rec.finish(n_steps);
 }
 
 // ------------------------------------------------------------ launchers

@@ -218,6 +218,12 @@ struct ForwardParams {
   bool dropout_active = false;
   uint64_t dropout_threshold = 0;  // philox.cuh: keep iff bits < threshold
   float dropout_scale = 0.0f;      // 1 / (1 - p), 0 for p = 1
+  // Per-phase timing (phase_timing.h): int64 device buffer of phase_cap
+  // elements, or null (off). Read only by kernels built with
+  // FRNN_PHASE_TIMING; last in the struct, so that the other fields keep their
+  // offsets (an uninstrumented kernel compiles exactly as without them).
+  int64_t* phase_buf = nullptr;
+  int64_t phase_cap = 0;
 };
 
 // Everything of ForwardParams but the tensor pointers (x, weights, hx, cx,

@@ -27,6 +27,7 @@
 #include "backward_grads.h"
 #include "kernels/backward_api.h"
 #include "op_common.h"
+#include "phase_buffer.h"
 #include "problem.h"
 
 namespace fused_rnn {
@@ -113,6 +114,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
   p.grad_cy = is_lstm ? gcy.data_ptr() : nullptr;
   p.grad_hx = grad_hx.data_ptr();
   p.grad_cx = is_lstm ? grad_cx.data_ptr() : nullptr;
+  attach_phase_buffer(p, kPhaseKindBackward, input, kOp);  // diagnostics (phase_buffer.h)
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   C10_CUDA_CHECK(launch_backward(p, dtype, plan.cfg.use_tf32, stream));

@@ -18,6 +18,7 @@
 
 #include "kernels/forward_api.h"
 #include "op_common.h"
+#include "phase_buffer.h"
 #include "problem.h"
 
 namespace fused_rnn {
@@ -80,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   p.hy = hy.data_ptr();
   p.cy = is_lstm ? cy.data_ptr() : nullptr;
   p.reserve = need_reserve ? reserve.data_ptr() : nullptr;
+  attach_phase_buffer(p, kPhaseKindForward, input, kOp);  // diagnostics (phase_buffer.h)
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.get_device()).stream();
   C10_CUDA_CHECK(launch_forward(p, dtype, plan.cfg.use_tf32, stream));

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "kernels/forward_api.h"
+#include "phase_buffer.h"
 #include "problem.h"
 
 // _build.source_hash() of the csrc/ tree this module was compiled from
@@ -120,4 +121,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("has_fused_backward") = true;
   m.attr("source_hash") = FRNN_SOURCE_HASH_STR;
   m.attr("backward_threads") = fused_rnn::kBackwardThreads;
+  // Per-phase timing (diagnostics; csrc/torch/phase_buffer.h, csrc/kernels/phase_timing.h).
+  m.attr("phase_timing_compiled") = fused_rnn::binding::kPhaseTimingCompiled;
+  m.def("set_phase_buffer", &fused_rnn::binding::set_phase_buffer, py::arg("which"),
+        py::arg("buf"),
+        "Hands an int64 CUDA tensor to the next launches of the 'forward' or 'backward' kernel "
+        "for per-phase timing records (layout: csrc/kernels/phase_timing.h); None clears it. "
+        "Raises unless the extension was built with FUSED_RNN_PHASE_TIMING=1.");
+  m.def("phase_buffer_size", &fused_rnn::binding::phase_buffer_size, py::arg("which"),
+        py::arg("num_layers"), py::arg("bidirectional"), py::arg("seq_len"),
+        "int64 elements a phase buffer needs for one launch of the 'forward' or 'backward' "
+        "kernel: 8 + L*D*(8 + 4*S), S = its wave steps.");
 }
