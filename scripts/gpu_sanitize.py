@@ -4,10 +4,9 @@ seconds.
 
     compute-sanitizer --tool memcheck python3 scripts/gpu_sanitize.py
 
-LSTM, 2 layers, H=24 (two CTAs per layer need not hold: the planner decides), T=3, B=3 with
-lengths and dropout: the grid barrier, the dropout ring, length masking, the reserve and the
-backward's cp.async stream all run. Exits 0 when both fused kernels ran and returned finite
-values; 1 (with the reason) when the planner did not choose them or a value is not finite,
+LSTM, 2 layers, H=24, T=3, B=3 with lengths and dropout: the grid barrier, the dropout ring,
+length masking, the reserve and the backward's cp.async stream all run. Exits 0 when both
+fused kernels were planned, ran, and returned finite values; 1 (with the reason) otherwise,
 so that a sanitizer run that checked nothing can not pass as clean.
 """
 
@@ -16,6 +15,34 @@ from __future__ import annotations
 import sys
 
 import torch
+
+MODE, L, I, H, B, T, P = "LSTM", 2, 10, 24, 3, 3, 0.25
+DTYPE = torch.bfloat16
+
+
+def run(forward, backward, device) -> dict:
+    """One forward (with reserve) and its backward through `forward` / `backward` (the ops'
+    argument lists); every output and gradient by name. tests/test_gpu_check.py runs this
+    on the CPU with the public ops (reference path)."""
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(shape, generator=g) * scale).to(DTYPE).to(device)
+
+    w = []
+    for layer in range(L):
+        w += [rnd(4 * H, I if layer == 0 else H, scale=0.2), rnd(4 * H, H, scale=0.2),
+              rnd(4 * H, scale=0.2), rnd(4 * H, scale=0.2)]
+    x, hx, cx = rnd(T, B, I), rnd(L, B, H, scale=0.5), rnd(L, B, H, scale=0.5)
+    lengths = torch.tensor([3, 1, 2], dtype=torch.int64, device=device)
+    seed = torch.tensor(1234, dtype=torch.int64, device=device)
+    out, hy, cy, reserve = forward(x, w, hx, cx, lengths, seed, MODE, L, False, True, 0, P, True)
+    grads = backward(rnd(T, B, H), rnd(L, B, H), rnd(L, B, H), x, w, hx, cx, lengths, seed, out,
+                     reserve, MODE, L, False, True, 0, P)
+    named = {"output": out, "h_n": hy, "c_n": cy, "reserve": reserve, "grad_input": grads[0],
+             "grad_hx": grads[2], "grad_cx": grads[3]}
+    named.update({f"grad_w{i}": gw for i, gw in enumerate(grads[1])})
+    return named
 
 
 def main() -> int:
@@ -28,36 +55,15 @@ def main() -> int:
     if ext is None:
         print(f"gpu_sanitize: the extension did not load: {extension_status()}")
         return 1
-    mode, L, I, H, B, T, p = "LSTM", 2, 10, 24, 3, 3, 0.25
-    dt = torch.bfloat16
     dev = torch.cuda.current_device()
     for name, plan in (("forward", ext.plan), ("backward", ext.plan_backward)):
-        ok, why = plan(mode, L, False, True, 0, I, H, B, T, dt, dev, True, True, p)
+        ok, why = plan(MODE, L, False, True, 0, I, H, B, T, DTYPE, dev, True, True, P)
         print(f"{name} plan: {why}")
         if not ok:
             return 1
-    g = torch.Generator().manual_seed(0)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(shape, generator=g) * scale).to(dt).cuda()
-
-    w = []
-    for layer in range(L):
-        w += [rnd(4 * H, I if layer == 0 else H, scale=0.2), rnd(4 * H, H, scale=0.2),
-              rnd(4 * H, scale=0.2), rnd(4 * H, scale=0.2)]
-    x, hx, cx = rnd(T, B, I), rnd(L, B, H, scale=0.5), rnd(L, B, H, scale=0.5)
-    lengths = torch.tensor([3, 1, 2], dtype=torch.int64, device="cuda")
-    seed = torch.tensor(1234, dtype=torch.int64, device="cuda")
-    out, hy, cy, reserve = torch.ops.fused_rnn._fused_forward(
-        x, w, hx, cx, lengths, seed, mode, L, False, True, 0, p, True)
-    grads = torch.ops.fused_rnn._fused_backward(
-        rnd(T, B, H), rnd(L, B, H), rnd(L, B, H), x, w, hx, cx, lengths, seed, out, reserve,
-        mode, L, False, True, 0, p)
+    named = run(torch.ops.fused_rnn._fused_forward, torch.ops.fused_rnn._fused_backward, "cuda")
     torch.cuda.synchronize()
-    tensors = {"output": out, "h_n": hy, "c_n": cy, "grad_input": grads[0], "grad_hx": grads[2],
-               "grad_cx": grads[3]}
-    tensors.update({f"grad_w{i}": gw for i, gw in enumerate(grads[1])})
-    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    bad = [k for k, v in named.items() if not torch.isfinite(v).all()]
     if bad:
         print(f"gpu_sanitize: non-finite values in {', '.join(bad)}")
         return 1

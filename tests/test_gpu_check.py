@@ -244,3 +244,28 @@ def test_no_gpu_is_said_and_nothing_runs(tmp_path):
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "nothing was checked" in summary
     assert os.listdir(tmp_path / "out") == ["summary.txt"]
+
+
+def test_sanitizer_target_runs_its_problem_on_the_reference():
+    """scripts/gpu_sanitize.py's argument lists are the ops' (run here through the public
+    ops, reference path on the CPU), and without a GPU it refuses (exit 1), never passes."""
+    import sys
+
+    import torch
+
+    import fused_rnn  # noqa: F401  (registers torch.ops.fused_rnn)
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+    named = gpu_sanitize.run(torch.ops.fused_rnn.rnn_forward, torch.ops.fused_rnn.rnn_backward, "cpu")
+    L, B, H = gpu_sanitize.L, gpu_sanitize.B, gpu_sanitize.H
+    assert named["h_n"].shape == (L, B, H) and named["grad_cx"].shape == (L, B, H)
+    assert named["reserve"].numel() > 0 and len([k for k in named if k.startswith("grad_w")]) == 4 * L
+    assert all(torch.isfinite(v).all() for v in named.values())
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_sanitize.py")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "no CUDA device" in proc.stdout
