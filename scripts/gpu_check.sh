@@ -104,7 +104,7 @@ if [ "$DRY" = 1 ]; then
   gated=""; [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && gated=1
   want smoke && line smoke "$L_SMOKE" "tests/gpu/test_smoke_gpu.py, ${T_SMOKE} s per test"
   want tests && line tests "$L_TESTS" "tests/gpu/test_forward_gpu.py + test_backward_gpu.py, ${T_TESTS} s per test${gated:+; only if smoke passed}"
-  want sanitizer && line sanitizer $((L_SANITIZER * n_san)) "$SAN_TOOLS, ${L_SANITIZER} s each" "$n_san"
+  want sanitizer && line sanitizer $((L_SANITIZER * n_san)) "$SAN_TOOLS, ${L_SANITIZER} s each (a retry without the filter options in the same time)" $((2 * n_san))
   want bench && line bench "$L_BENCH" "benchmarks/bench.py --quick${gated:+; only if the GPU tests passed}"
   want floors && line floors "$L_FLOORS" "benchmarks/floors.py, then --phases${gated:+; only if the GPU tests passed}"
   echo "worst case: $total s (every limit reached, plus ${KILL_AFTER} s kill delay each)"
@@ -146,8 +146,22 @@ record() {  # record STAGE VERDICT TIME LIMIT [NOTE]
   printf '%-10s %-8s %5s %6s  %s\n' "$1" "$shown" "$3" "$4" "${5:-}" >> "$STAGE_LINES"
   echo "gpu_check: $1 $shown ${3} ${5:-}"
   if [ "$2" = failed ] || [ "$2" = timeout ]; then FAILED_AT=${FAILED_AT:-$1}; fi
+  write_summary
 }
 skip() { record "$1" skipped - - "$2"; }
+write_summary() {  # after every stage (a call cut short still leaves one), and at the end
+  {
+    cat "$SCRATCH/env"
+    echo
+    printf '%-10s %-8s %5s %6s  %s\n' stage verdict time limit note
+    cat "$STAGE_LINES"
+    echo
+    if [ -n "$FAILED_AT" ]; then echo "VERDICT: FAILED (first at: $FAILED_AT)"
+    elif [ "${1:-}" = final ]; then echo "VERDICT: every stage that ran passed"
+    else echo "VERDICT: (still running: the call ended before its last stage)"; fi
+    cat "$DETAILS"
+  } > "$SUMMARY"
+}
 detail() { { echo; echo "== $1"; cat; } >> "$DETAILS"; }
 
 limited() {  # limited SECONDS LOG CMD...: run with a hard time limit; returns its status
@@ -314,17 +328,32 @@ elif ! command -v compute-sanitizer >/dev/null 2>&1; then skip sanitizer "comput
 else
   SAN_LOG="$OUT_DIR/sanitizer.log"
   : > "$SAN_LOG"
+  # only our kernels are instrumented (substring of the kernel name), and torch's own
+  # checked API errors (probes it expects to fail) are not counted, where the tool has the options
   filter=()
-  compute-sanitizer --help 2>/dev/null | grep -q -- '--kernel-name' && filter=(--kernel-name kns=rnn_)
+  san_help=$(compute-sanitizer --help 2>/dev/null)
+  echo "$san_help" | grep -q -- '--kernel-name' && filter+=(--kernel-name kns=rnn_)
+  echo "$san_help" | grep -q -- '--report-api-errors' && filter+=(--report-api-errors no)
   t0=$SECONDS
   san_v=ok notes=""
   for tool in $SAN_TOOLS; do
     echo "==== $tool" >> "$SAN_LOG"
     # no caching allocator: every tensor its own cudaMalloc, so an overrun is seen
+    t1=$SECONDS
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$L_SANITIZER" "$SAN_LOG" compute-sanitizer \
       --tool "$tool" "${filter[@]}" --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
     rc=$?
     part=$(awk -v t="==== $tool" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
+    if [ "$rc" != 0 ] && [ ${#filter[@]} -gt 0 ] && ! echo "$part" | grep -q "gpu_sanitize"; then
+      # the target never ran: the tool refused an option; once more without them, in
+      # what is left of this tool's limit
+      echo "==== $tool (again, without: ${filter[*]})" >> "$SAN_LOG"
+      left=$((L_SANITIZER - (SECONDS - t1))); [ "$left" -lt 1 ] && left=1
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$left" "$SAN_LOG" compute-sanitizer \
+        --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
+      rc=$?
+      part=$(awk -v t="==== $tool (again, without: ${filter[*]})" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
+    fi
     if echo "$part" | grep -qiE "device not supported|not supported on this|unsupported (device|gpu)"; then
       notes="$notes $tool: unsupported;"; [ "$san_v" = ok ] && san_v=unsupported
     elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then notes="$notes $tool: TIMEOUT;"; san_v=timeout
@@ -381,15 +410,7 @@ fi
 if [ -n "$(ls -A "$RESULTS" 2>/dev/null)" ]; then tar czf "$OUT_DIR/results.tgz" -C "$RESULTS" .; fi
 
 # ---------------------------------------------------------------- summary
-{
-  cat "$SCRATCH/env"
-  echo
-  printf '%-10s %-8s %5s %6s  %s\n' stage verdict time limit note
-  cat "$STAGE_LINES"
-  echo
-  if [ -n "$FAILED_AT" ]; then echo "VERDICT: FAILED (first at: $FAILED_AT)"; else echo "VERDICT: every stage that ran passed"; fi
-  cat "$DETAILS"
-} > "$SUMMARY"
+write_summary final
 echo; echo "== summary ($SUMMARY)"; cat "$SUMMARY"
 echo; echo "files: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
 [ -z "$FAILED_AT" ]

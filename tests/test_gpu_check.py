@@ -95,11 +95,16 @@ esac
 
 FAKE_SANITIZER = r"""#!/usr/bin/env bash
 echo "compute-sanitizer $*" >> "$FAKE_LOG"
-case "$*" in --help) echo "  --kernel-name arg   filter"; exit 0 ;; esac
+case "$*" in --help) echo "  --kernel-name arg   filter"; echo "  --report-api-errors arg"; exit 0 ;; esac
 case "${FAKE_SAN:-clean}" in
-  clean) echo "========= ERROR SUMMARY: 0 errors"; exit 0 ;;
+  badopt) case "$*" in *--kernel-name*) echo "Unrecognized option: --kernel-name"; exit 1 ;; esac
+          echo "gpu_sanitize: fused forward + backward ran"
+          echo "========= ERROR SUMMARY: 0 errors"; exit 0 ;;
+  clean) echo "gpu_sanitize: fused forward + backward ran"
+         echo "========= ERROR SUMMARY: 0 errors"; exit 0 ;;
   unsupported) echo "========= Error: Device not supported"; exit 1 ;;
-  race) echo "========= Race reported between Write access at 0x10 in rnn_forward_kernel"
+  race) echo "gpu_sanitize: fused forward + backward ran"
+        echo "========= Race reported between Write access at 0x10 in rnn_forward_kernel"
         echo "========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)"; exit 9 ;;
 esac
 """
@@ -150,7 +155,8 @@ def test_everything_passes(fake_tree):
     assert len(files) <= 8
     assert "--timeout=15 --timeout-method=thread" in calls  # the per-test limit
     assert "every stage that ran passed" in summary and "device FakeGPU" in summary
-    assert "--kernel-name kns=rnn_" in calls
+    assert "--kernel-name kns=rnn_ --report-api-errors no" in calls
+    assert "still running" not in summary
     with tarfile.open(fake_tree.out / "results.tgz") as t:
         names = t.getnames()
     assert "./results.json" in names  # report.py finds it at the top of the folder
@@ -229,6 +235,10 @@ def test_sanitizer_unsupported_is_skipped_and_a_race_fails(fake_tree):
     proc, summary, _, _ = fake_tree("--only", "sanitizer", san="race")
     assert proc.returncode == 1 and stage(summary, "sanitizer") == "FAILED"
     assert "Race reported" in summary and "1 errors" in summary
+    # a tool that refuses the filter options runs again without them
+    proc, summary, calls, _ = fake_tree("--only", "sanitizer", san="badopt")
+    assert proc.returncode == 0 and stage(summary, "sanitizer") == "ok", summary
+    assert calls.count("--tool memcheck --error-exitcode 9") == 1
 
 
 def test_no_gpu_is_said_and_nothing_runs(tmp_path):
