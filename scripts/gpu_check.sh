@@ -290,9 +290,10 @@ pytest_stage() {  # pytest_stage NAME LIMIT PER_TEST FILES...
   failed=$(grep -c "^end	failed	" "$trace")
   note="$passed passed, $failed failed"
   if [ -n "$hung" ]; then
-    v=timeout
-    if grep -q "Timeout" "$log"; then note="$note; HUNG (per-test limit ${per}s): $hung"
-    else note="$note; stopped in: $hung"; fi
+    if grep -qE '^\+{5,} Timeout \+{5,}' "$log"; then  # pytest-timeout's banner
+      v=timeout; note="$note; HUNG (per-test limit ${per}s): $hung"
+    elif [ "$v" = timeout ]; then note="$note; stage limit reached in: $hung"
+    else v=failed; note="$note; the process died (exit $rc) in: $hung"; fi
   elif [ "$v" = failed ] && [ "$failed" = 0 ] && ! grep -qE '^(FAILED|ERROR) ' "$log"; then
     note="$note; pytest exit $rc (see $name.log)"
   fi
@@ -300,10 +301,10 @@ pytest_stage() {  # pytest_stage NAME LIMIT PER_TEST FILES...
   if [ "$v" != ok ]; then
     {
       grep -E '^(FAILED|ERROR) ' "$log" | head -25
-      [ -n "$hung" ] && echo "HUNG: $hung"
+      [ -n "$hung" ] && echo "did not finish: $hung"
       echo "-- first error lines:"
       grep -E '^E   ' "$log" | head -25
-      [ -n "$hung" ] && grep -A12 -m1 "Timeout" "$log"
+      [ -n "$hung" ] && grep -E -A12 -m1 '^\+{5,} Timeout \+{5,}' "$log"
       tail -n 5 "$log"
     } | detail "$name: failures"
   fi

@@ -90,6 +90,7 @@ case "$what" in
         echo "E   AssertionError: LSTM-L2-T3-bf16: h_n not finite: first at [0, 1, 2] = nan"
         echo "FAILED $test - AssertionError: LSTM-L2-T3-bf16: h_n not finite"; exit 1 ;;
   hang) echo "+++++++ Timeout +++++++"; echo "~~~ Stack of MainThread ~~~"; exit 1 ;;
+  crash) echo "Fatal Python error: Aborted"; exit 134 ;;
 esac
 """
 
@@ -189,6 +190,13 @@ def test_a_hung_test_is_named(fake_tree):
     assert proc.returncode == 1
     assert stage(summary, "smoke") == "TIMEOUT"
     assert "HUNG (per-test limit 15s): tests/gpu/test_smoke_gpu.py::test_fwd" in summary
+
+
+def test_a_crashed_test_is_named_as_a_failure(fake_tree):
+    proc, summary, _, _ = fake_tree(tests="crash")
+    assert proc.returncode == 1
+    assert stage(summary, "tests") == "FAILED"
+    assert "the process died (exit 134) in: tests/gpu/test_forward_gpu.py::test_case" in summary
 
 
 def test_failed_tests_stop_the_timings_and_force_runs_them(fake_tree):
