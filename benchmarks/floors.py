@@ -423,6 +423,7 @@ def phases_main(out_dir) -> int:
         print(f"wrote {out_dir}/phases.json")
     return 1 if any(r.get("reason") for r in rows) else 0
 
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="folder for floors.json (phases.json with --phases)")

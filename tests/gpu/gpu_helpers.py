@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
+import pytest
 import torch
 from torch import nn
 
@@ -144,11 +145,28 @@ def run_module(m, case: Case, x, state, lengths):
 
 
 def rel_err(got, ref):
-    """max |got - ref| / max(1, max |ref|), in float64."""
-    if got is None or ref is None or ref.numel() == 0:
+    """max |got - ref| / max(1, max |ref|), in float64 (largest_error's measure)."""
+    if got is None or ref is None:
         return 0.0
-    ref = ref.double()
-    return ((got.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
+    return largest_error(got, ref)[0]
+
+
+def valid_mask(case: Case, lengths, device="cuda"):
+    """(T, B) bool: t < lengths[b]."""
+    t = torch.arange(case.T, device=device).unsqueeze(1)
+    if lengths is None:
+        return torch.ones(case.T, case.B, dtype=torch.bool, device=device)
+    return t < lengths.unsqueeze(0)
+
+
+def covered_or_skip(case: Case, ok, why, what="forward"):
+    """The GPU tests' rule: a case the planner does not cover skips with the planner's
+    reason, except small shapes (H <= 256, I <= 256), which any sm_80+ GPU must cover."""
+    assert isinstance(why, str) and why, f"{case.id}: the {what} planner gave no reason"
+    if not ok:
+        assert not (case.H <= 256 and case.I <= 256), (
+            f"{case.id}: small shape not covered by the fused {what}: {why}")
+        pytest.skip(f"{case.id}: not covered by the fused {what} on this device: {why}")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -230,21 +248,14 @@ def cudnn_backward(case: Case, inp):
 
 
 def weight_names(case: Case, proj_size: int = 0):
-    """Names of the flat weights in reference.py's order (torch's `_flat_weights`):
-    per layer, per direction: w_ih, w_hh[, b_ih, b_hh][, w_hr], suffixed like torch's
-    parameters (`w_hh_l1_reverse` is torch's `weight_hh_l1_reverse`)."""
-    names = []
-    for layer in range(case.L):
-        for d in range(2 if case.bidir else 1):
-            sfx = f"_l{layer}{'_reverse' if d else ''}"
-            per_dir = [f"w_ih{sfx}", f"w_hh{sfx}"]
-            if case.bias:
-                per_dir += [f"b_ih{sfx}", f"b_hh{sfx}"]
-            if proj_size > 0:
-                per_dir.append(f"w_hr{sfx}")
-            assert len(per_dir) == reference.weights_per_direction(case.bias, proj_size)
-            names += per_dir
-    return names
+    """Names of the flat weights in reference.py's order, which is torch's
+    `_flat_weights_names` with `weight_`/`bias_` shortened to `w_`/`b_`
+    (`w_hh_l1_reverse` is torch's `weight_hh_l1_reverse`)."""
+    kw = dict(num_layers=case.L, bias=case.bias, bidirectional=case.bidir)
+    if proj_size > 0:
+        kw["proj_size"] = proj_size
+    m = NN[case.mode](1, proj_size + 1, **kw)  # (names only: the sizes do not matter)
+    return [n.replace("weight_", "w_", 1).replace("bias_", "b_", 1) for n in m._flat_weights_names]
 
 
 def forward_named(case: Case, res):

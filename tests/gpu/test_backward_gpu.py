@@ -30,14 +30,14 @@ import pytest
 import torch
 from gpu_helpers import BWD_CAP as CAP
 from gpu_helpers import BWD_FLOOR as FLOOR
-from gpu_helpers import (DTYPE, NN, Case, assert_close_named, assert_finite, describe_index,
-                         grads_named, load_extension_or_fail, make_inputs, poison_allocator,
-                         rel_err, tolerance)
+from gpu_helpers import (DTYPE, NN, Case, assert_close_named, assert_finite, backward_args,
+                         covered_or_skip, describe_index, forward_args, grads_named,
+                         load_extension_or_fail, make_inputs, poison_allocator,
+                         reference_backward64, reference_forward64, rel_err, tolerance)
 from gpu_helpers import cudnn_backward as run_cudnn
 from torch import nn
 
 import fused_rnn
-from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
@@ -91,28 +91,17 @@ DROPOUT_CASES = [
 ]
 
 
-def fwd_args(case, inp, dtype_fn=lambda t: t, need_reserve=True):
-    d = lambda t: None if t is None else dtype_fn(t)  # noqa: E731
-    return (d(inp["x"]), [dtype_fn(w) for w in inp["w"]], d(inp["hx"]), d(inp["cx"]),
-            inp["lengths"], inp["seed"], case.mode, case.L, case.bidir, case.bias, 0,
-            case.dropout, need_reserve)
+def fwd_args(case, inp, need_reserve=True):
+    return forward_args(case, inp, need_reserve=need_reserve)
 
 
-def bwd_args(case, inp, fwd_out, dtype_fn=lambda t: t):
-    out, hy, cy, reserve = fwd_out
-    d = lambda t: None if t is None else dtype_fn(t)  # noqa: E731
-    gcy = d(inp["gcy"]) if inp["gcy"] is not None else torch.empty(0, dtype=out.dtype,
-                                                                     device="cuda")
-    return (d(inp["gout"]), d(inp["ghy"]), gcy, d(inp["x"]), [dtype_fn(w) for w in inp["w"]],
-            d(inp["hx"]), d(inp["cx"]), inp["lengths"], inp["seed"], out, reserve, case.mode,
-            case.L, case.bidir, case.bias, 0, case.dropout)
+def bwd_args(case, inp, fwd_out):
+    return backward_args(case, inp, fwd_out[0], fwd_out[3])
 
 
 def run_reference(case, inp):
     """The exact gradients (float64 forward + BPTT) of the quantised problem."""
-    d = lambda t: t.double()  # noqa: E731
-    f = reference.rnn_forward(*fwd_args(case, inp, d))
-    return reference.rnn_backward(*[a for i, a in enumerate(bwd_args(case, inp, f, d)) if i != 9])
+    return reference_backward64(case, inp, reference_forward64(case, inp, need_reserve=True)[3])
 
 
 def run_fused(case, inp):
@@ -138,9 +127,7 @@ def plan_backward_or_skip(ext, case):
     ok_f, why_f = ext.plan(*args)
     ok, why = ext.plan_backward(*args)
     assert isinstance(why, str) and why
-    if not (ok and ok_f):
-        assert not (case.H <= 256 and case.I <= 256), f"small shape not covered: {why_f}; {why}"
-        pytest.skip(f"not covered by the fused kernels on this device: {why_f}; {why}")
+    covered_or_skip(case, ok and ok_f, f"{why_f}; {why}", "kernels")
     assert why.startswith("fused backward: "), why
     print(why)
     return why

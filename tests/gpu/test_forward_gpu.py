@@ -25,14 +25,14 @@ import pytest
 import torch
 from gpu_helpers import FWD_CAP as CAP
 from gpu_helpers import FWD_FLOOR as FLOOR
-from gpu_helpers import (DTYPE, Case, Tol, assert_close_named, assert_finite, describe_index,
-                         forward_named, load_extension_or_fail, make_inputs, poison_allocator,
-                         rel_err, tolerance)
+from gpu_helpers import (DTYPE, Case, Tol, assert_close_named, assert_finite, covered_or_skip,
+                         describe_index, forward_args, forward_named, load_extension_or_fail,
+                         make_inputs, poison_allocator, reference_forward64, rel_err, tolerance,
+                         valid_mask)
 from gpu_helpers import cudnn_forward as run_cudnn
 from torch import nn
 
 import fused_rnn
-from fused_rnn import reference
 
 pytestmark = pytest.mark.gpu
 
@@ -82,15 +82,14 @@ CASES = [
 
 
 def op_args(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False):
-    return (inp["x"], inp["w"], inp["hx"], inp["cx"], inp["lengths"], seed, case.mode, case.L,
-            case.bidir, case.bias, 0, dropout, need_reserve)
+    """_fused_forward's arguments, with this dropout and seed (the cases carry neither)."""
+    return forward_args(case._replace(dropout=dropout), dict(inp, seed=seed),
+                        need_reserve=need_reserve)
 
 
 def run_reference(case: Case, inp, *, dropout=0.0, seed=None, need_reserve=False):
-    d = lambda t: None if t is None else t.double()  # noqa: E731
-    return reference.rnn_forward(d(inp["x"]), [w.double() for w in inp["w"]], d(inp["hx"]),
-                                 d(inp["cx"]), inp["lengths"], seed, case.mode, case.L,
-                                 case.bidir, case.bias, 0, dropout, need_reserve)
+    return reference_forward64(case._replace(dropout=dropout), dict(inp, seed=seed),
+                               need_reserve=need_reserve)
 
 
 def fused(ext, case, inp, **kw):
@@ -106,20 +105,9 @@ def plan_or_skip(ext, case, need_reserve=False, dropout=0.0):
     ok, why = ext.plan(case.mode, case.L, case.bidir, case.bias, 0, case.I, case.H, case.B,
                        case.T, DTYPE[case.prec], torch.cuda.current_device(), need_reserve,
                        case.lengths, dropout)
-    assert isinstance(why, str) and why
-    if not ok:
-        assert not (case.H <= 256 and case.I <= 256), f"small shape not covered: {why}"
-        pytest.skip(f"not covered by the fused kernel on this device: {why}")
+    covered_or_skip(case, ok, why)
     print(why)
     return why
-
-
-def valid_mask(case, lengths):
-    """(T, B) bool: t < lengths[b]."""
-    t = torch.arange(case.T, device="cuda").unsqueeze(1)
-    if lengths is None:
-        return torch.ones(case.T, case.B, dtype=torch.bool, device="cuda")
-    return t < lengths.unsqueeze(0)
 
 
 # ----------------------------------------------------------------------------- tests

@@ -46,8 +46,8 @@ from typing import NamedTuple
 import pytest
 import torch
 from gpu_helpers import (BWD_CAP, BWD_FLOOR, DTYPE, FWD_CAP, FWD_FLOOR, Case, Tol,
-                         backward_args, compare_named, cudnn_backward, cudnn_forward,
-                         describe_index,
+                         backward_args, compare_named, covered_or_skip, cudnn_backward,
+                         cudnn_forward, describe_index, valid_mask,
                          forward_args, forward_named, grads_named, load_extension_or_fail,
                          make_inputs, poison_allocator, raise_problems, reference_backward64,
                          reference_forward64, rel_err, tolerance)
@@ -133,14 +133,6 @@ def _sync(device):
 # their results; tests/test_smoke_harness.py runs these on the CPU with stand-ins.
 
 
-def _valid(case: Case, lengths, device):
-    """(T, B) bool: t < lengths[b]."""
-    t = torch.arange(case.T, device=device).unsqueeze(1)
-    if lengths is None:
-        return torch.ones(case.T, case.B, dtype=torch.bool, device=device)
-    return t < lengths.unsqueeze(0)
-
-
 def check_forward(case: Case, fused_forward, device, *, need_reserve=True, strict=None,
                   log=print):
     """The fused forward vs the float64 reference on the same quantised inputs (scale:
@@ -185,7 +177,7 @@ def check_forward(case: Case, fused_forward, device, *, need_reserve=True, stric
                                 where=functools.partial(describe_index, case))
     problems += probs
 
-    valid = _valid(case, inp["lengths"], device)
+    valid = valid_mask(case, inp["lengths"], device)
     if case.lengths and not any(p.startswith(f"{case.id}: output ") for p in probs):
         past = res[0][~valid]  # (rows past their length, D*H): exactly zero
         nz = (past != 0).nonzero()
@@ -263,18 +255,9 @@ def check_backward(case: Case, fused_backward, device, *, strict=None, log=print
 
 
 # ----------------------------------------------------------------------------- plans
+# (covered_or_skip, the rule for planner rejections: gpu_helpers.py)
 # Pure functions of the planner's strings (csrc/kernels/forward_plan.h describe(),
 # backward_plan.h describe_backward()); the CPU harness feeds them strings.
-
-
-def covered_or_skip(case: Case, ok, why, what="forward"):
-    """The full tests' rule: a case the planner does not cover skips with the planner's
-    reason, except small shapes (H <= 256, I <= 256), which any sm_80+ GPU must cover."""
-    assert isinstance(why, str) and why, f"{case.id}: the {what} planner gave no reason"
-    if not ok:
-        assert not (case.H <= 256 and case.I <= 256), (
-            f"{case.id}: small shape not covered by the fused {what}: {why}")
-        pytest.skip(f"{case.id}: not covered by the fused {what} on this device: {why}")
 
 
 _PER_DIR = re.compile(r"; (\d+) CTAs \((\d+) per layer-direction")
