@@ -136,8 +136,12 @@ def write_tensors(path, tensors):
     """The emulator's input file: the tensors' raw bytes, concatenated."""
     import torch
 
-    path.write_bytes(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
-                              for t in tensors))
+    def raw(t):
+        # clone(): a storage of exactly the tensor's bytes (a view's may be larger); the
+        # bytes are read from the storage itself, so numpy is not needed
+        return bytes(t.detach().contiguous().clone().view(torch.uint8).untyped_storage())
+
+    path.write_bytes(b"".join(raw(t) for t in tensors))
 
 
 class TensorReader:
