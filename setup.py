@@ -8,13 +8,18 @@ MAX_JOBS is honoured by torch's build), and otherwise installs the
 pure-Python package, which runs everything on the reference path.
 FUSED_RNN_SKIP_CUDA_BUILD=1 skips the extension; a later first use on a CUDA
 machine then JIT-builds it.
+
+Metadata and dependencies are in pyproject.toml. Every wheel and install carries
+the CUDA sources as ``fused_rnn/csrc`` (``build_py`` below; the sdist gets
+``csrc/`` from MANIFEST.in), so that an installed copy can JIT-build the
+extension from its own sources.
 """
 
 import importlib.util
 import os
-import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
+from setuptools.command.build_py import build_py as _build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,14 +61,27 @@ def _extensions():
     return [ext], {"build_ext": BuildExtension}
 
 
+class build_py(_build_py):
+    """The package, plus csrc/ copied into it as fused_rnn/csrc (the same file list that
+    fused_rnn._build hashes). An editable install reads csrc/ from the source tree."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        files = _load_build_config().csrc_files(HERE)
+        if not files:
+            raise RuntimeError(f"fused_rnn: no csrc/ under {HERE}: the package would lose its CUDA sources")
+        for rel in files:
+            dst = os.path.join(self.build_lib, "fused_rnn", *rel.split("/"))
+            self.mkpath(os.path.dirname(dst))
+            self.copy_file(os.path.join(HERE, *rel.split("/")), dst)
+
+
 ext_modules, cmdclass = _extensions()
+cmdclass["build_py"] = build_py
 
 setup(
-    name="fused_rnn",
-    version="0.1.0",
-    description="Fused persistent-kernel LSTM/GRU/RNN stacks for PyTorch, drop-in for torch.nn",
-    packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
-    python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

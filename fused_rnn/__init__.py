@@ -11,10 +11,12 @@ Drop-in replacements for torch.nn.LSTM / GRU / RNN::
 """
 
 from . import _dynamo_compat, functional, ops, reference
+from ._build import ExtensionUnavailableWarning
 from ._info import backend_info
 from .modules import GRU, LSTM, RNN, convert
 
 _dynamo_compat.install()
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "convert", "backend_info", "functional", "reference", "ops"]
+__all__ = ["LSTM", "GRU", "RNN", "convert", "backend_info", "ExtensionUnavailableWarning",
+           "functional", "reference", "ops"]

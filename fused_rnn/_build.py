@@ -8,10 +8,17 @@ Order of attempts, the first time a CUDA path needs it:
    (cached under TORCH_EXTENSIONS_DIR), announced on stderr;
 3. nothing: the reason is kept and reported by ``fused_rnn.backend_info()``,
    and every op takes the reference path. Import never fails because of the
-   extension.
+   extension. Where torch has CUDA and a device is visible, this is warned
+   about once (:class:`ExtensionUnavailableWarning`), with the reason and the
+   fix: a CUDA call never takes the slow path silently.
+
+The sources: in a source tree (and an editable install) ``csrc/`` lies beside
+the package; an installed wheel or sdist carries the same files inside the
+package, as ``fused_rnn/csrc`` (setup.py's ``build_py`` copies them there), so
+an installed copy can JIT-build the extension from its own sources.
 
 This file is also read by setup.py (by path, without importing the package),
-so the source list and compiler flags live in one place.
+so the source list, the file list and the compiler flags live in one place.
 """
 
 from __future__ import annotations
@@ -22,10 +29,30 @@ import importlib
 import os
 import sys
 import threading
+import warnings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def source_root(package_dir: str = PACKAGE_DIR) -> str:
+    """The folder that holds ``csrc/``: the package itself in an installed copy
+    (``fused_rnn/csrc``), else the source tree the package lies in."""
+    if os.path.isdir(os.path.join(package_dir, "csrc")):
+        return package_dir
+    return os.path.dirname(package_dir)
+
+
+ROOT = source_root()
 CSRC = os.path.join(ROOT, "csrc")
 DEFAULT_ARCHS = "8.0;9.0a"
+FIX = ("install with `pip install --no-build-isolation .` (or `-e .`) into an environment whose "
+       "torch has CUDA, with nvcc on the PATH or CUDA_HOME set; check with "
+       "`python -c \"import fused_rnn; print(fused_rnn.backend_info())\"`")
+
+
+class ExtensionUnavailableWarning(UserWarning):
+    """torch has CUDA, but fused_rnn's CUDA extension could not be loaded or built:
+    CUDA calls run the (much slower) pure-PyTorch reference path."""
 
 
 def sources(root: str = ROOT) -> list[str]:
@@ -51,19 +78,27 @@ def gencode_flags(archs: list[str]) -> list[str]:
     return flags
 
 
+def csrc_files(root: str = ROOT) -> list[str]:
+    """Every file under ``root/csrc`` (relative to ``root``, "/"-separated, sorted), caches
+    left out: what an installed copy carries (setup.py's ``build_py``) and what
+    :func:`source_hash` hashes."""
+    base = os.path.join(root, "csrc")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        found += [os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+                  for f in filenames if not f.endswith((".pyc", ".pyo"))]
+    return sorted(found)
+
+
 def source_hash(root: str = ROOT) -> str:
     """SHA-256 (first 16 hex digits) of every file under csrc/ (paths and contents, in
     sorted order). Compiled into the extension (``_C.source_hash``), so that a prebuilt
     extension can be checked against the sources it claims to be built from."""
     h = hashlib.sha256()
-    base = os.path.join(root, "csrc")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        paths += [os.path.join(dirpath, f) for f in filenames]
-    for path in sorted(paths):
-        h.update(os.path.relpath(path, base).replace(os.sep, "/").encode() + b"\0")
-        with open(path, "rb") as f:
+    for rel in csrc_files(root):
+        h.update(rel[len("csrc/"):].encode() + b"\0")
+        with open(os.path.join(root, rel), "rb") as f:
             h.update(f.read())
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -132,9 +167,9 @@ def _try_jit():
         return None, "JIT build disabled by FUSED_RNN_NO_JIT=1"
     if cpp_extension.CUDA_HOME is None:
         return None, "no CUDA toolkit (nvcc) found for a JIT build"
-    srcs = [os.path.join(ROOT, s) for s in sources()]
+    srcs = [os.path.join(ROOT, s) for s in sources(ROOT)]
     if not srcs:
-        return None, "no sources under csrc/ (installed without them?)"
+        return None, f"no extension sources under {CSRC} for a JIT build"
     major, minor = torch.cuda.get_device_capability()
     suffix = "a" if major == 9 else ""
     archs = [f"{major}.{minor}{suffix}"]
@@ -147,7 +182,7 @@ def _try_jit():
         mod = cpp_extension.load(
             name="fused_rnn_C",
             sources=srcs,
-            extra_include_paths=include_dirs(),
+            extra_include_paths=include_dirs(ROOT),
             extra_cflags=cxx_flags(),
             extra_cuda_cflags=nvcc_flags(archs),
             verbose=os.environ.get("FUSED_RNN_VERBOSE_BUILD", "0") == "1",
@@ -181,7 +216,16 @@ def load_extension():
                 return mod
             reasons.append(why)
         _state["reason"] = "; ".join(r for r in reasons if r)
+        if torch.version.cuda is not None and torch.cuda.is_available():
+            warnings.warn(unavailable_message(_state["reason"]), ExtensionUnavailableWarning,
+                          stacklevel=2)
         return None
+
+
+def unavailable_message(reason: str) -> str:
+    """The once-per-process warning when torch has CUDA but the extension is missing."""
+    return (f"fused_rnn: the CUDA extension is not available ({reason}), so CUDA calls run "
+            f"the pure-PyTorch reference path, much slower than the fused kernel. To fix: {FIX}.")
 
 
 def extension_status() -> dict:

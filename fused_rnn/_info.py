@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._build import extension_status, load_extension
+from ._build import CSRC, FIX, extension_status, load_extension
 
 
 def backend_info(load: bool = True) -> dict:
@@ -14,7 +14,9 @@ def backend_info(load: bool = True) -> dict:
     None), ``extension_loaded``, ``extension_how`` ("prebuilt" / "jit" /
     None), ``compiled_archs``, ``source_hash`` (of the csrc/ it was built from),
     ``phase_timing_compiled`` (a diagnostics build with the per-phase timing
-    recorder), ``reason`` (why the extension is not loaded),
+    recorder), ``reason`` (why the extension is not loaded), ``fix`` (how to get
+    it, when torch has CUDA but the extension is missing; else None), ``sources``
+    (the ``csrc/`` a JIT build would compile),
     and ``default_path`` (what a CUDA forward of a covered shape would run).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
@@ -45,5 +47,7 @@ def backend_info(load: bool = True) -> dict:
         "source_hash": source_hash,
         "phase_timing_compiled": phase_timing,
         "reason": reason,
+        "fix": FIX if (cuda and ext is None) else None,
+        "sources": CSRC,
         "default_path": "fused CUDA kernel" if ext is not None else "reference (pure PyTorch)",
     }
