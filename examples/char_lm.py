@@ -148,7 +148,11 @@ def train(model, opt, data, args, start_step, device, amp, desc):
     if chunks < 1:
         raise SystemExit(f"the training text is too short for --batch {args.batch} --seq-len {T}")
     warmup = min(5, args.steps // 5)  # steps left out of the tokens/s figure
-    losses, state, t0 = [], None, time.perf_counter()
+    # the losses go into one preallocated buffer: a new small tensor kept per step would
+    # sit between the large transient buffers of each step and pin glibc's heap, so that
+    # the memory freed after every step could not go back to the system (RSS grew by
+    # ~1.5 MB per step on a CPU, though nothing leaked: examples/README.md)
+    losses, state, t0 = torch.zeros(args.steps, device=device), None, time.perf_counter()
     progress = Progress(args.steps, desc)
     model.train()
     for k in range(args.steps):
@@ -163,20 +167,20 @@ def train(model, opt, data, args, start_step, device, amp, desc):
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        losses.append(loss.detach())
+        losses[k] = loss.detach()
         if k + 1 == warmup:
             sync(device)
             t0 = time.perf_counter()
         if (k + 1) % args.log_every == 0 or k + 1 == args.steps:
             # .item() waits for the GPU, so it is done only every --log-every steps
-            recent = torch.stack(losses[-args.log_every:]).mean().item()
+            recent = losses[max(0, k + 1 - args.log_every):k + 1].mean().item()
             progress.update((k + 1) - progress.n, f"loss {recent:.3f}  ppl {math.exp(recent):.2f}")
     sync(device)
     progress.close()
     elapsed = time.perf_counter() - t0
     timed = args.steps - warmup
     tokens_per_s = timed * args.batch * T / elapsed if timed > 0 else float("nan")
-    return torch.stack(losses).tolist() if losses else [], tokens_per_s
+    return losses.tolist(), tokens_per_s
 
 
 @torch.no_grad()
