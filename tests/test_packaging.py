@@ -31,7 +31,7 @@ SDIST_NEEDS = ["tests/conftest.py", "tests/helpers.py", "tests/compile_helpers.p
                "tests/gpu/conftest.py", "tests/gpu/gpu_helpers.py", "tests/gpu/test_smoke_gpu.py",
                "benchmarks/bench.py", "benchmarks/common.py", "examples/char_lm.py",
                "scripts/gpu_check.sh", "scripts/readme_commands.py", "README.md", "setup.py",
-               "pyproject.toml", "MANIFEST.in"]
+               "pyproject.toml", "MANIFEST.in", ".ci/run"]
 
 
 def _tree_copy(dst: Path) -> Path:
