@@ -2,8 +2,8 @@
 
 Order of attempts, the first time a CUDA path needs it:
 
-1. the prebuilt module ``fused_rnn._C`` (``pip install -e .`` builds it when
-   torch has CUDA and nvcc is found);
+1. the prebuilt module ``fused_rnn._C`` (``pip install --no-build-isolation .``
+   builds it when torch has CUDA and nvcc is found);
 2. a JIT build of the same sources with ``torch.utils.cpp_extension.load``
    (cached under TORCH_EXTENSIONS_DIR), announced on stderr;
 3. nothing: the reason is kept and reported by ``fused_rnn.backend_info()``,
