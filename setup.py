@@ -15,6 +15,7 @@ the CUDA sources as ``fused_rnn/csrc`` (``build_py`` below; the sdist gets
 extension from its own sources.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -24,9 +25,11 @@ from setuptools.command.build_py import build_py as _build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@functools.lru_cache(maxsize=None)
 def _load_build_config():
     # fused_rnn/_build.py holds the source list and flags; load it by path so
-    # that building does not import the package itself.
+    # that building does not import the package itself (once: the extension and
+    # build_py both read it).
     spec = importlib.util.spec_from_file_location(
         "_fused_rnn_build", os.path.join(HERE, "fused_rnn", "_build.py")
     )
