@@ -8,15 +8,19 @@ Drop-in replacements for torch.nn.LSTM / GRU / RNN::
     print(lstm.last_backend)           # which path ran, and why
 
     model = fused_rnn.convert(model)   # swap every nn.LSTM/GRU/RNN in place
+
+    with fused_rnn.backend("reference"):   # or "fused", "native", "auto"
+        out, _ = lstm(x)
 """
 
-from . import _dynamo_compat, functional, ops, reference
+from . import _dynamo_compat, dispatch, functional, ops, policy, reference
 from ._build import ExtensionUnavailableWarning
+from .dispatch import backend
 from ._info import backend_info
 from .modules import GRU, LSTM, RNN, convert
 
 _dynamo_compat.install()
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "convert", "backend_info", "ExtensionUnavailableWarning",
-           "functional", "reference", "ops"]
+__all__ = ["LSTM", "GRU", "RNN", "convert", "backend", "backend_info",
+           "ExtensionUnavailableWarning", "dispatch", "functional", "policy", "reference", "ops"]

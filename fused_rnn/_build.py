@@ -7,10 +7,11 @@ Order of attempts, the first time a CUDA path needs it:
 2. a JIT build of the same sources with ``torch.utils.cpp_extension.load``
    (cached under TORCH_EXTENSIONS_DIR), announced on stderr;
 3. nothing: the reason is kept and reported by ``fused_rnn.backend_info()``,
-   and every op takes the reference path. Import never fails because of the
-   extension. Where torch has CUDA and a device is visible, this is warned
-   about once (:class:`ExtensionUnavailableWarning`), with the reason and the
-   fix: a CUDA call never takes the slow path silently.
+   and every CUDA call runs torch's own implementation (cuDNN, the ``native``
+   path). Import never fails because of the extension. Where torch has CUDA and
+   a device is visible, this is warned about once
+   (:class:`ExtensionUnavailableWarning`), with the reason and the fix: a CUDA
+   call never loses the fused kernel silently.
 
 The sources: in a source tree (and an editable install) ``csrc/`` lies beside
 the package; an installed wheel or sdist carries the same files inside the
@@ -52,7 +53,7 @@ FIX = ("install with `pip install --no-build-isolation .` (or `-e .`) into an en
 
 class ExtensionUnavailableWarning(UserWarning):
     """torch has CUDA, but fused_rnn's CUDA extension could not be loaded or built:
-    CUDA calls run the (much slower) pure-PyTorch reference path."""
+    CUDA calls run torch's own implementation (cuDNN), without the fused kernel."""
 
 
 def sources(root: str = ROOT) -> list[str]:
@@ -225,7 +226,8 @@ def load_extension():
 def unavailable_message(reason: str) -> str:
     """The once-per-process warning when torch has CUDA but the extension is missing."""
     return (f"fused_rnn: the CUDA extension is not available ({reason}), so CUDA calls run "
-            f"the pure-PyTorch reference path, much slower than the fused kernel. To fix: {FIX}.")
+            f"torch's own implementation (cuDNN, as torch.nn), never the fused kernel. "
+            f"To fix: {FIX}.")
 
 
 def extension_status() -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from . import policy
 from ._build import CSRC, FIX, extension_status, load_extension
+from .dispatch import requested
 
 
 def backend_info(load: bool = True) -> dict:
@@ -17,7 +19,10 @@ def backend_info(load: bool = True) -> dict:
     recorder), ``reason`` (why the extension is not loaded), ``fix`` (how to get
     it, when torch has CUDA but the extension is missing; else None), ``sources``
     (the ``csrc/`` a JIT build would compile),
-    and ``default_path`` (what a CUDA forward of a covered shape would run).
+    ``backend`` (what is asked for now: ``fused_rnn.backend(...)``, else
+    ``FUSED_RNN_BACKEND``, else "auto"; a module's own setting comes between the
+    two), ``crossover_table`` (the calibrated table of this device, or None: the
+    performance model's default) and ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
     """
@@ -31,11 +36,21 @@ def backend_info(load: bool = True) -> dict:
     # per-phase timing recorder (a diagnostics build: FUSED_RNN_PHASE_TIMING=1)
     source_hash = getattr(ext, "source_hash", None) if ext is not None else None
     phase_timing = bool(getattr(ext, "phase_timing_compiled", False)) if ext is not None else None
+    table = None
     if not cuda:
         reason = ("torch is a CPU-only build" if torch.version.cuda is None
                   else "no CUDA device visible")
+        default = ("native (torch's own implementation) in eager mode; the reference stack "
+                   "(the custom op) inside torch.compile")
     else:
         reason = status["reason"] if ext is None else None
+        found = policy.tables().get(torch.cuda.get_device_name())
+        table = found[1] if found else None
+        default = ("fused CUDA kernel where the planners cover the call and the batch is at "
+                   "most the crossover batch ("
+                   + ("calibrated table" if table else "performance-model default")
+                   + "); native (cuDNN) otherwise" if ext is not None
+                   else "native (cuDNN): the extension is unavailable")
     return {
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -49,5 +64,7 @@ def backend_info(load: bool = True) -> dict:
         "reason": reason,
         "fix": FIX if (cuda and ext is None) else None,
         "sources": CSRC,
-        "default_path": "fused CUDA kernel" if ext is not None else "reference (pure PyTorch)",
+        "backend": requested()[0],
+        "crossover_table": table,
+        "default_path": default,
     }

@@ -6,9 +6,13 @@ checks, parameter names and shapes, initialisation, state_dict, repr and
 follows torch's forward step by step (same exceptions, same messages, same
 outputs) and calls :func:`fused_rnn.functional.run` instead of ``torch._VF``.
 
-``last_backend`` records which path the last forward took and why, and
-``last_backward_backend`` which path its backward takes (None when the
-forward needed no gradient).
+Each call runs one of three paths (:mod:`fused_rnn.dispatch`): the fused CUDA
+kernel, torch's own implementation (``native``: this very ``nn.LSTM.forward``,
+so cuDNN on a GPU and ATen on a CPU) or the pure-PyTorch reference stack.
+``backend`` (None: inherit; "auto", "fused", "native", "reference") asks for
+one for this module. ``last_backend`` records which path the last forward took
+and why, and ``last_backward_backend`` which path its backward takes (None when
+the forward needed no gradient).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import run
+from .dispatch import behind_graph_break, decide
+from .functional import effective_dtype, run
 
 
 def _packed_index(batch_sizes: torch.Tensor, device: torch.device):
@@ -32,9 +37,15 @@ def _packed_index(batch_sizes: torch.Tensor, device: torch.device):
     return index.to(device), valid.sum(0).to(device), T, B
 
 
+def _torch_forward(module, input, hx):
+    """torch's own forward of a fused module: nn.LSTM.forward & co."""
+    return super(_FusedForward, module).forward(input, hx)
+
+
 class _FusedForward:
     """The forward shared by the three modules (mixed in before the torch class)."""
 
+    backend: str | None = None  # what this module asks for; None: fused_rnn.backend / env / auto
     last_backend: str | None = None
     last_backward_backend: str | None = None
 
@@ -68,9 +79,51 @@ class _FusedForward:
             return h, torch.zeros(self.num_layers * D, batch, self.hidden_size, **kw)
         return h
 
+    def _decide(self, input, hx):
+        """The path of this call (fused_rnn.dispatch.decide), from the input as given.
+
+        None for an input torch's own forward rejects (not a tensor, wrong number of
+        dimensions): torch's forward then raises its own exception and message.
+        """
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, torch.Tensor) or (not packed and data.dim() not in (2, 3)):
+            return None
+        if packed:
+            T, B = input.batch_sizes.numel(), int(input.batch_sizes[0])
+        elif data.dim() == 2:
+            T, B = data.shape[0], 1
+        else:
+            T, B = (data.shape[1], data.shape[0]) if self.batch_first else data.shape[:2]
+        states = () if hx is None else (hx if isinstance(hx, (tuple, list)) else (hx,))
+        need_grad = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad
+            for t in (data, *states, *self._flat_weights)
+        )
+        p = float(self.dropout) if (self.training and self.num_layers > 1) else 0.0
+        return decide(
+            self.mode, data.device, effective_dtype(self.mode, data), T, B, self.input_size,
+            self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
+            has_biases=self.bias, proj_size=self.proj_size, dropout=p, need_grad=need_grad,
+            has_lengths=packed, module_backend=self.backend,
+        )
+
+    def _native_forward(self, input, hx):
+        if torch.compiler.is_compiling():  # a graph break around it, as around nn's RNNs
+            return behind_graph_break(_torch_forward)(self, input, hx)
+        return _torch_forward(self, input, hx)
+
     def forward(self, input, hx=None):
         if hasattr(self, "_update_flat_weights"):
             self._update_flat_weights()
+        decision = self._decide(input, hx)
+        if decision is None or decision.path == "native":
+            if decision is None:
+                self.last_backend = "native: torch's own forward checks this input"
+                self.last_backward_backend = None
+            else:
+                self.last_backend, self.last_backward_backend = decision.forward, decision.backward
+            return self._native_forward(input, hx)
         is_lstm = self.mode == "LSTM"
         orig_input = input
         is_batched = True
@@ -108,15 +161,14 @@ class _FusedForward:
         if batch_sizes is not None:
             index, lengths, T, B = _packed_index(batch_sizes, input.device)
             padded = input.new_zeros(T * B, input.shape[-1]).index_copy(0, index, input)
-            out, hy, cy, backend, backward = run(self.mode, padded.view(T, B, -1),
-                                                 self._flat_weights, h0, c0, lengths=lengths,
-                                                 **options)
+            out, hy, cy, _, _ = run(self.mode, padded.view(T, B, -1), self._flat_weights, h0,
+                                    c0, lengths=lengths, path=decision.path, **options)
             output = out.reshape(T * B, -1).index_select(0, index)
         else:
-            output, hy, cy, backend, backward = run(self.mode, input, self._flat_weights, h0, c0,
-                                                    batch_first=self.batch_first, **options)
-        self.last_backend = backend
-        self.last_backward_backend = backward
+            output, hy, cy, _, _ = run(self.mode, input, self._flat_weights, h0, c0,
+                                       batch_first=self.batch_first, path=decision.path,
+                                       **options)
+        self.last_backend, self.last_backward_backend = decision.forward, decision.backward
         hidden = (hy, cy) if is_lstm else hy
 
         if batch_sizes is not None:

@@ -8,6 +8,12 @@ Each schema is written once, here. Per device:
   says the call is covered, otherwise the reference ops on the CUDA tensors.
   Both directions of the decision are reported by :func:`plan`.
 
+The modules and :mod:`fused_rnn.functional` call these ops only on the paths
+:func:`fused_rnn.dispatch.decide` chose them for: ``fused`` (a CUDA call the
+planners cover) and ``reference`` on a CPU; ``native`` calls torch's own
+``torch._VF`` functions instead, and ``reference`` on CUDA the reference stack
+directly.
+
 ``register_fake`` gives shapes to torch.compile / FakeTensor, and
 ``register_autograd`` connects the two ops. The contract (shapes, the
 ``reserve`` layout) is in csrc/README.md.
@@ -43,37 +49,44 @@ def _check_seq_len(input: Tensor) -> None:
 # --------------------------------------------------------------------------- plan
 
 
-def plan(input: Tensor, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
-         has_biases, proj_size, dropout, need_reserve, *, which: str = "forward"
-         ) -> tuple[bool, str]:
-    """Whether a fused CUDA kernel runs this call: (True, "fused...") or (False, why).
-
-    ``which="forward"`` asks the forward kernel's planner (``_C.plan``),
-    ``which="backward"`` the backward kernel's (``_C.plan_backward``; the
-    backward also needs a saved reserve, which this does not check).
-    """
+def plan_shape(mode: str, num_layers: int, bidirectional: bool, has_biases: bool,
+               proj_size: int, I: int, H: int, B: int, T: int, dtype: torch.dtype,
+               device_index: int, need_reserve: bool, has_lengths: bool, dropout: float, *,
+               which: str = "forward") -> tuple[bool, str]:
+    """Whether a fused CUDA kernel covers a CUDA call of this shape: (True, "fused: <plan>")
+    or (False, why). ``which="forward"`` asks the forward kernel's planner (``_C.plan``),
+    ``which="backward"`` the backward kernel's (``_C.plan_backward``)."""
     if which not in ("forward", "backward"):
         raise ValueError(f"fused_rnn.ops.plan: which must be 'forward' or 'backward', got {which!r}")
-    if input.device.type != "cuda":
-        return False, f"reference: input on {input.device.type}, the fused kernel is CUDA-only"
-    if input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return False, f"reference: {input.dtype} is not covered by the fused kernel"
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return False, f"{dtype} is not covered by the fused kernel"
     ext = load_extension()
     if ext is None:
         from ._build import extension_status
 
-        return False, f"reference: CUDA extension unavailable ({extension_status()['reason']})"
+        return False, f"CUDA extension unavailable ({extension_status()['reason']})"
     planner = ext.plan if which == "forward" else getattr(ext, "plan_backward", None)
     if planner is None:
-        return False, "reference: this build of the extension has no fused backward kernel"
+        return False, "this build of the extension has no fused backward kernel"
+    ok, why = planner(mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T, dtype,
+                      device_index, need_reserve, has_lengths, float(dropout))
+    return bool(ok), why
+
+
+def plan(input: Tensor, weights, hx, cx, lengths, seed, mode, num_layers, bidirectional,
+         has_biases, proj_size, dropout, need_reserve, *, which: str = "forward"
+         ) -> tuple[bool, str]:
+    """:func:`plan_shape` for the op's arguments (the backward also needs a saved reserve,
+    which this does not check). A tensor off CUDA is never covered."""
+    if which not in ("forward", "backward"):
+        raise ValueError(f"fused_rnn.ops.plan: which must be 'forward' or 'backward', got {which!r}")
+    if input.device.type != "cuda":
+        return False, f"input on {input.device.type}, the fused kernel is CUDA-only"
     T, B, I = input.shape
     H = weights[0].shape[0] // reference.GATES[mode]
-    ok, why = planner(
-        mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T, input.dtype,
-        input.device.index if input.device.index is not None else torch.cuda.current_device(),
-        need_reserve, lengths is not None, float(dropout),
-    )
-    return bool(ok), (why if ok else f"reference: {why}")
+    index = input.device.index if input.device.index is not None else torch.cuda.current_device()
+    return plan_shape(mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T,
+                      input.dtype, index, need_reserve, lengths is not None, dropout, which=which)
 
 
 # ----------------------------------------------------------------------- forward
@@ -212,4 +225,4 @@ rnn_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, in
 
 # The extension registers fused_rnn::_fused_forward / _fused_backward when loaded;
 # importing it here is lazy (first CUDA call), so a CPU machine never touches it.
-__all__ = ["rnn_forward", "rnn_backward", "plan", "FORWARD_SCHEMA", "BACKWARD_SCHEMA", "Tensor"]
+__all__ = ["rnn_forward", "rnn_backward", "plan", "plan_shape", "FORWARD_SCHEMA", "BACKWARD_SCHEMA", "Tensor"]

@@ -49,10 +49,10 @@ def test_plan_asks_the_selected_planner(monkeypatch, which):
     assert ext.calls[0][1][:10] == ("LSTM", 1, False, False, 0, 4, 6, 3, 5, torch.float32)
 
 
-def test_plan_backward_rejection_is_reported_as_reference(monkeypatch):
+def test_plan_backward_rejection_gives_the_planners_reason(monkeypatch):
     monkeypatch.setattr(ops, "load_extension", lambda: FakeExt(bwd_ok=False))
     ok, why = ops.plan(*_args(_cuda_like_input()), which="backward")
-    assert not ok and why == "reference: fake backward no"
+    assert not ok and why == "fake backward no"
 
 
 def test_plan_without_plan_backward_in_the_extension(monkeypatch):

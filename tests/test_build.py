@@ -64,7 +64,7 @@ def test_no_extension_on_a_cpu_build_and_a_reason():
     status = _build.extension_status()
     assert status["tried"] and not status["loaded"] and status["reason"]
     info = fused_rnn.backend_info()
-    assert info["default_path"].startswith("reference")
+    assert info["default_path"].startswith("native")
 
 
 def test_import_is_cheap_and_never_builds():
@@ -138,11 +138,11 @@ def test_cuda_torch_without_the_extension_warns_once_with_the_reason_and_the_fix
     assert len(ours) == 1, [str(w.message) for w in caught]
     msg = str(ours[0].message)
     assert "No module named 'fused_rnn._C'" in msg and "no CUDA toolkit (nvcc)" in msg
-    assert "reference path" in msg and "pip install --no-build-isolation" in msg
+    assert "torch's own implementation (cuDNN" in msg and "pip install --no-build-isolation" in msg
     assert "CUDA_HOME" in msg
     assert info["cuda_available"] and not info["extension_loaded"]
     assert "no CUDA toolkit (nvcc)" in info["reason"] and info["fix"] == _build.FIX
-    assert info["default_path"].startswith("reference")
+    assert info["default_path"].startswith("native")
 
 
 def test_no_warning_where_no_cuda_call_can_happen(monkeypatch):

@@ -1,4 +1,9 @@
-"""Dropout masks: Philox bit-exactness (PyTorch vs C++), torch's semantics, reproducibility."""
+"""Dropout masks: Philox bit-exactness (PyTorch vs C++), torch's semantics, reproducibility.
+
+The module tests here are about the Philox masks, which the fused kernel and the
+reference stack draw: they run on the reference path (a CPU's default, native, draws
+torch's own masks; tests/test_parity.py checks those against nn bit for bit).
+"""
 
 import os
 import shutil
@@ -13,6 +18,12 @@ from fused_rnn import dropout as drop
 from helpers import make_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _reference_path():
+    with fused_rnn.backend("reference"):
+        yield
 
 
 def test_philox_known_answers():

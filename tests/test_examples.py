@@ -25,7 +25,7 @@ TINY_LM = ["--device", "cpu", "--embed", "16", "--hidden", "32", "--layers", "2"
 
 
 def is_backend_string(s):
-    return isinstance(s, str) and s.startswith(("fused: ", "reference: "))
+    return isinstance(s, str) and s.startswith(("fused: ", "native: ", "reference: "))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -1,6 +1,7 @@
 """The modules are torch.nn's: constructor, parameters, state_dict, repr, errors, extras."""
 
 import copy
+import os
 import io
 import pickle
 
@@ -105,13 +106,19 @@ def test_bad_hidden_size_lstm_cell_state():
     assert _error(lambda: fused(x, bad)) == _error(lambda: ref(x, bad))
 
 
-def test_hidden_dtype_and_device_mismatch_is_a_clear_error():
-    _, fused = make_pair("GRU", 3, 5)
+def test_hidden_dtype_and_device_mismatch_is_torchs_error_or_a_clear_one():
+    ref, fused = make_pair("GRU", 3, 5)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="Input and hidden tensors are not the same dtype"):
-        fused(x, torch.zeros(1, 2, 5, dtype=torch.float32))
-    with pytest.raises(RuntimeError, match="not at the same device"):
-        fused(x, torch.zeros(1, 2, 5, dtype=torch.float64, device="meta"))
+    bad = (torch.zeros(1, 2, 5, dtype=torch.float32),
+           torch.zeros(1, 2, 5, dtype=torch.float64, device="meta"))
+    for h in bad:  # native (the default here): whatever nn.GRU itself raises
+        assert _error(lambda: fused(x, h)) == _error(lambda: ref(x, h))
+        assert _error(lambda: ref(x, h))[0] is not None
+    with fused_rnn.backend("reference"):
+        with pytest.raises(RuntimeError, match="Input and hidden tensors are not the same dtype"):
+            fused(x, bad[0])
+        with pytest.raises(RuntimeError, match="not at the same device"):
+            fused(x, bad[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -136,11 +143,124 @@ def test_last_backend_is_recorded(mode):
     assert fused.last_backend is None and fused.last_backward_backend is None
     with torch.no_grad():
         fused(torch.randn(2, 1, 3, dtype=torch.float64))
-    assert fused.last_backend.startswith("reference: ")
+    assert fused.last_backend.startswith("native: ")
     assert "CUDA" in fused.last_backend or "cuda" in fused.last_backend
     assert fused.last_backward_backend is None  # no gradient needed
     fused(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert fused.last_backward_backend.startswith("native: ")
+    with fused_rnn.backend("reference"):
+        fused(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert fused.last_backend == "reference: requested by fused_rnn.backend('reference')"
     assert fused.last_backward_backend.startswith("reference: ")
+
+
+def _paths(module, x):
+    """The path word of the module's forward label after one call."""
+    module(x)
+    return module.last_backend.split(":")[0]
+
+
+def test_backend_context_module_setting_and_precedence(monkeypatch):
+    from fused_rnn import dispatch
+
+    _, m = make_pair("LSTM", 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    assert m.backend is None and _paths(m, x) == "native"
+    m.backend = "reference"
+    assert _paths(m, x) == "reference"
+    assert "the module's backend='reference'" in m.last_backend
+    with fused_rnn.backend("native"):  # the context wins over the module
+        assert _paths(m, x) == "native"
+        with fused_rnn.backend("reference"):  # innermost first
+            assert _paths(m, x) == "reference"
+        assert _paths(m, x) == "native"
+    m.backend = None
+    monkeypatch.setattr(dispatch, "_ENV_VALUE", "reference")  # FUSED_RNN_BACKEND=reference
+    assert _paths(m, x) == "reference" and "FUSED_RNN_BACKEND=reference" in m.last_backend
+    m.backend = "native"  # the module wins over the environment
+    assert _paths(m, x) == "native"
+    with fused_rnn.backend("auto"):  # an explicit auto: the CPU default
+        assert _paths(m, x) == "native" and "CUDA-only" in m.last_backend
+    with pytest.raises(RuntimeError):  # a context left by an exception is popped
+        with fused_rnn.backend("reference"):
+            raise RuntimeError("inside")
+    assert dispatch._STACK == []
+
+
+def test_backend_names_are_checked(monkeypatch):
+    from fused_rnn import dispatch
+
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'fused', 'native', "
+                                         "'reference'; got 'cudnn'"):
+        with fused_rnn.backend("cudnn"):
+            pass
+    _, m = make_pair("GRU", 3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    m.backend = "fast"
+    with pytest.raises(ValueError, match="module.backend: backend must be one of"):
+        m(x)
+    m.backend = None
+    monkeypatch.setattr(dispatch, "_ENV_VALUE", "kernel")
+    with pytest.raises(ValueError, match="FUSED_RNN_BACKEND: backend must be one of"):
+        m(x)
+
+
+def test_environment_variable_is_read_at_import():
+    import subprocess
+    import sys
+
+    code = ("import torch, fused_rnn; m = fused_rnn.GRU(3, 4); m(torch.randn(2, 1, 3)); "
+            "print(m.last_backend)")
+    env = dict(os.environ, FUSED_RNN_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "reference: requested by FUSED_RNN_BACKEND=reference"
+
+
+@pytest.mark.parametrize("how", ["context", "module", "functional"])
+def test_asking_for_the_kernel_where_it_cannot_run_raises(how):
+    """Never a silent fallback when the user asked for the fused kernel: the reason."""
+    ref, m = make_pair("LSTM", 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    msg = r"fused_rnn: the fused kernel was requested \(.*\) but cannot run this call: " \
+          r"input on cpu, the fused kernel is CUDA-only"
+    with pytest.raises(RuntimeError, match=msg):
+        if how == "context":
+            with fused_rnn.backend("fused"):
+                m(x)
+        elif how == "module":
+            m.backend = "fused"
+            m(x)
+        else:
+            h = torch.zeros(2, 2, 4, dtype=torch.float64)
+            fused_rnn.functional.lstm(x, (h, h), ref._flat_weights, True, 2, backend="fused")
+
+
+def test_functional_paths_and_lengths_on_the_native_path():
+    """functional.* takes the same decision; native with lengths packs as nn's modules do
+    (zeros past each length, state at each length), equal to the reference's masking."""
+    ref, _ = make_pair("LSTM", 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    h = torch.randn(4, 3, 4, dtype=torch.float64)
+    c = torch.randn(4, 3, 4, dtype=torch.float64)
+    lengths = torch.tensor([4, 6, 1])
+    w = ref._flat_weights
+    native = fused_rnn.functional.lstm(x, (h, c), w, True, 2, bidirectional=True, lengths=lengths)
+    refd = fused_rnn.functional.lstm(x, (h, c), w, True, 2, bidirectional=True, lengths=lengths,
+                                     backend="reference")
+    for a, b in zip(native, refd):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert native[0][4:, 0].abs().max() == 0 and native[0][1:, 2].abs().max() == 0
+    plain = torch._VF.lstm(x, (h, c), w, True, 2, 0.0, False, True, False)
+    for a, b in zip(fused_rnn.functional.lstm(x, (h, c), w, True, 2, bidirectional=True), plain):
+        assert torch.equal(a, b)
+    xb = x.transpose(0, 1)
+    for a, b in zip(fused_rnn.functional.lstm(xb, (h, c), w, True, 2, bidirectional=True,
+                                              batch_first=True, lengths=lengths),
+                    fused_rnn.functional.lstm(xb, (h, c), w, True, 2, bidirectional=True,
+                                              batch_first=True, lengths=lengths,
+                                              backend="reference")):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_backend_info():

@@ -119,7 +119,8 @@ def test_backward_twice_with_retain_graph_is_identical():
 def test_double_backward_raises_a_clear_error():
     _, fused = make_pair("GRU", 3, 4)
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    out, _ = fused(x)
+    with fused_rnn.backend("reference"):  # the op's backward (native's is torch's own)
+        out, _ = fused(x)
     (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         gx.sum().backward()
@@ -150,7 +151,13 @@ def test_torch_compile_fullgraph_matches_eager(train):
     model.train(train)
     x = torch.randn(2, 5, 6)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x), model(x))
+    got = compiled(x)
+    # inside torch.compile a CPU call takes the custom op (the reference stack), eager
+    # calls torch's own implementation
+    assert model.rnn.last_backend.startswith("reference: "), model.rnn.last_backend
+    assert "torch.compile" in model.rnn.last_backend
+    torch.testing.assert_close(got, model(x))
+    assert model.rnn.last_backend.startswith("native: ")
     if train:
         xa = x.clone().requires_grad_()
         xb = x.clone().requires_grad_()
@@ -169,6 +176,49 @@ def test_torch_compile_inductor_inference():
     x = torch.randn(2, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_torch_compile_native_breaks_the_graph_around_itself_only():
+    """A call that goes native (here: asked for) runs eagerly behind a graph break, as
+    nn.LSTM does; fullgraph=True then refuses it, and the reference compiles whole."""
+    torch._dynamo.reset()
+    model = _Model()
+    model.rnn.backend = "native"
+    x = torch.randn(2, 5, 6)
+    torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), model(x))
+    assert model.rnn.last_backend.startswith("native: ")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="(?i)graph break|skip|disable"):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch._dynamo.reset()
+    model.rnn.backend = "reference"
+    torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(x),
+                               model(x))
+
+
+def test_torch_compile_follows_the_backend_context():
+    """The requested backend is read while tracing, and a change recompiles."""
+    torch._dynamo.reset()
+    model = _Model()
+    x = torch.randn(2, 5, 6)
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled(x)
+    assert model.rnn.last_backend.startswith("reference: ")
+    with fused_rnn.backend("native"):
+        compiled(x)
+    assert model.rnn.last_backend.startswith("native: requested by fused_rnn.backend('native')")
+    compiled(x)
+    assert model.rnn.last_backend.startswith("reference: ")
+
+
+def test_torch_compile_dynamic_shapes_fullgraph():
+    torch._dynamo.reset()
+    model = _Model().eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    with torch.no_grad():
+        for B, T in ((2, 5), (3, 7), (1, 4)):
+            x = torch.randn(B, T, 6)
+            torch.testing.assert_close(compiled(x), model(x))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -34,6 +34,9 @@ SDIST_NEEDS = ["tests/conftest.py", "tests/helpers.py", "tests/compile_helpers.p
                "pyproject.toml", "MANIFEST.in", ".ci/run"]
 
 
+TABLE_DEVICE = "Packaging Test GPU"
+
+
 def _tree_copy(dst: Path) -> Path:
     """This tree's files (tracked and untracked-but-not-ignored when it is a git checkout),
     copied to `dst`."""
@@ -55,6 +58,10 @@ def dists(tmp_path_factory):
     """(sdist, wheel): the sdist of a copy of this tree, the wheel built from that sdist."""
     base = tmp_path_factory.mktemp("dist")
     src = _tree_copy(base / "src")
+    # a crossover table, as `bench.py --calibrate` writes one: it must ship in the wheel
+    table = dict(format=1, device=TABLE_DEVICE, entries=[])
+    (src / "fused_rnn" / "crossover").mkdir(exist_ok=True)
+    (src / "fused_rnn" / "crossover" / "packaging-test-gpu.json").write_text(json.dumps(table))
     out = base / "out"
     env = dict(os.environ, FUSED_RNN_SKIP_CUDA_BUILD="1")  # the wheel under test is pure Python
     r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
@@ -96,6 +103,7 @@ def test_wheel_carries_csrc_and_declares_torch(dists):
             assert name in names, f"the wheel lacks {name}"
             assert zf.read(name) == (ROOT / rel).read_bytes(), f"{name} differs from {rel}"
     assert not [n for n in names if n.startswith(("csrc/", "tests/", "benchmarks/"))]
+    assert "fused_rnn/crossover/packaging-test-gpu.json" in names
     requires = meta.get_all("Requires-Dist")
     assert "torch>=2.4" in requires
     assert {"test", "bench"} <= set(meta.get_all("Provides-Extra"))
@@ -115,7 +123,8 @@ def test_installed_wheel_finds_its_own_sources(dists, tmp_path):
     probe = ("import json, fused_rnn; from fused_rnn import _build; "
              "print(json.dumps(dict(file=fused_rnn.__file__, root=_build.ROOT, csrc=_build.CSRC, "
              "sources=_build.sources(), hash=_build.source_hash(), "
-             "info=fused_rnn.backend_info(load=False)['sources'])))")
+             "info=fused_rnn.backend_info(load=False)['sources'], "
+             "tables=sorted(fused_rnn.policy.tables()))))")
     env = dict(os.environ, PYTHONPATH=str(target))
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -127,6 +136,7 @@ def test_installed_wheel_finds_its_own_sources(dists, tmp_path):
     assert got["sources"] == _build.sources(str(ROOT)) and got["sources"]
     assert all((pkg / s).is_file() for s in got["sources"])
     assert got["hash"] == _build.source_hash(str(ROOT))
+    assert TABLE_DEVICE in got["tables"]  # the installed copy reads its shipped tables
 
 
 def test_suite_collects_from_the_unpacked_sdist(dists, tmp_path):

@@ -3,6 +3,18 @@
 import pytest
 import torch
 
+import fused_rnn
+
+
+@pytest.fixture(autouse=True)
+def _fused_kernel_asked_for():
+    """The GPU tests are the kernels' tests: modules and functional calls here run the fused
+    kernel (``auto`` would send small or uncovered shapes to cuDNN), and a call the kernel
+    cannot run raises instead of passing on another path. Tests of the other paths say so
+    with their own ``fused_rnn.backend(...)`` block, which wins (innermost)."""
+    with fused_rnn.backend("fused"):
+        yield
+
 
 @pytest.fixture
 def precision():

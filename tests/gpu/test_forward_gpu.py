@@ -384,3 +384,44 @@ def test_fp32_follows_cudnn_rnn_precision_setting(ext):
             assert m.last_backend.startswith("fused") and want in m.last_backend
     finally:
         rnn_backend.fp32_precision = old
+
+
+# ------------------------------------------------------------------ the auto policy on a GPU
+
+
+def test_auto_sends_uncovered_calls_to_cudnn_bit_for_bit(ext):
+    """proj_size is not covered: auto runs nn.LSTM's own forward (cuDNN), exactly nn's
+    numbers, forward and gradients, and says why."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(12, 24, num_layers=2, proj_size=8, device="cuda")
+    m = fused_rnn.LSTM(12, 24, num_layers=2, proj_size=8, device="cuda")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, 12, device="cuda", requires_grad=True)
+    with fused_rnn.backend("auto"):
+        got = m(x)
+    assert m.last_backend.startswith("native: proj_size"), m.last_backend
+    assert m.last_backward_backend.startswith("native: "), m.last_backward_backend
+    want = ref(x)
+    for a, b in ((got[0], want[0]), (got[1][0], want[1][0]), (got[1][1], want[1][1])):
+        assert torch.equal(a, b)
+    ga = torch.autograd.grad(got[0].sum(), [x, *m.parameters()])
+    gb = torch.autograd.grad(want[0].sum(), [x, *ref.parameters()])
+    for a, b in zip(ga, gb):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_auto_follows_the_crossover_batch(ext, train):
+    """Covered shapes run fused up to the crossover batch (this device's table, or the
+    model's default) and cuDNN above it; the labels name the number and its source."""
+    L, H, dtype = 4, 256, torch.bfloat16
+    limit, where = fused_rnn.dispatch.batch_limit("LSTM", torch.cuda.current_device(), dtype, L,
+                                                  H, False, train)
+    m = fused_rnn.LSTM(H, H, num_layers=L, device="cuda", dtype=dtype).train(train)
+    with fused_rnn.backend("auto"), torch.set_grad_enabled(train):
+        if limit >= 1:
+            m(torch.randn(4, min(limit, 8), H, device="cuda", dtype=dtype))
+            assert m.last_backend.startswith("fused: "), (m.last_backend, limit, where)
+        m(torch.randn(4, limit + 1, H, device="cuda", dtype=dtype))
+    assert m.last_backend.startswith(f"native: batch {limit + 1} is above {limit}"), m.last_backend
+    assert where in m.last_backend

@@ -1,0 +1,215 @@
+"""Which path runs a call, and why: ``fused``, ``native`` or ``reference``.
+
+* ``fused``: the CUDA kernels of ``fused_rnn._C`` (through the custom op).
+* ``native``: torch's own implementation, exactly what ``nn.LSTM.forward`` runs
+  (cuDNN on a GPU, ATen on a CPU), with torch's autograd and torch's dropout
+  masks.
+* ``reference``: the pure-PyTorch stack of :mod:`fused_rnn.reference` with the
+  Philox dropout masks that the kernel draws too: the test oracle, and the
+  custom op's CPU implementation (which keeps ``torch.compile`` graphs whole).
+
+:func:`decide` makes the choice from the device, dtype, shape and options, the
+planner's answer, the crossover table (:mod:`fused_rnn.policy`) and what the
+user asked for. What the user asks for, innermost first:
+
+1. ``with fused_rnn.backend("reference"):`` (process-wide, like
+   ``torch.backends`` flags; nests),
+2. the module's ``backend`` attribute (``None``: inherit),
+3. the environment variable ``FUSED_RNN_BACKEND`` (read when fused_rnn is
+   imported),
+4. ``"auto"``.
+
+``auto`` runs the fused kernel on a CUDA call when the planners cover it
+(forward, and backward when a gradient is needed) and the batch is at most the
+crossover batch for that shape; every other CUDA call runs ``native``. On a CPU
+it runs ``native`` in eager mode and ``reference`` (the custom op) inside
+``torch.compile``. Asking for ``fused`` where the kernel cannot run raises a
+RuntimeError naming the reason: never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import NamedTuple
+
+import torch
+
+from . import policy
+
+BACKENDS = ("auto", "fused", "native", "reference")
+ENV = "FUSED_RNN_BACKEND"
+_ENV_VALUE = os.environ.get(ENV) or None  # read once, at import
+_STACK: list = []  # the active fused_rnn.backend(...) contexts, innermost last
+_CLASS = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+
+def _check_name(name, where: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}; "
+                         f"got {name!r}")
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """Run every fused_rnn call inside the block on `name`: "auto", "fused", "native" or
+    "reference". Process-wide (like ``torch.backends`` flags); the innermost block wins,
+    over a module's ``backend`` attribute and ``FUSED_RNN_BACKEND``::
+
+        with fused_rnn.backend("reference"):
+            out, _ = lstm(x)      # the pure-PyTorch stack, Philox dropout masks
+    """
+    _check_name(name, "fused_rnn.backend")
+    _STACK.append(name)
+    try:
+        yield
+    finally:
+        _STACK.pop()
+
+
+def requested(module_backend: str | None = None) -> tuple[str, str]:
+    """(the backend asked for, who asked): context, then module, then environment."""
+    if _STACK:
+        return _STACK[-1], f"fused_rnn.backend({_STACK[-1]!r})"
+    if module_backend is not None:
+        _check_name(module_backend, "module.backend")
+        return module_backend, f"the module's backend={module_backend!r}"
+    if _ENV_VALUE is not None:
+        _check_name(_ENV_VALUE, ENV)
+        return _ENV_VALUE, f"{ENV}={_ENV_VALUE}"
+    return "auto", "auto"
+
+
+_BEHIND_BREAK: dict = {}
+
+
+def behind_graph_break(fn):
+    """`fn` behind a torch.compile graph break (``torch.compiler.disable``), for a call that
+    goes native inside a compiled region, as nn's RNNs break the graph. Made on first use
+    (disable imports Dynamo) and kept, since making it while tracing is itself a break."""
+    wrapped = _BEHIND_BREAK.get(fn)
+    if wrapped is None:
+        wrapped = _BEHIND_BREAK[fn] = torch.compiler.disable(fn)
+    return wrapped
+
+
+class Decision(NamedTuple):
+    path: str  # "fused" | "native" | "reference"
+    forward: str  # what runs the forward, and why ("fused: <plan>", "native: <reason>", ...)
+    backward: str | None  # what will run the backward; None when no gradient is needed
+
+
+# -------------------------------------------------------------------- constant parts
+
+
+def _constant_while_tracing(fn):
+    """torch._dynamo.assume_constant_result, without importing Dynamo (~1 s) with fused_rnn."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+# Under torch.compile these two are evaluated once while tracing (Dynamo treats their
+# result as a constant: they call the C++ planner and read files). Their answers do not
+# depend on T and B (the planners' coverage does not, beyond sizes >= 2^31), so the
+# traced call passes T = B = 1 and the batch limit is compared in traced code.
+
+
+@_constant_while_tracing
+def coverage(mode: str, device_index: int, dtype: torch.dtype, T: int, B: int, I: int, H: int,
+             num_layers: int, bidirectional: bool, has_biases: bool, proj_size: int,
+             dropout: float, need_grad: bool, has_lengths: bool) -> tuple[bool, str, str]:
+    """(covered, forward label or reason, backward label) from the forward and backward
+    planners; the backward is asked only when a gradient is needed."""
+    from . import ops
+
+    args = (mode, num_layers, bidirectional, has_biases, proj_size, I, H, B, T, dtype,
+            device_index, need_grad, has_lengths, dropout)
+    ok, why = ops.plan_shape(*args, which="forward")
+    if not ok:
+        return False, why, ""
+    if not need_grad:
+        return True, why, ""
+    ok_b, why_b = ops.plan_shape(*args, which="backward")
+    if not ok_b:
+        return False, f"the fused backward cannot run it: {why_b}", ""
+    return True, why, why_b
+
+
+@_constant_while_tracing
+def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: int, H: int,
+                bidirectional: bool, training: bool) -> tuple[int, str]:
+    """(largest batch ``auto`` runs fused, where the number comes from)."""
+    from ._build import load_extension
+
+    ext = load_extension()
+    tf32 = (ext.fp32_uses_tf32() if ext is not None and hasattr(ext, "fp32_uses_tf32")
+            else torch.backends.cudnn.allow_tf32)
+    key = policy.dtype_key(dtype, bool(tf32))
+    return policy.max_batch_for(torch.cuda.get_device_name(device_index), key, mode, num_layers,
+                                H, bidirectional, training)
+
+
+# ------------------------------------------------------------------------ decide
+
+
+def _refuse(source: str, why: str):
+    return RuntimeError(f"fused_rnn: the fused kernel was requested ({source}) but cannot run "
+                        f"this call: {why}")
+
+
+def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, I: int, H: int, *,
+           num_layers: int, bidirectional: bool = False, has_biases: bool = True,
+           proj_size: int = 0, dropout: float = 0.0, need_grad: bool = False,
+           has_lengths: bool = False, module_backend: str | None = None) -> Decision:
+    """The path of one call. ``I`` and ``H`` are the weights' sizes (static under
+    torch.compile, unlike the input's); ``dropout`` is the probability in effect (0 in
+    eval mode or with one layer); ``need_grad``: a gradient will flow (the forward saves
+    for backward)."""
+    want, source = requested(module_backend)
+    on_cuda = device.type == "cuda"
+    native_bwd = ("native: torch's autograd (cuDNN's backward, as nn." + _CLASS[mode] + ")"
+                  if on_cuda else "native: torch's autograd (ATen), as nn." + _CLASS[mode])
+    if want == "native":
+        return Decision("native", f"native: requested by {source}",
+                        native_bwd if need_grad else None)
+    ref_bwd = ("reference: backpropagation through time over the reference stack"
+               if need_grad else None)
+    if want == "reference":
+        return Decision("reference", f"reference: requested by {source}", ref_bwd)
+    if not on_cuda:
+        why = f"input on {device.type}, the fused kernel is CUDA-only"
+        if want == "fused":
+            raise _refuse(source, why)
+        if torch.compiler.is_compiling():
+            return Decision("reference", f"reference: {why}; inside torch.compile the custom op "
+                            "(the reference stack) keeps the graph whole", ref_bwd)
+        return Decision("native", f"native: {why}; torch's own implementation, as nn."
+                        + _CLASS[mode], native_bwd if need_grad else None)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # sizes and floats may be symbolic; the planners' answer is the same
+        p = 0.5 if dropout > 0 else 0.0
+        ok, fwd, bwd = coverage(mode, index, dtype, 1, 1, I, H, num_layers, bidirectional,
+                                has_biases, proj_size, p, need_grad, has_lengths)
+    else:
+        ok, fwd, bwd = coverage(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
+                                has_biases, proj_size, float(dropout), need_grad, has_lengths)
+    if not ok:
+        if want == "fused":
+            raise _refuse(source, fwd)
+        return Decision("native", f"native: {fwd}", native_bwd if need_grad else None)
+    if compiling:  # the configuration is planned when the op runs
+        fwd = "fused: chosen while torch.compile traced the call"
+        bwd = fwd
+    if want == "auto":
+        limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad)
+        if B > limit:
+            what = "training" if need_grad else "inference"
+            batch = "the batch" if compiling else f"batch {B}"  # B may be symbolic when traced
+            return Decision("native", f"native: {batch} is above {limit}, the largest where "
+                            f"the fused kernel is expected to beat cuDNN for {what} ({where})",
+                            native_bwd if need_grad else None)
+    return Decision("fused", fwd, bwd if need_grad else None)
+
+
+__all__ = ["BACKENDS", "ENV", "Decision", "backend", "behind_graph_break", "decide", "requested"]

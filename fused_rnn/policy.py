@@ -1,0 +1,146 @@
+"""Where the fused kernel is expected to beat cuDNN: the crossover batch per device.
+
+``auto`` runs the fused kernel on a CUDA call only up to a batch size, per
+(dtype, mode, num_layers, hidden_size, bidirectional) and separately for
+inference and training. Above it, ``nn.LSTM``'s own path (cuDNN) runs.
+
+Where the numbers come from:
+
+* a **calibrated table**: ``python benchmarks/bench.py --calibrate`` on a GPU
+  times the fused kernel and cuDNN in one process on the same inputs and writes
+  ``fused_rnn/crossover/<device>.json`` (shipped with the package). A shape the
+  table did not measure takes its nearest conservative neighbour: the entry
+  with the same dtype, mode and direction with the most layers ``<= L`` and
+  the smallest hidden size ``>= H`` (fewer layers and wider layers only make
+  the fused kernel's advantage smaller), or never fused when there is none.
+* otherwise the **default from the performance model** in
+  ``csrc/kernels/README.md`` (section "Dispatch default"): fused only where
+  the model gives it a 1.5x margin over cuDNN's ~2 us per layer-step.
+
+Table format (``format`` 1)::
+
+    {"format": 1, "device": "<torch.cuda.get_device_name()>", "capability": [9, 0],
+     "sm_count": 132, "date": ..., "commit": ..., "torch": ..., "cuda": ..., "cudnn": ...,
+     "command": ..., "seq_len": 256, "margin": 0.95,
+     "entries": [{"dtype": "bf16", "mode": "LSTM", "num_layers": 4, "hidden_size": 512,
+                  "bidirectional": false, "forward_max_batch": 64, "training_max_batch": 16,
+                  "measured": {...}}, ...]}
+
+``dtype`` is one of ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 on, as
+cuDNN's RNN setting says) and ``fp32``; ``*_max_batch`` 0 means never fused.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+
+import torch
+
+TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crossover")
+FORMAT = 1
+DTYPE_KEYS = ("bf16", "fp16", "tf32", "fp32")
+MODEL_MARGIN = 1.5  # the default asks the model for this much of a win before it goes fused
+
+
+def device_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the table's file name)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-device"
+
+
+def check_table(table: dict, where: str = "table") -> None:
+    """Raise ValueError unless `table` is a format-1 crossover table."""
+    if not isinstance(table, dict) or table.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a fused_rnn crossover table of format {FORMAT}")
+    if not isinstance(table.get("device"), str) or not isinstance(table.get("entries"), list):
+        raise ValueError(f"{where}: needs 'device' (str) and 'entries' (list)")
+    for i, e in enumerate(table["entries"]):
+        ok = (isinstance(e, dict) and e.get("dtype") in DTYPE_KEYS
+              and e.get("mode") in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+              and all(isinstance(e.get(k), int) and e[k] >= 0
+                      for k in ("num_layers", "hidden_size", "forward_max_batch",
+                                "training_max_batch"))
+              and isinstance(e.get("bidirectional"), bool))
+        if not ok:
+            raise ValueError(f"{where}: entry {i} is malformed: {e!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def tables(directory: str | None = None) -> dict:
+    """{device name: (table, file)} of every table in `directory` (default: the package's
+    TABLE_DIR), read once."""
+    directory = directory or TABLE_DIR
+    found = {}
+    if not os.path.isdir(directory):
+        return found
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        with open(path) as f:
+            table = json.load(f)
+        check_table(table, path)
+        found[table["device"]] = (table, path)
+    return found
+
+
+def default_max_batch(dtype_key: str, mode: str, num_layers: int, hidden_size: int,
+                      bidirectional: bool, training: bool) -> int:
+    """The largest batch the performance model expects the fused kernel to win by 1.5x.
+
+    csrc/kernels/README.md, "Dispatch default", derives these numbers: modelled
+    fused time per wave step (bf16: 3.4 us at B <= 16, 5.3 us at B = 32; TF32
+    operands double the GEMM's shared-memory bytes; the backward adds 3.2-6.3 us)
+    against cuDNN's ~2 us per layer-step (L of them per wave step, twice that in
+    training). Outside the modelled range (bidirectional, H < 256 where cuDNN
+    may use its persistent kernels, H > 512, exact FP32) it never goes fused.
+    """
+    del mode  # the model is LSTM's; GRU and RNN do less work per step: the same limits
+    if bidirectional or not 256 <= hidden_size <= 512 or dtype_key == "fp32":
+        return 0
+    if dtype_key == "tf32":
+        limits = {4: (16, 8)}
+    else:  # bf16 / fp16
+        limits = {4: (32, 16), 3: (16, 8)}
+    fwd, train = limits.get(min(num_layers, 4), (0, 0))
+    return train if training else fwd
+
+
+def _nearest_entry(entries, dtype_key, mode, num_layers, hidden_size, bidirectional):
+    best = None
+    for e in entries:
+        if (e["dtype"], e["mode"], e["bidirectional"]) != (dtype_key, mode, bidirectional):
+            continue
+        if e["num_layers"] > num_layers or e["hidden_size"] < hidden_size:
+            continue
+        key = (e["num_layers"], -e["hidden_size"])
+        if best is None or key > best[0]:
+            best = (key, e)
+    return None if best is None else best[1]
+
+
+def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
+                  hidden_size: int, bidirectional: bool, training: bool,
+                  directory: str | None = None) -> tuple[int, str]:
+    """(largest batch that runs fused under ``auto``, where that number comes from)."""
+    found = tables(directory or TABLE_DIR).get(device_name)
+    if found is None:
+        n = default_max_batch(dtype_key, mode, num_layers, hidden_size, bidirectional, training)
+        return n, f"the performance model's default; no calibrated table for {device_name}"
+    table, path = found
+    e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional)
+    if e is None:
+        return 0, f"no entry near this shape in {os.path.basename(path)}"
+    n = e["training_max_batch" if training else "forward_max_batch"]
+    shape = f"{e['dtype']} {e['mode']} L={e['num_layers']} H={e['hidden_size']}"
+    return n, f"calibrated on {device_name}, {shape} ({os.path.basename(path)})"
+
+
+def dtype_key(dtype: torch.dtype, fp32_uses_tf32: bool) -> str:
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float16:
+        return "fp16"
+    return "tf32" if fp32_uses_tf32 else "fp32"
