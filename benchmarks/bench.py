@@ -1,26 +1,46 @@
-"""fused_rnn vs torch.nn (cuDNN): time, memory, and which backend actually ran.
+"""fused_rnn vs torch.nn (cuDNN): time, memory, and which path actually ran.
 
     python benchmarks/bench.py --quick        # acceptance shapes, under ~2 min on an H100
     python benchmarks/bench.py                # the full sweep (hours)
     python benchmarks/bench.py --cell LSTM --layers 4 --hidden 512 --batch 32 --seq 512 \
         --dtype bf16 --mode train --dropout 0   # one shape (each flag takes a comma list)
     python benchmarks/bench.py --quick --floors # also the barrier / cuDNN-step floors
+    python benchmarks/bench.py --calibrate    # GPU: measure the crossover table `auto` reads
 
-On a GPU: fused_rnn, torch.nn (cuDNN) and, for small shapes, the reference
-loop (`fused_rnn.reference`), in one process, on the same weights (one
-state_dict copied into every module) and the same inputs. Results go to
+On a GPU, per case, in one process, on the same weights (one state_dict copied
+into every module) and the same inputs: torch.nn (cuDNN); the fused_rnn module
+as users get it (its default policy, "auto": the path it chose and its time,
+`auto_vs_cudnn`); the fused kernel forced (`fused_rnn.backend("fused")`;
+"uncovered", with the kernel's reason, where it cannot run); and, for small
+shapes, the reference loop (`fused_rnn.reference`). Results go to
 benchmarks/results/<device>/ (or --out): results.json, results.csv,
-results.md and plots. Without a GPU it checks the reference path against
-torch.nn on CPU (parity + timings), writes nothing unless --out is given, and
-says that speed numbers need a GPU.
+results.md and plots.
+
+Without a GPU it checks fused_rnn against torch.nn on CPU: the module under
+its default policy (torch's own path there: bit-identical, and its time ratio
+to nn) and the reference path forced (within tolerance), then measures the CPU
+speed target (LSTM L=2 H=256 B=16 T=100, one thread, interleaved runs). It
+writes nothing unless --out is given, and says that GPU speed needs a GPU.
+
+--calibrate (GPU only) walks each (dtype, cell, layers, hidden) up the batch
+sizes, inference and training, timing the forced-fused module against cuDNN
+(10 runs each by default), and stops a series at the first batch where fused
+takes more than --margin (0.95) of cuDNN's time. The largest batch below that
+is what `auto` runs fused; the table goes to
+fused_rnn/crossover/<device>.json (--out: another folder), in the format
+fused_rnn/policy.py documents. With --time-budget the table holds only the
+shapes whose series completed, and says it is incomplete.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import faulthandler
+import functools
 import itertools
+import json
 import math
 import os
 import sys
@@ -102,9 +122,14 @@ class Result:
     dtype: str
     mode: str
     dropout: float
-    status: str = ""  # ok | fallback | mismatch | skipped | error
+    status: str = ""  # the fused kernel's: ok | uncovered | mismatch | skipped | error
     reason: str = ""
-    fused_backend: str = ""
+    fused_backend: str = ""  # the label of the forced-fused call: the kernel's plan
+    auto_backend: str = ""  # the label of the call under the default policy: the path users get
+    auto_ms: float | None = None
+    auto_ms_min: float | None = None
+    auto_ms_max: float | None = None
+    auto_vs_cudnn: float | None = None  # auto_ms / cudnn_ms; target <= report.AUTO_TARGET
     fused_ms: float | None = None
     fused_ms_min: float | None = None
     fused_ms_max: float | None = None
@@ -209,116 +234,13 @@ def max_abs_diff(a, b) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-# ------------------------------------------------------------------ CPU mode
-
-
-@dataclasses.dataclass
-class Parity:
-    cell: str
-    layers: int
-    hidden: int
-    batch: int
-    seq: int
-    dtype: str
-    mode: str
-    backend: str
-    max_abs_diff_output: float
-    max_abs_diff_state: float
-    max_abs_diff_grads: float | None
-    reference_ms: float
-    torch_ms: float
-    runs: int
-    ok: bool
-
-
-CPU_DTYPES = {"fp32": (torch.float32, 1e-4), "fp64": (torch.float64, 1e-10)}  # dtype, tolerance
-
-
-def cpu_time(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return common.stats(times)[0]
-
-
-def cpu_parity(fused_rnn, cell, layers, hidden, batch, seq, dtype_name, mode, runs) -> Parity:
-    dtype, tol = CPU_DTYPES[dtype_name]
-    torch.manual_seed(0)
-    ref, fused = make_modules(fused_rnn, cell, layers, hidden, hidden, 0.0, "cpu", dtype)
-    train = mode == "train"
-    ref.train(train)
-    fused.train(train)
-    x = torch.randn(seq, batch, hidden, dtype=dtype, requires_grad=train)
-    gout = torch.randn(seq, batch, hidden, dtype=dtype)
-
-    def run(m):
-        with torch.set_grad_enabled(train):
-            out, state = m(x)
-            grads = None
-            if train:
-                params = [x] + list(m.parameters())
-                grads = torch.autograd.grad(out, params, gout)
-            return out.detach(), state, grads
-
-    (o1, s1, g1), (o2, s2, g2) = run(ref), run(fused)
-    d_out = max_abs_diff(o1, o2)
-    d_state = max_abs_diff(s1, s2)
-    d_grad = max_abs_diff(tuple(g1), tuple(g2)) if train else None
-    worst = max(d_out, d_state, d_grad or 0.0)
-    return Parity(cell, layers, hidden, batch, seq, dtype_name, mode, fused.last_backend or "",
-                  d_out, d_state, d_grad, cpu_time(lambda: run(fused), runs),
-                  cpu_time(lambda: run(ref), runs), runs, bool(worst <= tol))
-
-
-def cpu_main(args, fused_rnn) -> int:
-    info = fused_rnn.backend_info()
-    torch.set_num_threads(1)  # tiny shapes: one thread is fastest and steadiest on a shared machine
-    print("No CUDA GPU visible: GPU speed numbers need a GPU (an H100/H200: scripts/gpu_check.sh, "
-          "or `python benchmarks/bench.py --quick` there).")
-    print(f"fused_rnn backend here: {info.get('default_path')} ({info.get('reason')})")
-    print("Checking the reference path (fused_rnn modules on CPU) against torch.nn, forward and "
-          "gradients, and timing both on CPU:\n")
-    cells = args.cell or ["LSTM", "GRU", "RNN"]
-    layers = args.layers or [2]
-    hidden, batch, seq = args.hidden or [32], args.batch or [4], args.seq or [16]
-    modes = args.mode or ["infer", "train"]
-    rows = []
-    for cell in cells:
-        for L in layers:
-            for H in hidden:
-                for B in batch:
-                    for T in seq:
-                        for dt in CPU_DTYPES:
-                            for mode in modes:
-                                rows.append(cpu_parity(fused_rnn, cell, L, H, B, T, dt, mode, args.cpu_runs))
-    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "max |Δ| out", "max |Δ| state",
-              "max |Δ| grads", "reference ms", "torch.nn ms", "parity"]
-    lines = [[r.cell, r.layers, r.hidden, r.batch, r.seq, r.dtype, r.mode,
-              f"{r.max_abs_diff_output:.1e}", f"{r.max_abs_diff_state:.1e}",
-              "—" if r.max_abs_diff_grads is None else f"{r.max_abs_diff_grads:.1e}",
-              report.num(r.reference_ms), report.num(r.torch_ms), "ok" if r.ok else "FAIL"]
-             for r in rows]
-    table = report.markdown_table(header, lines)
-    print(table)
-    bad = [r for r in rows if not r.ok]
-    print(f"\nparity: {len(rows) - len(bad)}/{len(rows)} cases within tolerance "
-          f"(fp32 1e-4, fp64 1e-10; CPU timings are medians of {args.cpu_runs} runs, "
-          f"{torch.get_num_threads()} thread; they say nothing about GPU speed).")
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        meta = dict(common.environment(), fused_rnn=info, kind="cpu parity")
-        common.write_json(os.path.join(args.out, "parity.json"), meta, rows)
-        common.write_csv(os.path.join(args.out, "parity.csv"), rows)
-        with open(os.path.join(args.out, "parity.md"), "w") as f:
-            f.write(f"CPU parity run, {meta['date']}, `{meta['command']}`\n\n{table}\n")
-        print(f"wrote {args.out}/parity.json, parity.csv, parity.md")
-    return 1 if bad else 0
-
-
-# ------------------------------------------------------------------ GPU mode
+def backend_label(m, train: bool) -> str:
+    """What a fused_rnn module ran: its last_backend, plus the backward's path in training."""
+    fwd = m.last_backend or "unknown"
+    if not train:
+        return fwd
+    bwd = m.last_backward_backend or "unknown (no gradient was needed)"
+    return f"forward {fwd}; backward {bwd}"
 
 
 def one_line(e: BaseException) -> str:
@@ -326,8 +248,293 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+REFUSAL = "but cannot run this call: "  # fused_rnn.dispatch's error when "fused" is forced
+UNCOVERED = "the fused kernel cannot run it: "  # how a note or a calibration stop says so
+
+
+def uncovered_reason(e: BaseException) -> str | None:
+    """Why the fused kernel cannot run a call, when e is fused_rnn's refusal of a forced
+    "fused"; None for any other error."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or REFUSAL not in text:
+        return None
+    return text.split(REFUSAL, 1)[1].strip().splitlines()[0]
+
+
+# ------------------------------------------------------------------ CPU mode
+
+
+@dataclasses.dataclass
+class Parity:
+    """One CPU check: fused_rnn's module under its default policy, and the reference path
+    forced, against torch.nn on the same weights and input."""
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq: int
+    dtype: str
+    mode: str
+    path: str  # the path fused_rnn's module took under its default policy ("native" on CPU)
+    backend: str  # its last_backend label (and the backward's, in training)
+    identical: bool  # its output, state and gradients equal torch.nn's bit for bit
+    fused_rnn_ms: float
+    torch_ms: float
+    fused_rnn_vs_torch: float
+    reference_max_abs_diff_output: float
+    reference_max_abs_diff_state: float
+    reference_max_abs_diff_grads: float | None
+    reference_ms: float
+    runs: int
+    ok: bool
+
+
+@dataclasses.dataclass
+class Acceptance:
+    """The CPU speed target, one mode: fused_rnn (default policy) vs torch.nn, interleaved."""
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq: int
+    dtype: str
+    mode: str
+    path: str
+    backend: str
+    identical: bool
+    fused_rnn_ms: float
+    torch_ms: float
+    fused_rnn_vs_torch: float
+    target: float
+    meets_target: bool
+    runs: int
+    reference_ms: float  # the reference path forced, against torch.nn timed in its own rounds
+    reference_torch_ms: float
+    reference_vs_torch: float
+    reference_runs: int
+
+
+CPU_DTYPES = {"fp32": (torch.float32, 1e-4), "fp64": (torch.float64, 1e-10)}  # dtype, tolerance
+# The CPU speed target: fused_rnn.LSTM / nn.LSTM time <= SPEED_TARGET on this shape, one thread.
+ACCEPT_SHAPE = dict(cell="LSTM", layers=2, hidden=256, batch=16, seq=100)
+SPEED_TARGET = report.AUTO_TARGET
+REFERENCE_BUDGET_S = 3.0  # per mode: the reference stack is slow on CPU and its ratio is context
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def interleaved_ms(fns, runs: int, budget_s: float | None = None) -> list[list[float]]:
+    """Milliseconds of each of `fns` over `runs` rounds, a round calling each once in turn
+    (fns[0], fns[1], ..., fns[0], ...: a shared machine's drift falls on all of them alike),
+    after one untimed round. With budget_s, the rounds stop once that many seconds have
+    passed (after at least one)."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    for _ in range(runs):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(1e3 * (time.perf_counter() - t0))
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
+    return times
+
+
+def median(times: list[float]) -> float:
+    return common.stats(times)[0]
+
+
+def cpu_case(fused_rnn, cell, layers, hidden, batch, seq, dtype, train: bool):
+    """(nn module, fused_rnn module, input, output gradient) on CPU, same weights, dropout 0."""
+    torch.manual_seed(0)
+    ref, fused = make_modules(fused_rnn, cell, layers, hidden, hidden, 0.0, "cpu", dtype)
+    ref.train(train)
+    fused.train(train)
+    x = torch.randn(seq, batch, hidden, dtype=dtype, requires_grad=train)
+    return ref, fused, x, torch.randn(seq, batch, hidden, dtype=dtype)
+
+
+def cpu_call(m, x, gout, train: bool, context=contextlib.nullcontext):
+    """(output, state, gradients of input and parameters or None) of one call of m; the
+    state as a tuple (h, or h and c)."""
+    with context(), torch.set_grad_enabled(train):
+        out, state = m(x)
+        grads = torch.autograd.grad(out, [x, *m.parameters()], gout) if train else None
+    state = tuple(s.detach() for s in (state if isinstance(state, tuple) else (state,)))
+    return out.detach(), state, grads
+
+
+def identical(a, b) -> bool:
+    """Whether two cpu_call results are equal bit for bit (output, state, gradients)."""
+    flat = [(a[0], b[0]), *zip(a[1], b[1]), *zip(a[2] or (), b[2] or ())]
+    return all(torch.equal(x, y) for x, y in flat)
+
+
+def worst_diff(a, b) -> float:
+    return max(max_abs_diff(a[0], b[0]), max_abs_diff(a[1], b[1]),
+               max_abs_diff(a[2], b[2]) if a[2] is not None else 0.0)
+
+
+def cpu_parity(fused_rnn, cell, layers, hidden, batch, seq, dtype_name, mode, runs) -> Parity:
+    """fused_rnn's module as users get it runs torch's own path on CPU: bit-identical to
+    torch.nn (on any other path: within the tolerance). The reference path forced: within
+    the tolerance. Times: medians of `runs` interleaved rounds (nn, fused_rnn, reference)."""
+    dtype, tol = CPU_DTYPES[dtype_name]
+    train = mode == "train"
+    ref, fused, x, gout = cpu_case(fused_rnn, cell, layers, hidden, batch, seq, dtype, train)
+    call = functools.partial(cpu_caller, x=x, gout=gout, train=train)
+    forced = functools.partial(fused_rnn.backend, "reference")
+    want, got = call(ref)(), call(fused)()
+    label = backend_label(fused, train)
+    path = report.path_of(label)
+    same = identical(want, got)
+    default_ok = same if path == "native" else worst_diff(want, got) <= tol
+    r = call(fused, forced)()
+    t_nn, t_fused, t_ref = interleaved_ms([call(ref), call(fused), call(fused, forced)], runs)
+    nn_ms, fused_ms = median(t_nn), median(t_fused)
+    return Parity(cell, layers, hidden, batch, seq, dtype_name, mode, path, label, same, fused_ms,
+                  nn_ms, fused_ms / nn_ms, max_abs_diff(want[0], r[0]), max_abs_diff(want[1], r[1]),
+                  max_abs_diff(want[2], r[2]) if train else None, median(t_ref), runs,
+                  bool(default_ok and worst_diff(want, r) <= tol))
+
+
+def cpu_caller(m, context=contextlib.nullcontext, *, x, gout, train: bool):
+    """A no-argument call of cpu_call (what interleaved_ms times)."""
+    return lambda: cpu_call(m, x, gout, train, context)
+
+
+def cpu_acceptance(fused_rnn, runs: int, shape: dict,
+                   reference_budget_s: float = REFERENCE_BUDGET_S) -> list[Acceptance]:
+    """The CPU speed target on `shape` (ACCEPT_SHAPE), fp32, one thread, inference (eval,
+    no_grad) and training (forward + backward, dropout 0)."""
+    with cpu_threads(1):
+        return [acceptance_row(fused_rnn, shape, mode, runs, reference_budget_s)
+                for mode in ("infer", "train")]
+
+
+def acceptance_row(fused_rnn, shape: dict, mode: str, runs: int, reference_budget_s: float) -> Acceptance:
+    """fused_rnn's module (default policy) vs torch.nn: `runs` interleaved rounds after
+    warm-up, medians; then the reference path forced vs torch.nn in fewer rounds (runs // 4,
+    at most reference_budget_s seconds: it is slow on CPU, and only context)."""
+    train = mode == "train"
+    ref, fused, x, gout = cpu_case(fused_rnn, **shape, dtype=torch.float32, train=train)
+    call = functools.partial(cpu_caller, x=x, gout=gout, train=train)
+    forced = functools.partial(fused_rnn.backend, "reference")
+    same = identical(call(ref)(), call(fused)())
+    label = backend_label(fused, train)
+    t_nn, t_fused = interleaved_ms([call(ref), call(fused)], runs)
+    r_nn, r_ref = interleaved_ms([call(ref), call(fused, forced)], max(1, runs // 4), reference_budget_s)
+    nn_ms, fused_ms, ref_ms, ref_nn_ms = map(median, (t_nn, t_fused, r_ref, r_nn))
+    return Acceptance(**shape, dtype="fp32", mode=mode, path=report.path_of(label), backend=label,
+                      identical=same, fused_rnn_ms=fused_ms, torch_ms=nn_ms,
+                      fused_rnn_vs_torch=fused_ms / nn_ms, target=SPEED_TARGET,
+                      meets_target=fused_ms / nn_ms <= SPEED_TARGET, runs=len(t_fused),
+                      reference_ms=ref_ms, reference_torch_ms=ref_nn_ms,
+                      reference_vs_torch=ref_ms / ref_nn_ms, reference_runs=len(r_ref))
+
+
+def parity_table(rows: list[Parity]) -> str:
+    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "fused_rnn path", "bit-identical to nn",
+              "fused_rnn ms", "torch.nn ms", "fused_rnn / nn", "reference max |Δ| out",
+              "reference max |Δ| state", "reference max |Δ| grads", "reference ms", "parity"]
+    lines = [[r.cell, r.layers, r.hidden, r.batch, r.seq, r.dtype, r.mode, r.path,
+              "yes" if r.identical else "no", report.num(r.fused_rnn_ms), report.num(r.torch_ms),
+              f"{r.fused_rnn_vs_torch:.2f}", f"{r.reference_max_abs_diff_output:.1e}",
+              f"{r.reference_max_abs_diff_state:.1e}",
+              "—" if r.reference_max_abs_diff_grads is None else f"{r.reference_max_abs_diff_grads:.1e}",
+              report.num(r.reference_ms), "ok" if r.ok else "FAIL"]
+             for r in rows]
+    return report.markdown_table(header, lines)
+
+
+def acceptance_table(rows: list[Acceptance]) -> str:
+    header = ["mode", "fused_rnn path", "bit-identical to nn", "fused_rnn ms", "torch.nn ms",
+              "fused_rnn / nn", f"target ≤ {SPEED_TARGET:g}", "runs", "reference ms",
+              "reference / nn", "reference runs"]
+    lines = [[r.mode, r.path, "yes" if r.identical else "no", report.num(r.fused_rnn_ms),
+              report.num(r.torch_ms), f"{r.fused_rnn_vs_torch:.3f}",
+              "PASS" if r.meets_target else "FAIL", r.runs, report.num(r.reference_ms),
+              f"{r.reference_vs_torch:.2f}", r.reference_runs]
+             for r in rows]
+    return report.markdown_table(header, lines)
+
+
+def acceptance_text(rows: list[Acceptance]) -> str:
+    """The table with what it measured and the verdict, as printed and written to parity.md."""
+    s = rows[0]
+    shape = f"{s.cell} L={s.layers} H={s.hidden} B={s.batch} T={s.seq} {s.dtype}"
+    ratios = ", ".join(f"{r.mode} {r.fused_rnn_vs_torch:.3f}" for r in rows)
+    verdict = "PASS" if all(r.meets_target for r in rows) else "FAIL"
+    return (f"CPU speed target: fused_rnn.{s.cell} / nn.{s.cell} time ≤ {SPEED_TARGET:g}, {shape}, "
+            f"one thread, same weights and input; infer = eval forward under no_grad, train = "
+            f"forward + backward (dropout 0); fused_rnn under its default policy; median of "
+            f"{s.runs} interleaved runs each (nn, fused_rnn, nn, ...) after warm-up. The reference "
+            f"path (forced) is timed in fewer rounds, for context.\n\n{acceptance_table(rows)}\n\n"
+            f"speed target fused_rnn / nn ≤ {SPEED_TARGET:g}: {verdict} ({ratios}). Reported, not "
+            f"the exit status: timings on a shared machine are noisy.")
+
+
+def cpu_main(args, fused_rnn) -> int:
+    with cpu_threads(1):  # tiny shapes: one thread is fastest and steadiest on a shared machine
+        return cpu_checks(args, fused_rnn)
+
+
+def cpu_checks(args, fused_rnn) -> int:
+    info = fused_rnn.backend_info()
+    print("No CUDA GPU visible: GPU speed numbers need a GPU (an H100/H200: scripts/gpu_check.sh, "
+          "or `python benchmarks/bench.py --quick` there).")
+    print(f"fused_rnn extension: {info.get('reason')}")
+    print("Checking fused_rnn against torch.nn on CPU, forward and gradients: the module under its "
+          "default policy (must be bit-identical on torch's native path) and the reference path "
+          "forced (fused_rnn.backend('reference'); within the tolerance); times on CPU:\n")
+    cells = args.cell or ["LSTM", "GRU", "RNN"]
+    layers = args.layers or [2]
+    hidden, batch, seq = args.hidden or [32], args.batch or [4], args.seq or [16]
+    modes = args.mode or ["infer", "train"]
+    rows = [cpu_parity(fused_rnn, cell, L, H, B, T, dt, mode, args.cpu_runs)
+            for cell, L, H, B, T, dt, mode in itertools.product(cells, layers, hidden, batch, seq,
+                                                                CPU_DTYPES, modes)]
+    table = parity_table(rows)
+    print(table)
+    bad = [r for r in rows if not r.ok]
+    print(f"\nparity: {len(rows) - len(bad)}/{len(rows)} cases ok (fused_rnn's default path "
+          f"bit-identical to nn when native; reference within fp32 1e-4, fp64 1e-10; times are "
+          f"medians of {args.cpu_runs} interleaved runs, {torch.get_num_threads()} thread; they "
+          f"say nothing about GPU speed).\n", flush=True)
+    accept = cpu_acceptance(fused_rnn, args.acceptance_runs, ACCEPT_SHAPE)
+    text = acceptance_text(accept)
+    print(text)
+    not_same = [r.mode for r in accept if r.path == "native" and not r.identical]
+    if not_same:
+        print(f"FAIL: fused_rnn's native path differs from nn.{accept[0].cell} ({', '.join(not_same)})")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        meta = dict(common.environment(), fused_rnn=info, kind="cpu parity")
+        common.write_json(os.path.join(args.out, "parity.json"), meta, rows,
+                          acceptance=[dataclasses.asdict(r) for r in accept])
+        common.write_csv(os.path.join(args.out, "parity.csv"), rows)
+        common.write_csv(os.path.join(args.out, "acceptance.csv"), accept)
+        with open(os.path.join(args.out, "parity.md"), "w") as f:
+            f.write(f"CPU parity run, {meta['date']}, `{meta['command']}`\n\n{table}\n\n{text}\n")
+        print(f"wrote {args.out}/parity.json, parity.csv, acceptance.csv, parity.md")
+    return 1 if bad or not_same else 0
+
+
+# ------------------------------------------------------------------ GPU mode
+
+
 def is_kernel(backend: str) -> bool:
-    """Whether a fused_backend label says the fused kernel ran (forward, and backward in training)."""
+    """Whether a backend label says the fused kernel ran (forward, and backward in training)."""
     if backend.startswith("forward "):
         return backend.startswith("forward fused") and "; backward fused" in backend
     return backend.startswith("fused")
@@ -366,6 +573,38 @@ def estimate_bytes(c: Case, buffers: int) -> int:
     return params + io * (buffers + 4) + 2 * c.layers * c.batch * c.hidden * e
 
 
+def set_precision(dtype_name: str) -> torch.dtype:
+    """The torch dtype of a dtype name; for float32, TF32 on or off for cuDNN, cuBLAS and the
+    fused kernel alike (which follows torch's cuDNN setting)."""
+    dtype, tf32 = DTYPES[dtype_name]
+    if tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return dtype
+
+
+def module_step(m, train: bool, gout, context=contextlib.nullcontext):
+    """One timed call of m: forward under no_grad, or forward + backward of gout; inside
+    context() (e.g. fused_rnn.backend("fused")), which costs a list push and pop."""
+    if train:
+        def step(x):
+            with context():
+                torch.autograd.backward(m(x)[0], gout)
+    else:
+        def step(x):
+            with context(), torch.no_grad():
+                m(x)
+    return step
+
+
+def grad_dropper(params, xs):
+    """prepare() for common.cuda_time: drop the previous run's gradients, on the host."""
+    def prepare():
+        for t in (*params, *xs):
+            t.grad = None
+    return prepare
+
+
 class Runner:
     """Runs the cases of one sweep on the current GPU."""
 
@@ -383,13 +622,11 @@ class Runner:
 
     # -- one implementation ---------------------------------------------------
 
-    def measure(self, name, step, xs, prepare, res: Result, fused=None) -> None:
+    def measure(self, name, step, xs, prepare, res: Result) -> None:
         """Warm up, count host syncs, measure memory, then time; fills res.<name>_ms*."""
         a = self.args
         prepare()
         step(xs[0])  # first call: JIT / cuDNN plan / autotuning
-        if fused is not None and not a.time_fallbacks and not is_kernel(self.fused_backend(fused, fused.training)):
-            return  # the fallback path is labelled, not timed (--time-fallbacks to time it)
         est = common.cuda_time(step, xs, runs=1, warmup=0, prepare=prepare)[0]
         budget = a.case_budget
         if est * (a.runs + a.warmup) / 1e3 > budget:
@@ -406,8 +643,22 @@ class Runner:
         setattr(res, f"{name}_ms_min", lo)
         setattr(res, f"{name}_ms_max", hi)
 
+    def measure_auto(self, fused, train, gout, xs, prepare, res: Result) -> None:
+        """The module as users get it (its default policy): which path it chose, and its time.
+        Where it chose the fused kernel, that is the very call just timed forced: its timing
+        is reused (the quick sweep's time budget); any other path is timed."""
+        step = module_step(fused, train, gout)
+        prepare()
+        step(xs[0])
+        res.auto_backend = backend_label(fused, train)
+        if is_kernel(res.auto_backend) and res.fused_ms is not None:
+            res.auto_ms, res.auto_ms_min, res.auto_ms_max = res.fused_ms, res.fused_ms_min, res.fused_ms_max
+            return
+        self.measure("auto", step, xs, prepare, res)
+
     def guarded(self, name, fn, res: Result, notes: list) -> bool:
-        """Run fn(); an OOM or a Skip of one implementation becomes a note, not a crash."""
+        """Run fn(); an OOM, a Skip, a crash or the fused kernel's refusal of one
+        implementation becomes a note, not a crash."""
         try:
             fn()
             return True
@@ -416,7 +667,8 @@ class Runner:
         except torch.cuda.OutOfMemoryError:
             notes.append(f"{name}: out of memory")
         except Exception as e:  # a crash of one implementation is a result too
-            notes.append(f"{name}: {one_line(e)}")
+            why = uncovered_reason(e)
+            notes.append(f"{UNCOVERED}{why}" if why else f"{name}: {one_line(e)}")
         torch.cuda.empty_cache()
         return False
 
@@ -442,11 +694,8 @@ class Runner:
         return res
 
     def _run_case(self, c: Case, res: Result) -> None:
-        a, fr = self.args, self.fused_rnn
-        dtype, tf32 = DTYPES[c.dtype]
-        if tf32 is not None:  # the same setting for cuDNN, cuBLAS and the fused kernel
-            torch.backends.cudnn.allow_tf32 = tf32
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        fr = self.fused_rnn
+        dtype = set_precision(c.dtype)
         train = c.mode == "train"
         T, B, H, L = c.seq, c.batch, c.hidden, c.layers
         x_bytes = T * B * H * torch.empty((), dtype=dtype).element_size()
@@ -463,34 +712,22 @@ class Runner:
         fused.train(train)
         xs = [torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=train) for _ in range(n_buf)]
         gout = torch.randn(T, B, H, device=DEVICE, dtype=dtype) if train else None
-        params = list(ref.parameters()) + list(fused.parameters())
-
-        def prepare():  # host only: drop the previous run's gradients
-            for p in params:
-                p.grad = None
-            for x in xs:
-                x.grad = None
-
-        def module_step(m):
-            if train:
-                def step(x):
-                    torch.autograd.backward(m(x)[0], gout)
-            else:
-                def step(x):
-                    with torch.no_grad():
-                        m(x)
-            return step
+        prepare = grad_dropper(list(ref.parameters()) + list(fused.parameters()), xs)
+        forced = functools.partial(fr.backend, "fused")  # the kernel itself, or its refusal
 
         def parity():  # same function? (dropout changes the values by design)
             if c.dropout == 0:
-                with torch.no_grad():
+                with forced(), torch.no_grad():
                     res.max_abs_diff_vs_cudnn = max_abs_diff(fused(xs[0]), ref(xs[0]))
 
         notes = []
         fused_ok = self.guarded("fused", parity, res, notes) and self.guarded("fused", lambda: self.measure(
-            "fused", module_step(fused), xs, prepare, res, fused=fused), res, notes)
-        res.fused_backend = self.fused_backend(fused, train)
-        self.guarded("cudnn", lambda: self.measure("cudnn", module_step(ref), xs, prepare, res), res, notes)
+            "fused", module_step(fused, train, gout, forced), xs, prepare, res), res, notes)
+        if fused_ok:
+            res.fused_backend = backend_label(fused, train)
+        self.guarded("auto", lambda: self.measure_auto(fused, train, gout, xs, prepare, res), res, notes)
+        self.guarded("cudnn", lambda: self.measure("cudnn", module_step(ref, train, gout), xs, prepare, res),
+                     res, notes)
         if self.use_reference(c):
             self.guarded("reference", lambda: self.measure(
                 "reference", self.reference_step(ref, c, gout), xs, prepare, res), res, notes)
@@ -499,23 +736,16 @@ class Runner:
                 "flashrnn", self.flashrnn_step(ref, c), xs, prepare, res), res, notes)
         self.finish(c, res, fused_ok, notes)
 
-    def fused_backend(self, fused, train: bool) -> str:
-        """What the fused module ran: its last_backend, plus the backward path in training."""
-        fwd = fused.last_backend or "unknown"
-        if not train:
-            return fwd
-        bwd = fused.last_backward_backend or "unknown (no gradient was needed)"
-        return f"forward {fwd}; backward {bwd}"
-
     def finish(self, c: Case, res: Result, fused_ok: bool, notes: list) -> None:
-        """Status and the derived numbers; speed ratios only for the kernel itself."""
-        kernel = is_kernel(res.fused_backend)
+        """Status and the derived numbers; the kernel's ratios only where it ran and matched."""
         diff = res.max_abs_diff_vs_cudnn
         if not fused_ok:
-            res.status = "skipped" if any("too slow" in n or "out of memory" in n for n in notes) else "error"
-        elif not kernel:
-            res.status = "fallback"
-            notes.insert(0, res.fused_backend)
+            if any(n.startswith(UNCOVERED) for n in notes):
+                res.status = "uncovered"
+            elif any("too slow" in n or "out of memory" in n for n in notes):
+                res.status = "skipped"
+            else:
+                res.status = "error"
         elif diff is not None and not diff <= 0.1:
             res.status = "mismatch"
             notes.insert(0, f"fused output differs from cuDNN by {diff:.3g}")
@@ -532,6 +762,8 @@ class Runner:
             res.tflops_cudnn = flop / (res.cudnn_ms / 1e3) / 1e12
             if res.peak_tflops:
                 res.peak_share_cudnn = res.tflops_cudnn / res.peak_tflops
+            if res.auto_ms:  # what users get, whichever path it took
+                res.auto_vs_cudnn = res.auto_ms / res.cudnn_ms
         if res.status == "ok" and res.fused_ms:
             res.us_per_wave_step = 1e3 * res.fused_ms / (c.seq + c.layers - 1)
             res.tokens_per_s_fused = tokens / (res.fused_ms / 1e3)
@@ -600,17 +832,29 @@ class Runner:
         return step
 
 
+def auto_text(r: Result) -> str:
+    """'auto (fused) 1.2 ms = 0.48x cuDNN': what users get, against the target."""
+    if r.auto_ms is None:
+        return "auto —"
+    s = f"auto ({report.path_of(r.auto_backend)}) {r.auto_ms:.3g} ms"
+    if r.auto_vs_cudnn is not None:
+        s += f" = {r.auto_vs_cudnn:.2f}x cuDNN"
+        if r.auto_vs_cudnn > report.AUTO_TARGET:
+            s += f" (over the {report.AUTO_TARGET:g} target)"
+    return s
+
+
 def progress_line(i: int, n: int, c: Case, r: Result) -> str:
     def ms(v):
         return "—" if v is None else f"{v:.3g} ms"
     s = f"[{i}/{n}] {c.label()}: "
-    if r.status == "skipped":
+    if r.status == "skipped" and r.cudnn_ms is None:
         return s + f"skipped ({r.reason})"
-    s += f"fused {ms(r.fused_ms)}, cuDNN {ms(r.cudnn_ms)}"
+    s += f"cuDNN {ms(r.cudnn_ms)}; {auto_text(r)}; fused kernel {ms(r.fused_ms)}"
     if r.speedup_vs_cudnn:
-        s += f", {r.speedup_vs_cudnn:.2f}x"
+        s += f" (speedup {r.speedup_vs_cudnn:.2f}x)"
     if r.reference_ms is not None:
-        s += f", reference {ms(r.reference_ms)}"
+        s += f"; reference {ms(r.reference_ms)}"
     if r.status != "ok":
         s += f"  [{r.status}: {r.reason}]"
     return s
@@ -746,14 +990,26 @@ def write_outputs(out_dir: str, meta: dict, results: list[Result], floors: dict 
     print(f"wrote {', '.join(files)} to {out_dir}")
 
 
+def auto_summary(results: list[Result]) -> str:
+    """How many cases meet the GPU target (fused_rnn as users get it <= AUTO_TARGET x cuDNN)."""
+    timed = [r for r in results if r.auto_vs_cudnn is not None]
+    over = [f"{r.cell} L={r.layers} H={r.hidden} B={r.batch} T={r.seq} {r.dtype} "
+            f"{report.mode_label(dataclasses.asdict(r))}: {r.auto_vs_cudnn:.2f} "
+            f"({report.path_of(r.auto_backend)})" for r in timed if r.auto_vs_cudnn > report.AUTO_TARGET]
+    s = (f"fused_rnn as users get it (auto) within {report.AUTO_TARGET:g}x cuDNN's time: "
+         f"{len(timed) - len(over)}/{len(timed)} timed cases")
+    return s + ("; over: " + "; ".join(over) if over else "")
+
+
 def gpu_main(args, fused_rnn) -> int:
     print("fused_rnn: loading the CUDA extension (a first use may JIT-build it)...", flush=True)
     info = fused_rnn.backend_info()
     print(f"device: {torch.cuda.get_device_name()}; fused_rnn: {info.get('default_path')}"
           + ("" if info.get("extension_loaded") else f" ({info.get('reason')})"), flush=True)
     if not info.get("extension_loaded"):
-        print("WARNING: the fused extension is not loaded: every fused case will be labelled "
-              "'fallback' (reference path), and no speedup is reported for it.", flush=True)
+        print("WARNING: the fused extension is not loaded: the fused kernel is 'uncovered' in "
+              "every case (no speedup is reported) and fused_rnn's default policy runs cuDNN.",
+              flush=True)
     cases = select_cases(args)
     runner = Runner(args, fused_rnn)
     if args.time_budget:
@@ -761,7 +1017,8 @@ def gpu_main(args, fused_rnn) -> int:
     meta = dict(common.environment(), fused_rnn=info, fused_rnn_path=os.path.dirname(fused_rnn.__file__),
                 runs=args.runs, warmup=args.warmup, flop_convention=FLOP_CONVENTION,
                 peak_tflops=PEAK_TFLOPS if peak_tflops(runner.device, "bf16") else None,
-                peak_source=PEAK_SOURCE, flashrnn=runner.flashrnn is not None)
+                peak_source=PEAK_SOURCE, flashrnn=runner.flashrnn is not None,
+                auto_target=report.AUTO_TARGET)
     out_dir = args.out or os.path.join(common.REPO, "benchmarks", "results", meta["device_slug"])
     os.makedirs(out_dir, exist_ok=True)
 
@@ -781,11 +1038,190 @@ def gpu_main(args, fused_rnn) -> int:
         print(report.floors_table(floors))
     print()
     print(report.results_table([dataclasses.asdict(r) for r in results]))
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "fallback", "mismatch", "skipped", "error")}
-    print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" in {meta['sweep_seconds']} s")
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "uncovered", "mismatch", "skipped", "error")}
+    print("\nfused kernel: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+          + f" in {meta['sweep_seconds']} s")
+    print(auto_summary(results))
     if len(results) < len(cases):
         meta["incomplete"] = f"interrupted after {len(results)} of {len(cases)} cases"
     write_outputs(out_dir, meta, results, floors)
+    return 0
+
+
+# ---------------------------------------------------------------- calibration
+
+
+CALIBRATE = dict(dtype=["bf16", "fp16", "tf32"], cell=["LSTM", "GRU"], layers=[2, 4], hidden=[256, 512],
+                 batch=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512], seq=[256])
+CALIBRATE_RUNS = 10  # per implementation and batch: a crossover needs a ranking, not a 1% figure
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One entry of the crossover table."""
+    dtype: str
+    cell: str
+    layers: int
+    hidden: int
+
+    def label(self) -> str:
+        return f"{self.dtype} {self.cell} L={self.layers} H={self.hidden}"
+
+
+@dataclasses.dataclass
+class Series:
+    """One shape, inference or training, walked up the batch sizes."""
+    points: list  # [B, fused_ms, cudnn_ms] per measured batch
+    max_batch: int  # the largest B such that every measured B' <= B won (0: none did)
+    stop: str  # why the walk ended
+    complete: bool  # False: time ran out before the walk ended
+
+
+def walk_series(batches, point, margin: float, out_of_time) -> Series:
+    """point(B) -> (fused_ms, cudnn_ms) for B in increasing order, until fused takes more than
+    margin x cuDNN's time or cannot run (its refusal, out of memory, ...): neither is a win."""
+    points, best = [], 0
+    for B in sorted(batches):
+        if out_of_time():
+            return Series(points, best, f"out of time before B={B}", False)
+        try:
+            fused_ms, cudnn_ms = point(B)
+        except Exception as e:  # the walk ends; the reason is recorded in the table
+            why = uncovered_reason(e)
+            return Series(points, best, f"B={B}: " + (UNCOVERED + why if why else one_line(e)), True)
+        points.append([B, fused_ms, cudnn_ms])
+        if not fused_ms <= margin * cudnn_ms:
+            return Series(points, best, f"B={B}: fused {fused_ms:.3g} ms > {margin:g} x cuDNN "
+                          f"{cudnn_ms:.3g} ms", True)
+        best = B
+    return Series(points, best, f"won at every batch measured (up to {best})", True)
+
+
+def table_entry(s: Shape, infer: Series, train: Series) -> dict:
+    """One format-1 entry (fused_rnn/policy.py) from a shape's two series."""
+    return {"dtype": s.dtype, "mode": OP_MODE[s.cell], "num_layers": s.layers, "hidden_size": s.hidden,
+            "bidirectional": False, "forward_max_batch": infer.max_batch,
+            "training_max_batch": train.max_batch,
+            "measured": {"forward": infer.points, "forward_stop": infer.stop,
+                         "training": train.points, "training_stop": train.stop}}
+
+
+def calibrate(shapes: list[Shape], batches, point, margin: float, out_of_time) -> tuple[list, str | None]:
+    """(entries of every shape whose two series completed, None or why the others are missing).
+    point(shape, train, B) -> (fused_ms, cudnn_ms). A shape cut short is left out whole: the
+    table never claims a win it did not measure."""
+    entries = []
+    try:
+        for i, s in enumerate(shapes):
+            series = []
+            for train in (False, True):
+                r = walk_series(batches, functools.partial(point, s, train), margin, out_of_time)
+                found = f"max batch {r.max_batch}" if r.complete else "incomplete, left out"
+                print(f"[{i + 1}/{len(shapes)}] {s.label()} {'train' if train else 'infer'}: "
+                      f"{found} ({r.stop})", flush=True)
+                if not r.complete:
+                    return entries, (f"the time budget ran out during shape {i + 1} of {len(shapes)} "
+                                     f"({s.label()}); only the {len(entries)} complete shapes are here")
+                series.append(r)
+            entries.append(table_entry(s, *series))
+    except KeyboardInterrupt:
+        return entries, (f"interrupted during shape {len(entries) + 1} of {len(shapes)}; only the "
+                         f"{len(entries)} complete shapes are here")
+    return entries, None
+
+
+class Calibrator:
+    """point(): the forced-fused module and cuDNN (the nn module), on the same weights and
+    inputs, CUDA events, median of args.runs runs each."""
+
+    def __init__(self, args, fused_rnn, seq: int):
+        self.args, self.fused_rnn, self.seq = args, fused_rnn, seq
+        self.shape = self.modules = None
+
+    def point(self, s: Shape, train: bool, batch: int) -> tuple[float, float]:
+        dtype = set_precision(s.dtype)
+        if s != self.shape:  # one pair of modules per shape, for both modes and every batch
+            self.shape = self.modules = None
+            torch.cuda.empty_cache()
+            torch.manual_seed(0)
+            self.modules = make_modules(self.fused_rnn, s.cell, s.layers, s.hidden, s.hidden, 0.0,
+                                        DEVICE, dtype)
+            self.shape = s
+        ref, fused = self.modules
+        ref.train(train)
+        fused.train(train)
+        T, H = self.seq, s.hidden
+        n_buf = buffer_count(T * batch * H * torch.empty((), dtype=dtype).element_size())
+        xs = [torch.randn(T, batch, H, device=DEVICE, dtype=dtype, requires_grad=train) for _ in range(n_buf)]
+        gout = torch.randn(T, batch, H, device=DEVICE, dtype=dtype) if train else None
+        prepare = grad_dropper(list(ref.parameters()) + list(fused.parameters()), xs)
+        forced = functools.partial(self.fused_rnn.backend, "fused")
+        try:
+            return (self.time(module_step(fused, train, gout, forced), xs, prepare),
+                    self.time(module_step(ref, train, gout), xs, prepare))
+        finally:
+            del xs, gout
+            torch.cuda.empty_cache()
+
+    def time(self, step, xs, prepare) -> float:
+        prepare()
+        step(xs[0])  # first call: plans, autotuning; the fused kernel's refusal, if any
+        return common.stats(common.cuda_time(step, xs, self.args.runs, self.args.warmup, prepare))[0]
+
+
+def crossover_table(policy, device: str, entries: list, seq: int, args, incomplete: str | None) -> dict:
+    """The format-1 table of fused_rnn/policy.py, every field filled."""
+    env = common.environment()
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    table = {"format": policy.FORMAT, "device": device, "capability": [p.major, p.minor],
+             "sm_count": p.multi_processor_count, "date": env["date"], "commit": env["git_commit"],
+             "torch": env["torch"], "cuda": env["cuda"], "cudnn": env["cudnn"], "command": env["command"],
+             "seq_len": seq, "margin": args.margin, "runs": args.runs, "entries": entries}
+    if incomplete:
+        table["incomplete"] = incomplete
+    policy.check_table(table, "the calibrated table")
+    return table
+
+
+def calibration_summary(entries: list) -> str:
+    header = ["dtype", "cell", "L", "H", "inference max B", "training max B", "inference stop",
+              "training stop"]
+    cell = {v: k for k, v in OP_MODE.items()}
+    lines = [[e["dtype"], cell[e["mode"]], e["num_layers"], e["hidden_size"], e["forward_max_batch"],
+              e["training_max_batch"], e["measured"]["forward_stop"], e["measured"]["training_stop"]]
+             for e in entries]
+    return report.markdown_table(header, lines)
+
+
+def calibrate_main(args, fused_rnn) -> int:
+    policy = fused_rnn.policy
+    info = fused_rnn.backend_info()
+    device = torch.cuda.get_device_name()
+    if not info.get("extension_loaded"):
+        print(f"--calibrate: the fused extension is not loaded ({info.get('reason')}): nothing to "
+              "calibrate (a table of zeros would only record that).", file=sys.stderr)
+        return 1
+    grid = {k: getattr(args, k) or v for k, v in CALIBRATE.items()}
+    seq = grid["seq"][0]
+    shapes = [Shape(dt, cell, L, H) for dt in grid["dtype"] for cell in grid["cell"]
+              for L in grid["layers"] for H in grid["hidden"]]
+    deadline = time.monotonic() + args.time_budget if args.time_budget else None
+    print(f"calibrating on {device}: {len(shapes)} shapes x (inference, training), B in "
+          f"{sorted(grid['batch'])}, T={seq}; a batch counts as a win when the forced fused kernel "
+          f"takes <= {args.margin:g} x cuDNN's time (median of {args.runs} runs each)", flush=True)
+    entries, incomplete = calibrate(shapes, grid["batch"], Calibrator(args, fused_rnn, seq).point,
+                                    args.margin, lambda: deadline is not None and time.monotonic() > deadline)
+    table = crossover_table(policy, device, entries, seq, args, incomplete)
+    out_dir = args.out or policy.TABLE_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, policy.device_slug(device) + ".json")
+    with open(path, "w") as f:
+        json.dump(table, f, indent=1, allow_nan=False)
+        f.write("\n")
+    print("\n" + calibration_summary(entries))
+    if incomplete:
+        print(f"\nINCOMPLETE: {incomplete}.")
+    print(f"\nwrote {path} ({len(entries)} entries); `auto` reads it when fused_rnn is next imported")
     return 0
 
 
@@ -810,32 +1246,51 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", type=csv_of(str), help="tf32,fp32,bf16,fp16 (fp32 = TF32 off)")
     ap.add_argument("--mode", type=csv_of(str), help="infer,train")
     ap.add_argument("--dropout", type=csv_of(float), help="training dropout(s), e.g. 0,0.2")
-    ap.add_argument("--runs", type=int, default=20, help="timed runs per implementation (>= 20)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help=f"timed runs per implementation (default 20; {CALIBRATE_RUNS} with --calibrate)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="warm-up runs right before the timed ones (after the first-call, estimate, "
                     "host-sync and memory runs, which warm up too)")
     ap.add_argument("--case-budget", type=float, default=None,
                     help="seconds one implementation may take for its timed runs (default 10 quick, 120 full)")
     ap.add_argument("--time-budget", type=float, default=None,
-                    help="seconds for the whole sweep, later cases recorded as skipped (default 70 with --quick; 0: none)")
+                    help="seconds for the whole sweep, later cases recorded as skipped (default 70 with "
+                    "--quick; 0: none); with --calibrate, the shapes not finished are left out of the table")
     ap.add_argument("--case-timeout", type=float, default=300.0,
                     help="seconds after which a case counts as hung: the process exits with a traceback, "
                     "keeping the results checkpointed so far (0: never)")
     ap.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
                     help="time fused_rnn.reference on the GPU too (auto: T*L <= 512, H <= 512, B <= 32)")
-    ap.add_argument("--time-fallbacks", action="store_true",
-                    help="also time the fused module where it fell back to the reference path")
     ap.add_argument("--no-flashrnn", action="store_true", help="skip FlashRNN even if importable")
     ap.add_argument("--floors", action="store_true", help="also run benchmarks/floors.py (GPU)")
     ap.add_argument("--cpu-runs", type=int, default=5, help="timed runs per case in the CPU check")
-    ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/ on a GPU; "
-                    "nothing is written on CPU without it)")
+    ap.add_argument("--acceptance-runs", type=int, default=20,
+                    help="interleaved runs per implementation in the CPU speed target measurement "
+                    "(20: about 15 s on 2 slow cores)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="GPU: measure the crossover batches and write fused_rnn/crossover/<device>.json "
+                    "(--out: another folder); grid flags: --dtype --cell --layers --hidden --batch --seq")
+    ap.add_argument("--margin", type=float, default=0.95,
+                    help="--calibrate: fused wins a batch when it takes <= margin x cuDNN's time")
+    ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/ on a GPU, "
+                    "fused_rnn/crossover/ with --calibrate; nothing is written on CPU without it)")
     args = ap.parse_args(argv)
     for name, allowed in (("cell", GATES), ("dtype", DTYPES), ("mode", ("infer", "train"))):
         bad = [v for v in getattr(args, name) or [] if v not in allowed]
         if bad:
             ap.error(f"--{name}: unknown {bad}; choose from {', '.join(allowed)}")
-    if args.runs < 20:
+    if args.calibrate:
+        clash = [f"--{k}" for k in ("quick", "mode", "dropout") if getattr(args, k)]
+        if clash:
+            ap.error(f"--calibrate measures its own grid, inference and training at dropout 0: "
+                     f"{', '.join(clash)} do not apply")
+        if args.seq and len(args.seq) != 1:
+            ap.error("--calibrate: one --seq (the table holds one seq_len)")
+        if not 0 < args.margin <= 1:
+            ap.error("--margin: between 0 and 1 (fused must not be slower than cuDNN to win)")
+    if args.runs is None:
+        args.runs = CALIBRATE_RUNS if args.calibrate else 20
+    elif args.runs < 20 and not args.calibrate:
         print(f"note: --runs {args.runs} is below the 20 runs the published numbers use", file=sys.stderr)
     if args.case_budget is None:
         args.case_budget = 10.0 if args.quick else 120.0
@@ -846,7 +1301,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.calibrate and not torch.cuda.is_available():
+        print("--calibrate needs a CUDA GPU: it times the fused kernel against cuDNN on the device "
+              "the table is for (no GPU is visible here; nothing was written).", file=sys.stderr)
+        return 2
     fused_rnn = import_fused_rnn()
+    if args.calibrate:
+        return calibrate_main(args, fused_rnn)
     if not torch.cuda.is_available():
         return cpu_main(args, fused_rnn)
     return gpu_main(args, fused_rnn)

@@ -25,13 +25,16 @@ NO_RESULTS = (
     "`python benchmarks/bench.py --quick` and the floors, and returns their results folder as "
     "`results.tgz`: unpack it into `benchmarks/results/<device>/`, commit it, then run "
     "`python benchmarks/report.py --update-readme`.\n\n"
-    "Without a GPU, `python benchmarks/bench.py --quick` checks the reference path against "
-    "torch.nn (parity and CPU timings); speed numbers need a GPU."
+    "Without a GPU, `python benchmarks/bench.py --quick` checks fused_rnn against torch.nn on CPU "
+    "(torch's own path, bit-identical, and its time ratio to nn; the reference path within "
+    "tolerance); GPU speed numbers need a GPU."
 )
 # Shapes of the acceptance set, shown in the README when a run holds more rows.
 ACCEPTANCE = dict(cell={"LSTM"}, layers={2, 4}, hidden={256, 512}, seq={512}, batch={1, 32, 512},
                   dtype={"tf32", "bf16"}, dropout={0.0})
 README_MAX_ROWS = 60
+# The GPU target: fused_rnn as users get it (default policy) takes at most this x cuDNN's time.
+AUTO_TARGET = 1.05
 
 
 # ------------------------------------------------------------------ formatting
@@ -52,6 +55,25 @@ def mode_label(row: dict) -> str:
     return "train" if not row["dropout"] else f"train p={row['dropout']:g}"
 
 
+def path_of(label: str) -> str:
+    """The path word of a backend label: 'fused', 'native' or 'reference' ('fused: <plan>'); for
+    a training label ('forward <label>; backward <label>') both words when they differ."""
+    if not label:
+        return "—"
+    if label.startswith("forward "):
+        fwd, _, bwd = label[len("forward "):].partition("; backward ")
+        words = [fwd.split(":")[0], bwd.split(":")[0]]
+        return words[0] if words[0] == words[1] else "/".join(words)
+    return label.split(":")[0]
+
+
+def ratio_to_target(x) -> str:
+    """auto / cuDNN, flagged where it misses the target."""
+    if x is None:
+        return "—"
+    return f"{x:.2f}" + (f" (> {AUTO_TARGET:g})" if x > AUTO_TARGET else "")
+
+
 def markdown_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines]
@@ -59,9 +81,11 @@ def markdown_table(header: list[str], lines: list[list[str]]) -> str:
 
 
 def results_table(rows: list[dict]) -> str:
-    """The per-case table (bench.py's results.md and the README)."""
-    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "fused ms", "cuDNN ms", "speedup",
-              "µs / wave step", "TFLOP/s (% peak)", "MiB fused / cuDNN", "fused backend"]
+    """The per-case table (bench.py's results.md and the README). Rows of runs made before
+    the auto columns existed show '—' there."""
+    header = ["cell", "L", "H", "B", "T", "dtype", "mode", "cuDNN ms", "fused_rnn (auto) ms",
+              "auto / cuDNN", "auto path", "fused kernel ms", "kernel speedup", "µs / wave step",
+              "TFLOP/s (% peak)", "MiB fused / cuDNN", "fused kernel"]
     lines = []
     for r in rows:
         ok = r["status"] == "ok"
@@ -77,7 +101,8 @@ def results_table(rows: list[dict]) -> str:
             note = f"{r['status']}: {r['reason']}" if r["reason"] else r["status"]
         lines.append([
             r["cell"], r["layers"], r["hidden"], r["batch"], r["seq"], r["dtype"], mode_label(r),
-            num(r["fused_ms"]), num(r["cudnn_ms"]), speedup,
+            num(r["cudnn_ms"]), num(r.get("auto_ms")), ratio_to_target(r.get("auto_vs_cudnn")),
+            path_of(r.get("auto_backend", "")), num(r["fused_ms"]), speedup,
             num(r["us_per_wave_step"]) if ok else "—", tflops,
             f"{num(r['mem_fused_mib'])} / {num(r['mem_cudnn_mib'])}", note,
         ])
@@ -115,9 +140,12 @@ def header_text(meta: dict) -> str:
 
 CONVENTIONS = (
     "fused_rnn vs torch.nn (cuDNN) in one process, on the same weights and inputs; median of "
-    "{runs} runs timed with CUDA events after warm-up, inputs rotated among several buffers; "
-    "speedup = cuDNN time / fused time, only where the fused kernel ran (a fallback to the "
-    "reference path is labelled, never counted as the kernel's speed). Wave step = time / (T + L − 1). "
+    "{runs} runs timed with CUDA events after warm-up, inputs rotated among several buffers. "
+    "fused_rnn (auto) = the module as users get it (its default policy): the path it chose "
+    "(fused kernel or cuDNN) and its time; target: auto / cuDNN ≤ " + f"{AUTO_TARGET:g}" + ". "
+    "Fused kernel = the module with the kernel forced (`fused_rnn.backend(\"fused\")`): "
+    "'uncovered' where it cannot run, with its reason; kernel speedup = cuDNN time / kernel "
+    "time, only where the kernel ran and matched cuDNN. Wave step = kernel time / (T + L − 1). "
     "TFLOP/s counts 2·B·T·Σ_l(in_l + H)·G·H per forward (G = 4 LSTM, 3 GRU), 3× that for "
     "training; % of the dtype's dense datasheet peak. tf32 = float32 with TF32 allowed (PyTorch's "
     "cuDNN default); MiB = peak memory above parameters and inputs."

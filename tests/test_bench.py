@@ -3,6 +3,7 @@ files, the README renderer, the GPU sweep logic with CUDA faked, and floors.cu
 compiling with bare nvcc. Synthetic results live in tmp dirs only."""
 
 import dataclasses
+import functools
 import os
 import shutil
 import subprocess
@@ -31,13 +32,119 @@ def _listing(root):
 def test_quick_on_cpu_prints_parity_and_writes_nothing():
     results = os.path.join(BENCH, "results")
     before = _listing(results)
-    r = subprocess.run([sys.executable, os.path.join(BENCH, "bench.py"), "--quick"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    # --acceptance-runs 2: the command as CI runs it, with the speed measurement kept short
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "bench.py"), "--quick", "--acceptance-runs", "2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "GPU speed numbers need a GPU" in r.stdout
-    assert "parity: 12/12 cases within tolerance" in r.stdout
-    assert "FAIL" not in r.stdout
+    assert "parity: 12/12 cases ok" in r.stdout
+    # every parity row and both acceptance rows: native, bit-identical to nn
+    assert r.stdout.count("| native | yes |") == 14
+    assert "speed target fused_rnn / nn ≤ 1.05: " in r.stdout and "not the exit status" in r.stdout
     assert _listing(results) == before
+
+
+# ------------------------------------------------------------------ CPU mode
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes: a second thread only spins on a busy 2-core machine (10x slower)."""
+    with bench.cpu_threads(1):
+        yield
+
+
+def _broken_fused_rnn(native_ulp=False, reference_offset=0.0, monkeypatch=None):
+    """fused_rnn whose LSTM's native path is off by one ulp (labelled native all the same),
+    or whose reference path is off by reference_offset."""
+    import fused_rnn
+
+    if reference_offset:
+        real = fused_rnn.reference.rnn_forward
+
+        def off(*a, **k):
+            out, *rest = real(*a, **k)
+            return (out + reference_offset, *rest)
+        monkeypatch.setattr(fused_rnn.reference, "rnn_forward", off)
+
+    class LSTM(fused_rnn.LSTM):
+        def forward(self, *a, **k):
+            out, state = super().forward(*a, **k)
+            if native_ulp and self.last_backend.startswith("native"):
+                out = torch.nextafter(out, torch.full_like(out, float("inf")))
+            return out, state
+
+    return types.SimpleNamespace(LSTM=LSTM, GRU=fused_rnn.GRU, RNN=fused_rnn.RNN,
+                                 backend=fused_rnn.backend, backend_info=fused_rnn.backend_info)
+
+
+def test_cpu_parity_row_native_bit_identical_and_reference_within_tolerance(one_thread):
+    import fused_rnn
+
+    for mode in ("infer", "train"):
+        r = bench.cpu_parity(fused_rnn, "LSTM", 2, 8, 2, 3, "fp32", mode, runs=2)
+        assert r.ok and r.identical and r.path == "native"
+        assert r.backend.startswith("native" if mode == "infer" else "forward native")
+        assert r.fused_rnn_vs_torch == pytest.approx(r.fused_rnn_ms / r.torch_ms)
+        assert r.reference_max_abs_diff_output < 1e-4
+        assert (r.reference_max_abs_diff_grads is None) == (mode == "infer")
+
+
+def test_cpu_parity_fails_on_one_ulp_on_the_native_path_and_on_the_reference(monkeypatch, one_thread):
+    r = bench.cpu_parity(_broken_fused_rnn(native_ulp=True), "LSTM", 2, 8, 2, 3, "fp32", "train", 1)
+    assert r.path == "native" and not r.identical and not r.ok  # within 1e-4, but not the same bits
+    assert r.reference_max_abs_diff_output < 1e-4
+    r = bench.cpu_parity(_broken_fused_rnn(reference_offset=1e-3, monkeypatch=monkeypatch),
+                         "LSTM", 2, 8, 2, 3, "fp32", "infer", 1)
+    assert r.identical and not r.ok and r.reference_max_abs_diff_output == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_interleaved_runs_alternate_and_stop_at_the_budget():
+    calls = []
+    times = bench.interleaved_ms([lambda: calls.append("nn"), lambda: calls.append("fused")], 3)
+    assert calls == ["nn", "fused"] * 4  # one untimed round, then three timed
+    assert [len(t) for t in times] == [3, 3]
+    times = bench.interleaved_ms([lambda: time.sleep(0.01)], 50, budget_s=0.0)
+    assert len(times[0]) == 1  # the budget ends the rounds after the first
+
+
+SMALL = dict(cell="LSTM", layers=2, hidden=8, batch=2, seq=3)
+
+
+def test_cpu_acceptance_rows():
+    import fused_rnn
+
+    rows = bench.cpu_acceptance(fused_rnn, 4, SMALL, reference_budget_s=60)
+    assert [r.mode for r in rows] == ["infer", "train"]
+    for r in rows:
+        assert r.path == "native" and r.identical and r.runs == 4 and r.reference_runs == 1
+        assert r.fused_rnn_vs_torch == pytest.approx(r.fused_rnn_ms / r.torch_ms)
+        assert r.meets_target == (r.fused_rnn_vs_torch <= 1.05) and r.target == 1.05
+        assert r.reference_vs_torch == pytest.approx(r.reference_ms / r.reference_torch_ms)
+    assert "forward native" in rows[1].backend and "backward native" in rows[1].backend
+    assert not any(r.identical for r in bench.cpu_acceptance(_broken_fused_rnn(native_ulp=True), 1, SMALL))
+
+
+def test_cpu_main_writes_acceptance_and_fails_on_parity(tmp_path, monkeypatch, capsys):
+    import fused_rnn
+
+    monkeypatch.setattr(bench, "ACCEPT_SHAPE", SMALL)
+    argv = ["--cell", "LSTM", "--hidden", "8", "--batch", "2", "--seq", "3", "--cpu-runs", "1",
+            "--acceptance-runs", "2"]
+    threads = torch.get_num_threads()
+    assert bench.cpu_main(bench.parse_args(argv + ["--out", str(tmp_path)]), fused_rnn) == 0
+    assert torch.get_num_threads() == threads  # one thread while it measured, restored after
+    doc = common.read_json(tmp_path / "parity.json")
+    assert len(doc["cases"]) == 4 and all(c["ok"] and c["path"] == "native" for c in doc["cases"])
+    assert [a["mode"] for a in doc["acceptance"]] == ["infer", "train"]
+    assert common.read_csv(tmp_path / "acceptance.csv", bench.Acceptance)[1].mode == "train"
+    md = (tmp_path / "parity.md").read_text()
+    assert "CPU speed target" in md and "fused_rnn / nn" in md
+    out = capsys.readouterr().out
+    assert "parity: 4/4 cases ok" in out and "not the exit status" in out
+    assert bench.cpu_main(bench.parse_args(argv), _broken_fused_rnn(native_ulp=True)) == 1
+    out = capsys.readouterr().out
+    assert "parity: 0/4 cases ok" in out and "FAIL: fused_rnn's native path differs" in out
 
 
 def test_forward_flops_hand_computed():
@@ -113,9 +220,11 @@ def _synthetic_run(tmp_path, date="2026-01-02T03:04:05+00:00"):
     rows = [
         _result(status="ok", dropout=0.0, fused_backend="fused: test", fused_ms=2.0, cudnn_ms=5.0,
                 speedup_vs_cudnn=2.5, us_per_wave_step=3.9, tflops_fused=12.0, peak_share_fused=0.012,
-                mem_fused_mib=10.0, mem_cudnn_mib=20.0),
-        _result(status="fallback", dropout=0.0, batch=512, fused_backend="reference: not covered",
-                reason="fused module fell back: reference: not covered", cudnn_ms=7.0),
+                mem_fused_mib=10.0, mem_cudnn_mib=20.0, auto_backend="forward fused: test; backward fused: t",
+                auto_ms=2.0, auto_vs_cudnn=0.4),
+        _result(status="uncovered", dropout=0.0, batch=512, reason="the fused kernel cannot run it: H=1024",
+                cudnn_ms=7.0, auto_backend="forward native: above 32; backward native: autograd",
+                auto_ms=7.7, auto_vs_cudnn=1.1),
     ]
     out = tmp_path / "results" / "fake-gpu"
     os.makedirs(out)
@@ -132,7 +241,9 @@ def test_report_renders_and_updates_readme(tmp_path):
     text = report.render_section(str(out), str(tmp_path))
     assert "FAKE GPU (synthetic test data)" in text and "2026-01-02" in text
     assert "**2.50×**" in text
-    assert "— (fallback)" in text and "reference: not covered" in text
+    assert "— (uncovered)" in text and "uncovered: the fused kernel cannot run it: H=1024" in text
+    assert "| 2 | 0.40 | fused |" in text and "| 7.7 | 1.10 (> 1.05) | native |" in text
+    assert "auto / cuDNN ≤ 1.05" in text
     assert "results/fake-gpu/results.md" in text
     assert "not available: operation not supported" in text
     assert report.NO_RESULTS in report.render_section(None)
@@ -147,12 +258,29 @@ def test_report_renders_and_updates_readme(tmp_path):
     assert report.main([str(out), "--update-readme", "--readme", str(readme)]) == 0
     once = readme.read_text()
     assert "old" not in once and "**2.50×**" in once and once.endswith(f"{report.END}\n\ntail\n")
+    assert "| 0.40 | fused |" in once
     report.main([str(out), "--update-readme", "--readme", str(readme)])
     assert readme.read_text() == once  # idempotent
 
     newer = _synthetic_run(tmp_path / "b", date="2027-01-01T00:00:00+00:00")
     shutil.move(str(newer), str(tmp_path / "results" / "newer-gpu"))
     assert report.latest_results_dir(str(tmp_path / "results")).endswith("newer-gpu")
+
+
+def test_report_renders_rows_of_runs_before_the_auto_columns():
+    old = {k: v for k, v in dataclasses.asdict(_result(status="fallback", reason="reference: x")).items()
+           if not k.startswith("auto")}
+    line = report.results_table([old]).splitlines()[-1]
+    assert "| — | — | — |" in line and "fallback: reference: x" in line
+
+
+def test_path_of_labels():
+    assert report.path_of("fused: wavefront L=2") == "fused"
+    assert report.path_of("native: batch 64 is above 32") == "native"
+    assert report.path_of("forward fused: a; backward fused: b") == "fused"
+    assert report.path_of("forward native: a; backward native: b") == "native"
+    assert report.path_of("forward fused: a; backward reference: b") == "fused/reference"
+    assert report.path_of("") == "—"
 
 
 # ------------------------------------------------------------ GPU logic, faked
@@ -188,32 +316,35 @@ def fake_cuda(monkeypatch):
     ).items():
         monkeypatch.setattr(c, name, value)
     monkeypatch.setattr(bench, "DEVICE", "cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: extra threads only spin on a busy machine
-    yield
-    torch.set_num_threads(threads)
+    with bench.cpu_threads(1):  # tiny shapes: extra threads only spin on a busy machine
+        yield
 
 
 def _fake_fused_rnn():
-    """fused_rnn whose LSTM claims the fused kernel ran; its GRU keeps the real CPU label."""
+    """fused_rnn on the CPU with a fake "kernel" (torch's path underneath, labelled fused):
+    LSTM's covers every call and is the default policy's choice in inference (native in
+    training); RNN's covers every call and returns NaN (the default policy runs native); GRU
+    is the real module (forcing "fused" on a CPU raises, as where the kernel cannot run)."""
     import fused_rnn
 
-    class LSTM(fused_rnn.LSTM):
-        def forward(self, *a, **k):
-            out = super().forward(*a, **k)
-            self.last_backend = "fused: fake kernel (test)"
-            self.last_backward_backend = "fused: fake kernel (test)"
-            return out
+    def faked(cls, broken: bool, auto_picks_it_in_inference: bool):
+        class Fake(cls):
+            def forward(self, *a, **k):
+                want = fused_rnn.dispatch.requested(self.backend)[0]
+                if not (want == "fused" or (want == "auto" and auto_picks_it_in_inference
+                                            and not self.training)):
+                    return super().forward(*a, **k)
+                with fused_rnn.backend("native"):
+                    out, h = super().forward(*a, **k)
+                self.last_backend = "fused: fake kernel (test)"
+                self.last_backward_backend = "fused: fake backward (test)" if torch.is_grad_enabled() else None
+                return (out * float("nan") if broken else out), h
+        return Fake
 
-    class RNN(fused_rnn.RNN):  # a "kernel" with a broken output
-        def forward(self, *a, **k):
-            out, h = super().forward(*a, **k)
-            self.last_backend = "fused: fake broken kernel (test)"
-            self.last_backward_backend = "fused: fake broken kernel (test)"
-            return out * float("nan"), h
-
-    return types.SimpleNamespace(LSTM=LSTM, GRU=fused_rnn.GRU, RNN=RNN,
+    return types.SimpleNamespace(LSTM=faked(fused_rnn.LSTM, False, True), GRU=fused_rnn.GRU,
+                                 RNN=faked(fused_rnn.RNN, True, False), backend=fused_rnn.backend,
                                  reference=fused_rnn.reference, dropout=fused_rnn.dropout,
+                                 policy=fused_rnn.policy,
                                  backend_info=lambda: {"extension_loaded": True, "default_path": "fake"},
                                  __file__=fused_rnn.__file__)
 
@@ -226,9 +357,12 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
     assert bench.gpu_main(args, _fake_fused_rnn()) == 0
     doc = common.read_json(out / "results.json")
     assert doc["meta"]["device"] == "NVIDIA H100 80GB HBM3" and doc["meta"]["runs"] == 3
+    assert doc["meta"]["auto_target"] == 1.05
     rows = {(r["cell"], r["mode"], r["dropout"]): r for r in doc["cases"]}
     assert set(rows) == {(c, m, p) for c in ("LSTM", "GRU", "RNN") for m, p in
                          (("infer", 0.0), ("train", 0.0), ("train", 0.2))}
+    for r in doc["cases"]:  # what users get is timed in every case, against cuDNN
+        assert r["auto_ms"] > 0 and r["auto_vs_cudnn"] == pytest.approx(r["auto_ms"] / r["cudnn_ms"])
     ok = rows[("LSTM", "infer", 0.0)]
     assert ok["status"] == "ok", ok["reason"]
     assert ok["speedup_vs_cudnn"] == pytest.approx(ok["cudnn_ms"] / ok["fused_ms"])
@@ -236,16 +370,159 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
     assert ok["max_abs_diff_vs_cudnn"] < 1e-5  # the same weights in both modules
     assert ok["reference_ms"] is not None and ok["mem_fused_mib"] == 3.0
     assert ok["peak_share_fused"] == pytest.approx(ok["tflops_fused"] / 494)
+    # the default policy chose the kernel: the forced-fused timing is that very call's
+    assert ok["auto_backend"] == "fused: fake kernel (test)"
+    assert (ok["auto_ms"], ok["auto_ms_min"], ok["auto_ms_max"]) == (
+        ok["fused_ms"], ok["fused_ms_min"], ok["fused_ms_max"])
+    train = rows[("LSTM", "train", 0.0)]  # the kernel ran forced; the default policy ran native
+    assert train["status"] == "ok" and train["fused_backend"].startswith("forward fused")
+    assert train["auto_backend"].startswith("forward native") and "backward native" in train["auto_backend"]
+    assert train["auto_ms"] != train["fused_ms"]  # timed, not copied
     assert rows[("LSTM", "train", 0.2)]["status"] == "ok"
     assert rows[("LSTM", "train", 0.2)]["max_abs_diff_vs_cudnn"] is None  # dropout: no value check
-    for key in (("GRU", "infer", 0.0), ("GRU", "train", 0.0)):  # the real CPU path: a fallback
+    for key in (("GRU", "infer", 0.0), ("GRU", "train", 0.0)):  # forcing the kernel raised
         r = rows[key]
-        assert r["status"] == "fallback" and r["speedup_vs_cudnn"] is None and r["fused_ms"] is None
-        assert r["fused_backend"].startswith("reference") or "backward reference" in r["fused_backend"]
+        assert r["status"] == "uncovered" and r["speedup_vs_cudnn"] is None and r["fused_ms"] is None
+        assert r["reason"].startswith("the fused kernel cannot run it: ") and "CUDA-only" in r["reason"]
+        assert report.path_of(r["auto_backend"]) == "native"
     bad = rows[("RNN", "infer", 0.0)]  # wrong output: labelled, no speedup claimed
     assert bad["status"] == "mismatch" and "nan" in bad["reason"] and bad["speedup_vs_cudnn"] is None
+    assert bad["auto_backend"].startswith("native")
     assert common.read_csv(out / "results.csv", bench.Result)[0].cell == "LSTM"
-    assert "fallback" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "uncovered" in md and "auto / cuDNN" in md and "| native |" in md
+    printed = capsys.readouterr().out
+    assert "auto (fused)" in printed and "auto (native)" in printed
+    assert "fused_rnn as users get it (auto) within 1.05x cuDNN's time: " in printed
+    assert "/9 timed cases" in printed
+
+
+# ------------------------------------------------------------------ --calibrate
+
+
+def test_calibrate_needs_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--calibrate"]) == 2
+    assert "--calibrate needs a CUDA GPU" in capsys.readouterr().err
+    for clash in (["--quick"], ["--mode", "train"], ["--seq", "128,256"], ["--margin", "1.2"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--calibrate"] + clash)
+    assert bench.parse_args(["--calibrate"]).runs == 10 and bench.parse_args([]).runs == 20
+
+
+def _timings(table):
+    """point(B) from {B: (fused_ms, cudnn_ms)}; a missing B fails the test if asked for."""
+    asked = []
+
+    def point(B):
+        asked.append(B)
+        return table[B]
+    return point, asked
+
+
+def test_calibration_series_stops_at_the_first_loss():
+    never = lambda: False  # noqa: E731
+    point, asked = _timings({1: (0.5, 1.0), 2: (0.9, 1.0), 4: (0.95, 1.0), 8: (0.96, 1.0), 16: (0.1, 1.0)})
+    s = bench.walk_series([16, 8, 4, 2, 1], point, 0.95, never)
+    assert s.max_batch == 4 and s.complete and asked == [1, 2, 4, 8]  # 16 never measured
+    assert s.points == [[1, 0.5, 1.0], [2, 0.9, 1.0], [4, 0.95, 1.0], [8, 0.96, 1.0]]
+    assert s.stop.startswith("B=8: fused 0.96 ms > 0.95 x cuDNN 1 ms")
+    point, asked = _timings({1: (1.0, 1.0), 2: (0.1, 1.0)})
+    s = bench.walk_series([1, 2], point, 0.95, never)  # B=1 lost: never fused
+    assert s.max_batch == 0 and asked == [1] and s.complete
+    point, _ = _timings({1: (0.1, 1.0), 2: (0.1, 1.0)})
+    s = bench.walk_series([1, 2], point, 0.95, never)
+    assert s.max_batch == 2 and "won at every batch" in s.stop
+
+    def refused(B):
+        if B > 1:
+            raise RuntimeError(f"fused_rnn: the fused kernel was requested (x) but cannot run this call: B={B}")
+        return 0.1, 1.0
+    s = bench.walk_series([1, 2, 4], refused, 0.95, never)
+    assert s.max_batch == 1 and s.stop == "B=2: the fused kernel cannot run it: B=2" and s.complete
+
+
+def test_calibration_leaves_out_a_shape_cut_short_by_the_time_budget(capsys):
+    shapes = [bench.Shape("bf16", "LSTM", 2, 256), bench.Shape("bf16", "GRU", 2, 256)]
+    calls = []
+
+    def point(shape, train, B):
+        calls.append((shape.cell, train, B))
+        return 0.1 * B, 1.0  # wins up to B = 8 of 1, 2, 4, 8, 16
+    entries, incomplete = bench.calibrate(shapes, [1, 2, 4, 8, 16], point, 0.95, lambda: len(calls) >= 13)
+    assert [e["mode"] for e in entries] == ["LSTM"] and incomplete.startswith("the time budget ran out")
+    e = entries[0]
+    assert (e["forward_max_batch"], e["training_max_batch"]) == (8, 8)
+    assert e["measured"]["forward"][-1] == [16, 1.6, 1.0] and e["bidirectional"] is False
+    # GRU's inference walk measured B = 1, 2, 4 (calls 11 to 13), then time ran out
+    assert "GRU L=2 H=256 infer: incomplete, left out (out of time before B=8)" in capsys.readouterr().out
+
+
+def _fake_point(shape, train, B):
+    """bf16 LSTM: fused wins inference up to B=8, training up to B=2; GRU: never."""
+    if shape.cell == "GRU":
+        return 2.0, 1.0
+    return (0.3 if train else 0.1) * B, 1.0
+
+
+def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench.Calibrator, "point", lambda self, *a: _fake_point(*a))
+    fr = _fake_fused_rnn()
+    args = bench.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "LSTM,GRU", "--layers", "2",
+                             "--hidden", "256", "--out", str(tmp_path)])
+    assert bench.calibrate_main(args, fr) == 0
+    path = tmp_path / "nvidia-h100-80gb-hbm3.json"
+    table = common.read_json(path)
+    fr.policy.check_table(table)
+    assert table["device"] == "NVIDIA H100 80GB HBM3" and table["capability"] == [9, 0]
+    assert table["sm_count"] == 132 and table["seq_len"] == 256 and table["margin"] == 0.95
+    assert table["runs"] == 10 and "incomplete" not in table
+    assert all(table[k] is not None for k in ("date", "commit", "torch", "command"))
+    lookup = functools.partial(fr.policy.max_batch_for, "NVIDIA H100 80GB HBM3", directory=str(tmp_path))
+    fr.policy.tables.cache_clear()
+    try:
+        assert lookup("bf16", "LSTM", 2, 256, False, False)[0] == 8
+        assert lookup("bf16", "LSTM", 2, 256, False, True)[0] == 2
+        assert lookup("bf16", "LSTM", 4, 256, False, False)[0] == 8  # nearest: fewer layers
+        assert lookup("bf16", "GRU", 2, 256, False, False)[0] == 0
+        assert lookup("bf16", "LSTM", 2, 512, False, False)[0] == 0  # nothing measured that wide
+        n, where = lookup("bf16", "LSTM", 2, 256, False, True)
+        assert "calibrated on NVIDIA H100 80GB HBM3" in where
+    finally:
+        fr.policy.tables.cache_clear()
+    out = capsys.readouterr().out
+    assert "| bf16 | LSTM | 2 | 256 | 8 | 2 |" in out and "wrote " in out
+
+
+def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, monkeypatch, capsys):
+    clock = [0.0]
+
+    def point(self, *a):
+        clock[0] += 1.0  # each point takes a second
+        return _fake_point(*a)
+    monkeypatch.setattr(bench.Calibrator, "point", point)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    fr = _fake_fused_rnn()
+    args = bench.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "GRU,LSTM", "--layers", "2",
+                             "--hidden", "256", "--time-budget", "5", "--out", str(tmp_path)])
+    assert bench.calibrate_main(args, fr) == 0
+    table = common.read_json(tmp_path / "nvidia-h100-80gb-hbm3.json")
+    fr.policy.check_table(table)
+    # GRU: one point each way (lost at B=1); LSTM's inference walk passes the deadline
+    assert [e["mode"] for e in table["entries"]] == ["GRU"]
+    assert table["incomplete"].startswith("the time budget ran out during shape 2 of 2")
+    assert "INCOMPLETE" in capsys.readouterr().out
+
+
+def test_calibrator_point_times_the_forced_kernel_or_reports_its_refusal(fake_cuda):
+    args = bench.parse_args(["--calibrate", "--runs", "2"])
+    cal = bench.Calibrator(args, _fake_fused_rnn(), seq=3)
+    for train in (False, True):
+        fused_ms, cudnn_ms = cal.point(bench.Shape("tf32", "LSTM", 2, 8), train, 2)
+        assert fused_ms > 0 and cudnn_ms > 0
+    s = bench.walk_series([1, 2], functools.partial(cal.point, bench.Shape("tf32", "GRU", 2, 8), False),
+                          0.95, lambda: False)
+    assert s.max_batch == 0 and s.points == [] and "cannot run it" in s.stop and "CUDA-only" in s.stop
 
 
 # ------------------------------------------------------------------ floors.cu
