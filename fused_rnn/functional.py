@@ -34,22 +34,26 @@ _VF = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_t
 _AUTOCAST_MODES = {"cuda": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"), "cpu": ("LSTM",)}
 
 
+def _autocast_dtype(mode: str, device_type: str) -> torch.dtype | None:
+    """The dtype autocast makes this call compute in, as for torch.nn's RNNs; None: no cast."""
+    if device_type not in _AUTOCAST_MODES or mode not in _AUTOCAST_MODES[device_type]:
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _autocast(mode, device_type, tensors):
-    if device_type not in _AUTOCAST_MODES or not torch.is_autocast_enabled(device_type):
+    dtype = _autocast_dtype(mode, device_type)
+    if dtype is None:
         return tensors
-    if mode not in _AUTOCAST_MODES[device_type]:
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
     return [None if t is None else (t.to(dtype) if t.is_floating_point() else t) for t in tensors]
 
 
 def effective_dtype(mode: str, input: Tensor) -> torch.dtype:
     """The dtype a call computes in: autocast's where torch.nn's RNNs follow it."""
-    kind = input.device.type
-    if (kind in _AUTOCAST_MODES and mode in _AUTOCAST_MODES[kind]
-            and torch.is_autocast_enabled(kind) and input.is_floating_point()):
-        return torch.get_autocast_dtype(kind)
-    return input.dtype
+    dtype = _autocast_dtype(mode, input.device.type)
+    return dtype if dtype is not None and input.is_floating_point() else input.dtype
 
 
 def _check_same(input: Tensor, others, what: str) -> None:
