@@ -55,9 +55,13 @@ def test_kernel_compiles_without_spills(source, arch, tmp_path):
     assert returncode == 0, f"nvcc failed for {os.path.basename(source)} sm_{arch}:\n{log}"
     spills = spill_bytes(log)
     assert not any(spills), f"register spills in {os.path.basename(source)} sm_{arch}:\n{log}"
-    # the kernel files must actually contain kernels (instantiations not lost)
+    # the kernel files must actually contain kernels (instantiations not lost):
+    # 3 cells x 2 synchronisation policies (grid.sync, flags)
     if os.path.basename(source).startswith("forward_") and "dispatch" not in source:
-        assert len(re.findall(r"Compiling entry function", log)) == 3, log
+        entries = re.findall(r"Compiling entry function '(\w+)'", log)
+        assert len(entries) == 6, log
+        assert sum("SyncPolicyE1" in e for e in entries) == 3, entries  # kGrid
+        assert sum("SyncPolicyE2" in e for e in entries) == 3, entries  # kFlags
 
 
 # --------------------------------------------------------------- binding syntax
@@ -85,6 +89,10 @@ def test_binding_syntax(source):
         pytest.skip("installed torch ships no c10/cuda headers")
     if not py_inc or not os.path.exists(os.path.join(py_inc, "Python.h")):
         pytest.skip("no Python.h")
+    _syntax_check(source, torch_inc, py_inc, cuda_inc)
+
+
+def _syntax_check(source, torch_inc, py_inc, cuda_inc):
     cfg = build_config()
     cmd = [CXX, *cfg.cxx_flags(), "-fsyntax-only", "-w",
            # the CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h (export macros only)
@@ -94,6 +102,26 @@ def test_binding_syntax(source):
            *[f"-I{p}" for p in cfg.include_dirs(ROOT)], source]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"g++ -fsyntax-only failed for {source}:\n{proc.stderr[-6000:]}"
+
+
+@pytest.mark.skipif(CXX is None, reason="no host C++ compiler")
+def test_binding_projects_input_with_this_torch(tmp_path):
+    """The binding finds at::mm(a, b, out_dtype) (torch >= 2.8), so 16-bit stacks run
+    layer 0's input projection as one GEMM before the launch; without it (older torch)
+    the kernel keeps it. The detection must agree with the installed torch's version."""
+    torch = pytest.importorskip("torch")
+    torch_inc, cuda_inc = _torch_include_paths(), _cuda_include_dir()
+    py_inc = sysconfig.get_paths().get("include")
+    if torch_inc is None or cuda_inc is None or not py_inc or \
+            not os.path.exists(os.path.join(torch_inc[0], "c10", "cuda", "CUDAGuard.h")):
+        pytest.skip("no torch / CUDA / Python headers to compile against")
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    expected = (major, minor) >= (2, 8)
+    src = tmp_path / "detect.cpp"
+    src.write_text('#include "torch/problem.h"\n'
+                   f"static_assert(fused_rnn::binding::can_project_input() == "
+                   f"{'true' if expected else 'false'}, \"mm(..., out_dtype) detection\");\n")
+    _syntax_check(str(src), torch_inc, py_inc, cuda_inc)
 
 
 # --------------------------------------------------------------- host unit tests
@@ -315,10 +343,17 @@ EMU_CASES = [
     EmuCase("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, True, 0.0, 6),
 ]
 TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6)]
+# Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
+SYNCS = ["flags", "grid"]
+# For the deliberately broken flag variants: one CTA per layer (every h element has
+# one reader per layer, so ThreadSanitizer's shadow cells keep each read), three
+# layers, and T well past the ring's 4 slots, so slots are overwritten many times.
+BREAK_CASE = EmuCase("LSTM", 3, False, True, 4, 8, 2, 12, "float32", False, False, False, 0.0, 3)
 
 
-def _emu_build(tmp_path_factory, sanitize):
-    exe, _ = build_emulator(tmp_path_factory, "forward_emu_main.cpp", "forward_emu", sanitize)
+def _emu_build(tmp_path_factory, sanitize, defines=()):
+    exe, _ = build_emulator(tmp_path_factory, "forward_emu_main.cpp", "forward_emu", sanitize,
+                            defines=defines)
     return exe
 
 
@@ -332,14 +367,12 @@ def emu_tsan(tmp_path_factory):
     return _emu_build(tmp_path_factory, "thread")
 
 
-def _emu_run(exe, case: EmuCase, tmp_path, extra_args=()):
-    """Runs the emulated forward kernel on `case` (`extra_args`: the driver's optional
-    trailing arguments, e.g. a phase buffer) and returns its outputs and the reference's."""
-    torch = pytest.importorskip("torch")
-    from fused_rnn import reference
-
-    dt = getattr(torch, case.dtype)
-    D = 2 if case.bidir else 1
+def _emu_process(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True):
+    """Runs the emulated forward kernel on `case` with synchronisation policy `sync`
+    (`extra_args`: the driver's optional trailing arguments, e.g. a phase buffer;
+    `project`: the driver computes layer 0's input projection before the launch where
+    the planner asks for it, as the binding does). Returns (the finished process, the
+    inputs, the output file)."""
     inp = random_stack(case)
     x, weights, hx, cx = inp["x"], inp["w"], inp["hx"], inp["cx"]
     lengths, seed = inp["lengths"], inp["seed"]
@@ -352,10 +385,29 @@ def _emu_run(exe, case: EmuCase, tmp_path, extra_args=()):
         case.B, case.T, EMU_DTYPES.index(case.dtype), int(case.tf32), int(case.reserve),
         int(case.lengths), case.dropout, case.sms)] + [str(src), str(dst)] + \
         [str(a) for a in extra_args]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, FUSED_RNN_SYNC=sync, FRNN_EMU_NO_PROJECTION="0" if project else "1")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    return proc, inp, dst
+
+
+def _emu_run(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True):
+    """Runs the emulated forward kernel on `case` (see _emu_process) and returns its
+    outputs and the reference's."""
+    torch = pytest.importorskip("torch")
+    from fused_rnn import reference
+
+    dt = getattr(torch, case.dtype)
+    D = 2 if case.bidir else 1
+    proc, inp, dst = _emu_process(exe, case, tmp_path, extra_args, sync, project)
+    x, weights, hx, cx = inp["x"], inp["w"], inp["hx"], inp["cx"]
+    lengths, seed = inp["lengths"], inp["seed"]
     assert proc.returncode == 0, f"emulated kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused: "), proc.stdout
+    assert f", {sync} sync (ring {4 if sync == 'flags' else 2})" in proc.stdout, proc.stdout
+    # 16-bit: layer 0's input projection is one GEMM before the launch
+    projected = project and case.dtype != "float32"
+    assert ("layer-0 input projection before the loop" in proc.stdout) == projected, proc.stdout
 
     out = TensorReader(dst, dt)
     S = {"LSTM": 6 * case.H, "GRU": 5 * case.H}.get(case.mode, case.H)
@@ -399,11 +451,59 @@ def torch_isfinite_all(t):
     return bool(torch.isfinite(t.float()).all())
 
 
+@pytest.mark.parametrize("sync", SYNCS)
 @pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: c.id)
-def test_emulated_kernel_matches_reference(emu_asan, case, tmp_path):
-    _check_emu(case, _emu_run(emu_asan, case, tmp_path))
+def test_emulated_kernel_matches_reference(emu_asan, case, sync, tmp_path):
+    _check_emu(case, _emu_run(emu_asan, case, tmp_path, sync=sync))
 
 
-@pytest.mark.parametrize("case", TSAN_CASES, ids=lambda c: c.id)
-def test_emulated_kernel_has_no_data_races(emu_tsan, case, tmp_path):
-    _check_emu(case, _emu_run(emu_tsan, case, tmp_path))
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("case", TSAN_CASES + [BREAK_CASE], ids=lambda c: c.id)
+def test_emulated_kernel_has_no_data_races(emu_tsan, case, sync, tmp_path):
+    _check_emu(case, _emu_run(emu_tsan, case, tmp_path, sync=sync))
+
+
+@pytest.mark.parametrize("case", [c for c in EMU_CASES if c.dtype != "float32"], ids=lambda c: c.id)
+def test_emulated_kernel_without_input_projection(emu_asan, case, tmp_path):
+    """16-bit stacks with layer 0's x W_ih0^T inside the kernel (a torch without
+    mm(..., out_dtype)): the path every float32 case above takes, in 16 bits."""
+    _check_emu(case, _emu_run(emu_asan, case, tmp_path, project=False))
+
+
+def test_state_placement_is_planned(emu_asan, tmp_path):
+    """The fp32 state is resident in shared memory when all B rows fit (B=3, B=70 with two
+    batch tiles), and the cases above cover the kernel both ways round: a plan that
+    stages it per tile is exercised by B=130 (RNN_TANH, three tiles)."""
+    plans = {}
+    for case in (EMU_CASES[0], EMU_CASES[1], EMU_CASES[11]):
+        out = _emu_run(emu_asan, case, tmp_path)
+        _check_emu(case, out)
+        plans[case.B] = out["plan"]
+    assert "state in shared memory" in plans[3] and "state in shared memory" in plans[70]
+    assert "batch tile 64" in plans[70], plans[70]
+
+
+# Deliberately broken flag synchronisation (sync_flags.cuh, FRNN_EMU_BREAK): each must
+# be caught. ThreadSanitizer follows the acquire / release orders of the emulated
+# flags: a too weak wait, or an overwrite of a slot whose reader is still at work, is
+# a data race on the h ring. When the broken producer instead runs so far ahead that
+# its overwrite is published before the late reader even reads (ordered, so no race),
+# the reader gets a later step's h: the results differ from the reference. Either way
+# the run fails.
+BREAKS = {1: "relaxed instead of acquire", 2: "producer does not wait for its consumers",
+          3: "ring one slot too shallow"}
+
+
+@pytest.fixture(scope="module", params=sorted(BREAKS), ids=lambda b: BREAKS[b].replace(" ", "-"))
+def emu_broken(request, tmp_path_factory):
+    return _emu_build(tmp_path_factory, "thread", defines=(f"FRNN_EMU_BREAK={request.param}",))
+
+
+def test_broken_flag_synchronisation_is_caught(emu_broken, tmp_path):
+    with pytest.raises(AssertionError) as caught:
+        out = _emu_run(emu_broken, BREAK_CASE, tmp_path, sync="flags")
+        assert "1 per layer-direction" in out["plan"], out["plan"]  # one reader per layer
+        _check_emu(BREAK_CASE, out)
+    msg = str(caught.value)
+    assert "ThreadSanitizer: data race" in msg or msg.startswith("('output'") or \
+        msg.startswith("('h_n'") or msg.startswith("('c_n'"), msg[-4000:]

@@ -75,15 +75,16 @@ def _read(path):
 
 
 def _plan_numbers(plan):
-    """(CTAs per layer-direction, batch slices, grid steps) from a planner's reason."""
+    """(CTAs per layer-direction, batch slices, wave steps) from a planner's reason."""
     per_ld = int(re.search(r"(\d+) per layer-direction", plan).group(1))
     slices = re.search(r"x (\d+) batch slices", plan)
-    steps = int(re.search(r"(\d+) grid steps", plan).group(1))
+    steps = int(re.search(r"(\d+) (?:grid|wave) steps", plan).group(1))
     return per_ld, int(slices.group(1)) if slices else 1, steps
 
 
-def _check_records(buf, cap, kind, L, T, plan):
-    """Everything a complete run's buffer must hold (D = 1)."""
+def _check_records(buf, cap, kind, L, T, plan, sync="grid"):
+    """Everything a complete run's buffer must hold (D = 1). `sync`: the forward's
+    synchronisation policy (the backward's is grid.sync)."""
     per_ld, slices, steps = _plan_numbers(plan)
     S = floors.phase_wave_steps(kind, L, 1, T)
     assert S == steps
@@ -108,7 +109,10 @@ def _check_records(buf, cap, kind, L, T, plan):
         for s in range(S):
             slots = rec[8 + 4 * s:12 + 4 * s]
             gather, gemm, epi, barrier = slots
-            assert (barrier >= 0) == (s < S - 1), (ld, s, slots)  # no barrier after the last step
+            if sync == "grid":  # every CTA in every barrier but after the last step
+                assert (barrier >= 0) == (s < S - 1), (ld, s, slots)
+            else:  # flags: a wait before and a publish after each of its own steps only
+                assert (barrier > 0) == (s in active), (ld, s, slots)
             if s in active:  # every phase of an active step took time (> 0)
                 assert gemm > 0 and epi > 0, (ld, s, slots)
                 assert gather > 0 if kind == "forward" else gather == NONE, (ld, s, slots)
@@ -126,16 +130,16 @@ def _check_records(buf, cap, kind, L, T, plan):
     return res
 
 
-def _forward(exe, tmp_path):
+def _forward(exe, tmp_path, sync):
     case = FWD_CASE
     cap = floors.phase_buffer_elems("forward", case.L, 1, case.T)
     phase = tmp_path / "phase.bin"
-    out = _emu_run(exe, case, tmp_path, extra_args=(cap, phase))
+    out = _emu_run(exe, case, tmp_path, extra_args=(cap, phase), sync=sync)
     _check_emu(case, out)  # the results are the reference's, with the recorder on
     assert "batch tile 64" in out["plan"]  # 70 rows: two tiles summed per step
     buf = _read(phase)
     assert len(buf) == cap + GUARD
-    _check_records(buf, cap, "forward", case.L, case.T, out["plan"])
+    _check_records(buf, cap, "forward", case.L, case.T, out["plan"], sync)
 
 
 def _backward(exe, grads_op, tmp_path):  # noqa: F811
@@ -150,8 +154,9 @@ def _backward(exe, grads_op, tmp_path):  # noqa: F811
     _check_records(buf, cap, "backward", case.L, case.T, plan)
 
 
-def test_forward_records_phases_and_changes_nothing(emulators, tmp_path):
-    _forward(emulators[0], tmp_path)
+@pytest.mark.parametrize("sync", ["flags", "grid"])
+def test_forward_records_phases_and_changes_nothing(emulators, tmp_path, sync):
+    _forward(emulators[0], tmp_path, sync)
 
 
 def test_backward_records_phases_and_changes_nothing(emulators, grads_op, tmp_path):  # noqa: F811
@@ -160,8 +165,9 @@ def test_backward_records_phases_and_changes_nothing(emulators, grads_op, tmp_pa
 
 # The recorded CTAs synchronise differently (one more __syncthreads after their last
 # tile / pass): TSan sees a barrier the instrumentation dropped or misplaced.
-def test_forward_recorder_adds_no_race(emulators_tsan, tmp_path):
-    _forward(emulators_tsan[0], tmp_path)
+@pytest.mark.parametrize("sync", ["flags", "grid"])
+def test_forward_recorder_adds_no_race(emulators_tsan, tmp_path, sync):
+    _forward(emulators_tsan[0], tmp_path, sync)
 
 
 def test_backward_recorder_adds_no_race(emulators_tsan, grads_op, tmp_path):  # noqa: F811
@@ -226,7 +232,9 @@ def test_instrumented_kernels_compile_without_spills(tmp_path, monkeypatch):
         results = list(pool.map(compile_one, names))
     for name, (rc, log) in zip(names, results):
         assert rc == 0, log[-6000:]
-        assert len(re.findall(r"Compiling entry function", log)) == 3, log
+        # 3 cells (x 2 synchronisation policies for the forward)
+        want = 6 if name.startswith("forward_") else 3
+        assert len(re.findall(r"Compiling entry function", log)) == want, log
         assert not any(spill_bytes(log)), f"spills in instrumented {name}:\n{log}"
         assert not any(int(n) for n in re.findall(r"(\d+) bytes stack frame", log)), log
         print(name, re.findall(r"Used (\d+) registers", log))

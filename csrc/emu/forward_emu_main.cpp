@@ -16,6 +16,13 @@
 // PHASE_CAP PHASE_OUT: hand the kernel a per-phase timing buffer of PHASE_CAP
 // int64 elements (emu_launch.h's PhaseBuffer; recorded only by a build with
 // -DFRNN_PHASE_TIMING=1) and write it to PHASE_OUT.
+// FUSED_RNN_SYNC (grid | flags | auto) in the environment picks the
+// synchronisation policy, as in the extension. Layer 0's input projection is
+// computed here before the launch (fp32, as the binding's GEMM) wherever the
+// planner moves it out of the kernel (16-bit dtypes), unless
+// FRNN_EMU_NO_PROJECTION=1 (the in-kernel path of a torch without mm(...,
+// out_dtype)).
+
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/forward_kernel.cuh"
 #include "kernels/forward_plan.h"
@@ -57,6 +64,12 @@ int main(int argc, char** argv) {
   p.need_reserve = atoi(argv[11]) != 0;
   p.has_lengths = atoi(argv[12]) != 0;
   p.dropout = atof(argv[13]);
+  const char* no_proj = getenv("FRNN_EMU_NO_PROJECTION");
+  p.can_project_input = !(no_proj && strcmp(no_proj, "1") == 0);
+  if (!parse_sync(getenv("FUSED_RNN_SYNC"), &p.sync)) {
+    fprintf(stderr, "emu: bad FUSED_RNN_SYNC\n");
+    return 2;
+  }
   const DeviceLimits dev = emu::h100_like(atoi(argv[14]));
   const PlanResult plan = plan_forward(p, dev, &emu::occupancy, &dev);
   printf("%s\n", plan.reason.c_str());
@@ -70,8 +83,11 @@ int main(int argc, char** argv) {
   auto own = [&](const void* src, int64_t bytes) { return buffers.own(src, bytes); };
 
   ForwardParams fp;
-  const WorkspaceLayout wl = forward_workspace(p);
-  init_forward_params(fp, p, plan.cfg, own(nullptr, wl.total));
+  const WorkspaceLayout wl = forward_workspace(p, plan.cfg);
+  void* const workspace = own(nullptr, wl.total);  // poisoned, like the caching allocator's
+  // the step counters start at 0 (the binding clears them on the stream)
+  if (wl.flags >= 0) memset(static_cast<unsigned char*>(workspace) + wl.flags, 0, wl.flags_bytes);
+  init_forward_params(fp, p, plan.cfg, workspace);
   fp.x = own(take(T * B * I * es), T * B * I * es);
   for (int64_t l = 0; l < p.num_layers; ++l) {
     const int64_t in_l = l == 0 ? I : D * H;
@@ -92,6 +108,26 @@ int main(int argc, char** argv) {
   if (in.unread() != 0) {
     fprintf(stderr, "emu: %zu unread input bytes\n", in.unread());
     return 2;
+  }
+  if (plan.cfg.x_proj) {  // x_t W_ih0^T per direction, (T*B, G*H), fp32 (no bias)
+    auto elem = [&](const void* base, int64_t i) -> double {
+      switch (p.dtype) {
+        case DType::kFloat16: return __half2float(static_cast<const __half*>(base)[i]);
+        case DType::kBFloat16:
+          return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+        default: return static_cast<const float*>(base)[i];
+      }
+    };
+    std::vector<float> proj(static_cast<size_t>(T * B * G * H));
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t tb = 0; tb < T * B; ++tb)
+        for (int64_t r = 0; r < G * H; ++r) {
+          double acc = 0.0;
+          for (int64_t i = 0; i < I; ++i) acc += elem(fp.x, tb * I + i) * elem(fp.w_ih[d], r * I + i);
+          proj[tb * G * H + r] = static_cast<float>(acc);
+        }
+      fp.xproj[d] = static_cast<const float*>(own(proj.data(), proj.size() * 4));
+    }
   }
   const int64_t y_bytes = T * B * D * H * es, h_bytes = LD * B * H * es,
                 r_bytes = LD * T * B * p.reserve_width() * es;

@@ -70,6 +70,23 @@ constexpr int kMaxLayerDirs = 32;
 // M (gate rows), N (batch columns) and K (reduction) are padded to it.
 constexpr int kTile = 16;
 
+// How the CTAs of a persistent launch wait for each other between steps.
+//   kGrid   one grid-wide barrier (cooperative groups' grid.sync()) per wave
+//           step: every CTA waits for every other, layers run in lock-step.
+//   kFlags  point-to-point: each CTA publishes the number of steps it has
+//           completed (a release store) and waits (acquire loads) on exactly
+//           the CTAs whose data it reads or whose reads it would overwrite
+//           (sync_flags.cuh). Layers run ahead of each other as far as the
+//           data allows.
+//   kAuto   (a request only) the planner's choice: kFlags.
+// Both are compiled (a template parameter of the kernel); the planner picks
+// one per call, FUSED_RNN_SYNC=grid|flags overrides it, for A/B runs.
+enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2 };
+
+inline const char* sync_name(SyncPolicy s) {
+  return s == SyncPolicy::kGrid ? "grid" : s == SyncPolicy::kFlags ? "flags" : "auto";
+}
+
 FRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FRNN_HD int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 

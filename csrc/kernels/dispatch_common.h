@@ -3,7 +3,8 @@
 // from the CUDA runtime, cached per (device, problem)), the kernel attributes
 // set once per (device, kernel), and the launch. Each .cu describes what
 // differs with a traits struct D, derived from its kernel family
-// (kernel_select.h: Params, kThreads, kernel<...>(), launch<...>()):
+// (kernel_select.h: Params, kThreads, kernel<...>(sync), launch<...>(),
+// planned_sync, sync_of):
 //
 //   struct D : ForwardKernels {
 //     using Result = PlanResult;   // { ok, reason, cfg }
@@ -131,7 +132,10 @@ typename D::Result plan_on_device(const ForwardProblem& pr, int device) {
   }
 
   const bool tf32 = pr.dtype == DType::kFloat32 && pr.allow_tf32;
-  OccupancyQuery q{kernel_symbol<D>(pr.dtype, cell_kind(pr.mode), tf32), cudaSuccess};
+  // (the variant of the policy the planner will choose: its attributes are
+  // the ones the launch needs)
+  OccupancyQuery q{kernel_symbol<D>(pr.dtype, cell_kind(pr.mode), tf32, D::planned_sync(pr)),
+                   cudaSuccess};
   // Is there code for this device in the extension at all?
   cudaFuncAttributes attr;
   e = cudaFuncGetAttributes(&attr, q.fn);
@@ -173,7 +177,8 @@ cudaError_t launch_on_current_device(const typename D::Params& p, DType dtype, b
     const bool tf32 = dtype == DType::kFloat32 && use_tf32;
     std::lock_guard<std::mutex> lock(dispatch_state<D>().mutex);
     e = prepare_kernel_locked<D>(
-        kernel_symbol<D>(dtype, cell_kind(static_cast<Mode>(p.mode)), tf32), device);
+        kernel_symbol<D>(dtype, cell_kind(static_cast<Mode>(p.mode)), tf32, D::sync_of(p)),
+        device);
     if (e != cudaSuccess) return e;
   }
   return launch_instantiation<D>(p, dtype, use_tf32, stream);

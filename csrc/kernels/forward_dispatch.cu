@@ -16,13 +16,13 @@ namespace {
 struct ForwardDispatch : ForwardKernels {
   using Result = PlanResult;
   using Key = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int, bool, bool, double, bool>;
+                         int, bool, bool, double, bool, int>;
   // (device, every problem field)
   static Key key(const ForwardProblem& pr, int device) {
     return Key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
                pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
                pr.seq_len, static_cast<int>(pr.dtype), pr.need_reserve, pr.has_lengths,
-               pr.dropout, pr.allow_tf32};
+               pr.dropout, pr.allow_tf32, static_cast<int>(pr.sync)};
   }
   static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
                      const void* ctx) {
@@ -58,7 +58,8 @@ int forward_binary_version(int device, std::string* why) {
   cudaSetDevice(device);
   cudaFuncAttributes attr;
   const cudaError_t e = cudaFuncGetAttributes(
-      &attr, kernel_symbol<ForwardKernels>(DType::kBFloat16, CellKind::kLSTM, false));
+      &attr, kernel_symbol<ForwardKernels>(DType::kBFloat16, CellKind::kLSTM, false,
+                                           SyncPolicy::kFlags));
   cudaSetDevice(prev);
   if (e != cudaSuccess) {
     cudaGetLastError();

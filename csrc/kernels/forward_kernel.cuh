@@ -1,28 +1,46 @@
 // The persistent forward kernel: a whole LSTM / GRU / RNN stack, every layer
 // and every timestep, in one cooperative launch.
 //
-// Schedule (one grid-wide barrier per step):
-//   unidirectional  T + L - 1 wave steps; at step s layer l computes t = s - l
-//                   (its input h^{l-1}_t and its state h^l_{t-1} were both
-//                   written at step s - 1).
-//   bidirectional   L * T steps; layer l runs at steps [l*T, (l+1)*T), both
-//                   directions at once (forward t = k, reverse t = T-1-k):
-//                   layer l + 1 needs all T outputs of layer l.
+// Schedule: at its local step k, layer l computes t = k (reverse direction:
+// T-1-k) from its input h^{l-1}_t and its state h^l_{t-1}.
+//   unidirectional  a wavefront: layer l's step k is wave step s = l + k,
+//                   T + L - 1 wave steps in all.
+//   bidirectional   layer l runs at wave steps [l*T, (l+1)*T), both directions
+//                   at once: layer l + 1 needs all T outputs of layer l.
+// Synchronisation, a template parameter (SyncPolicy, common.h), chosen per call:
+//   kGrid   one grid.sync() per wave step: every CTA of the grid in lock-step
+//           (idle layers too); h rings of 2 slots.
+//   kFlags  point-to-point (sync_flags.cuh): before step k a CTA waits, with
+//           acquire loads on per-CTA step counters, for exactly
+//             - the C slices of its own (layer, direction) to have done k steps
+//               (h_{t-1} complete),
+//             - the slices of the layer below to have done k+1 steps
+//               (unidirectional), or all T (bidirectional, at k = 0),
+//             - unidirectional: the slices of the layer above to have done
+//               k-R+1 steps, i.e. finished reading the ring slot k % R this
+//               step overwrites (R = 4: a layer may run up to 3 steps ahead);
+//           and after the step publishes k+1 (release store). Layers run ahead
+//           of each other as far as the data allows, instead of in lock-step.
 //
-// Per step, an active CTA (owner of units [u0, u0 + Uc) of one (layer,
-// direction)), for each batch tile of NB rows:
-//   1. gathers X = [x_t ; h_{t-1}] (NB x K) into shared memory -- loads go
-//      through L2 (ld.global.cg): the data was written by other CTAs in this
-//      same launch, and L1 is not coherent across SMs;
+// Per step, a CTA (owner of units [u0, u0 + Uc) of one (layer, direction)), for
+// each batch tile of NB rows:
+//   1. gathers X = [x_t ; h_{t-1}] (NB x K) into shared memory in one batch of
+//      asynchronous copies (cp.async.cg, 16 bytes each, through L2: the data
+//      was written by other CTAs in this launch and L1 is not coherent across
+//      SMs; a register path where sizes or alignment do not allow it, and for
+//      TF32, whose operands are rounded on the way). Layer 0's x_t depends on
+//      no other CTA: with flags its copies are issued before the wait;
 //   2. gates = W X on tensor cores (wmma, fp32 accumulate) or FP32 FMA, the
 //      x part and the h part as separate partial sums;
 //   3. epilogue, one thread per (unit, batch row): sums partials + biases,
-//      gate nonlinearities and cell update in fp32, length masking, writes
-//      h_t (ring), the layer output (dropped copy for the next layer: each mask
-//      bit is computed once, by the owner), the reserve, and h_n / c_n.
-// Then grid.sync().
+//      gate nonlinearities and cell update in fp32 from the exact fp32 state
+//      (owner-only: resident in shared memory for the whole launch, or staged
+//      per tile from the workspace when B rows do not fit), length masking;
+//      writes h_t (ring), the layer output (dropped copy for the next layer:
+//      each mask bit is computed once, by the owner), the reserve, h_n / c_n.
 //
-// No torch header: compiled by bare nvcc in CI (tests/test_compile_kernels.py).
+// No torch header: compiled by bare nvcc in CI (tests/test_compile_kernels.py)
+// and run on host threads by csrc/emu/ (FRNN_EMULATION).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -31,11 +49,13 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "async_copy.cuh"
 #include "common.h"
 #include "forward_params.h"
 #include "gate_math.h"
 #include "phase_timing.h"
 #include "philox.cuh"
+#include "sync_flags.cuh"
 
 // The kernel's dynamic shared memory. A hook so that the host emulation
 // (csrc/emu/) can run this exact source with one block of memory per CTA.
@@ -82,24 +102,39 @@ FRNN_DEVICE uint4 round_tf32_4(uint4 v) {
 }
 
 // Copies `rows` global rows (`n` elements each, row stride src_ld) into shared
-// rows of stride ldd. 16-byte vectors when the source allows it (any row
-// length / alignment works: the scalar path covers the rest). ROUND rounds
+// rows of stride ldd, through registers: 16-byte vectors when the source
+// allows it (any row length / alignment works: the scalar path covers the
+// rest), four loads in flight per thread before their stores. ROUND rounds
 // fp32 to TF32 on the way, so the TF32 MMA reads pre-rounded operands.
-// Must be called by the whole CTA.
+// Must be called by the whole CTA; done on return.
 template <typename T, bool ROUND>
 FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n) {
   constexpr int kVec = 16 / sizeof(T);
+  constexpr int kBatch = 4;
   const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (src_ld % kVec == 0) &&
                    (n % kVec == 0);
   if (vec) {
     const int per_row = n / kVec;
     const int total = rows * per_row;
-    for (int i = threadIdx.x; i < total; i += kForwardThreads) {
-      const int r = i / per_row;
-      const int c = i - r * per_row;
-      uint4 v = __ldcg(reinterpret_cast<const uint4*>(src + r * src_ld) + c);
-      if (ROUND) v = round_tf32_4(v);
-      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ldd + c * kVec) = v;
+    for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * kForwardThreads) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * kForwardThreads;
+        if (i < total) {
+          const int r = i / per_row;
+          v[q] = __ldcg(reinterpret_cast<const uint4*>(src + r * src_ld) + (i - r * per_row));
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * kForwardThreads;
+        if (i < total) {
+          const int r = i / per_row;
+          *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ldd + (i - r * per_row) * kVec) =
+              ROUND ? round_tf32_4(v[q]) : v[q];
+        }
+      }
     }
   } else {
     const int total = rows * n;
@@ -110,6 +145,28 @@ FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int ro
       if (ROUND) v = from_f<T>(round_tf32(to_f(v)));
       dst[static_cast<int64_t>(r) * ldd + c] = v;
     }
+  }
+}
+
+// The gather's copy of `rows` rows (as load_rows): issued as cp.async.cg
+// 16-byte copies when the source allows it and nothing is rounded -- they
+// land by the caller's cp_async_wait(0) -- else through registers (done on
+// return). The shared rows are 16-byte aligned (ForwardConfig::ld).
+template <typename T, bool ROUND>
+FRNN_DEVICE void issue_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (src_ld % kVec == 0) &&
+                   (n % kVec == 0);
+  if (ROUND || !vec) {
+    load_rows<T, ROUND>(dst, ldd, src, src_ld, rows, n);
+    return;
+  }
+  const int per_row = n / kVec;
+  const int total = rows * per_row;
+  for (int i = threadIdx.x; i < total; i += kForwardThreads) {
+    const int r = i / per_row;
+    const int c = i - r * per_row;
+    cp_async16(dst + static_cast<int64_t>(r) * ldd + c * kVec, src + r * src_ld + c * kVec);
   }
 }
 
@@ -245,9 +302,11 @@ FRNN_DEVICE void gemm_fp32_fma(const float* sw, const float* sx, float* part,
 template <CellKind CELL> constexpr int kGates = CELL == CellKind::kLSTM ? 4
                                               : CELL == CellKind::kGRU  ? 3 : 1;
 
-template <typename T, CellKind CELL, bool TF32>
+template <typename T, CellKind CELL, bool TF32, SyncPolicy SYNC>
 __global__ void __launch_bounds__(kForwardThreads, 1)
 rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
+  static_assert(SYNC == SyncPolicy::kGrid || SYNC == SyncPolicy::kFlags, "a resolved policy");
+  constexpr bool kFlags = SYNC == SyncPolicy::kFlags;
   constexpr int G = kGates<CELL>;
   constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
   FRNN_DECLARE_DYNAMIC_SMEM(smem);
@@ -258,9 +317,11 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   float* const part = reinterpret_cast<float*>(smem + lay.part);
   float* const bias_x = reinterpret_cast<float*>(smem + lay.bias);
   float* const bias_h = bias_x + c.m_pad;
-  float* const s_hprev = reinterpret_cast<float*>(smem + lay.state);  // [bl * U + u]
-  float* const s_cprev = s_hprev + c.batch_tile * c.units_per_cta;
+  // fp32 state [row * U + u]: all B rows (state_resident) or this tile's rows
+  float* const s_h = reinterpret_cast<float*>(smem + lay.state);
+  float* const s_c = s_h + c.state_rows * c.units_per_cta;
   int* const s_valid = reinterpret_cast<int*>(smem + lay.valid);      // [bl]
+  float* const s_xp = reinterpret_cast<float*>(smem + lay.xp);        // [bl * m_pad + row]
 
   const int H = p.hidden;
   const int D = p.num_dirs;
@@ -268,14 +329,18 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   const int64_t B = p.batch;
   const int64_t T_len = p.seq_len;
   const int U = c.units_per_cta;
-  const int ld_id = blockIdx.x / c.ctas_per_dir;  // (layer, direction) row l * D + d
-  const int slice = blockIdx.x - ld_id * c.ctas_per_dir;
+  const int C = c.ctas_per_dir;
+  const int R = c.ring;
+  const int ld_id = blockIdx.x / C;  // (layer, direction) row l * D + d
+  const int slice = blockIdx.x - ld_id * C;
   const int layer = ld_id / D;
   const int dir = ld_id - layer * D;
   const int u0 = slice * U;
   const int uc = min(U, H - u0);  // units of this CTA (the last slice may have fewer)
   const int in_l = layer == 0 ? p.input_size : D * H;
-  const int kt_x_layer = (in_l + kTile - 1) / kTile;
+  // Layer 0 with its input projection done before the launch has no x part.
+  const bool x_proj = layer == 0 && c.x_proj;
+  const int kt_x_layer = x_proj ? 0 : (in_l + kTile - 1) / kTile;
   const int kt_h = c.kh_pad / kTile;
   const bool bidir = D == 2;
   // Per-phase timing (FRNN_PHASE_TIMING builds only; otherwise every rec.*
@@ -296,8 +361,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     const T* whh = static_cast<const T*>(p.w_hh[ld_id]);
     for (int g = 0; g < G; ++g) {
       const int64_t row0 = static_cast<int64_t>(g) * H + u0;
-      load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld, c.ld, wih + row0 * in_l,
-                           in_l, uc, in_l);
+      if (!x_proj)
+        load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld, c.ld, wih + row0 * in_l,
+                             in_l, uc, in_l);
       load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld + c.kx_pad, c.ld,
                            whh + row0 * H, H, uc, H);
     }
@@ -327,53 +393,102 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   // Bidirectional layer outputs ping-pong between y and layer_buf so that the
   // last layer lands in y: layer l writes y iff (L - 1 - l) is even.
   auto bidir_dest = [&](int l) -> T* { return ((L - 1 - l) % 2 == 0) ? y : layer_buf; };
+  // Ring slot of (layer-direction row r, local step k): (R, B, H) per row.
+  auto ring_slot = [&](T* ring, int64_t r, int64_t k) -> T* {
+    return ring + (r * R + k % R) * BH;
+  };
 
-  cg::grid_group grid = cg::this_grid();
   const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len : T_len + L - 1;
+  // The wave step of this CTA's local step 0 (phase records are per wave step).
+  const int64_t wave0 = bidir ? static_cast<int64_t>(layer) * T_len : layer;
+  if constexpr (kFlags) {
+    for (int64_t w = 0; w < n_steps; ++w)
+      if (w < wave0 || w >= wave0 + T_len) rec.idle_step(w);
+  }
+  cg::grid_group grid = cg::this_grid();
+  (void)grid;
 
   rec.loop_start();
-  for (int64_t s = 0; s < n_steps; ++s) {
-    int64_t k;  // this layer's local step
-    bool active;
-    if (bidir) {
-      k = s - static_cast<int64_t>(layer) * T_len;
-      active = k >= 0 && k < T_len;
-    } else {
-      k = s - layer;
-      active = k >= 0 && k < T_len;
-    }
+  // grid: every CTA walks all wave steps (idle ones too: grid.sync is collective).
+  // flags: a CTA walks its own T steps only.
+  const int64_t n_iter = kFlags ? T_len : n_steps;
+  for (int64_t s = 0; s < n_iter; ++s) {
+    const int64_t k = kFlags ? s : s - wave0;  // this layer's local step
+    const bool active = k >= 0 && k < T_len;
+    const int64_t t = dir == 0 ? k : T_len - 1 - k;
+    // Layer input rows at time t (row stride in_l) and h_{t-1} rows (stride H).
+    const T* xsrc = nullptr;
+    const T* hsrc = nullptr;
+    T* hdst = nullptr;
     if (active) {
-      const int64_t t = dir == 0 ? k : T_len - 1 - k;
-      // Layer input rows at time t (row stride in_l) and h_{t-1} rows (stride H).
-      const T* xsrc;
       if (layer == 0) {
         xsrc = x_in + t * B * in_l;
       } else if (bidir) {
         xsrc = bidir_dest(layer - 1) + t * B * in_l;
-      } else if (p.dropout_active) {
-        xsrc = xring + (static_cast<int64_t>(layer - 1) * 2 + (k & 1)) * BH;
       } else {
-        xsrc = hring + (static_cast<int64_t>(layer - 1) * 2 + (k & 1)) * BH;
+        xsrc = ring_slot(p.dropout_active ? xring : hring, layer - 1, k);
       }
-      const T* hsrc = k == 0 ? hx + ld_id * BH
-                             : hring + (static_cast<int64_t>(ld_id) * 2 + ((k - 1) & 1)) * BH;
-      T* const hdst = hring + (static_cast<int64_t>(ld_id) * 2 + (k & 1)) * BH;
-
+      hsrc = k == 0 ? hx + ld_id * BH : ring_slot(hring, ld_id, k - 1);
+      hdst = ring_slot(hring, ld_id, k);
+    }
+    // The x part of a tile's gather: the rows of x_t, or (x_proj) this tile's
+    // input pre-activations -- G * uc fp32 per row, written by a kernel that
+    // ran before this launch, hence read-only here.
+    auto gather_x = [&](int64_t b0, int nbv) {
+      if (!x_proj) {
+        issue_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l);
+        return;
+      }
+      const float* xp = p.xproj[dir] + (t * B + b0) * G * H + u0;
+      for (int pi = threadIdx.x; pi < nbv * G * uc; pi += kForwardThreads) {
+        const int bl = pi / (G * uc);
+        const int r = pi - bl * G * uc;
+        const int g = r / uc, u = r - g * uc;
+        s_xp[bl * c.m_pad + g * U + u] = __ldg(xp + static_cast<int64_t>(bl) * G * H + g * H + u);
+      }
+    };
+    // Layer 0's input depends on no CTA: its first tile is read before the wait.
+    const bool x_early = kFlags && layer == 0;
+    if (x_early) gather_x(0, static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B)));
+    if constexpr (kFlags) {
+      FlagRange own, below, above;
+      if (k > 0) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
+      if (layer > 0 && !bidir) below = FlagRange{(layer - 1) * C, C, static_cast<int>(k + 1)};
+      if (layer > 0 && bidir && k == 0)
+        below = FlagRange{(layer - 1) * D * C, D * C, static_cast<int>(T_len)};
+      // The layer above reads ring slot k % R (hring, or xring with dropout)
+      // at its step k - R; it must have finished that step before this one
+      // overwrites the slot.
+      const int64_t above_target = FRNN_EMU_BREAK == 3 ? k - R : k - R + 1;
+      if (!bidir && layer + 1 < L && above_target > 0 && FRNN_EMU_BREAK != 2)
+        above = FlagRange{(layer + 1) * C, C, static_cast<int>(above_target)};
+      wait_for_ranges(p.flags, own, below, above, kForwardThreads);
+      rec.mark(kPhaseBarrier);
+    }
+    if (active) {
       for (int64_t b0 = 0; b0 < B; b0 += c.batch_tile) {
         const int nbv = static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B - b0));
-        // 1. gather X (rows >= nbv keep stale data: they only feed discarded columns)
-        load_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l);
-        load_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H);
-        //    ... and this tile's exact fp32 state and length flags (owner-only data)
-        for (int pi = threadIdx.x; pi < uc * nbv; pi += kForwardThreads) {
-          const int u = pi % uc, bl = pi / uc;
-          const int64_t sidx = ld_id * BH + (b0 + bl) * H + u0 + u;
-          s_hprev[bl * U + u] = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
-          if constexpr (CELL == CellKind::kLSTM)
-            s_cprev[bl * U + u] = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
+        // 1. gather X: one batch of asynchronous copies (rows >= nbv keep
+        //    stale data: they only feed discarded columns) ...
+        if (!(x_early && b0 == 0)) gather_x(b0, nbv);
+        issue_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H);
+        cp_async_commit();
+        //    ... while this tile's exact fp32 state (owner-only data) is read:
+        //    at k = 0 from hx / cx, later from the workspace unless resident.
+        const int64_t srow0 = c.state_resident ? b0 : 0;
+        if (k == 0 || !c.state_resident) {
+          for (int pi = threadIdx.x; pi < uc * nbv; pi += kForwardThreads) {
+            const int u = pi % uc, bl = pi / uc;
+            const int64_t sidx = ld_id * BH + (b0 + bl) * H + u0 + u;
+            const int64_t si = (srow0 + bl) * U + u;
+            s_h[si] = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
+            if constexpr (CELL == CellKind::kLSTM)
+              s_c[si] = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
+          }
         }
         for (int bl = threadIdx.x; bl < nbv; bl += kForwardThreads)
           s_valid[bl] = p.lengths == nullptr || t < __ldg(p.lengths + b0 + bl);
+        cp_async_wait(0);
         __syncthreads();
         rec.mark(kPhaseGather);
         // 2. gate pre-activations
@@ -386,8 +501,8 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         rec.mark(kPhaseGemm);
         // 3. epilogue: one thread per (unit, batch row), units fastest
         //    (coalesced stores of h rows). The next tile's gather writes sx
-        //    (no one reads it after the GEMM) and the state tiles (read here):
-        //    hence the barrier at the end of the tile.
+        //    (no one reads it after the GEMM) and the staged state (read
+        //    here): hence the barrier at the end of the tile.
         const int pairs = uc * nbv;
         for (int pi = threadIdx.x; pi < pairs; pi += kForwardThreads) {
           const int u = pi % uc;
@@ -399,6 +514,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           for (int g = 0; g < G; ++g) {
             const int row = g * U + u;
             float ax = bias_x[row], ah = bias_h[row];
+            if (x_proj) ax += s_xp[bl * c.m_pad + row];
             for (int q = 0; q < c.x_splits; ++q)
               ax += part[(static_cast<int64_t>(q) * c.batch_tile + bl) * c.m_pad + row];
             for (int q = c.x_splits; q < c.x_splits + c.h_splits; ++q)
@@ -407,20 +523,22 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             gh[g] = ah;
           }
           const int64_t sidx = ld_id * BH + b * H + j;  // (ld, b, j) in hx / cx / hy / cy / state
-          const float h_prev = s_hprev[bl * U + u];
+          const int64_t si = (srow0 + bl) * U + u;     // the same in the shared state
+          const float h_prev = s_h[si];
           const bool valid = s_valid[bl] != 0;
           T* const rsv = reserve ? reserve + ((ld_id * T_len + t) * B + b) * p.reserve_width
                                  : nullptr;
           float h_new;
           if constexpr (CELL == CellKind::kLSTM) {
-            const float c_prev = s_cprev[bl * U + u];
+            const float c_prev = s_c[si];
             float pre[4];
 #pragma unroll
             for (int g = 0; g < 4; ++g) pre[g] = gx[g] + gh[g];
             const LstmOut o = lstm_cell(pre, c_prev);
             h_new = valid ? o.h : h_prev;
             const float c_new = valid ? o.c : c_prev;
-            p.state_c[sidx] = c_new;
+            s_c[si] = c_new;
+            if (!c.state_resident) p.state_c[sidx] = c_new;
             if (rsv) {
               // Gates are written for frozen steps too (finite values from the
               // frozen state): every reserve element is defined, so a backward
@@ -448,7 +566,8 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             h_new = valid ? o : h_prev;
             if (rsv) rsv[j] = from_f<T>(h_new);
           }
-          p.state_h[sidx] = h_new;
+          s_h[si] = h_new;
+          if (!c.state_resident) p.state_h[sidx] = h_new;
           const T h_t = from_f<T>(h_new);
           hdst[b * H + j] = h_t;
           if (k == T_len - 1) static_cast<T*>(p.hy)[sidx] = h_t;
@@ -467,18 +586,26 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           } else if (last) {
             y[(t * B + b) * H + j] = out;
           } else if (p.dropout_active) {
-            xring[(static_cast<int64_t>(layer) * 2 + (k & 1)) * BH + b * H + j] = out;
+            ring_slot(xring, layer, k)[b * H + j] = out;
           }
           // (unidirectional, no dropout: layer + 1 reads hring directly)
         }
-        // (after the last tile: grid.sync; a recorded CTA waits here too, so
-        // that its epilogue phase ends when every thread's epilogue has)
+        // (after the last tile: the step's synchronisation; a recorded CTA
+        // waits here too, so that its epilogue phase ends when every thread's
+        // epilogue has)
         if (b0 + c.batch_tile < B || rec.cta_on()) __syncthreads();
         rec.mark(kPhaseEpilogue);
       }
     }
-    if (s + 1 < n_steps) grid.sync();
-    rec.step_end(s, active, s + 1 < n_steps);
+    if constexpr (kFlags) {
+      // Every thread's writes of this step, then one release of the count.
+      __syncthreads();
+      if (threadIdx.x == 0) flag_publish(p.flags + blockIdx.x, static_cast<int>(k + 1));
+      rec.step_end(wave0 + k, true, true);
+    } else {
+      if (s + 1 < n_steps) grid.sync();
+      rec.step_end(s, active, s + 1 < n_steps);
+    }
   }
   rec.finish(n_steps);
 }
@@ -486,17 +613,22 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
 // ------------------------------------------------------------ launchers
 
 template <typename T, CellKind CELL, bool TF32>
-const void* forward_kernel_ptr() {
-  return reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32>);
+const void* forward_kernel_ptr(SyncPolicy sync) {
+  return sync == SyncPolicy::kGrid
+             ? reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32, SyncPolicy::kGrid>)
+             : reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32, SyncPolicy::kFlags>);
 }
 
-// One cooperative launch on `stream`. The caller (launch_forward in
-// forward_dispatch.cu) has raised the kernel's dynamic shared-memory limit on
-// this device, and the planned config makes all CTAs co-resident (otherwise
-// the launch fails with cudaErrorCooperativeLaunchTooLarge: an error, never a hang).
+// One cooperative launch on `stream` of the variant of p.cfg.sync. Both
+// policies need every CTA co-resident (a CTA spinning on a flag must not
+// keep its producer from being scheduled): the cooperative launch guarantees
+// it, or fails with cudaErrorCooperativeLaunchTooLarge -- an error, never a
+// hang. The caller (launch_forward in forward_dispatch.cu) has raised the
+// variant's dynamic shared-memory limit on this device and, for kFlags,
+// zeroed the step counters on the same stream.
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
-  const void* fn = forward_kernel_ptr<T, CELL, TF32>();
+  const void* fn = forward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<ForwardParams*>(&p)};
   return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,
                                      static_cast<size_t>(p.cfg.smem_bytes), stream);
@@ -505,9 +637,10 @@ cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
 }  // namespace fwd
 }  // namespace fused_rnn
 
-// Explicit instantiation of one (dtype, cell, tf32) variant: the kernel, its
-// symbol getter and its launcher (used by forward_<dtype>.cu).
+// Explicit instantiation of one (dtype, cell, tf32) variant: the kernel (both
+// synchronisation policies), its symbol getter and its launcher (used by
+// forward_<dtype>.cu).
 #define FRNN_INSTANTIATE_FORWARD(T, CELL, TF32)                                              \
-  template const void* fused_rnn::fwd::forward_kernel_ptr<T, CELL, TF32>();                 \
+  template const void* fused_rnn::fwd::forward_kernel_ptr<T, CELL, TF32>(fused_rnn::SyncPolicy); \
   template cudaError_t fused_rnn::fwd::launch_forward_kernel<T, CELL, TF32>(                \
       const fused_rnn::ForwardParams&, cudaStream_t);

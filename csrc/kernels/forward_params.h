@@ -36,15 +36,27 @@ struct ForwardProblem {
   bool has_lengths = false;
   double dropout = 0.0;
   bool allow_tf32 = false;  // float32 only: TF32 tensor cores instead of FP32 FMA
+  SyncPolicy sync = SyncPolicy::kAuto;  // requested synchronisation (FUSED_RNN_SYNC)
+  // The caller can compute layer 0's input projection x W_ih0^T for all
+  // timesteps before the launch (one GEMM with fp32 output per direction: the
+  // binding's at::mm(..., out_dtype=float)). The planner uses it for 16-bit
+  // dtypes (fp32 keeps the projection in the kernel: TF32 there matches
+  // cuDNN's precision, and a full-fp32 cuBLAS GEMM would cost more than it saves).
+  bool can_project_input = false;
 
   int num_dirs() const { return bidirectional ? 2 : 1; }
   int layer_dirs() const { return num_layers * num_dirs(); }
   int gates() const { return num_gates(mode); }
-  // Widest layer input: every CTA gets the same dynamic shared memory, so the
-  // weight tile is sized for max(in_l).
+  // Layer 0's input projection runs before the launch (see can_project_input).
+  bool projects_input() const { return can_project_input && dtype != DType::kFloat32; }
+  // Widest layer input multiplied in the kernel: every CTA gets the same
+  // dynamic shared memory, so the weight tile is sized for max(in_l) over the
+  // layers whose W_ih it holds (0 for a one-layer stack with the projection
+  // outside).
   int64_t max_layer_input() const {
-    const int64_t deep = static_cast<int64_t>(num_dirs()) * hidden_size;
-    return num_layers > 1 && deep > input_size ? deep : input_size;
+    const int64_t deep = num_layers > 1 ? static_cast<int64_t>(num_dirs()) * hidden_size : 0;
+    const int64_t first = projects_input() ? 0 : input_size;
+    return deep > first ? deep : first;
   }
   bool dropout_active() const { return dropout > 0.0 && num_layers > 1; }
   // Reserve columns S per (ld, t, b); see csrc/README.md.
@@ -81,7 +93,25 @@ struct ForwardConfig {
   int blocks_per_sm = 0;  // occupancy at smem_bytes (from the CUDA occupancy API)
   int64_t smem_bytes = 0; // dynamic shared memory per CTA
   bool use_tf32 = false;
+  SyncPolicy sync = SyncPolicy::kFlags;  // kGrid or kFlags (never kAuto in a plan)
+  int ring = 2;           // R: slots of the h / dropped-x rings (step k writes slot k % R)
+  // Layer 0 reads its input pre-activations x_t W_ih0^T (fp32, computed before
+  // the launch: ForwardParams::xproj) instead of multiplying x_t itself.
+  bool x_proj = false;
+  // The fp32 state h_{t-1} (and c_{t-1}) of this CTA's units: resident in
+  // shared memory for all B rows across the whole launch (state_rows = B), or
+  // -- when that does not fit -- kept in the workspace and staged per batch
+  // tile (state_rows = batch_tile).
+  bool state_resident = false;
+  int64_t state_rows = 0;
 };
+
+// Ring slots per synchronisation policy. grid.sync: 2 (step k reads slot
+// (k-1) % 2 and writes k % 2; everyone has finished step k-1 at the barrier).
+// Flags: a layer may run up to R-1 steps ahead of the layer above it, which
+// still reads the older slots; 4 gives the wavefront slack to absorb jitter.
+constexpr int kRingGrid = 2;
+constexpr int kRingFlags = 4;
 
 // Byte offsets of the shared-memory regions of one CTA.
 //   w     (m_pad, ld)            weights, row g*U + u = gate g of unit u0 + u;
@@ -89,12 +119,14 @@ struct ForwardConfig {
 //   x     (batch_tile, ld)       X tile: column-major B operand, row b = [x_t(b) ; h_{t-1}(b)]
 //   part  (splits, batch_tile, m_pad) fp32 partial sums of the warp work items
 //   bias  2 x m_pad fp32         b_ih, b_hh per gate row (0 without biases)
-//   state 2 x (batch_tile, U) fp32  h_{t-1}, c_{t-1} of this tile's (b, unit),
-//                                loaded with the gather so that their L2 round
-//                                trip overlaps it instead of the epilogue's
+//   state 2 x (state_rows, U) fp32  h_{t-1}, c_{t-1} per (b, unit): all B rows
+//                                resident for the launch (state_resident), or this
+//                                tile's rows, staged from the workspace with the gather
 //   valid batch_tile int32        t < lengths[b] of this tile's rows
+//   xp    (batch_tile, m_pad) fp32  x_proj: layer 0's input pre-activations of this
+//                                tile, gate row g*U + u (as bias), loaded with the gather
 struct SmemLayout {
-  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, total = 0;
+  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, total = 0;
 };
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -148,34 +180,49 @@ FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
       s.part + static_cast<int64_t>(c.x_splits + c.h_splits) * c.batch_tile * c.m_pad * 4, 128);
   s.state = align_to(s.bias + 2 * static_cast<int64_t>(c.m_pad) * 4, 128);
   s.valid = align_to(
-      s.state + 2 * static_cast<int64_t>(c.batch_tile) * c.units_per_cta * 4, 128);
-  s.total = align_to(s.valid + static_cast<int64_t>(c.batch_tile) * 4, 128);
+      s.state + 2 * c.state_rows * c.units_per_cta * 4, 128);
+  s.xp = align_to(s.valid + static_cast<int64_t>(c.batch_tile) * 4, 128);
+  s.total = align_to(
+      s.xp + (c.x_proj ? static_cast<int64_t>(c.batch_tile) * c.m_pad * 4 : 0), 128);
   return s;
 }
 
 // Byte offsets inside the one workspace tensor the binding allocates (-1: absent).
-//   hring    (LD, 2, B, H) dtype   h_t of every (layer, direction), ring of 2
+//   flags    (grid) int32          kFlags: steps completed per CTA; must be
+//                                  zero at launch (the caller clears
+//                                  [flags, flags + flags_bytes) on the stream)
+//   hring    (LD, R, B, H) dtype   h_t of every (layer, direction), ring of R
 //                                  steps: the recurrent input of the next step
-//   xring    (L-1, 2, B, H) dtype  unidirectional with dropout: the dropped
+//                                  (and, unidirectional without dropout, the
+//                                  input of the layer above)
+//   xring    (L-1, R, B, H) dtype  unidirectional with dropout: the dropped
 //                                  copy of layer l's output, the input of l+1
 //   layer    (T, B, 2H) dtype      bidirectional, L >= 2: a whole layer's
 //                                  output (dropped); ping-pong with y
-//   state_h  (LD, B, H) fp32       exact state, owner-CTA only
-//   state_c  (LD, B, H) fp32       LSTM cell state, owner-CTA only
+//   state_h  (LD, B, H) fp32       exact state, owner-CTA only; absent when the
+//   state_c  (LD, B, H) fp32       state is resident in shared memory (state_c: LSTM)
 struct WorkspaceLayout {
-  int64_t hring = -1, xring = -1, layer = -1, state_h = -1, state_c = -1, total = 0;
+  int64_t flags = -1, flags_bytes = 0, hring = -1, xring = -1, layer = -1, state_h = -1,
+          state_c = -1, total = 0;
 };
 
-inline WorkspaceLayout forward_workspace(const ForwardProblem& p) {
+inline WorkspaceLayout forward_workspace(const ForwardProblem& p, const ForwardConfig& c) {
   WorkspaceLayout w;
   const int64_t es = dtype_size(p.dtype);
   const int64_t BH = p.batch * p.hidden_size;
   WorkspaceCursor ws;
-  w.hring = ws.take(static_cast<int64_t>(p.layer_dirs()) * 2 * BH * es);
-  if (!p.bidirectional && p.dropout_active()) w.xring = ws.take((p.num_layers - 1) * 2 * BH * es);
+  if (c.sync == SyncPolicy::kFlags) {
+    w.flags_bytes = static_cast<int64_t>(c.grid) * 4;
+    w.flags = ws.take(w.flags_bytes);
+  }
+  w.hring = ws.take(static_cast<int64_t>(p.layer_dirs()) * c.ring * BH * es);
+  if (!p.bidirectional && p.dropout_active())
+    w.xring = ws.take((p.num_layers - 1) * static_cast<int64_t>(c.ring) * BH * es);
   if (p.bidirectional && p.num_layers > 1) w.layer = ws.take(p.seq_len * 2 * BH * es);
-  w.state_h = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
-  if (p.mode == Mode::kLSTM) w.state_c = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (!c.state_resident) {
+    w.state_h = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+    if (p.mode == Mode::kLSTM) w.state_c = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  }
   w.total = ws.total();
   return w;
 }
@@ -194,6 +241,9 @@ struct ForwardParams {
   int64_t seq_len = 0;
 
   const void* x = nullptr;
+  // cfg.x_proj: layer 0's input projection per direction, (T, B, G*H) fp32,
+  // x_t W_ih0^T without bias (the kernel adds b_ih); null otherwise.
+  const float* xproj[2] = {nullptr, nullptr};
   const void* w_ih[kMaxLayerDirs] = {};
   const void* w_hh[kMaxLayerDirs] = {};
   const void* b_ih[kMaxLayerDirs] = {};
@@ -209,6 +259,7 @@ struct ForwardParams {
   void* reserve = nullptr;  // null: inference, nothing saved
   int64_t reserve_width = 0;
 
+  int* flags = nullptr;  // kFlags: steps completed per CTA (zero at launch)
   void* hring = nullptr;
   void* xring = nullptr;
   void* layer_buf = nullptr;
@@ -234,7 +285,8 @@ inline void init_forward_params(ForwardParams& fp, const ForwardProblem& p,
                                 const ForwardConfig& cfg, void* workspace) {
   fp.cfg = cfg;
   init_problem_fields(fp, p);
-  const WorkspaceLayout w = forward_workspace(p);
+  const WorkspaceLayout w = forward_workspace(p, cfg);
+  fp.flags = static_cast<int*>(workspace_at(workspace, w.flags));
   fp.hring = workspace_at(workspace, w.hring);
   fp.xring = workspace_at(workspace, w.xring);
   fp.layer_buf = workspace_at(workspace, w.layer);

@@ -9,8 +9,12 @@
 //  2. units per CTA U: the smallest U (most CTAs, least shared memory per
 //     CTA) whose grid LD * ceil(H / U) is co-resident (cooperative launch);
 //     U >= floor(16 / G) so that a 16-row tensor-core tile is mostly useful;
-//  3. batch tile NB in {64, 48, 32, 16}: the largest that still fits;
-//  4. K chunk per warp item: minimises the critical warp's MMA count.
+//  3. batch tile NB in {64, 48, 32, 16}: the largest that still fits, with the
+//     fp32 state resident in shared memory for all B rows if that fits too
+//     (else staged per tile from the workspace);
+//  4. K chunk per warp item: minimises the critical warp's MMA count;
+//  5. synchronisation: the request (FUSED_RNN_SYNC), else point-to-point flags.
+//     It does not change the shared memory, so it never changes coverage.
 // Rejection says why in words (the module reports it as the fallback reason).
 #pragma once
 
@@ -85,11 +89,22 @@ inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
 
 inline void fill_minimal_split(ForwardConfig& c, int kt_x, int kt_h) {
   c.k_chunk = kt_x > kt_h ? kt_x : kt_h;
-  c.x_splits = 1;
+  c.x_splits = kt_x > 0 ? 1 : 0;  // no x part at all: one layer, projection outside
   c.h_splits = 1;
 }
 
 }  // namespace plan_detail
+
+// FUSED_RNN_SYNC's values: "grid", "flags", "auto" (or empty / unset: auto).
+// False for anything else (the caller reports it).
+inline bool parse_sync(const char* s, SyncPolicy* out) {
+  const std::string v = s ? s : "";
+  if (v.empty() || v == "auto") *out = SyncPolicy::kAuto;
+  else if (v == "grid") *out = SyncPolicy::kGrid;
+  else if (v == "flags") *out = SyncPolicy::kFlags;
+  else return false;
+  return true;
+}
 
 // Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
 inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
@@ -102,13 +117,15 @@ inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
   snprintf(buf, sizeof(buf),
            "fused: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per layer-direction, "
            "%d units each), batch tile %d, K chunk %d (%d+%d splits), smem %s/CTA, %d CTA/SM, "
-           "%s, %lld grid steps",
+           "%s, %lld wave steps, %s sync (ring %d), state %s%s",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.units_per_cta, c.batch_tile, c.k_chunk, c.x_splits, c.h_splits,
            plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           static_cast<long long>(steps));
+           static_cast<long long>(steps), sync_name(c.sync), c.ring,
+           c.state_resident ? "in shared memory" : "staged per tile",
+           c.x_proj ? ", layer-0 input projection before the loop" : "");
   return buf;
 }
 
@@ -152,6 +169,9 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
   ForwardConfig base;
   base.elem_bytes = dtype_size(p.dtype);
   base.use_tf32 = p.dtype == DType::kFloat32 && p.allow_tf32;
+  base.x_proj = p.projects_input();
+  base.sync = p.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
+  base.ring = base.sync == SyncPolicy::kGrid ? kRingGrid : kRingFlags;
   base.kx_pad = static_cast<int>(round_up(p.max_layer_input(), kTile));
   base.kh_pad = static_cast<int>(round_up(H, kTile));
   // +16 bytes per row: rows land on different banks (conflict-free ldmatrix),
@@ -173,6 +193,7 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
     probe.units_per_cta = u_lo;
     probe.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * u_lo, kTile));
     probe.batch_tile = kTile;
+    probe.state_rows = kTile;
     plan_detail::fill_minimal_split(probe, kt_x, kt_h);
     const int64_t smem = smem_layout(probe).total;
     const int occ = smem <= dev.smem_optin_per_block ? occupancy(occ_ctx, smem) : 1;
@@ -200,25 +221,31 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
     cfg.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * U, kTile));
     for (int64_t nb = max_nb; nb >= kTile; nb -= kTile) {
       cfg.batch_tile = static_cast<int>(nb);
-      plan_detail::choose_k_chunk(cfg, kt_x, kt_h);
-      int64_t smem = smem_layout(cfg).total;
-      if (smem > dev.smem_optin_per_block) {  // fewer K splits, less partial-sum memory
-        plan_detail::fill_minimal_split(cfg, kt_x, kt_h);
-        smem = smem_layout(cfg).total;
+      // The state resident for all B rows first; staged per tile otherwise
+      // (a single tile holding every row is resident at no extra cost).
+      for (int resident = 1; resident >= 0; --resident) {
+        cfg.state_resident = resident != 0 || p.batch <= nb;
+        cfg.state_rows = cfg.state_resident ? p.batch : nb;
+        plan_detail::choose_k_chunk(cfg, kt_x, kt_h);
+        int64_t smem = smem_layout(cfg).total;
+        if (smem > dev.smem_optin_per_block) {  // fewer K splits, less partial-sum memory
+          plan_detail::fill_minimal_split(cfg, kt_x, kt_h);
+          smem = smem_layout(cfg).total;
+        }
+        if (smallest_smem < 0 || smem < smallest_smem) {
+          smallest_smem = smem;
+          smallest_u = U;
+        }
+        if (smem > dev.smem_optin_per_block) continue;
+        const int occ = occupancy(occ_ctx, smem);
+        if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cfg.grid) continue;
+        cfg.smem_bytes = smem;
+        cfg.blocks_per_sm = occ;
+        r.ok = true;
+        r.cfg = cfg;
+        r.reason = describe(p, cfg);
+        return r;
       }
-      if (smallest_smem < 0 || smem < smallest_smem) {
-        smallest_smem = smem;
-        smallest_u = U;
-      }
-      if (smem > dev.smem_optin_per_block) continue;
-      const int occ = occupancy(occ_ctx, smem);
-      if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cfg.grid) continue;
-      cfg.smem_bytes = smem;
-      cfg.blocks_per_sm = occ;
-      r.ok = true;
-      r.cfg = cfg;
-      r.reason = describe(p, cfg);
-      return r;
     }
   }
   snprintf(buf, sizeof(buf),

@@ -20,7 +20,7 @@
 
 namespace fused_rnn {
 namespace fwd {
-template <typename T, CellKind CELL, bool TF32> const void* forward_kernel_ptr();
+template <typename T, CellKind CELL, bool TF32> const void* forward_kernel_ptr(SyncPolicy sync);
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream);
 }  // namespace fwd
@@ -31,15 +31,22 @@ template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream);
 }  // namespace bwd
 
-// A kernel family: its parameter struct, threads per CTA, and the symbol
-// getter and launcher of each instantiation.
+// A kernel family: its parameter struct, threads per CTA, the symbol getter
+// and launcher of each instantiation, and the synchronisation policy of a
+// problem (planned) and of a launch (its params). The backward has one policy
+// (grid.sync) so far: it ignores the argument.
 struct ForwardKernels {
   using Params = ForwardParams;
   static constexpr int kThreads = kForwardThreads;
   template <typename T, CellKind CELL, bool TF32>
-  static const void* kernel() {
-    return fwd::forward_kernel_ptr<T, CELL, TF32>();
+  static const void* kernel(SyncPolicy sync) {
+    return fwd::forward_kernel_ptr<T, CELL, TF32>(sync);
   }
+  // What plan_forward resolves a request to (forward_plan.h).
+  static SyncPolicy planned_sync(const ForwardProblem& pr) {
+    return pr.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
+  }
+  static SyncPolicy sync_of(const Params& p) { return p.cfg.sync; }
   template <typename T, CellKind CELL, bool TF32>
   static cudaError_t launch(const Params& p, cudaStream_t stream) {
     return fwd::launch_forward_kernel<T, CELL, TF32>(p, stream);
@@ -50,9 +57,11 @@ struct BackwardKernels {
   using Params = BackwardParams;
   static constexpr int kThreads = kBackwardThreads;
   template <typename T, CellKind CELL, bool TF32>
-  static const void* kernel() {
+  static const void* kernel(SyncPolicy) {
     return bwd::backward_kernel_ptr<T, CELL, TF32>();
   }
+  static SyncPolicy planned_sync(const ForwardProblem&) { return SyncPolicy::kGrid; }
+  static SyncPolicy sync_of(const Params&) { return SyncPolicy::kGrid; }
   template <typename T, CellKind CELL, bool TF32>
   static cudaError_t launch(const Params& p, cudaStream_t stream) {
     return bwd::launch_backward_kernel<T, CELL, TF32>(p, stream);
@@ -62,11 +71,11 @@ struct BackwardKernels {
 namespace select_detail {
 
 template <class K, typename T, bool TF32>
-const void* kernel_for_cell(CellKind cell) {
+const void* kernel_for_cell(CellKind cell, SyncPolicy sync) {
   switch (cell) {
-    case CellKind::kLSTM: return K::template kernel<T, CellKind::kLSTM, TF32>();
-    case CellKind::kGRU: return K::template kernel<T, CellKind::kGRU, TF32>();
-    default: return K::template kernel<T, CellKind::kRNN, TF32>();
+    case CellKind::kLSTM: return K::template kernel<T, CellKind::kLSTM, TF32>(sync);
+    case CellKind::kGRU: return K::template kernel<T, CellKind::kGRU, TF32>(sync);
+    default: return K::template kernel<T, CellKind::kRNN, TF32>(sync);
   }
 }
 
@@ -81,16 +90,17 @@ cudaError_t launch_for_cell(const typename K::Params& p, cudaStream_t stream) {
 
 }  // namespace select_detail
 
-// The kernel function of family K for (dtype, cell, tf32); tf32 only matters
-// for float32.
+// The kernel function of family K for (dtype, cell, tf32, sync); tf32 only
+// matters for float32, sync only for families with more than one policy.
 template <class K>
-const void* kernel_symbol(DType dtype, CellKind cell, bool tf32) {
+const void* kernel_symbol(DType dtype, CellKind cell, bool tf32, SyncPolicy sync) {
   using select_detail::kernel_for_cell;
   switch (dtype) {
-    case DType::kFloat16: return kernel_for_cell<K, __half, false>(cell);
-    case DType::kBFloat16: return kernel_for_cell<K, __nv_bfloat16, false>(cell);
+    case DType::kFloat16: return kernel_for_cell<K, __half, false>(cell, sync);
+    case DType::kBFloat16: return kernel_for_cell<K, __nv_bfloat16, false>(cell, sync);
     default:
-      return tf32 ? kernel_for_cell<K, float, true>(cell) : kernel_for_cell<K, float, false>(cell);
+      return tf32 ? kernel_for_cell<K, float, true>(cell, sync)
+                  : kernel_for_cell<K, float, false>(cell, sync);
   }
 }
 

@@ -40,11 +40,16 @@
 //       slot 2  kPhaseEpilogue  the epilogue, up to a CTA barrier (recorded CTAs
 //                               add one __syncthreads after the last tile, so that
 //                               the phase ends when every thread is done)
-//       slot 3  kPhaseBarrier   the grid.sync() at the end of the step (-1 for the
-//                               last step, which has none)
+//       slot 3  kPhaseBarrier   the step's synchronisation. grid policy: the
+//                               grid.sync() at the end of the step (-1 for the
+//                               last step, which has none). flags policy
+//                               (forward): the wait for the step counters before
+//                               the step plus the publish after it, on every
+//                               active step.
 //     An inactive step (the wavefront's idle steps of a layer) has -1 in slots
-//     0..2 and the time it spent in the barrier in slot 3: slot 1 >= 0 iff the
-//     CTA's layer was active.
+//     0..2 and the time it spent in the barrier in slot 3 (grid policy), or -1
+//     in all four slots (flags policy: the CTA does not take part in steps
+//     where its layer is idle). Slot 1 >= 0 iff the CTA's layer was active.
 //
 // The host converts cycles to time per record with its own clocks:
 // cycles per ns = (clock end - clock start) / (globaltimer end - start), so no
@@ -146,17 +151,25 @@ class PhaseRecorder {
     acc_[slot] += now - t_;
     t_ = now;
   }
-  // Step `s` ends now, right after its grid.sync() (`barrier`) or without one.
+  // Step `s` ends now, right after its synchronisation (`barrier`: the time
+  // since the last mark, plus any earlier mark(kPhaseBarrier) of the step)
+  // or without one.
   FRNN_DEVICE void step_end(int64_t s, bool active, bool barrier) {
     if (!on_) return;
     const int64_t now = phase_clock();
     const int64_t at = kPhaseCtaHeader + kPhaseSlots * s;  // step s's first slot in the record
     const int64_t v[kPhaseSlots] = {active && kind_ == kPhaseKindForward ? acc_[0] : kPhaseNone,
                                     active ? acc_[1] : kPhaseNone, active ? acc_[2] : kPhaseNone,
-                                    barrier ? now - t_ : kPhaseNone};
+                                    barrier ? now - t_ + acc_[3] : kPhaseNone};
     for (int i = 0; i < kPhaseSlots; ++i) put(at + i, v[i]);
-    acc_[0] = acc_[1] = acc_[2] = 0;
+    acc_[0] = acc_[1] = acc_[2] = acc_[3] = 0;
     t_ = now;
+  }
+  // Step `s` is one this CTA takes no part in (flags policy: its layer idles).
+  FRNN_DEVICE void idle_step(int64_t s) {
+    if (!on_) return;
+    const int64_t at = kPhaseCtaHeader + kPhaseSlots * s;
+    for (int i = 0; i < kPhaseSlots; ++i) put(at + i, kPhaseNone);
   }
   // The kernel ends: the end stamps, then the step count (the record is complete).
   FRNN_DEVICE void finish(int64_t steps) {
@@ -176,7 +189,7 @@ class PhaseRecorder {
   int64_t* rec_ = nullptr;
   int64_t room_ = 0;
   int64_t t_ = 0;
-  int64_t acc_[3] = {0, 0, 0};
+  int64_t acc_[4] = {0, 0, 0, 0};
 };
 
 #elif defined(__CUDACC__) || defined(FRNN_EMULATION)  // no FRNN_PHASE_TIMING: calls compile to nothing
@@ -188,6 +201,7 @@ class PhaseRecorder {
   FRNN_DEVICE void loop_start() {}
   FRNN_DEVICE void mark(int) {}
   FRNN_DEVICE void step_end(int64_t, bool, bool) {}
+  FRNN_DEVICE void idle_step(int64_t) {}
   FRNN_DEVICE void finish(int64_t) {}
 };
 

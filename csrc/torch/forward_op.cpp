@@ -4,8 +4,9 @@
 // file still checks everything, because the op is callable directly.
 //
 // No device-wide sync, no host read of device data (the dropout seed and the
-// lengths stay on the device), allocation through the caching allocator, one
-// cooperative launch on the current stream: capturable in a CUDA graph.
+// lengths stay on the device), allocation through the caching allocator, a
+// memset of the step counters and one cooperative launch on the current
+// stream: capturable in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -63,8 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   at::Tensor cy = is_lstm ? at::empty({LD, B, H}, opts) : at::empty({0}, opts);
   at::Tensor reserve = need_reserve ? at::empty({LD, T, B, problem.reserve_width()}, opts)
                                     : at::empty({0}, opts);
-  at::Tensor ws = at::empty({std::max<int64_t>(forward_workspace(problem).total, 1)},
-                            opts.dtype(at::kByte));
+  const WorkspaceLayout wl = forward_workspace(problem, plan.cfg);
+  at::Tensor ws = at::empty({std::max<int64_t>(wl.total, 1)}, opts.dtype(at::kByte));
 
   ForwardParams p;
   init_forward_params(p, problem, plan.cfg, ws.data_ptr());
@@ -76,6 +77,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
     p.b_ih[ld] = has_biases ? w[base + 2].data_ptr() : nullptr;
     p.b_hh[ld] = has_biases ? w[base + 3].data_ptr() : nullptr;
   }
+  // Layer 0's input projection for all T (16-bit): one GEMM per direction on
+  // the current stream, fp32 out, read by the kernel as pre-activations.
+  std::vector<at::Tensor> xproj;
+  if (plan.cfg.x_proj) {
+    const at::Tensor x2d = o.x.reshape({T * B, I});
+    for (int64_t d = 0; d < D; ++d) {
+      xproj.push_back(mm_fp32(x2d, w[d * per_dir].t()));  // (T*B, G*H), contiguous
+      p.xproj[d] = xproj.back().data_ptr<float>();
+    }
+  }
   set_state_pointers(p, o, a, lengths, seed);
   p.y = output.data_ptr();
   p.hy = hy.data_ptr();
@@ -84,6 +95,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   attach_phase_buffer(p, kPhaseKindForward, input, kOp);  // diagnostics (phase_buffer.h)
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.get_device()).stream();
+  // The flags policy's step counters start at 0: cleared on the same stream
+  // (a memset node under CUDA-graph capture), a few hundred bytes.
+  if (wl.flags >= 0)
+    C10_CUDA_CHECK(cudaMemsetAsync(static_cast<unsigned char*>(ws.data_ptr()) + wl.flags, 0,
+                                   static_cast<size_t>(wl.flags_bytes), stream));
   C10_CUDA_CHECK(launch_forward(p, dtype, plan.cfg.use_tf32, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {output, hy, cy, reserve};

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/string_view.h>
 
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -77,6 +78,49 @@ bool cudnn_rnn_allows_tf32(const Ctx& ctx) {
 
 inline bool fp32_uses_tf32() { return detail::cudnn_rnn_allows_tf32(at::globalContext()); }
 
+// Layer 0's input projection before the launch needs a 16-bit x 16-bit GEMM
+// with fp32 output: at::mm(a, b, out_dtype) (torch >= 2.8). Detected from
+// the overload itself, naming no release; without it the kernel keeps the
+// projection (ForwardProblem::can_project_input).
+namespace detail {
+template <typename Ten>
+constexpr auto has_mm_out_dtype(int)
+    -> decltype(at::mm(std::declval<Ten>(), std::declval<Ten>(), at::kFloat), bool()) {
+  return true;
+}
+template <typename Ten>
+constexpr bool has_mm_out_dtype(long) {
+  return false;
+}
+template <typename Ten>
+auto mm_fp32(const Ten& a, const Ten& b, int) -> decltype(at::mm(a, b, at::kFloat)) {
+  return at::mm(a, b, at::kFloat);
+}
+template <typename Ten>
+Ten mm_fp32(const Ten&, const Ten&, long) {
+  TORCH_CHECK(false, "fused_rnn: this torch has no mm(..., out_dtype)");
+}
+}  // namespace detail
+
+constexpr bool can_project_input() { return detail::has_mm_out_dtype<at::Tensor>(0); }
+
+// a (M, K) x b (K, N) -> (M, N) fp32, 16-bit operands, fp32 accumulation
+// (cuBLAS on the current stream). Only called when can_project_input().
+inline at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b) {
+  return detail::mm_fp32(a, b, 0);
+}
+
+// The synchronisation policy requested through FUSED_RNN_SYNC ("grid",
+// "flags", "auto" or unset), read at every call so that a benchmark can
+// switch it between calls in one process (the plan cache keys on it).
+inline SyncPolicy requested_sync() {
+  const char* v = std::getenv("FUSED_RNN_SYNC");
+  SyncPolicy s = SyncPolicy::kAuto;
+  TORCH_CHECK(parse_sync(v, &s), "FUSED_RNN_SYNC must be 'grid', 'flags' or 'auto', got '",
+              v ? v : "", "'");
+  return s;
+}
+
 inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirectional,
                                    bool has_biases, int64_t proj_size, int64_t input_size,
                                    int64_t hidden_size, int64_t batch, int64_t seq_len, DType dtype,
@@ -96,6 +140,8 @@ inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirecti
   p.has_lengths = has_lengths;
   p.dropout = dropout;
   p.allow_tf32 = dtype == DType::kFloat32 && fp32_uses_tf32();
+  p.sync = requested_sync();
+  p.can_project_input = can_project_input();
   return p;
 }
 

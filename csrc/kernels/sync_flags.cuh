@@ -1,0 +1,121 @@
+// Point-to-point synchronisation between the CTAs of one persistent launch
+// (SyncPolicy::kFlags, common.h): step counters with release / acquire.
+//
+// Every CTA owns one int32 counter in global memory (the workspace's `flags`
+// region, zeroed before the launch): the number of steps it has completed.
+//
+//   producer   all threads write the step's data; __syncthreads();
+//              thread 0: flag_publish(&flags[cta], k + 1)   (st.release.gpu)
+//   consumer   threads spin, one counter each, with ld.acquire.gpu until
+//              every counter it depends on has reached its target;
+//              __syncthreads(); then everyone reads the data (through L2:
+//              ld.global.cg, since L1 is not coherent across SMs)
+//
+// Why this is enough (PTX memory model): the producer's writes are ordered
+// before thread 0's release by the CTA barrier; the release is observed by
+// the consumer thread's acquire; the consumer's barrier orders that before
+// every consumer thread's read. This is the pattern of cooperative groups'
+// own grid barrier (bar.sync, then one thread's fenced atomic), minus the
+// all-to-all: a CTA waits only for the CTAs it reads from, and for the CTAs
+// that read what it is about to overwrite.
+//
+// Counters are contiguous per (layer, direction), so a warp polling 32
+// counters issues one coalesced 128-byte acquire load.
+//
+// The host emulation (csrc/emu, FRNN_EMULATION) runs the same code with GCC
+// __atomic builtins of the same orders, which ThreadSanitizer understands: a
+// wait that is too weak or a missing wait is reported as a data race on the
+// data it should have ordered. FRNN_EMU_BREAK (emulation builds only) selects
+// a deliberately broken variant that the tests must see fail:
+//   1  the consumer's poll is a relaxed load instead of an acquire
+//   2  a producer does not wait for its consumers before overwriting a ring slot
+//   3  the ring is used one slot deeper than it is (off-by-one in the wait)
+#pragma once
+
+#include "common.h"
+
+#if defined(FRNN_EMULATION)
+#include <sched.h>
+#endif
+
+#ifndef FRNN_EMU_BREAK
+#define FRNN_EMU_BREAK 0
+#endif
+#if FRNN_EMU_BREAK != 0 && !defined(FRNN_EMULATION)
+#error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
+#endif
+
+namespace fused_rnn {
+
+// Makes `value` visible to acquirers of `flag`, after every write this thread
+// performed (and, through a preceding __syncthreads(), every write of its CTA).
+FRNN_DEVICE void flag_publish(int* flag, int value) {
+#if defined(FRNN_EMULATION)
+  __atomic_store_n(flag, value, __ATOMIC_RELEASE);
+#elif defined(__CUDA_ARCH__)
+  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
+#endif
+}
+
+// The counter's current value; later reads of this thread see at least what
+// the publisher wrote before publishing it.
+FRNN_DEVICE int flag_read(const int* flag) {
+#if defined(FRNN_EMULATION)
+  return __atomic_load_n(flag, FRNN_EMU_BREAK == 1 ? __ATOMIC_RELAXED : __ATOMIC_ACQUIRE);
+#elif defined(__CUDA_ARCH__)
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+#else
+  return *flag;
+#endif
+}
+
+// Spins until *flag >= target. A counter that never arrives (a scheduling
+// bug) must not hang the machine: on a GPU the kernel traps after ~2^26 polls
+// (tens of seconds: an error the launch reports), in the emulation it aborts
+// with a message after 60 s.
+FRNN_DEVICE void flag_wait_geq(const int* flag, int target) {
+#if defined(FRNN_EMULATION)
+  const int64_t start = ::emu::globaltimer_ns();
+  while (flag_read(flag) < target) {
+    if (::emu::globaltimer_ns() - start > 60000000000LL) {
+      fprintf(stderr, "emu: deadlock waiting for a step counter (%d < %d)\n", *flag, target);
+      abort();
+    }
+    sched_yield();
+  }
+#else
+  uint32_t polls = 0;
+  while (flag_read(flag) < target) {
+    if (++polls == (1u << 26)) __trap();
+  }
+#endif
+}
+
+// A contiguous range of counters that must all reach `target`.
+struct FlagRange {
+  int first = 0;
+  int count = 0;  // 0: nothing to wait for
+  int target = 0;
+};
+
+// The whole CTA waits until every counter of the three ranges has reached its
+// range's target: thread i polls counter i (threads loop when there are more
+// counters than threads), then a CTA barrier. Must be called by every thread.
+FRNN_DEVICE void wait_for_ranges(const int* flags, FlagRange a, FlagRange b, FlagRange c,
+                                 int threads) {
+  const int n = a.count + b.count + c.count;
+  for (int i = threadIdx.x; i < n; i += threads) {
+    if (i < a.count) {
+      flag_wait_geq(flags + a.first + i, a.target);
+    } else if (i < a.count + b.count) {
+      flag_wait_geq(flags + b.first + (i - a.count), b.target);
+    } else {
+      flag_wait_geq(flags + c.first + (i - a.count - b.count), c.target);
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace fused_rnn
