@@ -10,11 +10,27 @@ synchronisation; this measures
     cluster sizes 2, 4, 8 and 16 (16 is non-portable);
   both bare and with a few words exchanged per step (global memory /
   distributed shared memory);
+  - the forward kernel's point-to-point synchronisation (SyncPolicy::kFlags,
+    with its own primitives from csrc/kernels/sync_flags.cuh: a release store
+    of a step counter, acquire loads polled by one thread per counter, then
+    a CTA barrier), 256 threads per CTA, one CTA per SM (forced with the
+    largest dynamic shared memory), launched cooperatively so all are
+    co-resident:
+      flag ping-pong: two CTAs on two SMs hand a step counter back and forth;
+        µs per hand-off (half a round trip);
+      wait for all C slices: C producer CTAs and 1 consumer CTA; per step each
+        producer waits for the consumer's previous step, then publishes; the
+        consumer waits for all C counters, then publishes; µs per step for
+        C = 32 and 128 (C + 1 SMs needed, else skipped with the reason), and
+        the same launch with one grid.sync() per step instead, beside it;
   - cuDNN's time per layer-step: nn.LSTM, 1 layer, T steps, small B, / T.
 The CUDA kernels (csrc/floors.cu, no torch header) are compiled at run time
 for the current arch (sm_90a on Hopper) and called through ctypes. A barrier's
 cost is the difference of two launches with N and 2N barriers, divided by N,
-so launch overhead cancels; each launch is repeated and the median taken.
+so launch overhead cancels; each launch is repeated and the median taken
+(the same for the flag measurements, with fewer iterations: they are slower).
+Every spin is bounded (sync_flags.cuh traps after 2^26 polls), so a broken
+wait fails the launch with an error instead of hanging the GPU.
 
     python benchmarks/floors.py --phases [--out DIR]
 
@@ -71,6 +87,9 @@ def load_library(path: str) -> ctypes.CDLL:
     i, p_f, p_i = ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
     lib.floors_grid_sync.argtypes = [i, i, i, i, p_f, p_i]
     lib.floors_cluster_sync.argtypes = [i, i, i, i, i, p_f, p_i]
+    lib.floors_sm_count.argtypes = [i, p_i]
+    lib.floors_flag_pingpong.argtypes = [i, i, i, p_f, p_i, p_i]
+    lib.floors_flag_wait_all.argtypes = [i, i, i, i, i, i, p_f, p_i]
     lib.floors_error_string.restype = ctypes.c_char_p
     return lib
 
@@ -128,6 +147,72 @@ def cluster_sync(lib, size: int, exchange: bool, threads: int = 128, iters: int 
     return row
 
 
+FLAG_THREADS = 256  # the forward kernel's CTA size (kForwardThreads, csrc/kernels/common.h)
+FLAG_PRODUCERS = (32, 128)  # C of the wait-for-all-slices measurement
+
+
+def flag_pingpong(lib, threads: int = FLAG_THREADS, iters: int = 4000, repeats: int = 5,
+                  device=None) -> dict:
+    """µs per flag hand-off between two CTAs on two SMs: half of one round trip (CTA 0
+    publishes i, CTA 1 waits for it and publishes i, CTA 0 waits for that)."""
+    dev = torch.cuda.current_device() if device is None else device
+    row = dict(threads=threads, sms=None, us=None, round_trip_us=None)
+
+    def launch(n):
+        ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
+        err = lib.floors_flag_pingpong(dev, threads, n, ctypes.byref(ms), ctypes.byref(sm0),
+                                       ctypes.byref(sm1))
+        if err:
+            raise RuntimeError(lib.floors_error_string(err).decode())
+        return ms.value, [sm0.value, sm1.value]
+
+    try:
+        round_trip, row["sms"] = _per_barrier_us(launch, iters, repeats)
+    except RuntimeError as e:
+        row["reason"] = str(e)
+        return row
+    row["round_trip_us"], row["us"] = round_trip, round_trip / 2
+    if row["sms"][0] == row["sms"][1]:  # the shared-memory request should make this impossible
+        row["note"] = f"both CTAs ran on SM {row['sms'][0]}"
+    return row
+
+
+def flag_wait_all(lib, producers: int, consumers: int = 1, threads: int = FLAG_THREADS,
+                  iters: int = 2000, repeats: int = 5, device=None) -> dict:
+    """µs per step of C = `producers` producer CTAs and `consumers` consumer CTAs synchronised
+    by step counters (each consumer waits for all C, each producer for the consumers' previous
+    step), and of the same launch with one grid.sync() per step instead (grid_sync_us)."""
+    dev = torch.cuda.current_device() if device is None else device
+    blocks = producers + consumers
+    row = dict(producers=producers, consumers=consumers, threads=threads, blocks=blocks, us=None,
+               grid_sync_us=None, distinct_sms=None)
+    sms = ctypes.c_int()
+    err = lib.floors_sm_count(dev, ctypes.byref(sms))
+    if err:
+        row["reason"] = lib.floors_error_string(err).decode()
+        return row
+    if sms.value < blocks:
+        row["reason"] = (f"skipped: needs {blocks} co-resident CTAs, one per SM; this GPU has "
+                         f"{sms.value} SMs")
+        return row
+    for use_grid, key in ((0, "us"), (1, "grid_sync_us")):
+        def launch(n):
+            ms, distinct = ctypes.c_float(), ctypes.c_int()
+            err = lib.floors_flag_wait_all(dev, producers, consumers, threads, n, use_grid,
+                                           ctypes.byref(ms), ctypes.byref(distinct))
+            if err:
+                raise RuntimeError(lib.floors_error_string(err).decode())
+            return ms.value, distinct.value
+
+        try:
+            row[key], row["distinct_sms"] = _per_barrier_us(launch, iters, repeats)
+        except RuntimeError as e:
+            row["reason" if key == "us" else "grid_sync_reason"] = str(e)
+    if row["distinct_sms"] is not None and row["distinct_sms"] != blocks:
+        row["note"] = f"{blocks} CTAs ran on {row['distinct_sms']} SMs"
+    return row
+
+
 def cudnn_layer_step(hiddens=(128, 256, 512, 1024), batches=(1, 16), seq: int = 512,
                      dtypes=("tf32", "bf16"), runs: int = 20) -> list[dict]:
     """cuDNN's time per layer and step: nn.LSTM, one layer, inference, time / T."""
@@ -154,7 +239,7 @@ def cudnn_layer_step(hiddens=(128, 256, 512, 1024), batches=(1, 16), seq: int = 
 def run_all() -> dict:
     """Every floor on the current GPU, as a JSON-ready dict."""
     out = {"device": torch.cuda.get_device_name(), "grid_sync": [], "cluster_sync": [],
-           "cudnn_layer_step": cudnn_layer_step()}
+           "cudnn_layer_step": cudnn_layer_step(), "flag_pingpong": [], "flag_wait_all": []}
     try:
         lib = build()
     except Exception as e:
@@ -167,6 +252,10 @@ def run_all() -> dict:
     for size in (2, 4, 8, 16):
         for exchange in (False, True):
             out["cluster_sync"].append(cluster_sync(lib, size, exchange))
+    # last: a broken wait traps, and a trap spoils the CUDA context for what follows
+    out["flag_pingpong"].append(flag_pingpong(lib))
+    for producers in FLAG_PRODUCERS:
+        out["flag_wait_all"].append(flag_wait_all(lib, producers))
     return out
 
 

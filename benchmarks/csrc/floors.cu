@@ -11,6 +11,22 @@
 // the barrier and reads its own after it (global memory for the grid,
 // distributed shared memory for the cluster), as h_t is exchanged in the RNN.
 //
+// And the point-to-point policy of the forward kernel (SyncPolicy::kFlags),
+// with its own primitives (csrc/kernels/sync_flags.cuh, included below:
+// st.release.gpu publish, ld.acquire.gpu poll bounded by a trap after 2^26
+// polls, one thread per counter then __syncthreads()):
+//   - flag ping-pong: two CTAs, one per SM, hand a step counter back and
+//     forth; one hand-off is half a round trip;
+//   - wait for all C slices: C producer CTAs and a few consumer CTAs, one
+//     per SM; each step every producer waits for the consumers' previous step
+//     (pacing) then publishes its step, every consumer waits for all C
+//     counters (thread i polls counter i) then publishes its step; the same
+//     launch with one grid.sync() per step instead, for comparison.
+// Every CTA of these two kernels asks for the largest dynamic shared memory
+// a CTA may have, so no two share an SM; they are launched cooperatively, so
+// all are co-resident (a spin on a CTA that never runs cannot happen), and
+// they record %smid so the host can check that the SMs are distinct.
+//
 // Pure CUDA, no torch header: CI compiles this file with bare nvcc
 // (tests/test_bench.py), and benchmarks/floors.py builds it at run time
 // (torch.utils.cpp_extension.load) and calls the extern "C" functions below
@@ -21,9 +37,21 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <set>
+#include <vector>
+
+// The forward kernel's own synchronisation primitives (and, through it,
+// csrc/kernels/common.h: no torch header, no CUDA header). Resolved relative
+// to this file, so it works for torch's JIT build and for bare nvcc alike.
+#include "../../csrc/kernels/sync_flags.cuh"
+
 namespace cg = cooperative_groups;
+using fused_rnn::flag_publish;
+using fused_rnn::FlagRange;
+using fused_rnn::wait_for_ranges;
 
 constexpr int kWords = 32;  // words exchanged per CTA and step (one warp's worth)
+constexpr int kLine = 32;   // ints per 128-byte line: the ping-pong's two counters sit on two lines
 
 // ---------------------------------------------------------------- kernels
 
@@ -59,6 +87,59 @@ __global__ void cluster_sync_kernel(int iters, int exchange, unsigned* sink) {
 #endif
 }
 
+__device__ __forceinline__ int sm_id() {
+  int id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+
+// Two CTAs (one per SM), counters flags[0] (CTA 0) and flags[kLine] (CTA 1).
+// Step i: CTA 0 publishes i, CTA 1 waits for it and publishes i, CTA 0 waits
+// for that. Each side is the forward kernel's step with the work removed:
+// wait (one thread polls, CTA barrier), CTA barrier, one thread publishes.
+// One step = one round trip = two hand-offs.
+__global__ void flag_pingpong_kernel(int iters, int* flags, int* smids) {
+  const int me = blockIdx.x;  // 0 or 1: uniform in the CTA, so the barriers below are too
+  if (threadIdx.x == 0) smids[me] = sm_id();
+  for (int i = 1; i <= iters; ++i) {
+    const FlagRange other{(1 - me) * kLine, 1, i};
+    if (me == 1) wait_for_ranges(flags, other, FlagRange{}, FlagRange{}, blockDim.x);
+    __syncthreads();
+    if (threadIdx.x == 0) flag_publish(flags + me * kLine, i);
+    if (me == 0) wait_for_ranges(flags, other, FlagRange{}, FlagRange{}, blockDim.x);
+  }
+}
+
+// CTAs [0, producers) are producers, [producers, producers + consumers)
+// consumers; CTA b's counter is flags[b] (contiguous, as in the forward
+// kernel: a warp polls 32 producer counters in one 128-byte load).
+//   use_grid = 0: step k, producer: wait until every consumer counter >= k - 1
+//                 (the step before: pacing), barrier, publish k;
+//                 consumer: wait until every producer counter >= k (thread i
+//                 polls counter i), barrier, publish k.
+//   use_grid = 1: the same loop, the same CTAs, with one grid.sync() per step
+//                 as the only synchronisation (the kGrid policy's step).
+__global__ void flag_wait_all_kernel(int iters, int producers, int consumers, int use_grid, int* flags,
+                                     int* smids) {
+  const int b = blockIdx.x;
+  if (threadIdx.x == 0) smids[b] = sm_id();
+  if (use_grid) {
+    cg::grid_group grid = cg::this_grid();
+    for (int k = 1; k <= iters; ++k) grid.sync();
+    return;
+  }
+  const bool consumer = b >= producers;  // uniform in the CTA
+  for (int k = 1; k <= iters; ++k) {
+    if (consumer) {
+      wait_for_ranges(flags, FlagRange{0, producers, k}, FlagRange{}, FlagRange{}, blockDim.x);
+    } else {
+      wait_for_ranges(flags, FlagRange{producers, consumers, k - 1}, FlagRange{}, FlagRange{}, blockDim.x);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) flag_publish(flags + b, k);
+  }
+}
+
 // ------------------------------------------------------------ host helpers
 
 #define FLOORS_CHECK(expr)                     \
@@ -77,12 +158,69 @@ struct Timer {
   }
 };
 
+struct DeviceInts {  // a zeroed device array, freed on scope exit
+  int* p = nullptr;
+  ~DeviceInts() {
+    if (p) cudaFree(p);
+  }
+  cudaError_t alloc(int n) {
+    cudaError_t err = cudaMalloc(&p, sizeof(int) * n);
+    return err == cudaSuccess ? cudaMemset(p, 0, sizeof(int) * n) : err;
+  }
+};
+
+// Errors of our own (negative, beside cudaError_t's codes): floors_error_string names them.
+constexpr int kErrCounters = -1;  // a counter did not end at the step count: a broken wait
+
+// Asks for the largest dynamic shared memory a CTA may have, so no two CTAs of
+// `func` fit on one SM; checks that the occupancy query agrees (1 per SM).
+cudaError_t one_cta_per_sm(const void* func, int device, int threads, int* smem) {
+  int optin = 0, per_sm = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, func, threads, optin);
+  if (err == cudaSuccess && per_sm != 1) err = per_sm < 1 ? cudaErrorCooperativeLaunchTooLarge : cudaErrorNotSupported;
+  *smem = optin;
+  return err;
+}
+
+// One cooperative launch of `blocks` CTAs between CUDA events; its time in ms.
+cudaError_t timed_cooperative_launch(const void* func, int blocks, int threads, int smem, void** args,
+                                     float* ms) {
+  Timer t;
+  cudaError_t err = cudaEventCreate(&t.start);
+  if (err == cudaSuccess) err = cudaEventCreate(&t.stop);
+  if (err == cudaSuccess) err = cudaEventRecord(t.start, 0);
+  if (err == cudaSuccess)
+    err = cudaLaunchCooperativeKernel(func, dim3(blocks), dim3(threads), args, (size_t)smem, 0);
+  if (err == cudaSuccess) err = cudaEventRecord(t.stop, 0);
+  if (err == cudaSuccess) err = cudaEventSynchronize(t.stop);
+  if (err == cudaSuccess) err = cudaGetLastError();
+  if (err == cudaSuccess) err = cudaEventElapsedTime(ms, t.start, t.stop);
+  return err;
+}
+
+// Host copy of n device ints.
+cudaError_t to_host(std::vector<int>& out, const int* src, int n) {
+  out.assign(n, -1);
+  return cudaMemcpy(out.data(), src, sizeof(int) * n, cudaMemcpyDeviceToHost);
+}
+
 }  // namespace
 
 extern "C" {
 
-// Name of a cudaError_t returned by the functions below.
-const char* floors_error_string(int code) { return cudaGetErrorString((cudaError_t)code); }
+// Name of a cudaError_t (or of one of our negative codes) returned by the functions below.
+const char* floors_error_string(int code) {
+  if (code == kErrCounters) return "a step counter did not end at the step count (broken wait)";
+  return cudaGetErrorString((cudaError_t)code);
+}
+
+// The device's number of SMs.
+int floors_sm_count(int device, int* sms) {
+  *sms = 0;
+  return (int)cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
 
 // One cooperative launch, one CTA of `threads` threads per SM, `iters` grid
 // barriers. Writes the launch's time in ms and the number of CTAs.
@@ -160,6 +298,60 @@ int floors_cluster_sync(int device, int cluster_size, int threads, int iters, in
   if (err == cudaSuccess) err = cudaEventElapsedTime(ms, t.start, t.stop);
   cudaFree(sink);
   return (int)err;
+}
+
+// Flag ping-pong: one cooperative launch of 2 CTAs of `threads` threads, one
+// per SM (their SM ids in sm0, sm1), `iters` round trips of a step counter.
+// Writes the launch's time in ms.
+int floors_flag_pingpong(int device, int threads, int iters, float* ms, int* sm0, int* sm1) {
+  *sm0 = *sm1 = -1;
+  FLOORS_CHECK(cudaSetDevice(device));
+  int coop = 0, smem = 0;
+  FLOORS_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  if (!coop) return (int)cudaErrorNotSupported;
+  FLOORS_CHECK(one_cta_per_sm((const void*)flag_pingpong_kernel, device, threads, &smem));
+  DeviceInts flags, smids;
+  FLOORS_CHECK(flags.alloc(2 * kLine));
+  FLOORS_CHECK(smids.alloc(2));
+  void* args[] = {&iters, &flags.p, &smids.p};
+  FLOORS_CHECK(timed_cooperative_launch((const void*)flag_pingpong_kernel, 2, threads, smem, args, ms));
+  std::vector<int> f, id;
+  FLOORS_CHECK(to_host(f, flags.p, 2 * kLine));
+  FLOORS_CHECK(to_host(id, smids.p, 2));
+  *sm0 = id[0];
+  *sm1 = id[1];
+  return f[0] == iters && f[kLine] == iters ? 0 : kErrCounters;
+}
+
+// Wait for all C slices: one cooperative launch of `producers` + `consumers`
+// CTAs of `threads` threads, one per SM, `iters` steps of flag_wait_all_kernel
+// (use_grid = 0: step counters; 1: one grid.sync() per step). Writes the
+// launch's time in ms and the number of distinct SMs the CTAs ran on.
+int floors_flag_wait_all(int device, int producers, int consumers, int threads, int iters, int use_grid,
+                         float* ms, int* distinct_sms) {
+  *distinct_sms = 0;
+  FLOORS_CHECK(cudaSetDevice(device));
+  if (producers < 1 || consumers < 1) return (int)cudaErrorInvalidValue;
+  const int blocks = producers + consumers;
+  int coop = 0, sms = 0, smem = 0;
+  FLOORS_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  if (!coop) return (int)cudaErrorNotSupported;
+  FLOORS_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (blocks > sms) return (int)cudaErrorCooperativeLaunchTooLarge;
+  FLOORS_CHECK(one_cta_per_sm((const void*)flag_wait_all_kernel, device, threads, &smem));
+  DeviceInts flags, smids;
+  FLOORS_CHECK(flags.alloc(blocks));
+  FLOORS_CHECK(smids.alloc(blocks));
+  void* args[] = {&iters, &producers, &consumers, &use_grid, &flags.p, &smids.p};
+  FLOORS_CHECK(timed_cooperative_launch((const void*)flag_wait_all_kernel, blocks, threads, smem, args, ms));
+  std::vector<int> f, id;
+  FLOORS_CHECK(to_host(f, flags.p, blocks));
+  FLOORS_CHECK(to_host(id, smids.p, blocks));
+  *distinct_sms = (int)std::set<int>(id.begin(), id.end()).size();
+  if (!use_grid)
+    for (int b = 0; b < blocks; ++b)
+      if (f[b] != iters) return kErrCounters;
+  return 0;
 }
 
 }  // extern "C"
