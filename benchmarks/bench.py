@@ -16,6 +16,20 @@ shapes, the reference loop (`fused_rnn.reference`). Results go to
 benchmarks/results/<device>/ (or --out): results.json, results.csv,
 results.md and plots.
 
+The forward kernel has two synchronisation policies, chosen per call by
+FUSED_RNN_SYNC (grid: one grid.sync() per wave step; flags: point-to-point
+step counters; unset = auto = flags). The forced-fused timing (`fused_ms`,
+and the speedup) is under the policy the environment asks for (normally the
+default); the policy it ran goes to `default_sync`, its time also to
+`fused_<policy>_ms`. The other policy is timed too, in the same process on
+the same inputs (FUSED_RNN_SYNC set around its calls only, and restored after):
+`fused_flags_ms`, `fused_grid_ms` and their time ratios to cuDNN,
+`fused_flags_vs_cudnn`, `fused_grid_vs_cudnn`. That costs one more timed
+implementation per case, so --quick (whose time budget scripts/gpu_check.sh
+fixes) compares them in inference cases only (--sync-compare infer), the full
+sweep in every case (all; in training the forward differs, the backward does
+not); --sync-compare none: the default's only.
+
 Without a GPU it checks fused_rnn against torch.nn on CPU: the module under
 its default policy (torch's own path there: bit-identical, and its time ratio
 to nn) and the reference path forced (within tolerance), then measures the CPU
@@ -29,7 +43,9 @@ takes more than --margin (0.95) of cuDNN's time. The largest batch below that
 is what `auto` runs fused; the table goes to
 fused_rnn/crossover/<device>.json (--out: another folder), in the format
 fused_rnn/policy.py documents. With --time-budget the table holds only the
-shapes whose series completed, and says it is incomplete.
+shapes whose series completed, and says it is incomplete. It measures the
+default synchronisation policy (FUSED_RNN_SYNC as the environment has it:
+unset = auto), as users get it.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -68,6 +85,11 @@ PEAK_SOURCE = "NVIDIA datasheet, dense (no sparsity), SXM parts: H100 SXM and H2
 PEAK_TFLOPS = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}
 FLOP_CONVENTION = ("forward FLOPs = 2*B*T*sum_l (in_l + H)*G*H (G = 4 LSTM, 3 GRU, 1 RNN; "
                    "gate matmuls only, unidirectional); training (forward + backward) = 3x forward")
+
+# FUSED_RNN_SYNC's explicit policies (csrc/torch/problem.h), as plan labels name them:
+# "..., 514 wave steps, flags sync (ring 4), ..."
+SYNC_POLICIES = ("flags", "grid")
+SYNC_COMPARE = ("all", "infer", "none")  # --sync-compare: where the second policy is timed too
 
 FULL = dict(cell=["LSTM", "GRU"], layers=[1, 2, 4], hidden=[128, 256, 512, 1024],
             batch=[1, 8, 32, 128, 512], seq=[128, 512], dtype=list(DTYPES),
@@ -130,9 +152,20 @@ class Result:
     auto_ms_min: float | None = None
     auto_ms_max: float | None = None
     auto_vs_cudnn: float | None = None  # auto_ms / cudnn_ms; target <= report.AUTO_TARGET
-    fused_ms: float | None = None
+    fused_ms: float | None = None  # the forced kernel under the environment's (default) policy
     fused_ms_min: float | None = None
     fused_ms_max: float | None = None
+    default_sync: str = ""  # the policy the fused_ms calls ran ("flags" | "grid"), from its label
+    # the forced kernel under each FUSED_RNN_SYNC policy: the default's is fused_ms again; the
+    # other's is timed only where --sync-compare says (else None)
+    fused_flags_ms: float | None = None
+    fused_flags_ms_min: float | None = None
+    fused_flags_ms_max: float | None = None
+    fused_grid_ms: float | None = None
+    fused_grid_ms_min: float | None = None
+    fused_grid_ms_max: float | None = None
+    fused_flags_vs_cudnn: float | None = None  # fused_flags_ms / cudnn_ms, where the kernel ran ok
+    fused_grid_vs_cudnn: float | None = None  # fused_grid_ms / cudnn_ms, where the kernel ran ok
     cudnn_ms: float | None = None
     cudnn_ms_min: float | None = None
     cudnn_ms_max: float | None = None
@@ -241,6 +274,16 @@ def backend_label(m, train: bool) -> str:
         return fwd
     bwd = m.last_backward_backend or "unknown (no gradient was needed)"
     return f"forward {fwd}; backward {bwd}"
+
+
+def sync_of(label: str) -> str | None:
+    """The forward kernel's synchronisation policy that a backend label names ("flags" or
+    "grid": "fused: ..., flags sync (ring 4), ..."; in training, the forward's part), or None
+    (another path, or an extension older than FUSED_RNN_SYNC)."""
+    if label.startswith("forward "):
+        label = label[len("forward "):].partition("; backward ")[0]
+    m = re.search(r"\b(" + "|".join(SYNC_POLICIES) + r") sync\b", label)
+    return m.group(1) if m else None
 
 
 def one_line(e: BaseException) -> str:
@@ -656,6 +699,60 @@ class Runner:
             return
         self.measure("auto", step, xs, prepare, res)
 
+    def compares_sync(self, c: Case) -> bool:
+        """Whether --sync-compare times the second synchronisation policy in this case."""
+        mode = self.args.sync_compare
+        return mode == "all" or (mode == "infer" and c.mode == "infer")
+
+    def measure_sync_policies(self, c: Case, fused, ref, gout, xs, prepare, res: Result,
+                              notes: list) -> None:
+        """The forced kernel under each FUSED_RNN_SYNC policy. The default's is the fused_ms
+        just measured: the policy its label names (default_sync), its times copied to that
+        policy's columns. The other policy is timed here, in the cases --sync-compare
+        selects; a failure of it is a note, never the case's status."""
+        res.default_sync = sync_of(res.fused_backend) or ""
+        if res.default_sync:
+            for k in ("", "_min", "_max"):
+                setattr(res, f"fused_{res.default_sync}_ms{k}", getattr(res, f"fused_ms{k}"))
+        if not self.compares_sync(c):
+            return
+        if not res.default_sync:
+            notes.append("synchronisation policies not compared: the kernel's plan names none "
+                         "(an extension older than FUSED_RNN_SYNC?)")
+            return
+        for policy in SYNC_POLICIES:
+            if policy != res.default_sync:
+                self.guarded(f"fused_{policy}", functools.partial(
+                    self.measure_sync, policy, c, fused, ref, gout, xs, prepare, res), res, notes)
+
+    def measure_sync(self, policy: str, c: Case, fused, ref, gout, xs, prepare, res: Result) -> None:
+        """The forced kernel with FUSED_RNN_SYNC=policy around its calls (the previous value
+        restored after, whatever happens): its output against cuDNN's (dropout 0: above 0.1 it
+        is not timed), then timed as the default's was (fused_<policy>_ms*). Its label must
+        name that policy: else the times are dropped and it raises."""
+        name = f"fused_{policy}"
+        forced = functools.partial(self.fused_rnn.backend, "fused")
+        try:
+            with common.sync_policy(policy):
+                if c.dropout == 0:
+                    with forced(), torch.no_grad():
+                        diff = max_abs_diff(fused(xs[0]), ref(xs[0]))
+                    if not diff <= 0.1:
+                        raise RuntimeError(f"output differs from cuDNN by {diff:.3g}")
+                self.measure(name, module_step(fused, c.mode == "train", gout, forced), xs, prepare, res)
+                label = backend_label(fused, c.mode == "train")
+        except RuntimeError as e:
+            why = uncovered_reason(e)
+            if why is None:
+                raise
+            raise Skip(f"{name}: {UNCOVERED}{why}") from None
+        ran = sync_of(label)
+        if ran != policy:
+            for k in ("", "_min", "_max"):
+                setattr(res, f"{name}_ms{k}", None)
+            raise RuntimeError(f"FUSED_RNN_SYNC={policy}, but the kernel ran "
+                               f"{ran + ' sync' if ran else 'a plan naming no policy'} ({label})")
+
     def guarded(self, name, fn, res: Result, notes: list) -> bool:
         """Run fn(); an OOM, a Skip, a crash or the fused kernel's refusal of one
         implementation becomes a note, not a crash."""
@@ -725,6 +822,7 @@ class Runner:
             "fused", module_step(fused, train, gout, forced), xs, prepare, res), res, notes)
         if fused_ok:
             res.fused_backend = backend_label(fused, train)
+            self.measure_sync_policies(c, fused, ref, gout, xs, prepare, res, notes)
         self.guarded("auto", lambda: self.measure_auto(fused, train, gout, xs, prepare, res), res, notes)
         self.guarded("cudnn", lambda: self.measure("cudnn", module_step(ref, train, gout), xs, prepare, res),
                      res, notes)
@@ -772,6 +870,10 @@ class Runner:
                 res.peak_share_fused = res.tflops_fused / res.peak_tflops
             if res.cudnn_ms:
                 res.speedup_vs_cudnn = res.cudnn_ms / res.fused_ms
+                for policy in SYNC_POLICIES:
+                    ms = getattr(res, f"fused_{policy}_ms")
+                    if ms:
+                        setattr(res, f"fused_{policy}_vs_cudnn", ms / res.cudnn_ms)
 
     # -- the other implementations -------------------------------------------------
 
@@ -844,6 +946,20 @@ def auto_text(r: Result) -> str:
     return s
 
 
+def sync_text(r: Result) -> str:
+    """'flags sync; grid 1.3 ms = 0.52x cuDNN': the forced kernel's policy, and the other
+    policy's time where it was timed ('' where the label names no policy)."""
+    if not r.default_sync:
+        return ""
+    parts = [f"{r.default_sync} sync"]
+    for policy in SYNC_POLICIES:
+        ms = getattr(r, f"fused_{policy}_ms")
+        if policy != r.default_sync and ms is not None:
+            ratio = getattr(r, f"fused_{policy}_vs_cudnn")
+            parts.append(f"{policy} {ms:.3g} ms" + (f" = {ratio:.2f}x cuDNN" if ratio else ""))
+    return "; ".join(parts)
+
+
 def progress_line(i: int, n: int, c: Case, r: Result) -> str:
     def ms(v):
         return "—" if v is None else f"{v:.3g} ms"
@@ -851,8 +967,11 @@ def progress_line(i: int, n: int, c: Case, r: Result) -> str:
     if r.status == "skipped" and r.cudnn_ms is None:
         return s + f"skipped ({r.reason})"
     s += f"cuDNN {ms(r.cudnn_ms)}; {auto_text(r)}; fused kernel {ms(r.fused_ms)}"
-    if r.speedup_vs_cudnn:
-        s += f" (speedup {r.speedup_vs_cudnn:.2f}x)"
+    extra = [f"speedup {r.speedup_vs_cudnn:.2f}x"] if r.speedup_vs_cudnn else []
+    if sync_text(r):
+        extra.append(sync_text(r))
+    if extra:
+        s += f" ({'; '.join(extra)})"
     if r.reference_ms is not None:
         s += f"; reference {ms(r.reference_ms)}"
     if r.status != "ok":
@@ -980,7 +1099,10 @@ def write_outputs(out_dir: str, meta: dict, results: list[Result], floors: dict 
           f"Command: `{meta['command']}`", ""]
     if meta.get("incomplete"):
         md += [f"**Incomplete run:** {meta['incomplete']}.", ""]
-    md += [report.CONVENTIONS.format(runs=meta["runs"]), "", report.results_table(rows), ""]
+    md += [report.CONVENTIONS.format(runs=meta["runs"]), ""]
+    if report.sync_note(meta):
+        md += [report.sync_note(meta), ""]
+    md += [report.results_table(rows), ""]
     if floors:
         md += ["## Synchronisation floors", "", report.floors_table(floors), ""]
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -1018,7 +1140,8 @@ def gpu_main(args, fused_rnn) -> int:
                 runs=args.runs, warmup=args.warmup, flop_convention=FLOP_CONVENTION,
                 peak_tflops=PEAK_TFLOPS if peak_tflops(runner.device, "bf16") else None,
                 peak_source=PEAK_SOURCE, flashrnn=runner.flashrnn is not None,
-                auto_target=report.AUTO_TARGET)
+                auto_target=report.AUTO_TARGET, sync_requested=common.requested_sync(),
+                sync_compare=args.sync_compare)
     out_dir = args.out or os.path.join(common.REPO, "benchmarks", "results", meta["device_slug"])
     os.makedirs(out_dir, exist_ok=True)
 
@@ -1027,6 +1150,7 @@ def gpu_main(args, fused_rnn) -> int:
         common.write_json(os.path.join(out_dir, "results.json"), partial, done)
 
     print(f"{len(cases)} cases, {args.runs} timed runs each (median/min/max, CUDA events)", flush=True)
+    print(report.sync_note(meta), flush=True)
     t0 = time.monotonic()
     checkpoint([])
     results = run_sweep(runner, cases, checkpoint, args.case_timeout)
@@ -1206,9 +1330,12 @@ def calibrate_main(args, fused_rnn) -> int:
     shapes = [Shape(dt, cell, L, H) for dt in grid["dtype"] for cell in grid["cell"]
               for L in grid["layers"] for H in grid["hidden"]]
     deadline = time.monotonic() + args.time_budget if args.time_budget else None
+    asked = common.requested_sync()
     print(f"calibrating on {device}: {len(shapes)} shapes x (inference, training), B in "
           f"{sorted(grid['batch'])}, T={seq}; a batch counts as a win when the forced fused kernel "
-          f"takes <= {args.margin:g} x cuDNN's time (median of {args.runs} runs each)", flush=True)
+          f"takes <= {args.margin:g} x cuDNN's time (median of {args.runs} runs each), under "
+          f"FUSED_RNN_SYNC={asked}" + (" (the default policy)" if asked == "auto" else
+                                       ": NOT the default policy, which `auto` runs"), flush=True)
     entries, incomplete = calibrate(shapes, grid["batch"], Calibrator(args, fused_rnn, seq).point,
                                     args.margin, lambda: deadline is not None and time.monotonic() > deadline)
     table = crossover_table(policy, device, entries, seq, args, incomplete)
@@ -1262,6 +1389,10 @@ def parse_args(argv=None):
     ap.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
                     help="time fused_rnn.reference on the GPU too (auto: T*L <= 512, H <= 512, B <= 32)")
     ap.add_argument("--no-flashrnn", action="store_true", help="skip FlashRNN even if importable")
+    ap.add_argument("--sync-compare", choices=SYNC_COMPARE, default=None,
+                    help="where the forced kernel is also timed under the other FUSED_RNN_SYNC policy "
+                    "(grid / flags) than the default's: all cases, inference cases only, or none "
+                    "(default: infer with --quick, whose time budget is fixed; else all)")
     ap.add_argument("--floors", action="store_true", help="also run benchmarks/floors.py (GPU)")
     ap.add_argument("--cpu-runs", type=int, default=5, help="timed runs per case in the CPU check")
     ap.add_argument("--acceptance-runs", type=int, default=20,
@@ -1280,7 +1411,8 @@ def parse_args(argv=None):
         if bad:
             ap.error(f"--{name}: unknown {bad}; choose from {', '.join(allowed)}")
     if args.calibrate:
-        clash = [f"--{k}" for k in ("quick", "mode", "dropout") if getattr(args, k)]
+        clash = [f"--{k.replace('_', '-')}" for k in ("quick", "mode", "dropout", "sync_compare")
+                 if getattr(args, k)]
         if clash:
             ap.error(f"--calibrate measures its own grid, inference and training at dropout 0: "
                      f"{', '.join(clash)} do not apply")
@@ -1294,6 +1426,9 @@ def parse_args(argv=None):
         print(f"note: --runs {args.runs} is below the 20 runs the published numbers use", file=sys.stderr)
     if args.case_budget is None:
         args.case_budget = 10.0 if args.quick else 120.0
+    if args.sync_compare is None:
+        # --calibrate measures the default policy only (what `auto` runs)
+        args.sync_compare = "none" if args.calibrate else "infer" if args.quick else "all"
     if args.time_budget is None and args.quick:
         args.time_budget = 70.0  # scripts/gpu_check.sh gives the whole command 120 s
     return args
@@ -1304,6 +1439,11 @@ def main(argv=None) -> int:
     if args.calibrate and not torch.cuda.is_available():
         print("--calibrate needs a CUDA GPU: it times the fused kernel against cuDNN on the device "
               "the table is for (no GPU is visible here; nothing was written).", file=sys.stderr)
+        return 2
+    if (args.calibrate or torch.cuda.is_available()) and common.requested_sync() not in common.SYNC_VALUES:
+        print(f"{common.SYNC_ENV}={os.environ[common.SYNC_ENV]!r}: the fused kernel takes "
+              f"{', '.join(common.SYNC_VALUES)} (or unset: auto); every fused call would fail.",
+              file=sys.stderr)
         return 2
     fused_rnn = import_fused_rnn()
     if args.calibrate:

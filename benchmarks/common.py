@@ -7,6 +7,7 @@ the timed region except the final one; report median, min and max.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -72,6 +73,40 @@ def peak_memory_mib(step, x) -> float:
 
 
 # ------------------------------------------------------------- environment
+
+
+SYNC_ENV = "FUSED_RNN_SYNC"  # the forward kernel's synchronisation policy (csrc/torch/problem.h)
+SYNC_VALUES = ("grid", "flags", "auto")  # what the extension accepts; unset or "" = auto
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str | None):
+    """os.environ[name] = value inside the block (None: unset), and afterwards exactly what
+    was there before (the old value, or no variable), exceptions and Ctrl-C included."""
+    had, old = name in os.environ, os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if had:
+            os.environ[name] = old
+        else:
+            os.environ.pop(name, None)
+
+
+def sync_policy(policy: str | None):
+    """FUSED_RNN_SYNC = policy ("grid", "flags", "auto"; None: unset) inside the block. The
+    extension reads it at every call and its plan cache keys on it, so calls in one process
+    can switch policies."""
+    return env_var(SYNC_ENV, policy)
+
+
+def requested_sync() -> str:
+    """The policy FUSED_RNN_SYNC asks for now: its value, or "auto" when unset or empty."""
+    return os.environ.get(SYNC_ENV) or "auto"
 
 
 def device_slug(name: str) -> str:

@@ -74,6 +74,16 @@ def ratio_to_target(x) -> str:
     return f"{x:.2f}" + (f" (> {AUTO_TARGET:g})" if x > AUTO_TARGET else "")
 
 
+def sync_cell(row: dict) -> str:
+    """'1.2 / 1.4 (flags)': the forced kernel's time under FUSED_RNN_SYNC=flags and =grid
+    ('—' where not timed), and in brackets the policy the default ran; '—' for rows of runs
+    made before the policies were timed apart, and where the kernel did not run."""
+    flags, grid = row.get("fused_flags_ms"), row.get("fused_grid_ms")
+    if flags is None and grid is None:
+        return "—"
+    return f"{num(flags)} / {num(grid)}" + (f" ({row['default_sync']})" if row.get("default_sync") else "")
+
+
 def markdown_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines]
@@ -84,8 +94,9 @@ def results_table(rows: list[dict]) -> str:
     """The per-case table (bench.py's results.md and the README). Rows of runs made before
     the auto columns existed show '—' there."""
     header = ["cell", "L", "H", "B", "T", "dtype", "mode", "cuDNN ms", "fused_rnn (auto) ms",
-              "auto / cuDNN", "auto path", "fused kernel ms", "kernel speedup", "µs / wave step",
-              "TFLOP/s (% peak)", "MiB fused / cuDNN", "fused kernel"]
+              "auto / cuDNN", "auto path", "fused kernel ms", "kernel ms flags / grid (default)",
+              "kernel speedup", "µs / wave step", "TFLOP/s (% peak)", "MiB fused / cuDNN",
+              "fused kernel"]
     lines = []
     for r in rows:
         ok = r["status"] == "ok"
@@ -102,7 +113,7 @@ def results_table(rows: list[dict]) -> str:
         lines.append([
             r["cell"], r["layers"], r["hidden"], r["batch"], r["seq"], r["dtype"], mode_label(r),
             num(r["cudnn_ms"]), num(r.get("auto_ms")), ratio_to_target(r.get("auto_vs_cudnn")),
-            path_of(r.get("auto_backend", "")), num(r["fused_ms"]), speedup,
+            path_of(r.get("auto_backend", "")), num(r["fused_ms"]), sync_cell(r), speedup,
             num(r["us_per_wave_step"]) if ok else "—", tflops,
             f"{num(r['mem_fused_mib'])} / {num(r['mem_cudnn_mib'])}", note,
         ])
@@ -123,6 +134,23 @@ def floors_table(floors: dict) -> str:
     for s in floors.get("cudnn_layer_step", []):
         what = f"cuDNN {s['cell']} 1 layer, H={s['hidden']} B={s['batch']} T={s['seq']} {s['dtype']}, per step"
         lines.append([what, num(s.get("us")), s.get("reason", "")])
+    # step counters (the forward kernel's kFlags policy); absent from runs made before them
+    for p in floors.get("flag_pingpong", []):
+        sms = p.get("sms")
+        where = f"SM {sms[0]} ↔ SM {sms[1]}" if sms else "2 CTAs on 2 SMs"
+        what = f"flag hand-off (release store → acquire poll), {where}, {p['threads']} threads"
+        note = [p.get("reason", "")]
+        if p.get("round_trip_us") is not None:
+            note = [f"round trip {num(p['round_trip_us'])} µs", p.get("note", "")]
+        lines.append([what, num(p.get("us")), "; ".join(n for n in note if n)])
+    for w in floors.get("flag_wait_all", []):
+        cfg = (f"{w['producers']} producers + {w['consumers']} consumer{'s' if w['consumers'] > 1 else ''}, "
+               f"{w['blocks']} CTAs × {w['threads']} threads")
+        lines.append([f"flags: consumers wait for all {w['producers']} slices, {cfg}, per step",
+                      num(w.get("us")), "; ".join(n for n in (w.get("reason", ""), w.get("note", "")) if n)])
+        if w.get("us") is not None or w.get("grid_sync_us") is not None or w.get("grid_sync_reason"):
+            lines.append([f"grid.sync(), same loop, {cfg}, per step", num(w.get("grid_sync_us")),
+                          w.get("grid_sync_reason", "")])
     return markdown_table(["floor", "µs", "note"], lines)
 
 
@@ -136,6 +164,24 @@ def header_text(meta: dict) -> str:
     return (f"**{meta['device']}** (compute capability {meta.get('capability', '?')}), "
             f"torch {meta['torch']}, CUDA {meta.get('cuda')}, cuDNN {meta.get('cudnn')}, "
             f"commit `{commit}`, {meta['date'][:10]}.{diag}")
+
+
+def sync_note(meta: dict) -> str:
+    """What the run says about the forward kernel's two synchronisation policies (bench.py
+    --sync-compare); '' for runs made before it timed them apart."""
+    compare, asked = meta.get("sync_compare"), meta.get("sync_requested") or "auto"
+    if compare is None:
+        return ""
+    s = ("Forward synchronisation (FUSED_RNN_SYNC; grid = one grid.sync() per wave step, flags "
+         "= point-to-point step counters): fused kernel ms and the kernel speedup are under "
+         f"FUSED_RNN_SYNC={asked}" + (" (the default)" if asked == "auto" else
+                                      ", set in the environment: not the default") + "; "
+         "kernel ms flags / grid shows that time under the policy it ran (in brackets)")
+    if compare == "none":
+        return s + ", the other policy not timed (--sync-compare none)."
+    where = "in every case" if compare == "all" else (
+        "in inference cases only (--sync-compare infer, the --quick default: its time budget)")
+    return s + f" and the other policy's, timed in one process on the same inputs {where}."
 
 
 CONVENTIONS = (
@@ -175,7 +221,8 @@ def render_section(results_dir: str | None, readme_dir: str = REPO) -> str:
     parts = [
         f"Latest GPU run: {header_text(meta)}"
         + (f" **Incomplete run:** {meta['incomplete']}." if meta.get("incomplete") else ""),
-        CONVENTIONS.format(runs=meta.get("runs", "≥ 20")) + note,
+        CONVENTIONS.format(runs=meta.get("runs", "≥ 20")) + note
+        + (" " + sync_note(meta) if sync_note(meta) else ""),
         results_table(shown),
     ]
     if os.path.exists(os.path.join(results_dir, "speedup.png")):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import policy
@@ -21,8 +23,14 @@ def backend_info(load: bool = True) -> dict:
     (the ``csrc/`` a JIT build would compile),
     ``backend`` (what is asked for now: ``fused_rnn.backend(...)``, else
     ``FUSED_RNN_BACKEND``, else "auto"; a module's own setting comes between the
-    two), ``crossover_table`` (the calibrated table of this device, or None: the
-    performance model's default) and ``default_path`` (what ``auto`` runs here).
+    two), ``sync`` (the forward kernel's synchronisation policy asked for now: the
+    ``FUSED_RNN_SYNC`` environment variable, "grid" (one grid barrier per wave step),
+    "flags" (point-to-point step counters) or "auto", which it is when unset or empty
+    and which runs flags; the extension reads the variable at every call, and a call's
+    plan, e.g. a module's ``last_backend``, names the policy it ran: "..., flags sync
+    (ring 4), ..."; the backward kernel always uses grid barriers), ``crossover_table``
+    (the calibrated table of this device, or None: the performance model's default) and
+    ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
     """
@@ -65,6 +73,7 @@ def backend_info(load: bool = True) -> dict:
         "fix": FIX if (cuda and ext is None) else None,
         "sources": CSRC,
         "backend": requested()[0],
+        "sync": os.environ.get("FUSED_RNN_SYNC") or "auto",
         "crossover_table": table,
         "default_path": default,
     }

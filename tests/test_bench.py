@@ -198,7 +198,8 @@ def test_csv_and_json_round_trip(tmp_path):
     rows = [
         _result(status="ok", fused_backend="fused: wavefront, 1/3 \"quoted\", comma", fused_ms=1 / 3,
                 fused_ms_min=0.1, fused_ms_max=1e-9, speedup_vs_cudnn=2.5, host_syncs_fused=0,
-                runs=20, buffers=8),
+                runs=20, buffers=8, default_sync="flags", fused_flags_ms=1 / 3, fused_grid_ms=0.5,
+                fused_grid_vs_cudnn=0.25),
         _result(status="skipped", reason="out of memory", mode="infer", dropout=0.0),
     ]
     common.write_csv(tmp_path / "r.csv", rows)
@@ -320,12 +321,27 @@ def fake_cuda(monkeypatch):
         yield
 
 
-def _fake_fused_rnn():
+def _fake_fused_rnn(fails_under=None, ignores_sync=False):
     """fused_rnn on the CPU with a fake "kernel" (torch's path underneath, labelled fused):
     LSTM's covers every call and is the default policy's choice in inference (native in
     training); RNN's covers every call and returns NaN (the default policy runs native); GRU
-    is the real module (forcing "fused" on a CPU raises, as where the kernel cannot run)."""
+    is the real module (forcing "fused" on a CPU raises, as where the kernel cannot run).
+    The fake kernel reads FUSED_RNN_SYNC at every call as the extension does (an invalid
+    value raises; unset or auto runs flags) and names the policy in its label (with
+    ignores_sync: always flags); under the policy `fails_under` it raises. `sync_calls`
+    records the FUSED_RNN_SYNC value (None: unset) of each fake-kernel call."""
     import fused_rnn
+
+    calls = []
+
+    def sync_now():
+        asked = os.environ.get("FUSED_RNN_SYNC")
+        calls.append(asked)
+        if (asked or "auto") not in ("grid", "flags", "auto"):
+            raise RuntimeError(f"FUSED_RNN_SYNC must be 'grid', 'flags' or 'auto', got '{asked}'")
+        if fails_under is not None and asked == fails_under:
+            raise RuntimeError(f"fake kernel: launch failed under {asked} sync")
+        return "grid" if asked == "grid" and not ignores_sync else "flags"
 
     def faked(cls, broken: bool, auto_picks_it_in_inference: bool):
         class Fake(cls):
@@ -334,9 +350,11 @@ def _fake_fused_rnn():
                 if not (want == "fused" or (want == "auto" and auto_picks_it_in_inference
                                             and not self.training)):
                     return super().forward(*a, **k)
+                sync = sync_now()
                 with fused_rnn.backend("native"):
                     out, h = super().forward(*a, **k)
-                self.last_backend = "fused: fake kernel (test)"
+                self.last_backend = (f"fused: fake kernel (test), 5 wave steps, {sync} sync "
+                                     f"(ring {2 if sync == 'grid' else 4}), state in shared memory")
                 self.last_backward_backend = "fused: fake backward (test)" if torch.is_grad_enabled() else None
                 return (out * float("nan") if broken else out), h
         return Fake
@@ -346,15 +364,18 @@ def _fake_fused_rnn():
                                  reference=fused_rnn.reference, dropout=fused_rnn.dropout,
                                  policy=fused_rnn.policy,
                                  backend_info=lambda: {"extension_loaded": True, "default_path": "fake"},
-                                 __file__=fused_rnn.__file__)
+                                 __file__=fused_rnn.__file__, sync_calls=calls)
 
 
-def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
+def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
     out = tmp_path / "out"
     args = bench.parse_args(["--cell", "LSTM,GRU,RNN", "--layers", "2", "--hidden", "8", "--batch", "2",
                              "--seq", "4", "--dtype", "tf32", "--mode", "infer,train", "--dropout", "0,0.2",
                              "--runs", "3", "--warmup", "1", "--out", str(out)])
-    assert bench.gpu_main(args, _fake_fused_rnn()) == 0
+    fr = _fake_fused_rnn()
+    assert bench.gpu_main(args, fr) == 0
+    assert "FUSED_RNN_SYNC" not in os.environ  # set around the grid calls only
     doc = common.read_json(out / "results.json")
     assert doc["meta"]["device"] == "NVIDIA H100 80GB HBM3" and doc["meta"]["runs"] == 3
     assert doc["meta"]["auto_target"] == 1.05
@@ -371,9 +392,29 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
     assert ok["reference_ms"] is not None and ok["mem_fused_mib"] == 3.0
     assert ok["peak_share_fused"] == pytest.approx(ok["tflops_fused"] / 494)
     # the default policy chose the kernel: the forced-fused timing is that very call's
-    assert ok["auto_backend"] == "fused: fake kernel (test)"
+    assert ok["auto_backend"] == ("fused: fake kernel (test), 5 wave steps, flags sync (ring 4), "
+                                  "state in shared memory")
     assert (ok["auto_ms"], ok["auto_ms_min"], ok["auto_ms_max"]) == (
         ok["fused_ms"], ok["fused_ms_min"], ok["fused_ms_max"])
+    # both synchronisation policies, the default's (unset: auto = flags) being fused_ms itself;
+    # the full sweep's default times grid in training too (--sync-compare all)
+    assert args.sync_compare == "all" and doc["meta"]["sync_compare"] == "all"
+    assert doc["meta"]["sync_requested"] == "auto"
+    for key in (("LSTM", "infer", 0.0), ("LSTM", "train", 0.0), ("LSTM", "train", 0.2)):
+        r = rows[key]
+        assert r["default_sync"] == "flags" and "flags sync" in r["fused_backend"]
+        assert (r["fused_flags_ms"], r["fused_flags_ms_min"], r["fused_flags_ms_max"]) == (
+            r["fused_ms"], r["fused_ms_min"], r["fused_ms_max"])
+        assert r["fused_grid_ms_min"] <= r["fused_grid_ms"] <= r["fused_grid_ms_max"]
+        for policy in ("flags", "grid"):
+            assert r[f"fused_{policy}_vs_cudnn"] == pytest.approx(r[f"fused_{policy}_ms"] / r["cudnn_ms"])
+        assert "fused_grid" not in r["reason"]
+    # the grid calls ran with FUSED_RNN_SYNC=grid; every other fake-kernel call with it unset
+    assert set(fr.sync_calls) == {None, "grid"} and fr.sync_calls.count("grid") >= 3 * (1 + 3)
+    for key in (("GRU", "infer", 0.0), ("RNN", "infer", 0.0)):  # refused, or wrong: no ratios
+        r = rows[key]
+        assert r["fused_grid_ms"] is None and r["fused_grid_vs_cudnn"] is None
+        assert r["fused_flags_vs_cudnn"] is None
     train = rows[("LSTM", "train", 0.0)]  # the kernel ran forced; the default policy ran native
     assert train["status"] == "ok" and train["fused_backend"].startswith("forward fused")
     assert train["auto_backend"].startswith("forward native") and "backward native" in train["auto_backend"]
@@ -391,10 +432,134 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys):
     assert common.read_csv(out / "results.csv", bench.Result)[0].cell == "LSTM"
     md = (out / "results.md").read_text()
     assert "uncovered" in md and "auto / cuDNN" in md and "| native |" in md
+    assert "kernel ms flags / grid (default)" in md and " (flags) |" in md
+    assert "FUSED_RNN_SYNC=auto (the default)" in md and "in every case" in md
     printed = capsys.readouterr().out
     assert "auto (fused)" in printed and "auto (native)" in printed
+    assert "flags sync; grid " in printed and "the other policy's, timed in one process" in printed
     assert "fused_rnn as users get it (auto) within 1.05x cuDNN's time: " in printed
     assert "/9 timed cases" in printed
+
+
+# ------------------------------------------------- the two synchronisation policies
+
+
+def test_env_var_is_set_inside_and_restored_after_even_on_errors(monkeypatch):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
+    assert common.requested_sync() == "auto"
+    with common.sync_policy("grid"):
+        assert os.environ["FUSED_RNN_SYNC"] == "grid" and common.requested_sync() == "grid"
+    assert "FUSED_RNN_SYNC" not in os.environ  # absent before: absent after, not ""
+    monkeypatch.setenv("FUSED_RNN_SYNC", "flags")
+    with pytest.raises(ZeroDivisionError):
+        with common.sync_policy("grid"):
+            1 / 0
+    assert os.environ["FUSED_RNN_SYNC"] == "flags"
+    with pytest.raises(KeyboardInterrupt):
+        with common.sync_policy(None):  # None: unset inside
+            assert "FUSED_RNN_SYNC" not in os.environ and common.requested_sync() == "auto"
+            raise KeyboardInterrupt
+    assert os.environ["FUSED_RNN_SYNC"] == "flags"
+    monkeypatch.setenv("FUSED_RNN_SYNC", "")
+    assert common.requested_sync() == "auto"  # empty means unset, as in the extension
+    with common.sync_policy("flags"):
+        pass
+    assert os.environ["FUSED_RNN_SYNC"] == ""
+
+
+def test_sync_of_labels():
+    plan = ("fused: LSTM bf16 L=2 D=1 H=512 I=512 B=32 T=512; 64 CTAs (32 per layer-direction, 16 "
+            "units each), batch tile 32, K chunk 64 (1+1 splits), smem 200 KiB/CTA, 1 CTA/SM, bf16 "
+            "tensor cores, 514 wave steps, {} sync (ring {}), state in shared memory")
+    assert bench.sync_of(plan.format("flags", 4)) == "flags"
+    assert bench.sync_of(plan.format("grid", 2)) == "grid"
+    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 grid steps") == "grid"
+    assert bench.sync_of("forward native: batch 64 is above 32; backward native: autograd") is None
+    assert bench.sync_of("fused: an older plan, 514 wave steps, state in shared memory") is None
+    assert bench.sync_of("") is None
+
+
+def test_sync_compare_defaults_and_clash():
+    assert bench.parse_args(["--quick"]).sync_compare == "infer"  # scripts/gpu_check.sh's budget
+    assert bench.parse_args([]).sync_compare == "all"
+    assert bench.parse_args(["--quick", "--sync-compare", "all"]).sync_compare == "all"
+    assert bench.parse_args(["--calibrate"]).sync_compare == "none"
+    for bad in (["--sync-compare", "both"], ["--calibrate", "--sync-compare", "all"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def _run_one(fr, *flags, mode="infer", dropout=0.0):
+    """One faked-CUDA case (LSTM L=2 H=8 B=2 T=4 tf32) through the Runner: its Result."""
+    args = bench.parse_args(["--runs", "2", "--reference", "off", "--no-flashrnn", *flags])
+    return bench.Runner(args, fr).run_case(bench.Case("LSTM", 2, 8, 2, 4, "tf32", mode, dropout))
+
+
+def test_sync_compare_infer_times_grid_in_inference_only(fake_cuda, monkeypatch):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
+    fr = _fake_fused_rnn()
+    infer = _run_one(fr, "--sync-compare", "infer")
+    assert infer.status == "ok" and infer.default_sync == "flags"
+    assert infer.fused_grid_ms > 0 and infer.fused_flags_ms == infer.fused_ms
+    assert infer.fused_grid_vs_cudnn == pytest.approx(infer.fused_grid_ms / infer.cudnn_ms)
+    assert "grid" in fr.sync_calls
+    del fr.sync_calls[:]
+    train = _run_one(fr, "--sync-compare", "infer", mode="train")
+    assert train.status == "ok" and train.default_sync == "flags"
+    assert train.fused_flags_ms == train.fused_ms and train.fused_flags_vs_cudnn is not None
+    assert train.fused_grid_ms is None and train.fused_grid_vs_cudnn is None
+    assert set(fr.sync_calls) == {None}  # nothing ran under grid
+    none = _run_one(fr, "--sync-compare", "none")
+    assert none.fused_grid_ms is None and none.fused_flags_ms == none.fused_ms
+    assert "FUSED_RNN_SYNC" not in os.environ
+
+
+def test_sync_policy_set_by_the_user_is_the_default_and_restored(fake_cuda, monkeypatch):
+    """FUSED_RNN_SYNC=grid in the environment: fused_ms is grid's; flags is the other policy,
+    set around its calls only; grid again afterwards."""
+    monkeypatch.setenv("FUSED_RNN_SYNC", "grid")
+    fr = _fake_fused_rnn()
+    r = _run_one(fr)
+    assert r.status == "ok" and r.default_sync == "grid" and r.fused_grid_ms == r.fused_ms
+    assert r.fused_flags_ms > 0 and "flags sync" not in r.fused_backend
+    assert os.environ["FUSED_RNN_SYNC"] == "grid"
+    assert set(fr.sync_calls) == {"grid", "flags"}
+
+
+def test_other_policy_failing_is_a_note_and_the_environment_is_restored(fake_cuda, monkeypatch):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
+    r = _run_one(_fake_fused_rnn(fails_under="grid"))
+    assert r.status == "ok" and r.speedup_vs_cudnn is not None  # the default ran: the case is ok
+    assert r.fused_grid_ms is None and r.fused_grid_vs_cudnn is None
+    assert "fused_grid: RuntimeError: fake kernel: launch failed under grid sync" in r.reason
+    assert "FUSED_RNN_SYNC" not in os.environ
+    # an extension that ignores the variable: its "grid" times are not reported as grid's
+    r = _run_one(_fake_fused_rnn(ignores_sync=True))
+    assert r.status == "ok" and r.fused_grid_ms is None and r.fused_grid_ms_min is None
+    assert "FUSED_RNN_SYNC=grid, but the kernel ran flags sync" in r.reason
+    assert "FUSED_RNN_SYNC" not in os.environ
+
+
+def test_invalid_sync_policy_stops_the_gpu_sweep(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("FUSED_RNN_SYNC", "barrier")
+    assert bench.main(["--quick"]) == 2
+    assert "FUSED_RNN_SYNC='barrier'" in capsys.readouterr().err
+
+
+def test_results_table_sync_column_and_note():
+    row = dataclasses.asdict(_result(status="ok", dropout=0.0, fused_ms=2.0, fused_flags_ms=2.0,
+                                     fused_grid_ms=2.5, default_sync="flags", cudnn_ms=4.0))
+    assert "| 2 | 2 / 2.5 (flags) |" in report.results_table([row])
+    row.update(fused_grid_ms=None)
+    assert "| 2 / — (flags) |" in report.results_table([row])
+    old = {k: v for k, v in row.items() if "sync" not in k and "flags" not in k and "grid" not in k}
+    assert report.sync_cell(old) == "—" and report.sync_note({}) == ""
+    note = report.sync_note({"sync_compare": "infer", "sync_requested": "auto"})
+    assert "FUSED_RNN_SYNC=auto (the default)" in note and "inference cases only" in note
+    note = report.sync_note({"sync_compare": "none", "sync_requested": "grid"})
+    assert "FUSED_RNN_SYNC=grid, set in the environment: not the default" in note
+    assert "not timed (--sync-compare none)" in note
 
 
 # ------------------------------------------------------------------ --calibrate
@@ -466,6 +631,7 @@ def _fake_point(shape, train, B):
 
 
 def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
     monkeypatch.setattr(bench.Calibrator, "point", lambda self, *a: _fake_point(*a))
     fr = _fake_fused_rnn()
     args = bench.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "LSTM,GRU", "--layers", "2",
@@ -492,6 +658,7 @@ def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypa
         fr.policy.tables.cache_clear()
     out = capsys.readouterr().out
     assert "| bf16 | LSTM | 2 | 256 | 8 | 2 |" in out and "wrote " in out
+    assert "under FUSED_RNN_SYNC=auto (the default policy)" in out
 
 
 def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, monkeypatch, capsys):
@@ -543,6 +710,108 @@ def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
         assert row["us"] is None and row["reason"]
         row = floors.cluster_sync(so, 16, True, iters=10, repeats=1, device=0)
         assert row["us"] is None and row["reason"].startswith("not available")
+        row = floors.flag_pingpong(so, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["round_trip_us"] is None and row["reason"]
+        row = floors.flag_wait_all(so, 32, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["grid_sync_us"] is None and row["reason"]
+    assert so.floors_error_string(-1).startswith(b"a step counter did not end")
+
+
+def test_floors_cu_uses_the_kernels_sync_primitives():
+    # the flag measurements must time the forward kernel's own publish / poll, not a copy
+    src = open(os.path.join(BENCH, "csrc", "floors.cu")).read()
+    assert '#include "../../csrc/kernels/sync_flags.cuh"' in src
+    assert os.path.isfile(os.path.join(BENCH, "..", "csrc", "kernels", "sync_flags.cuh"))
+    for kernel in ("flag_pingpong_kernel", "flag_wait_all_kernel"):
+        body = src.split(f"__global__ void {kernel}(")[1].split("\n}\n")[0]
+        assert "wait_for_ranges(" in body and "flag_publish(" in body
+        assert "asm" not in body and "while" not in body  # every spin is sync_flags.cuh's bounded one
+
+
+class _FakeFlagLib:
+    """floors.cu's flag entry points faked in Python (CPU test only): a launch of n steps takes
+    launch_ms + n * step_us (flags) or n * grid_us (grid.sync); all numbers made up."""
+
+    def __init__(self, sms=132, step_us=2.0, grid_us=1.5, round_trip_us=1.6, launch_ms=0.03,
+                 distinct=None, fail_grid=False):
+        self.sms, self.step_us, self.grid_us, self.rt_us = sms, step_us, grid_us, round_trip_us
+        self.launch_ms, self.distinct, self.fail_grid, self.calls = launch_ms, distinct, fail_grid, []
+
+    def floors_error_string(self, code):
+        return f"fake error {code}".encode()
+
+    def floors_sm_count(self, device, sms):
+        sms._obj.value = self.sms
+        return 0
+
+    def floors_flag_pingpong(self, device, threads, n, ms, sm0, sm1):
+        self.calls.append(("pingpong", threads, n))
+        ms._obj.value, sm0._obj.value, sm1._obj.value = self.launch_ms + n * self.rt_us * 1e-3, 3, 70
+        return 0
+
+    def floors_flag_wait_all(self, device, producers, consumers, threads, n, use_grid, ms, distinct):
+        self.calls.append(("wait_all", producers, consumers, threads, n, use_grid))
+        if use_grid and self.fail_grid:
+            return 720
+        ms._obj.value = self.launch_ms + n * (self.grid_us if use_grid else self.step_us) * 1e-3
+        distinct._obj.value = producers + consumers if self.distinct is None else self.distinct
+        return 0
+
+
+def test_flag_floors_logic_with_a_fake_library():
+    lib = _FakeFlagLib()
+    row = floors.flag_pingpong(lib, iters=100, repeats=3, device=0)
+    # one hand-off is half a round trip; launch overhead cancels
+    assert row["round_trip_us"] == pytest.approx(1.6) and row["us"] == pytest.approx(0.8)
+    assert row["sms"] == [3, 70] and row["threads"] == floors.FLAG_THREADS and "note" not in row
+    assert {c[2] for c in lib.calls} == {100, 200}
+
+    lib = _FakeFlagLib()
+    row = floors.flag_wait_all(lib, 32, iters=100, repeats=3, device=0)
+    assert row["us"] == pytest.approx(2.0) and row["grid_sync_us"] == pytest.approx(1.5)
+    assert row["blocks"] == 33 and row["distinct_sms"] == 33 and "reason" not in row and "note" not in row
+    assert {c[5] for c in lib.calls} == {0, 1} and {c[1:4] for c in lib.calls} == {(32, 1, 256)}
+
+    # C + 1 CTAs need C + 1 SMs: skipped with the reason, nothing launched
+    lib = _FakeFlagLib(sms=114)
+    row = floors.flag_wait_all(lib, 128, iters=100, repeats=3, device=0)
+    assert row["us"] is None and row["grid_sync_us"] is None and not lib.calls
+    assert row["reason"] == "skipped: needs 129 co-resident CTAs, one per SM; this GPU has 114 SMs"
+
+    # the grid.sync() launch failing leaves the flag number; CTAs sharing SMs are noted
+    lib = _FakeFlagLib(fail_grid=True, distinct=30)
+    row = floors.flag_wait_all(lib, 32, iters=100, repeats=3, device=0)
+    assert row["us"] == pytest.approx(2.0) and row["grid_sync_us"] is None
+    assert row["grid_sync_reason"] == "fake error 720" and row["note"] == "33 CTAs ran on 30 SMs"
+
+
+def test_floors_table_with_flag_rows():
+    # made-up numbers (test only); the keys are floors.run_all()'s
+    fake = {"grid_sync": [dict(threads=128, exchange=False, blocks=132, us=0.9)],
+            "flag_pingpong": [dict(threads=256, sms=[3, 70], us=0.8, round_trip_us=1.6)],
+            "flag_wait_all": [
+                dict(producers=32, consumers=1, threads=256, blocks=33, us=2.0, grid_sync_us=1.5,
+                     distinct_sms=33),
+                dict(producers=128, consumers=1, threads=256, blocks=129, us=None, grid_sync_us=None,
+                     distinct_sms=None, reason="skipped: needs 129 co-resident CTAs, one per SM; "
+                                               "this GPU has 114 SMs")]}
+    text = report.floors_table(fake)
+    lines = text.splitlines()
+    assert lines[0] == "| floor | µs | note |" and len(lines) == 2 + 1 + 1 + 2 + 1
+    assert "| flag hand-off (release store → acquire poll), SM 3 ↔ SM 70, 256 threads | 0.8 | " \
+           "round trip 1.6 µs |" in text
+    assert "| flags: consumers wait for all 32 slices, 32 producers + 1 consumer, 33 CTAs × 256 " \
+           "threads, per step | 2 |  |" in text
+    assert "| grid.sync(), same loop, 32 producers + 1 consumer, 33 CTAs × 256 threads, per step | 1.5 |  |" \
+           in text
+    assert "all 128 slices" in text and "| — | skipped: needs 129 co-resident CTAs" in text
+    assert "grid.sync(), same loop, 128 producers" not in text  # a skipped row is one line
+    # results from before the flag measurements render as before
+    assert report.floors_table({"grid_sync": fake["grid_sync"]}) == "\n".join(lines[:3])
+    # a failed ping-pong shows its reason
+    failed = report.floors_table({"flag_pingpong": [dict(threads=256, sms=None, us=None, round_trip_us=None,
+                                                         reason="no device")]})
+    assert "2 CTAs on 2 SMs, 256 threads | — | no device |" in failed
 
 
 def test_floors_difference_method():

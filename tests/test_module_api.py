@@ -263,13 +263,20 @@ def test_functional_paths_and_lengths_on_the_native_path():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_backend_info():
+def test_backend_info(monkeypatch):
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
     info = fused_rnn.backend_info()
-    for key in ("cuda_available", "extension_loaded", "compiled_archs", "reason", "default_path"):
+    for key in ("cuda_available", "extension_loaded", "compiled_archs", "reason", "default_path",
+                "sync"):
         assert key in info
     if not torch.cuda.is_available():
         assert info["extension_loaded"] is False
         assert info["reason"]
+    # the forward kernel's synchronisation policy asked for now (read at every call)
+    assert info["sync"] == "auto"
+    for value, want in (("grid", "grid"), ("flags", "flags"), ("auto", "auto"), ("", "auto")):
+        monkeypatch.setenv("FUSED_RNN_SYNC", value)
+        assert fused_rnn.backend_info(load=False)["sync"] == want
 
 
 class _Net(nn.Module):

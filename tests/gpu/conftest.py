@@ -17,6 +17,19 @@ def _fused_kernel_asked_for():
 
 
 @pytest.fixture
+def sync(request, monkeypatch):
+    """The forward kernel's synchronisation policy for one test: parametrize ``sync``
+    indirectly with "flags" or "grid" (gpu_helpers.SYNC_POLICIES) and FUSED_RNN_SYNC is set
+    to it for the test, restored afterwards (monkeypatch); None, or a test that does not
+    parametrize it: the environment as it is (the default, unless the caller exported one).
+    Returns the policy (or None)."""
+    policy = getattr(request, "param", None)
+    if policy is not None:
+        monkeypatch.setenv("FUSED_RNN_SYNC", policy)
+    return policy
+
+
+@pytest.fixture
 def precision():
     """Sets torch.backends.cudnn.allow_tf32 (which the fused kernels follow too)."""
     old = torch.backends.cudnn.allow_tf32

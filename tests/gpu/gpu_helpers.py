@@ -35,6 +35,23 @@ FWD_CAP = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
 BWD_FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
 BWD_CAP = {"fp32": 5e-4, "tf32": 5e-2, "fp16": 5e-2, "bf16": 2.5e-1}
 
+# The forward kernel's synchronisation policies: FUSED_RNN_SYNC = grid (one grid.sync() per
+# wave step) | flags (point-to-point step counters) | auto (or unset: flags). The extension
+# reads it at every call (its plan cache keys on it); the plan names the policy it ran
+# ("..., 514 wave steps, flags sync (ring 4), ..."). The backward kernel ignores it. Tests
+# take it through the `sync` fixture (tests/gpu/conftest.py), parametrized indirectly.
+SYNC_ENV = "FUSED_RNN_SYNC"
+SYNC_POLICIES = ("flags", "grid")
+
+
+def assert_sync(what, plan, policy):
+    """A forward plan string (fused_rnn._C.plan's reason, a module's last_backend) names
+    `policy` as the synchronisation that ran (nothing is checked for policy None: the
+    environment's default)."""
+    if policy is not None:
+        assert f"{policy} sync" in plan, (
+            f"{what}: {SYNC_ENV}={policy}, but the plan does not say '{policy} sync': {plan}")
+
 
 def load_extension_or_fail():
     """The extension; on a machine with a visible CUDA device a missing one FAILS."""

@@ -14,6 +14,12 @@ Rules (design section 5):
   reference with the same seed; inference == training forward bit for bit;
 * one kernel launch, no cuDNN; CUDA-graph capture/replay; T > 65535; bad
   input raises and leaves the device usable.
+
+Synchronisation policies (FUSED_RNN_SYNC, gpu_helpers.SYNC_POLICIES): the random-shape
+forward (every cell, dtype, lengths, bidirectional), the dropout and the CUDA-graph tests
+run once under each (the plan must name the policy asked for; a case's float64 reference
+is computed once for both); the policy switched between calls of one module has its own
+test; the rest run under the environment's default.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import pytest
 import torch
 from gpu_helpers import FWD_CAP as CAP
 from gpu_helpers import FWD_FLOOR as FLOOR
-from gpu_helpers import (DTYPE, Case, Tol, assert_close_named, assert_finite, covered_or_skip,
-                         describe_index, forward_args, forward_named, load_extension_or_fail,
-                         make_inputs, poison_allocator, reference_forward64, rel_err, tolerance,
-                         valid_mask)
+from gpu_helpers import (DTYPE, SYNC_ENV, SYNC_POLICIES, Case, Tol, assert_close_named,
+                         assert_finite, assert_sync, covered_or_skip, describe_index,
+                         forward_args, forward_named, load_extension_or_fail, make_inputs,
+                         poison_allocator, reference_forward64, rel_err, tolerance, valid_mask)
 from gpu_helpers import cudnn_forward as run_cudnn
 from torch import nn
 
@@ -49,6 +55,23 @@ def ext():
     mod = load_extension_or_fail()
     assert hasattr(torch.ops.fused_rnn, "_fused_forward")
     return mod
+
+
+@pytest.fixture(scope="module")
+def last_reference():
+    """{case id: what the float64 reference and cuDNN gave} for the last case only: the
+    synchronisation policies of one case run side by side (both_sync) and share it."""
+    return {}
+
+
+def both_sync(names: str, values, id_of):
+    """parametrize(names + ",sync", ...) over values x SYNC_POLICIES, a case's policies side
+    by side; id "<id_of(*value)>-<policy>"; `sync` is the conftest fixture (indirect)."""
+    if "," not in names:
+        values = [(v,) for v in values]
+    rows = [(*v, policy) for v in values for policy in SYNC_POLICIES]
+    return pytest.mark.parametrize(f"{names},sync", rows, indirect=["sync"],
+                                   ids=[f"{id_of(*r[:-1])}-{r[-1]}" for r in rows])
 
 
 # ----------------------------------------------------------------------------- problems
@@ -149,10 +172,10 @@ def test_plan_covers_targets_and_explains_rejections(ext, precision):
     assert not ok and "shared memory" in why
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_forward_matches_reference(ext, precision, case):
+@both_sync("case", CASES, lambda case: case.id)
+def test_forward_matches_reference(ext, precision, last_reference, case, sync):
     precision(case.prec)
-    plan_or_skip(ext, case, need_reserve=True)
+    assert_sync(case.id, plan_or_skip(ext, case, need_reserve=True), sync)
     inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000)
     out, hy, cy, reserve = fused(ext, case, inp, need_reserve=True)
     D = 2 if case.bidir else 1
@@ -165,14 +188,19 @@ def test_forward_matches_reference(ext, precision, case):
     got_n = forward_named(case, (out, hy, cy))
     assert_finite(case.id, got_n)
 
-    ref = run_reference(case, inp, need_reserve=True)
+    if case.id not in last_reference:  # the case's first policy: the reference and cuDNN
+        last_reference.clear()
+        ref = run_reference(case, inp, need_reserve=True)
+        ref_n = forward_named(case, ref)
+        try:
+            cud = run_cudnn(case, inp)
+            cud_errs = {n: rel_err(t, ref_n[n]) for n, t in forward_named(case, cud).items()}
+        except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
+            cud_errs = {n: 0.0 for n in got_n}
+            print(f"cuDNN failed ({e}); checking against the floor only")
+        last_reference[case.id] = ref, cud_errs
+    ref, cud_errs = last_reference[case.id]
     ref_n = forward_named(case, ref)
-    try:
-        cud = run_cudnn(case, inp)
-        cud_errs = {n: rel_err(t, ref_n[n]) for n, t in forward_named(case, cud).items()}
-    except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
-        cud_errs = {n: 0.0 for n in got_n}
-        print(f"cuDNN failed ({e}); checking against the floor only")
     # rule: max error <= 2 x (max cuDNN error) + floor, <= cap; the message names the
     # tensor and the index of its largest error
     cudnn_err = max(cud_errs.values())
@@ -221,10 +249,10 @@ DROPOUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,p", DROPOUT_CASES, ids=lambda v: v.id if isinstance(v, Case) else str(v))
-def test_dropout_equals_reference_with_same_seed(ext, precision, case, p):
+@both_sync("case,p", DROPOUT_CASES, lambda case, p: f"{case.id}-{p}")
+def test_dropout_equals_reference_with_same_seed(ext, precision, case, p, sync):
     precision(case.prec)
-    plan_or_skip(ext, case, need_reserve=True, dropout=p)
+    assert_sync(case.id, plan_or_skip(ext, case, need_reserve=True, dropout=p), sync)
     inp = make_inputs(case, seed=7)
     seed = torch.tensor(123456789 + int(p * 100), dtype=torch.int64, device="cuda")
     out, hy, cy, reserve = fused(ext, case, inp, dropout=p, seed=seed, need_reserve=True)
@@ -266,11 +294,11 @@ def test_one_kernel_no_cudnn(ext, precision):
         assert any("rnn_forward_kernel" in n for n in names), names
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_cuda_graph_capture_and_replay(ext, precision, dropout):
+@both_sync("dropout", [0.0, 0.25], str)
+def test_cuda_graph_capture_and_replay(ext, precision, dropout, sync):
     precision("tf32")
     case = Case("LSTM", 2, False, 16, 32, 4, 10, True, "fp32", True)
-    plan_or_skip(ext, case, dropout=dropout)
+    assert_sync(case.id, plan_or_skip(ext, case, dropout=dropout), sync)
     inp = make_inputs(case)
     seed = torch.tensor(42, dtype=torch.int64, device="cuda")
     args = op_args(case, inp, dropout=dropout, seed=seed if dropout else None)
@@ -291,6 +319,37 @@ def test_cuda_graph_capture_and_replay(ext, precision, dropout):
     torch.cuda.synchronize()
     for g_t, e_t in zip(static_out, eager):
         assert torch.equal(g_t, e_t)
+
+
+def test_sync_policy_follows_the_environment_at_every_call(ext, precision, monkeypatch):
+    """FUSED_RNN_SYNC is read at every call and the plan cache keys on it: one module in one
+    process switches policies between calls (and back), the label names the policy that ran,
+    both compute the same function; unset is auto = flags; an invalid value raises, naming
+    the variable, and the next call with a valid one runs."""
+    precision("fp32")
+    torch.manual_seed(0)
+    m = fused_rnn.GRU(16, 40, num_layers=3, device="cuda")
+    x = torch.randn(9, 5, 16, device="cuda")
+    outs = {}
+    with torch.no_grad():
+        for policy in ("grid", "flags", "grid", "flags"):
+            monkeypatch.setenv(SYNC_ENV, policy)
+            out, h = m(x)
+            assert_sync(f"GRU call under {policy}", m.last_backend, policy)
+            assert_finite(policy, {"output": out, "h_n": h})
+            if policy in outs:  # the same policy again: the same bits
+                assert torch.equal(out, outs[policy])
+            outs[policy] = out
+        assert rel_err(outs["grid"], outs["flags"]) < 1e-5
+        monkeypatch.delenv(SYNC_ENV)
+        m(x)
+        assert_sync("GRU call with FUSED_RNN_SYNC unset", m.last_backend, "flags")
+        monkeypatch.setenv(SYNC_ENV, "barrier")
+        with pytest.raises(RuntimeError, match="FUSED_RNN_SYNC must be"):
+            m(x)
+        monkeypatch.setenv(SYNC_ENV, "auto")
+        assert torch.isfinite(m(x)[0]).all()
+        assert_sync("GRU call under auto", m.last_backend, "flags")
 
 
 def test_long_sequence_beyond_grid_limit(ext, precision):

@@ -4,9 +4,14 @@ Small and fast (the stage has 30 s in all, interpreter and CUDA start included),
 ordered so that the first failure is the most basic one:
 
 1. the tiny forward, then the tiny backward (L=1, T=1, fp32): launch, plan, one step;
-2. the forward, L=2, T>=3 (so the wavefront takes several grid-barrier steps and uses
-   both slots of the h ring), exact FP32 FMA first, then the tensor-core fragments of
-   TF32, bf16, fp16; then the bidirectional schedule, lengths, in-kernel dropout;
+2. the forward, L=2, T>=3 (so the wavefront takes several synchronised steps and uses
+   several slots of the h ring), exact FP32 FMA first, then the tensor-core fragments of
+   TF32, bf16, fp16; then the bidirectional schedule, lengths, in-kernel dropout. The
+   forward has two synchronisation policies (FUSED_RNN_SYNC: grid = one grid.sync() per
+   wave step, flags = point-to-point step counters; unset = auto = flags): the exact FP32
+   case (several CTAs per layer) and the bf16 one run once under each, asserting from the
+   plan string that the policy asked for is the one planned; the others under the
+   environment's default;
 3. the backward, ISOLATED from the forward: the float64 reference forward makes the
    reserve and output (rounded to the case's dtype), the fused backward runs on them,
    and its gradients are compared with the float64 reference backward of that same
@@ -25,10 +30,11 @@ torch.ops.fused_rnn._fused_forward / _fused_backward and "cuda";
 tests/test_smoke_harness.py passes reference stand-ins (must pass) and deliberately
 broken ones (must fail, naming the right case, tensor and index) on the CPU.
 
-GPU time (H100, estimated, not measured: no GPU run yet): 17 tests (2 tiny, 7 forward,
-8 backward), each one fused launch on tiny tensors (well under 1 ms of kernel time, T+L-1
-<= 7 wave steps), the float64 reference on the GPU (~100-300 small launches per forward
-or backward, a few per case: ~2-10 ms), one cuDNN call (+ autograd for the backward; a
+GPU time (H100, estimated, not measured: no GPU run yet): 19 tests (2 tiny; 9 forward: 7
+cases, 2 of them under both synchronisation policies; 8 backward), each one fused launch
+on tiny tensors (well under 1 ms of kernel time, T+L-1 <= 7 wave steps), the float64
+reference on the GPU (~100-300 small launches per forward or backward, a few per case:
+~2-10 ms), one cuDNN call (+ autograd for the backward; a
 new cuDNN plan per shape, ~10-50 ms), the allocator poison (a 96 MB fill, ~0.1 ms): so
 ~20-100 ms per test, ~0.5-2 s for the file, plus one-time costs in the first test
 (extension load, cuBLAS/cuDNN handles: ~1-2 s). The Python side is the same work the CPU
@@ -45,8 +51,9 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from gpu_helpers import (BWD_CAP, BWD_FLOOR, DTYPE, FWD_CAP, FWD_FLOOR, Case, Tol,
-                         backward_args, compare_named, covered_or_skip, cudnn_backward,
+from gpu_helpers import (BWD_CAP, BWD_FLOOR, DTYPE, FWD_CAP, FWD_FLOOR, SYNC_POLICIES, Case,
+                         Tol, assert_sync, backward_args, compare_named, covered_or_skip,
+                         cudnn_backward,
                          cudnn_forward, describe_index, valid_mask,
                          forward_args, forward_named, grads_named, load_extension_or_fail,
                          make_inputs, poison_allocator, raise_problems, reference_backward64,
@@ -65,6 +72,7 @@ class Smoke(NamedTuple):
     path: str                # what it reaches (the report and the test id's meaning)
     multi_cta: bool = False  # its plan must split each layer-direction over > 1 CTA
     ring_wraps: bool = False  # backward: more K chunks per warp than cp.async stages
+    both_sync: bool = False  # forward: run once under each FUSED_RNN_SYNC policy (grid, flags)
 
 
 # L=1, T=1, fp32 (moved here from test_forward_gpu.py / test_backward_gpu.py)
@@ -74,12 +82,13 @@ TINY_BACKWARD_KW = dict(strict=1e-5)
 
 FORWARD = [
     Smoke(Case("LSTM", 2, False, 7, 19, 5, 3, True, "fp32", False),
-          "exact FP32 FMA, grid barrier over 4 wave steps, 2-slot h ring, partial slices",
-          multi_cta=True),
+          "exact FP32 FMA, 4 synchronised wave steps between several CTAs per layer, partial "
+          "slices; grid barrier (2-slot h ring) and point-to-point flags", multi_cta=True,
+          both_sync=True),
     Smoke(Case("GRU", 2, False, 13, 37, 3, 3, True, "tf32", False),
           "TF32 wmma fragments (16x16x8), GRU's split x/h sums"),
     Smoke(Case("RNN_TANH", 2, False, 9, 45, 6, 3, True, "bf16", False),
-          "bf16 wmma fragments, RNN cell"),
+          "bf16 wmma fragments, RNN cell; grid barrier and point-to-point flags", both_sync=True),
     Smoke(Case("LSTM", 2, False, 33, 70, 19, 3, True, "fp16", False),
           "fp16 wmma fragments, 18 CTAs per layer, 2 batch tiles (B=19)", multi_cta=True),
     Smoke(Case("GRU", 2, True, 11, 24, 4, 3, True, "bf16", False),
@@ -376,10 +385,20 @@ def test_smoke_tiny_backward(ext_bwd, precision):
     check_backward(TINY, torch.ops.fused_rnn._fused_backward, "cuda", **TINY_BACKWARD_KW)
 
 
-@pytest.mark.parametrize("smoke", FORWARD, ids=lambda s: s.case.id)
-def test_smoke_forward(ext, precision, smoke):
+def forward_params():
+    """(smoke, sync) per forward test: a both_sync case once under each policy (id
+    "<case>-grid" / "<case>-flags"), the others under the environment's default (sync None,
+    id "<case>")."""
+    return [pytest.param(s, policy, id=s.case.id + (f"-{policy}" if policy else ""))
+            for s in FORWARD for policy in (SYNC_POLICIES if s.both_sync else (None,))]
+
+
+@pytest.mark.parametrize("smoke,sync", forward_params(), indirect=["sync"])
+def test_smoke_forward(ext, precision, smoke, sync):
     precision(smoke.case.prec)
-    check_forward_plan(smoke, plan_forward_or_skip(ext, smoke.case, need_reserve=True))
+    why = plan_forward_or_skip(ext, smoke.case, need_reserve=True)
+    check_forward_plan(smoke, why)
+    assert_sync(smoke.case.id, why, sync)
     check_forward(smoke.case, torch.ops.fused_rnn._fused_forward, "cuda")
 
 
