@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -81,6 +82,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
   // the current stream, fp32 out, read by the kernel as pre-activations.
   std::vector<at::Tensor> xproj;
   if (plan.cfg.x_proj) {
+    // the operands are already in the op's dtype: autocast must not recast them
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const at::Tensor x2d = o.x.reshape({T * B, I});
     for (int64_t d = 0; d < D; ++d) {
       xproj.push_back(mm_fp32(x2d, w[d * per_dir].t()));  // (T*B, G*H), contiguous

@@ -97,6 +97,9 @@ FORWARD = [
           "lengths (frozen state past each length, zero output rows), no bias"),
     Smoke(Case("LSTM", 2, False, 6, 20, 3, 3, True, "fp32", False, 0.5),
           "in-kernel Philox dropout == the reference's masks for the same seed"),
+    Smoke(Case("LSTM", 3, False, 10, 40, 4, 9, True, "fp16", False, 0.5),
+          "flags: rings of 4 slots reused (T=9), producers waiting for the layer above, "
+          "dropped copies in their own ring; 3 layers (default policy: flags)", multi_cta=True),
 ]
 
 BACKWARD = [
