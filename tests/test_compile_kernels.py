@@ -145,18 +145,35 @@ static DeviceLimits h100() {
 }
 
 static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, int T, DType dt,
-                           bool tf32 = true, int proj = 0) {
+                           bool tf32 = true, int proj = 0, bool project = false,
+                           SyncPolicy sync = SyncPolicy::kAuto) {
   ForwardProblem p;
   p.mode = m; p.num_layers = L; p.bidirectional = bidir; p.input_size = I; p.hidden_size = H;
   p.batch = B; p.seq_len = T; p.dtype = dt; p.allow_tf32 = tf32; p.proj_size = proj;
+  p.can_project_input = project; p.sync = sync;
   return p;
 }
 
 static void print_plan(const char* name, const ForwardProblem& p, DeviceLimits d) {
   PlanResult r = plan_forward(p, d, &occ, &d);
   printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"tile\": %d, "
-         "\"smem\": %lld},\n", name, r.ok ? "true" : "false", r.reason.c_str(), r.cfg.grid,
-         r.cfg.units_per_cta, r.cfg.batch_tile, (long long)r.cfg.smem_bytes);
+         "\"smem\": %lld, \"kx_pad\": %d, \"resident\": %s},\n", name, r.ok ? "true" : "false",
+         r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_tile,
+         (long long)r.cfg.smem_bytes, r.cfg.kx_pad, r.cfg.state_resident ? "true" : "false");
+}
+
+// The workspace of a plan: step counters for flags only (one int32 per CTA),
+// R ring slots, the fp32 state only when it is not resident.
+static bool ws_ok(const ForwardProblem& p, const ForwardConfig& c) {
+  const WorkspaceLayout w = forward_workspace(p, c);
+  const int64_t es = dtype_size(p.dtype), BH = p.batch * p.hidden_size;
+  return (w.flags >= 0) == (c.sync == SyncPolicy::kFlags)
+      && w.flags_bytes == (c.sync == SyncPolicy::kFlags ? 4 * c.grid : 0)
+      && (w.state_h >= 0) == !c.state_resident
+      && (w.state_c >= 0) == (!c.state_resident && p.mode == Mode::kLSTM)
+      && (w.xring >= 0 ? w.state_h < 0 || w.state_h - w.xring >= (p.num_layers - 1) * c.ring * BH * es
+                       : true)
+      && w.hring >= 0 && w.total >= p.layer_dirs() * c.ring * BH * es;
 }
 
 // Invariants of every accepted plan over a sweep of problems.
@@ -170,8 +187,9 @@ static int sweep() {
   const int Ls[] = {1, 2, 4};
   DeviceLimits d = h100();
   for (Mode m : modes) for (DType dt : dts) for (int H : Hs) for (int I : Is)
-  for (int B : Bs) for (int L : Ls) for (int bi = 0; bi < 2; ++bi) {
-    ForwardProblem p = prob(m, L, bi, I, H, B, 3, dt);
+  for (int B : Bs) for (int L : Ls) for (int bi = 0; bi < 2; ++bi) for (int pj = 0; pj < 2; ++pj) {
+    const SyncPolicy req = (H + B + L) % 2 ? SyncPolicy::kGrid : SyncPolicy::kAuto;
+    ForwardProblem p = prob(m, L, bi, I, H, B, 3, dt, true, 0, pj != 0, req);
     PlanResult r = plan_forward(p, d, &occ, &d);
     if (!r.ok) continue;
     ++accepted;
@@ -190,7 +208,16 @@ static int sweep() {
       && c.x_splits * c.k_chunk >= ktx && (c.x_splits - 1) * c.k_chunk < ktx
       && c.h_splits * c.k_chunk >= kth && (c.h_splits - 1) * c.k_chunk < kth
       && c.smem_bytes == smem_layout(c).total && c.smem_bytes <= d.smem_optin_per_block
-      && c.use_tf32 == (dt == DType::kFloat32);
+      && c.use_tf32 == (dt == DType::kFloat32)
+      // synchronisation: the request, else flags; rings of 2 / 4
+      && c.sync == (req == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags)
+      && c.ring == (c.sync == SyncPolicy::kGrid ? 2 : 4)
+      // layer 0's projection outside: 16-bit only, when the caller can
+      && c.x_proj == (pj != 0 && dt != DType::kFloat32)
+      && (c.x_splits == 0) == (c.kx_pad == 0)
+      // the state: all B rows resident, or one tile staged (only when B > the tile)
+      && (c.state_resident ? c.state_rows == B : (c.state_rows == c.batch_tile && B > c.batch_tile))
+      && ws_ok(p, c);
     if (!ok) {
       ++bad;
       fprintf(stderr, "bad plan: %s\n", r.reason.c_str());
@@ -227,6 +254,12 @@ int main() {
   print_plan("lstm_tf32_L4_H256", prob(Mode::kLSTM, 4, false, 256, 256, 512, 512, DType::kFloat32), d);
   print_plan("lstm_tf32_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, 512, DType::kFloat32), d);
   print_plan("lstm_bf16_L1_H1024", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, 64, DType::kBFloat16), d);
+  print_plan("lstm_bf16_L1_H1024_proj", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, 64,
+                                             DType::kBFloat16, true, 0, true), d);
+  print_plan("lstm_bf16_L4_H512_proj", prob(Mode::kLSTM, 4, false, 512, 512, 32, 512,
+                                            DType::kBFloat16, true, 0, true), d);
+  print_plan("lstm_bf16_L4_H512_B512", prob(Mode::kLSTM, 4, false, 512, 512, 512, 512,
+                                            DType::kBFloat16, true, 0, true), d);
   print_plan("proj", prob(Mode::kLSTM, 2, false, 64, 64, 8, 8, DType::kBFloat16, true, 32), d);
   print_plan("too_many_layers", prob(Mode::kGRU, 17, true, 8, 8, 1, 1, DType::kFloat16), d);
   print_plan("odd_small", prob(Mode::kRnnRelu, 3, true, 13, 37, 1, 1, DType::kFloat16), d);
@@ -279,6 +312,15 @@ def test_planner_on_h100_numbers(host_results):
         assert res[name]["reason"].startswith("fused: ")
         assert res[name]["grid"] <= 132
     assert res["lstm_bf16_L4_H512"]["units"] == 16
+    # the state on chip at the targets' batch sizes; staged per tile at B=512
+    assert res["lstm_bf16_L4_H512"]["resident"] and res["lstm_bf16_L4_H512_proj"]["resident"]
+    assert res["lstm_bf16_L4_H512_B512"]["ok"] and not res["lstm_bf16_L4_H512_B512"]["resident"]
+    assert "flags sync (ring 4)" in res["lstm_bf16_L4_H512"]["reason"]
+    # layer 0's projection outside: a one-layer stack holds no W_ih at all
+    one = res["lstm_bf16_L1_H1024_proj"]
+    assert one["ok"] and one["kx_pad"] == 0 and one["smem"] < res["lstm_bf16_L1_H1024"]["smem"]
+    assert "layer-0 input projection before the loop" in one["reason"]
+    assert res["lstm_bf16_L4_H512_proj"]["kx_pad"] == 512  # layers 1-3 still multiply D*H
     # honest limits, in words
     assert not res["lstm_tf32_L4_H512"]["ok"]
     assert "shared memory" in res["lstm_tf32_L4_H512"]["reason"]
