@@ -48,7 +48,10 @@ struct ForwardProblem {
   int layer_dirs() const { return num_layers * num_dirs(); }
   int gates() const { return num_gates(mode); }
   // Layer 0's input projection runs before the launch (see can_project_input).
-  bool projects_input() const { return can_project_input && dtype != DType::kFloat32; }
+  // (cuBLAS takes 32-bit row counts: T * B must stay below 2^31.)
+  bool projects_input() const {
+    return can_project_input && dtype != DType::kFloat32 && seq_len * batch < (int64_t(1) << 31);
+  }
   // Widest layer input multiplied in the kernel: every CTA gets the same
   // dynamic shared memory, so the weight tile is sized for max(in_l) over the
   // layers whose W_ih it holds (0 for a one-layer stack with the projection

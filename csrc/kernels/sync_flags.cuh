@@ -71,24 +71,37 @@ FRNN_DEVICE int flag_read(const int* flag) {
 #endif
 }
 
-// Spins until *flag >= target. A counter that never arrives (a scheduling
-// bug) must not hang the machine: on a GPU the kernel traps after ~2^26 polls
-// (tens of seconds: an error the launch reports), in the emulation it aborts
-// with a message after 60 s.
+// Spins until *flag >= target. A counter that stops moving (a scheduling bug)
+// must not hang the machine: on a GPU the kernel traps after ~2^26 polls
+// (tens of seconds: an error the launch reports) *without progress* -- the
+// count restarts whenever the counter advances, since a legitimate wait can
+// last a whole layer (bidirectional: the layer below's T steps); in the
+// emulation it aborts with a message after 60 s without progress.
 FRNN_DEVICE void flag_wait_geq(const int* flag, int target) {
+  int seen = flag_read(flag);
 #if defined(FRNN_EMULATION)
-  const int64_t start = ::emu::globaltimer_ns();
-  while (flag_read(flag) < target) {
-    if (::emu::globaltimer_ns() - start > 60000000000LL) {
-      fprintf(stderr, "emu: deadlock waiting for a step counter (%d < %d)\n", *flag, target);
+  int64_t since = ::emu::globaltimer_ns();
+  while (seen < target) {
+    sched_yield();
+    const int now = flag_read(flag);
+    if (now != seen) {
+      seen = now;
+      since = ::emu::globaltimer_ns();
+    } else if (::emu::globaltimer_ns() - since > 60000000000LL) {
+      fprintf(stderr, "emu: deadlock waiting for a step counter (%d < %d)\n", seen, target);
       abort();
     }
-    sched_yield();
   }
 #else
   uint32_t polls = 0;
-  while (flag_read(flag) < target) {
-    if (++polls == (1u << 26)) __trap();
+  while (seen < target) {
+    const int now = flag_read(flag);
+    if (now != seen) {
+      seen = now;
+      polls = 0;
+    } else if (++polls == (1u << 26)) {
+      __trap();
+    }
   }
 #endif
 }

@@ -86,7 +86,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const at::Tensor x2d = o.x.reshape({T * B, I});
     for (int64_t d = 0; d < D; ++d) {
-      xproj.push_back(mm_fp32(x2d, w[d * per_dir].t()));  // (T*B, G*H), contiguous
+      xproj.push_back(mm_fp32(x2d, w[d * per_dir].t()));  // (T*B, G*H)
+      TORCH_INTERNAL_ASSERT(xproj.back().is_contiguous() &&
+                            xproj.back().scalar_type() == at::kFloat);
       p.xproj[d] = xproj.back().data_ptr<float>();
     }
   }
