@@ -22,7 +22,6 @@
 // planner moves it out of the kernel (16-bit dtypes), unless
 // FRNN_EMU_NO_PROJECTION=1 (the in-kernel path of a torch without mm(...,
 // out_dtype)).
-
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/forward_kernel.cuh"
 #include "kernels/forward_plan.h"
