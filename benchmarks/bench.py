@@ -308,9 +308,9 @@ def uncovered_reason(e: BaseException) -> str | None:
 
 
 @dataclasses.dataclass
-class Parity:
-    """One CPU check: fused_rnn's module under its default policy, and the reference path
-    forced, against torch.nn on the same weights and input."""
+class VsTorch:
+    """A CPU comparison's shape and fused_rnn's default path against torch.nn (the fields
+    Parity and Acceptance share, first in both)."""
     cell: str
     layers: int
     hidden: int
@@ -324,6 +324,12 @@ class Parity:
     fused_rnn_ms: float
     torch_ms: float
     fused_rnn_vs_torch: float
+
+
+@dataclasses.dataclass
+class Parity(VsTorch):
+    """One CPU check: fused_rnn's module under its default policy, and the reference path
+    forced, against torch.nn on the same weights and input."""
     reference_max_abs_diff_output: float
     reference_max_abs_diff_state: float
     reference_max_abs_diff_grads: float | None
@@ -333,21 +339,8 @@ class Parity:
 
 
 @dataclasses.dataclass
-class Acceptance:
+class Acceptance(VsTorch):
     """The CPU speed target, one mode: fused_rnn (default policy) vs torch.nn, interleaved."""
-    cell: str
-    layers: int
-    hidden: int
-    batch: int
-    seq: int
-    dtype: str
-    mode: str
-    path: str
-    backend: str
-    identical: bool
-    fused_rnn_ms: float
-    torch_ms: float
-    fused_rnn_vs_torch: float
     target: float
     meets_target: bool
     runs: int

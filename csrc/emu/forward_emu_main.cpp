@@ -111,10 +111,9 @@ int main(int argc, char** argv) {
   if (plan.cfg.x_proj) {  // x_t W_ih0^T per direction, (T*B, G*H), fp32 (no bias)
     auto elem = [&](const void* base, int64_t i) -> double {
       switch (p.dtype) {
-        case DType::kFloat16: return __half2float(static_cast<const __half*>(base)[i]);
-        case DType::kBFloat16:
-          return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-        default: return static_cast<const float*>(base)[i];
+        case DType::kFloat16: return fwd::to_f(static_cast<const __half*>(base)[i]);
+        case DType::kBFloat16: return fwd::to_f(static_cast<const __nv_bfloat16*>(base)[i]);
+        default: return fwd::to_f(static_cast<const float*>(base)[i]);
       }
     };
     std::vector<float> proj(static_cast<size_t>(T * B * G * H));
