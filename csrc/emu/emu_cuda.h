@@ -3,7 +3,9 @@
 // CUDA thread is a host thread, __syncthreads() a per-CTA barrier, grid.sync()
 // a barrier over the whole grid, shared memory a per-CTA heap block, wmma
 // fragments whole 16x16 tiles (each lane computes the full tile redundantly;
-// lane 0 stores it). The checks a GPU would do silently are asserts here:
+// lane 0 stores it; the backward's GEMMs), mma.sync and ldmatrix warp
+// collectives with the PTX ISA's exact per-lane fragment layouts (emu_mma.h;
+// the forward's GEMM). The checks a GPU would do silently are asserts here:
 // wmma pointer alignment and leading dimensions, 16-byte vector alignment,
 // barrier deadlocks (watchdog). Built with -fsanitize=address,undefined (or
 // thread) by tests/test_compile_kernels.py.
@@ -11,8 +13,9 @@
 // Only what the kernels need (forward_kernel.cuh, backward_kernel.cuh); not
 // a general CUDA emulator. Speed is
 // irrelevant (tiny problems). The emulator can not find bugs in the hardware
-// semantics it models (e.g. the real wmma register layout) -- only in the
-// kernel's own indexing, synchronisation and arithmetic.
+// semantics it models (e.g. the real wmma register layout; mma.sync's is
+// modelled exactly) -- only in the kernel's own indexing, synchronisation and
+// arithmetic.
 #pragma once
 
 #include <assert.h>
@@ -58,6 +61,7 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 typedef int cudaError_t;
 typedef struct CUstream_st* cudaStream_t;
 constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorInvalidValue = 1;
 
 namespace emu {
 
@@ -89,10 +93,14 @@ class Barrier {
   unsigned gen_ = 0;
 };
 
+struct WarpScratch;  // emu_mma.h: the lanes' operands of a warp-collective operation
+
 struct Cta {
   Barrier* bar;
   unsigned char* smem;
   Barrier** warps = nullptr;  // one barrier per warp (__syncwarp); set by drivers that need it
+  WarpScratch* scratch = nullptr;  // one per warp, with the warp barriers (ldmatrix, mma.sync)
+  size_t smem_bytes = 0;           // the CTA's dynamic shared memory (ldmatrix checks its range)
 };
 
 inline thread_local Cta* tl_cta = nullptr;
@@ -169,3 +177,7 @@ inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f;
 template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) {
   return a < b ? a : b;
 }
+
+// Warp-collective tensor-core operations (ldmatrix, mma.sync) with the real
+// fragment layouts.
+#include "emu_mma.h"

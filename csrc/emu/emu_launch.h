@@ -38,7 +38,8 @@ struct LaunchOptions {
   // bytes of shared memory allocated per CTA beyond smem_bytes rounded up to
   // 128 (0: exactly what the kernel may use, so ASan sees any overrun)
   size_t smem_slack = 0;
-  // one barrier per warp, for __syncwarp (without them __syncwarp asserts)
+  // one barrier and one scratch per warp, for __syncwarp and the warp-collective
+  // ldmatrix / mma.sync (without them these assert)
   bool warp_barriers = false;
 };
 
@@ -53,17 +54,21 @@ cudaError_t cooperative_launch(const void* fn, dim3 grid, dim3 block, void** arg
   Barrier grid_bar(threads);
   std::vector<Barrier*> bars;
   std::vector<std::vector<Barrier*>> warp_bars(grid.x);
+  std::vector<std::vector<WarpScratch>> scratch(grid.x);
   std::vector<Cta> ctas(grid.x);
   std::vector<void*> smem(grid.x);
   const size_t smem_alloc = (smem_bytes + 127) / 128 * 128 + opt.smem_slack;
   for (unsigned b = 0; b < grid.x; ++b) {
     bars.push_back(new Barrier(static_cast<int>(block.x)));
-    if (opt.warp_barriers)
+    if (opt.warp_barriers) {
       for (int w = 0; w < warps; ++w) warp_bars[b].push_back(new Barrier(32));
+      scratch[b].resize(warps);
+    }
     smem[b] = aligned_alloc(128, smem_alloc);
     memset(smem[b], 0xFF, smem_alloc);  // garbage, as on a GPU
     ctas[b] = Cta{bars.back(), static_cast<unsigned char*>(smem[b]),
-                  opt.warp_barriers ? warp_bars[b].data() : nullptr};
+                  opt.warp_barriers ? warp_bars[b].data() : nullptr,
+                  opt.warp_barriers ? scratch[b].data() : nullptr, smem_bytes};
   }
   auto kernel = reinterpret_cast<void (*)(Params)>(const_cast<void*>(fn));
   const auto* params = static_cast<const Params*>(args[0]);

@@ -66,9 +66,23 @@ constexpr int kForwardWarps = kForwardThreads / 32;
 // pointer table, so no host-to-device copy and nothing to keep alive).
 constexpr int kMaxLayerDirs = 32;
 
-// Tile edge of the tensor-core GEMM (wmma 16x16x16, or 16x16x8 for TF32):
-// M (gate rows), N (batch columns) and K (reduction) are padded to it.
+// Tile edge of the GEMM: M (gate rows) and K (reduction) are padded to it,
+// and the batch tile N to 16 for FP32 FMA (8 for the tensor-core paths,
+// whose mma.sync tiles are 16 x 8).
 constexpr int kTile = 16;
+
+// Weights in registers (the forward's tensor-core paths): each warp keeps the
+// first tiles (16 gate rows x 16 K) of its first GEMM work item as mma.sync A
+// fragments in registers for the whole launch -- 128 registers per thread,
+// i.e. 128 KB per CTA -- and the rest of the CTA's weight rows in shared
+// memory (csrc/kernels/README.md, "Weights in registers"). A tile is one
+// m16n8k16 fragment (4 registers) in 16 bits, two m16n8k8 ones (8) in TF32.
+// Exact fp32 (FMA) keeps every weight in shared memory.
+constexpr int kRegTiles16 = 32;
+constexpr int kRegTilesTf32 = 16;
+FRNN_HD int register_tiles(DType t, bool tf32) {
+  return t == DType::kFloat32 ? (tf32 ? kRegTilesTf32 : 0) : kRegTiles16;
+}
 
 // How the CTAs of a persistent launch wait for each other between steps.
 //   kGrid   one grid-wide barrier (cooperative groups' grid.sync()) per wave

@@ -53,6 +53,7 @@
 #include "common.h"
 #include "forward_params.h"
 #include "gate_math.h"
+#include "mma_frag.cuh"
 #include "phase_timing.h"
 #include "philox.cuh"
 #include "sync_flags.cuh"
@@ -205,60 +206,172 @@ FRNN_DEVICE float* part_tile(float* part, const ForwardConfig& c, const WorkItem
          w.mt * kTile;
 }
 
-template <typename T, bool TF32> struct MmaTypes;
+// ---- tensor cores: the weights as mma.sync A fragments (mma_frag.cuh)
 
-template <typename T> struct MmaTypes<T, false> {  // fp16 / bf16
-  static constexpr int kK = 16;
-  using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-  using B = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-  using C = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+// A tensor-core work item (forward_params.h): row tile, K chunk (x chunks
+// first), its first K tile, its tiles in this layer (a layer with a narrower
+// input has shorter or empty x chunks) and its first column in the X tile.
+struct FragItem {
+  int mt, split, kt0, nk, col;
 };
 
-template <> struct MmaTypes<float, true> {  // fp32 storage, TF32 math
-  static constexpr int kK = 8;
-  using A = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-  using B = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-  using C = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+FRNN_DEVICE FragItem frag_item(const ForwardConfig& c, int it, int kt_x_layer, int kt_h) {
+  const int splits = c.x_splits + c.h_splits;
+  FragItem w;
+  w.split = it % splits;
+  w.mt = it / splits;
+  if (w.split < c.x_splits) {
+    w.kt0 = w.split * c.k_chunk;
+    const int end = min(kt_x_layer, w.kt0 + c.k_chunk);
+    w.nk = end > w.kt0 ? end - w.kt0 : 0;
+    w.col = 0;
+  } else {
+    w.kt0 = (w.split - c.x_splits) * c.k_chunk;
+    w.nk = min(kt_h, w.kt0 + c.k_chunk) - w.kt0;
+    w.col = c.kx_pad;
+  }
+  return w;
+}
+
+// This CTA's weights as the GEMM's A operand: gate row r = g * U + u (unit
+// u0 + u), column k of the x part (W_ih) or of the h part (W_hh); 0 for
+// padding rows and columns.
+template <typename T>
+struct WeightRows {
+  const T* wih;
+  const T* whh;
+  int U, uc, G, H, in_l, u0;
+  FRNN_DEVICE T at(int r, bool x_part, int k) const {
+    const int g = r / U, u = r - g * U;
+    if (g >= G || u >= uc) return from_f<T>(0.0f);
+    const int64_t row = static_cast<int64_t>(g) * H + u0 + u;
+    if (x_part) return k < in_l ? ld_cg(wih + row * in_l + k) : from_f<T>(0.0f);
+    return k < H ? ld_cg(whh + row * H + k) : from_f<T>(0.0f);
+  }
 };
 
-// Tensor-core GEMM of one batch tile: every warp loops over its work items.
-// Two accumulators per item (even / odd K steps) halve the dependent-MMA chain.
+// An operand's register bits: 16-bit raw, or fp32 rounded to TF32.
+FRNN_DEVICE uint32_t operand_bits(__half v) { return __half_as_ushort(v); }
+FRNN_DEVICE uint32_t operand_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+FRNN_DEVICE uint32_t operand_bits(float v) { return __float_as_uint(round_tf32(v)); }
+
+// This lane's kRegsPerTile registers of the weight tile (row tile mt, K tile
+// kt of the x or h part), in the layout of frag_a_coord.
 template <typename T, bool TF32>
-FRNN_DEVICE void gemm_tensor_core(const T* sw, const T* sx, float* part, const ForwardConfig& c,
-                                  int kt_x_layer, int kt_h) {
-  using M = MmaTypes<T, TF32>;
-  constexpr int kK = M::kK;
-  const int warp = threadIdx.x / 32;
-  const int items = (c.m_pad / kTile) * (c.batch_tile / kTile) * (c.x_splits + c.h_splits);
-  for (int it = warp; it < items; it += kForwardWarps) {
-    const WorkItem w = work_item(c, it, kt_x_layer, kt_h);
-    typename M::C acc0, acc1;
-    wmma::fill_fragment(acc0, 0.0f);
-    wmma::fill_fragment(acc1, 0.0f);
-    const T* a = sw + static_cast<int64_t>(w.mt * kTile) * c.ld + w.col;
-    const T* b = sx + static_cast<int64_t>(w.nt * kTile) * c.ld + w.col;
-    int k = w.kt0 * kTile;
-    const int k_end = w.kt1 * kTile;
-    for (; k + 2 * kK <= k_end; k += 2 * kK) {
-      typename M::A fa0, fa1;
-      typename M::B fb0, fb1;
-      wmma::load_matrix_sync(fa0, a + k, c.ld);
-      wmma::load_matrix_sync(fb0, b + k, c.ld);
-      wmma::load_matrix_sync(fa1, a + k + kK, c.ld);
-      wmma::load_matrix_sync(fb1, b + k + kK, c.ld);
-      wmma::mma_sync(acc0, fa0, fb0, acc0);
-      wmma::mma_sync(acc1, fa1, fb1, acc1);
-    }
-    if (k < k_end) {
-      typename M::A fa;
-      typename M::B fb;
-      wmma::load_matrix_sync(fa, a + k, c.ld);
-      wmma::load_matrix_sync(fb, b + k, c.ld);
-      wmma::mma_sync(acc0, fa, fb, acc0);
-    }
+FRNN_DEVICE void load_weight_fragment(uint32_t* regs, const WeightRows<T>& w, int mt, bool x_part,
+                                      int kt, int lane) {
 #pragma unroll
-    for (int i = 0; i < acc0.num_elements; ++i) acc0.x[i] += acc1.x[i];
-    wmma::store_matrix_sync(part_tile(part, c, w), acc0, c.m_pad, wmma::mem_col_major);
+  for (int e = 0; e < 8; ++e) {
+    const FragCoord f = frag_a_coord<TF32>(lane, e);
+    const uint32_t v = operand_bits(w.at(mt * kTile + f.row, x_part, kt * kTile + f.col));
+    if (TF32) regs[e] = v;
+    else if (e % 2 == 0) regs[e / 2] = v;
+    else regs[e / 2] |= v << 16;
+  }
+}
+
+// One weight tile (16 rows x 16 K, A fragment registers `a`) times the X
+// tile's K columns [k, k + 16) of column tile n8 (and n8 + 1 if `two`):
+// acc[n] += A * X^T. The B fragments come from shared memory with ldmatrix
+// (X rows are batch rows, K contiguous: the column-major B operand).
+template <typename T, bool TF32>
+FRNN_DEVICE void mma_tile(float (&acc)[2][4], const uint32_t* a, const T* sx, int ld, int n8,
+                          int k, bool two, int lane) {
+  uint32_t b[4];
+  if constexpr (TF32) {
+    // per column tile, matrix i = K columns [k + 4i, + 4) of its 8 rows:
+    // registers 0, 1 are the first m16n8k8 step's B, 2, 3 the second's
+    for (int n = 0; n < 2; ++n) {
+      if (n == 1 && !two) break;
+      const T* row = sx + static_cast<int64_t>((n8 + n) * 8 + lane % 8) * ld + k + 4 * (lane / 8);
+      ldmatrix_x4(b, row);
+      mma_1688_tf32(acc[n], a, b);
+      mma_1688_tf32(acc[n], a + 4, b + 2);
+    }
+  } else {
+    // matrix i = column tile n8 + i / 2, K half i % 2 (registers 0, 1: tile
+    // n8's B fragment; 2, 3: tile n8 + 1's)
+    const int i = (lane / 8) & (two ? 3 : 1);
+    const T* row = sx + static_cast<int64_t>((n8 + i / 2) * 8 + lane % 8) * ld + k + 8 * (i % 2);
+    if (two) {
+      ldmatrix_x4(b, row);
+      mma_16816<T>(acc[0], a, b);
+      mma_16816<T>(acc[1], a, b + 2);
+    } else {
+      ldmatrix_x2(b, row);
+      mma_16816<T>(acc[0], a, b);
+    }
+  }
+}
+
+// Tensor-core GEMM of one batch tile (nbv real rows): each warp runs its work
+// items; an item multiplies its weight tiles -- the first ones from
+// registers (`wreg`, the warp's first item only), the rest from shared
+// memory (`sw`, one 16-byte load per quad) -- with every column tile of the
+// X tile, each X element read once per warp, and writes its partial sums.
+// Two accumulator sets (even / odd K tiles) halve the dependent-MMA chain.
+// `first_off`: frag_tile_offset of the warp's first item (hoisted out of the loop).
+template <typename T, bool TF32, int NREG>
+FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, const T* sx,
+                                float* part, const ForwardConfig& c, int kt_x_layer, int kt_h,
+                                int nbv, int64_t first_off) {
+  constexpr int kRegs = kRegsPerTile<TF32>;
+  constexpr int64_t kTileBytes = kTile * kTile * sizeof(T);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int items = frag_items(c);
+  const int n8_count = (nbv + 7) / 8;  // column tiles holding a real batch row
+  for (int it = warp; it < items; it += kForwardWarps) {
+    const FragItem w = frag_item(c, it, kt_x_layer, kt_h);
+    const int reg_cfg = item_reg_tiles(c, it);
+    const int nreg = min(reg_cfg, w.nk);
+    // shared tile j (j >= reg_cfg) of this item
+    const unsigned char* ws =
+        sw + ((it < kForwardWarps ? first_off : frag_tile_offset(c, it)) - reg_cfg) * kTileBytes +
+        lane * 16;
+    const int k0 = w.col + w.kt0 * kTile;
+    for (int n8 = 0; n8 < n8_count; n8 += 2) {
+      const bool two = n8 + 1 < n8_count;
+      float acc[2][2][4];  // [K tile parity][column tile][register]
+#pragma unroll
+      for (int q = 0; q < 16; ++q) acc[q / 8][(q / 4) % 2][q % 4] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < NREG; ++j)
+        if (j < nreg) mma_tile<T, TF32>(acc[j % 2], wreg + j * kRegs, sx, c.ld, n8, k0 + j * kTile, two, lane);
+      auto shared_tile = [&](int j, uint32_t* a) {
+#pragma unroll
+        for (int q = 0; q < kRegs / 4; ++q) {
+          const uint4 v = lds128(ws + j * kTileBytes + q * 512);
+          a[4 * q] = v.x;
+          a[4 * q + 1] = v.y;
+          a[4 * q + 2] = v.z;
+          a[4 * q + 3] = v.w;
+        }
+      };
+      int j = nreg;
+      for (; j + 1 < w.nk; j += 2) {
+        uint32_t a0[kRegs], a1[kRegs];
+        shared_tile(j, a0);
+        shared_tile(j + 1, a1);
+        mma_tile<T, TF32>(acc[0], a0, sx, c.ld, n8, k0 + j * kTile, two, lane);
+        mma_tile<T, TF32>(acc[1], a1, sx, c.ld, n8, k0 + (j + 1) * kTile, two, lane);
+      }
+      if (j < w.nk) {
+        uint32_t a0[kRegs];
+        shared_tile(j, a0);
+        mma_tile<T, TF32>(acc[0], a0, sx, c.ld, n8, k0 + j * kTile, two, lane);
+      }
+      // partial sums part[split][n][m], in the accumulator's layout
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        if (n == 1 && !two) break;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const FragCoord f = frag_c_coord(lane, i);
+          const int64_t col = static_cast<int64_t>(w.split) * c.batch_tile + (n8 + n) * 8 + f.col;
+          part[col * c.m_pad + w.mt * kTile + f.row] = acc[0][n][i] + acc[1][n][i];
+        }
+      }
+    }
   }
 }
 
@@ -309,10 +422,14 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   constexpr bool kFlags = SYNC == SyncPolicy::kFlags;
   constexpr int G = kGates<CELL>;
   constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
+  // Tensor cores: weights as mma.sync fragments, kNReg tiles per warp in
+  // registers (the planner's cfg.reg_tiles; the launcher checks they agree).
+  constexpr bool kFrag = !(sizeof(T) == 4 && !TF32);
+  constexpr int kNReg = kFrag ? (TF32 ? kRegTilesTf32 : kRegTiles16) : 0;
   FRNN_DECLARE_DYNAMIC_SMEM(smem);
   const ForwardConfig& c = p.cfg;
   const SmemLayout lay = smem_layout(c);
-  T* const sw = reinterpret_cast<T*>(smem + lay.w);
+  T* const sw = reinterpret_cast<T*>(smem + lay.w);  // FP32 FMA: (m_pad, ld) rows
   T* const sx = reinterpret_cast<T*>(smem + lay.x);
   float* const part = reinterpret_cast<float*>(smem + lay.part);
   float* const bias_x = reinterpret_cast<float*>(smem + lay.bias);
@@ -356,10 +473,46 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     for (int64_t i = threadIdx.x; i < n16; i += kForwardThreads) z[i] = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
+  // Tensor cores: this warp's register tiles (of its first work item), kept
+  // for the whole launch, and every item's remaining tiles in shared memory.
+  uint32_t wreg[kNReg > 0 ? kNReg * kRegsPerTile<TF32> : 1];
+#pragma unroll
+  for (int i = 0; i < (kNReg > 0 ? kNReg * kRegsPerTile<TF32> : 1); ++i) wreg[i] = 0;
+  int64_t first_off = 0;  // frag_tile_offset of the warp's first item
+  if constexpr (kFrag) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const WeightRows<T> wr{static_cast<const T*>(p.w_ih[ld_id]),
+                           static_cast<const T*>(p.w_hh[ld_id]), U, uc, G, H, in_l, u0};
+    const int items = frag_items(c);
+    if (warp < items) {
+      first_off = frag_tile_offset(c, warp);
+      const FragItem w = frag_item(c, warp, kt_x_layer, kt_h);
+      const int nreg = min(item_reg_tiles(c, warp), w.nk);
+#pragma unroll
+      for (int j = 0; j < kNReg; ++j)
+        if (j < nreg)
+          load_weight_fragment<T, TF32>(wreg + j * kRegsPerTile<TF32>, wr, w.mt,
+                                        w.split < c.x_splits, w.kt0 + j, lane);
+    }
+    unsigned char* const swb = smem + lay.w;
+    for (int it = warp; it < items; it += kForwardWarps) {
+      const FragItem w = frag_item(c, it, kt_x_layer, kt_h);
+      const int reg_cfg = item_reg_tiles(c, it);
+      const int64_t base = frag_tile_offset(c, it) - reg_cfg;
+      for (int j = min(reg_cfg, w.nk); j < w.nk; ++j) {
+        uint32_t regs[kRegsPerTile<TF32>];
+        load_weight_fragment<T, TF32>(regs, wr, w.mt, w.split < c.x_splits, w.kt0 + j, lane);
+        uint4* dst = reinterpret_cast<uint4*>(swb + (base + j) * kTile * kTile * sizeof(T));
+#pragma unroll
+        for (int q = 0; q < kRegsPerTile<TF32> / 4; ++q)
+          dst[q * 32 + lane] = make_uint4(regs[4 * q], regs[4 * q + 1], regs[4 * q + 2], regs[4 * q + 3]);
+      }
+    }
+  }
   {
     const T* wih = static_cast<const T*>(p.w_ih[ld_id]);
     const T* whh = static_cast<const T*>(p.w_hh[ld_id]);
-    for (int g = 0; g < G; ++g) {
+    for (int g = 0; g < G && !kFrag; ++g) {
       const int64_t row0 = static_cast<int64_t>(g) * H + u0;
       if (!x_proj)
         load_rows<T, kRound>(sw + static_cast<int64_t>(g) * U * c.ld, c.ld, wih + row0 * in_l,
@@ -492,10 +645,11 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         __syncthreads();
         rec.mark(kPhaseGather);
         // 2. gate pre-activations
-        if constexpr (sizeof(T) == 4 && !TF32) {
-          gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
+        if constexpr (kFrag) {
+          gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h, nbv,
+                                         first_off);
         } else {
-          gemm_tensor_core<T, TF32>(sw, sx, part, c, kt_x_layer, kt_h);
+          gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
         }
         __syncthreads();
         rec.mark(kPhaseGemm);
@@ -628,6 +782,9 @@ const void* forward_kernel_ptr(SyncPolicy sync) {
 // zeroed the step counters on the same stream.
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
+  // the plan's register tiles must be the ones this instantiation holds
+  if (p.cfg.reg_tiles != (sizeof(T) == 2 ? kRegTiles16 : TF32 ? kRegTilesTf32 : 0))
+    return cudaErrorInvalidValue;
   const void* fn = forward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<ForwardParams*>(&p)};
   return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,

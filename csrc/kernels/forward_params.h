@@ -73,13 +73,20 @@ struct ForwardProblem {
 //
 // Work split: CTA id = ld * ctas_per_dir + slice owns hidden units
 // [slice*U, min((slice+1)*U, H)) of (layer, direction) ld, i.e. the G*U rows
-// {g*H + u} of W_ih and W_hh, kept in shared memory for the whole launch.
-// Per step it computes gates (m_pad x batch_tile) = W (m_pad x K) * X (K x
-// batch_tile) with K = [x_t ; h_{t-1}], the x part padded to kx_pad and the h
-// part to kh_pad. Warp work items are (16-row tile, 16-column tile, K chunk of
-// k_chunk 16-wide tiles); the x part has x_splits chunks and the h part
-// h_splits chunks, reduced in fp32 in the epilogue (x and h sums separate:
-// GRU's n gate needs them apart).
+// {g*H + u} of W_ih and W_hh, kept on chip for the whole launch. Per step it
+// computes gates (m_pad x batch_tile) = W (m_pad x K) * X (K x batch_tile)
+// with K = [x_t ; h_{t-1}], the x part padded to kx_pad and the h part to
+// kh_pad. The K range is cut into chunks of k_chunk 16-wide tiles: x_splits
+// chunks of the x part, h_splits of the h part, reduced in fp32 in the
+// epilogue (x and h sums separate: GRU's n gate needs them apart).
+// Warp work items:
+//   tensor cores (reg_tiles > 0)  (16-row tile, K chunk), all batch columns;
+//       item `it` is row tile it / splits, chunk it % splits, run by warp
+//       it % 8. Each warp's first item (it < 8) keeps its first reg_tiles
+//       16 x 16 weight tiles in registers as mma.sync fragments; every other
+//       tile lives in shared memory in fragment order (frag_tile_offset).
+//   FP32 FMA (reg_tiles == 0)  (16-row tile, 16-column tile, K chunk), the
+//       weights row-major in shared memory.
 struct ForwardConfig {
   int units_per_cta = 0;  // U
   int ctas_per_dir = 0;   // C = ceil(H / U)
@@ -107,6 +114,10 @@ struct ForwardConfig {
   // tile (state_rows = batch_tile).
   bool state_resident = false;
   int64_t state_rows = 0;
+  // Weight tiles per warp in registers (register_tiles(): 32 in 16 bits, 16
+  // in TF32, 0 for FP32 FMA) and 16 x 16 fragment tiles in shared memory.
+  int reg_tiles = 0;
+  int64_t w_tiles = 0;
 };
 
 // Ring slots per synchronisation policy. grid.sync: 2 (step k reads slot
@@ -116,8 +127,53 @@ struct ForwardConfig {
 constexpr int kRingGrid = 2;
 constexpr int kRingFlags = 4;
 
+// ---- the tensor-core paths' weight fragments (reg_tiles > 0)
+
+// 16-wide K tiles of chunk `split` (x chunks first), sized for the widest
+// layer (kx_pad; a narrower layer uses a prefix of its x chunks).
+FRNN_HD int split_tiles(const ForwardConfig& c, int split) {
+  const int kt_x = c.kx_pad / kTile, kt_h = c.kh_pad / kTile;
+  if (split < c.x_splits) {
+    const int k0 = split * c.k_chunk;
+    return kt_x - k0 < c.k_chunk ? kt_x - k0 : c.k_chunk;
+  }
+  const int k0 = (split - c.x_splits) * c.k_chunk;
+  return kt_h - k0 < c.k_chunk ? kt_h - k0 : c.k_chunk;
+}
+
+// Warp work items of the tensor-core GEMM: row tiles x chunks.
+FRNN_HD int frag_items(const ForwardConfig& c) {
+  return c.m_pad / kTile * (c.x_splits + c.h_splits);
+}
+
+// Tiles of item `it` held in registers: its first reg_tiles if it is its
+// warp's first item (it < 8, kForwardWarps), else none.
+FRNN_HD int item_reg_tiles(const ForwardConfig& c, int it) {
+  if (it >= kForwardWarps) return 0;
+  const int n = split_tiles(c, it % (c.x_splits + c.h_splits));
+  return n < c.reg_tiles ? n : c.reg_tiles;
+}
+
+// The first shared-memory fragment tile of item `it` (items in order, each
+// with its tiles past its register ones); frag_tile_offset(c, frag_items(c))
+// is the total. Tile j of an item (j >= item_reg_tiles) is at
+// frag_tile_offset + j - item_reg_tiles.
+FRNN_HD int64_t frag_tile_offset(const ForwardConfig& c, int it) {
+  const int splits = c.x_splits + c.h_splits;
+  const int kt_x = c.kx_pad / kTile, kt_h = c.kh_pad / kTile;
+  int64_t tiles = static_cast<int64_t>(it / splits) * (kt_x + kt_h);  // whole row tiles before
+  for (int s = 0; s < it % splits; ++s) tiles += split_tiles(c, s);
+  const int first = it < kForwardWarps ? it : kForwardWarps;
+  for (int j = 0; j < first; ++j) tiles -= item_reg_tiles(c, j);
+  return tiles;
+}
+
 // Byte offsets of the shared-memory regions of one CTA.
-//   w     (m_pad, ld)            weights, row g*U + u = gate g of unit u0 + u;
+//   w     tensor cores: w_tiles fragment tiles of 16 x 16 weights (512 bytes
+//                                in 16 bits, 1 KB in TF32), each [quad][lane][4 x
+//                                32 bits]: lane l's registers of the tile, one
+//                                16-byte load per quad (mma_frag.cuh);
+//         FP32 FMA: (m_pad, ld)  weights, row g*U + u = gate g of unit u0 + u;
 //                                columns [0, in_l) W_ih, [kx_pad, kx_pad + H) W_hh, 0 elsewhere
 //   x     (batch_tile, ld)       X tile: column-major B operand, row b = [x_t(b) ; h_{t-1}(b)]
 //   part  (splits, batch_tile, m_pad) fp32 partial sums of the warp work items
@@ -177,7 +233,10 @@ inline void init_problem_fields(Params& kp, const ForwardProblem& p) {
 FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
   SmemLayout s;
   s.w = 0;
-  s.x = align_to(s.w + static_cast<int64_t>(c.m_pad) * c.ld * c.elem_bytes, 128);
+  const int64_t w_bytes = c.reg_tiles > 0
+                              ? c.w_tiles * kTile * kTile * c.elem_bytes
+                              : static_cast<int64_t>(c.m_pad) * c.ld * c.elem_bytes;
+  s.x = align_to(s.w + w_bytes, 128);
   s.part = align_to(s.x + static_cast<int64_t>(c.batch_tile) * c.ld * c.elem_bytes, 128);
   s.bias = align_to(
       s.part + static_cast<int64_t>(c.x_splits + c.h_splits) * c.batch_tile * c.m_pad * 4, 128);

@@ -9,10 +9,14 @@
 //  2. units per CTA U: the smallest U (most CTAs, least shared memory per
 //     CTA) whose grid LD * ceil(H / U) is co-resident (cooperative launch);
 //     U >= floor(16 / G) so that a 16-row tensor-core tile is mostly useful;
-//  3. batch tile NB in {64, 48, 32, 16}: the largest that still fits, with the
-//     fp32 state resident in shared memory for all B rows if that fits too
-//     (else staged per tile from the workspace);
-//  4. K chunk per warp item: minimises the critical warp's MMA count;
+//  3. batch tile NB, a multiple of 8 (tensor cores; 16 for FP32 FMA) up to 64:
+//     the largest that still fits, with the fp32 state resident in shared
+//     memory for all B rows if that fits too (else staged per tile from the
+//     workspace);
+//  4. K chunk per warp item: minimises the critical warp's MMA count, else
+//     (when that does not fit) the split that needs the least shared memory.
+//     Tensor cores: each warp's first item keeps register_tiles() weight
+//     tiles in registers (common.h); only the rest takes shared memory;
 //  5. synchronisation: the request (FUSED_RNN_SYNC), else point-to-point flags.
 //     It does not change the shared memory, so it never changes coverage.
 // Rejection says why in words (the module reports it as the fallback reason).
@@ -65,10 +69,16 @@ inline std::string kb(int64_t bytes) {
   return buf;
 }
 
+// The tensor-core paths' shared-memory fragment tiles for the current split.
+inline void set_weight_tiles(ForwardConfig& c) {
+  c.w_tiles = c.reg_tiles > 0 ? frag_tile_offset(c, frag_items(c)) : 0;
+}
+
 // K chunk (in 16-wide tiles) for given rows / batch tile: minimises the warp
 // work items' critical path, ties to fewer splits (less shared memory).
+// (Tensor cores: an item covers all batch columns; FP32 FMA: 16 of them.)
 inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
-  const int mt = c.m_pad / kTile, nt = c.batch_tile / kTile;
+  const int mt = c.m_pad / kTile, nt = c.reg_tiles > 0 ? 1 : c.batch_tile / kTile;
   const int kt_max = kt_x > kt_h ? kt_x : kt_h;
   int64_t best = -1;
   for (int kc = kt_max; kc >= 1; --kc) {
@@ -85,12 +95,40 @@ inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
       c.h_splits = sh;
     }
   }
+  set_weight_tiles(c);
 }
 
 inline void fill_minimal_split(ForwardConfig& c, int kt_x, int kt_h) {
   c.k_chunk = kt_x > kt_h ? kt_x : kt_h;
   c.x_splits = kt_x > 0 ? 1 : 0;  // no x part at all: one layer, projection outside
   c.h_splits = 1;
+  set_weight_tiles(c);
+}
+
+// The split with the least shared memory. FP32 FMA: the fewest splits (least
+// partial-sum memory). Tensor cores: more, shorter chunks put more warps'
+// first items -- and so more register tiles -- to work, up to 8 items (one
+// per warp); past that only the partial sums grow. Returns the bytes.
+inline int64_t fill_smallest_split(ForwardConfig& c, int kt_x, int kt_h) {
+  fill_minimal_split(c, kt_x, kt_h);
+  if (c.reg_tiles == 0) return smem_layout(c).total;
+  ForwardConfig best = c;
+  int64_t best_bytes = smem_layout(c).total;
+  const int mt = c.m_pad / kTile;
+  for (int kc = c.k_chunk - 1; kc >= 1; --kc) {
+    c.k_chunk = kc;
+    c.x_splits = static_cast<int>(ceil_div(kt_x, kc));
+    c.h_splits = static_cast<int>(ceil_div(kt_h, kc));
+    if (static_cast<int64_t>(mt) * (c.x_splits + c.h_splits) > kForwardWarps) break;
+    set_weight_tiles(c);
+    const int64_t bytes = smem_layout(c).total;
+    if (bytes < best_bytes) {
+      best = c;
+      best_bytes = bytes;
+    }
+  }
+  c = best;
+  return best_bytes;
 }
 
 }  // namespace plan_detail
@@ -108,16 +146,25 @@ inline bool parse_sync(const char* s, SyncPolicy* out) {
 
 // Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
 inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
-  char buf[512];
+  char buf[640];
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
   const int64_t steps = p.bidirectional ? p.num_layers * p.seq_len
                                         : p.seq_len + p.num_layers - 1;
+  // the weight tiles actually held in registers (each warp's first item)
+  int reg_used = 0;
+  if (c.reg_tiles > 0)
+    for (int it = 0; it < kForwardWarps && it < frag_items(c); ++it) reg_used += item_reg_tiles(c, it);
+  char regs[96] = "";
+  if (c.reg_tiles > 0)
+    snprintf(regs, sizeof(regs), ", weights %s in registers + %s in shared memory",
+             plan_detail::kb(static_cast<int64_t>(reg_used) * kTile * kTile * c.elem_bytes).c_str(),
+             plan_detail::kb(c.w_tiles * kTile * kTile * c.elem_bytes).c_str());
   snprintf(buf, sizeof(buf),
            "fused: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per layer-direction, "
            "%d units each), batch tile %d, K chunk %d (%d+%d splits), smem %s/CTA, %d CTA/SM, "
-           "%s, %lld wave steps, %s sync (ring %d), state %s%s",
+           "%s, %lld wave steps, %s sync (ring %d), state %s%s%s",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
@@ -125,7 +172,7 @@ inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
            plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
            static_cast<long long>(steps), sync_name(c.sync), c.ring,
            c.state_resident ? "in shared memory" : "staged per tile",
-           c.x_proj ? ", layer-0 input projection before the loop" : "");
+           c.x_proj ? ", layer-0 input projection before the loop" : "", regs);
   return buf;
 }
 
@@ -172,6 +219,7 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
   base.x_proj = p.projects_input();
   base.sync = p.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
   base.ring = base.sync == SyncPolicy::kGrid ? kRingGrid : kRingFlags;
+  base.reg_tiles = register_tiles(p.dtype, base.use_tf32);
   base.kx_pad = static_cast<int>(round_up(p.max_layer_input(), kTile));
   base.kh_pad = static_cast<int>(round_up(H, kTile));
   // +16 bytes per row: rows land on different banks (conflict-free ldmatrix),
@@ -183,7 +231,9 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
     const int u = 16 / G;
     return u < 1 ? 1 : (u > H ? H : u);
   }();
-  const int64_t max_nb = round_up(p.batch, kTile) < 64 ? round_up(p.batch, kTile) : 64;
+  // batch tiles: multiples of the GEMM's column tile (mma.sync: 8; FMA: 16)
+  const int nb_step = base.reg_tiles > 0 ? 8 : kTile;
+  const int64_t max_nb = round_up(p.batch, nb_step) < 64 ? round_up(p.batch, nb_step) : 64;
 
   // A bound on how many CTAs per layer-direction can ever be co-resident:
   // occupancy only falls as U (and shared memory) grows.
@@ -192,10 +242,9 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
     ForwardConfig probe = base;
     probe.units_per_cta = u_lo;
     probe.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * u_lo, kTile));
-    probe.batch_tile = kTile;
-    probe.state_rows = kTile;
-    plan_detail::fill_minimal_split(probe, kt_x, kt_h);
-    const int64_t smem = smem_layout(probe).total;
+    probe.batch_tile = nb_step;
+    probe.state_rows = nb_step;
+    const int64_t smem = plan_detail::fill_smallest_split(probe, kt_x, kt_h);
     const int occ = smem <= dev.smem_optin_per_block ? occupancy(occ_ctx, smem) : 1;
     const int64_t cap = static_cast<int64_t>(dev.sm_count) * (occ > 0 ? occ : 1) / LD;
     if (cap < 1) {
@@ -219,7 +268,7 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
     cfg.ctas_per_dir = static_cast<int>(ceil_div(H, U));
     cfg.grid = LD * cfg.ctas_per_dir;
     cfg.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * U, kTile));
-    for (int64_t nb = max_nb; nb >= kTile; nb -= kTile) {
+    for (int64_t nb = max_nb; nb >= nb_step; nb -= nb_step) {
       cfg.batch_tile = static_cast<int>(nb);
       // The state resident for all B rows first; staged per tile otherwise
       // (a single tile holding every row is resident at no extra cost).
@@ -228,10 +277,8 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
         cfg.state_rows = cfg.state_resident ? p.batch : nb;
         plan_detail::choose_k_chunk(cfg, kt_x, kt_h);
         int64_t smem = smem_layout(cfg).total;
-        if (smem > dev.smem_optin_per_block) {  // fewer K splits, less partial-sum memory
-          plan_detail::fill_minimal_split(cfg, kt_x, kt_h);
-          smem = smem_layout(cfg).total;
-        }
+        if (smem > dev.smem_optin_per_block)  // the split that needs the least memory
+          smem = plan_detail::fill_smallest_split(cfg, kt_x, kt_h);
         if (smallest_smem < 0 || smem < smallest_smem) {
           smallest_smem = smem;
           smallest_u = U;
@@ -250,9 +297,11 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
   }
   snprintf(buf, sizeof(buf),
            "weights need %s of shared memory per CTA (%d units x %d gates x K=%lld %s, batch "
-           "tile 16) to fit %d layer-directions on %d SMs; the device allows %s per CTA",
+           "tile %d, %d KB of them in registers) to fit %d layer-directions on %d SMs; the "
+           "device allows %s per CTA",
            kb(smallest_smem).c_str(), smallest_u, G,
-           static_cast<long long>(p.max_layer_input() + p.hidden_size), dtype_name(p.dtype), LD,
+           static_cast<long long>(p.max_layer_input() + p.hidden_size), dtype_name(p.dtype),
+           nb_step, base.reg_tiles * kForwardWarps * kTile * kTile * base.elem_bytes / 1024, LD,
            dev.sm_count, kb(dev.smem_optin_per_block).c_str());
   return reject(buf);
 }

@@ -14,3 +14,4 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
   return __nv_bfloat16{static_cast<unsigned short>(r >> 16)};
 }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }

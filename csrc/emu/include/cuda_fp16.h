@@ -18,3 +18,4 @@ inline __half __float2half_rn(float v) {
   return h;
 }
 inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
