@@ -157,9 +157,11 @@ static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, int T
 static void print_plan(const char* name, const ForwardProblem& p, DeviceLimits d) {
   PlanResult r = plan_forward(p, d, &occ, &d);
   printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"tile\": %d, "
-         "\"smem\": %lld, \"kx_pad\": %d, \"resident\": %s},\n", name, r.ok ? "true" : "false",
+         "\"smem\": %lld, \"kx_pad\": %d, \"resident\": %s, \"reg_tiles\": %d, "
+         "\"w_tiles\": %lld},\n", name, r.ok ? "true" : "false",
          r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_tile,
-         (long long)r.cfg.smem_bytes, r.cfg.kx_pad, r.cfg.state_resident ? "true" : "false");
+         (long long)r.cfg.smem_bytes, r.cfg.kx_pad, r.cfg.state_resident ? "true" : "false",
+         r.cfg.reg_tiles, (long long)r.cfg.w_tiles);
 }
 
 // The workspace of a plan: step counters for flags only (one int32 per CTA),
@@ -176,6 +178,25 @@ static bool ws_ok(const ForwardProblem& p, const ForwardConfig& c) {
       && w.hring >= 0 && w.total >= p.layer_dirs() * c.ring * BH * es;
 }
 
+// The tensor-core paths' weight tiles: every 16 x 16 tile of the CTA's rows
+// belongs to one work item, in registers (at most reg_tiles of each warp's
+// first item) or in shared memory at consecutive offsets, w_tiles in all.
+static bool frag_ok(const ForwardConfig& c) {
+  if (c.reg_tiles == 0) return c.w_tiles == 0;
+  const int items = frag_items(c), splits = c.x_splits + c.h_splits;
+  int64_t tiles = 0, reg = 0;
+  for (int it = 0; it < items; ++it) {
+    const int n = split_tiles(c, it % splits), r = item_reg_tiles(c, it);
+    if (n < 1 || n > c.k_chunk || r < 0 || r > c.reg_tiles || r > n) return false;
+    if (it >= 8 && r != 0) return false;
+    if (frag_tile_offset(c, it) != tiles - reg) return false;
+    tiles += n;
+    reg += r;
+  }
+  return tiles == (int64_t)(c.m_pad / 16) * ((c.kx_pad + c.kh_pad) / 16)
+      && c.w_tiles == tiles - reg && frag_tile_offset(c, items) == c.w_tiles;
+}
+
 // Invariants of every accepted plan over a sweep of problems.
 static int sweep() {
   int bad = 0, accepted = 0;
@@ -189,7 +210,8 @@ static int sweep() {
   for (Mode m : modes) for (DType dt : dts) for (int H : Hs) for (int I : Is)
   for (int B : Bs) for (int L : Ls) for (int bi = 0; bi < 2; ++bi) for (int pj = 0; pj < 2; ++pj) {
     const SyncPolicy req = (H + B + L) % 2 ? SyncPolicy::kGrid : SyncPolicy::kAuto;
-    ForwardProblem p = prob(m, L, bi, I, H, B, 3, dt, true, 0, pj != 0, req);
+    const bool tf32 = (H + I + L) % 3 != 0;  // float32: TF32 tensor cores or exact FMA
+    ForwardProblem p = prob(m, L, bi, I, H, B, 3, dt, tf32, 0, pj != 0, req);
     PlanResult r = plan_forward(p, d, &occ, &d);
     if (!r.ok) continue;
     ++accepted;
@@ -201,14 +223,17 @@ static int sweep() {
       && (int64_t)c.ctas_per_dir * c.units_per_cta >= H
       && (int64_t)(c.ctas_per_dir - 1) * c.units_per_cta < H
       && c.m_pad % 16 == 0 && c.m_pad >= G * c.units_per_cta && c.m_pad < G * c.units_per_cta + 16
-      && c.batch_tile % 16 == 0 && c.batch_tile >= 16 && c.batch_tile <= 64
+      // batch tiles of 8 columns (mma.sync) or 16 (FMA)
+      && c.batch_tile % (c.reg_tiles > 0 ? 8 : 16) == 0 && c.batch_tile >= 8 && c.batch_tile <= 64
+      && (c.reg_tiles > 0 || c.batch_tile >= 16)
+      && c.reg_tiles == register_tiles(dt, c.use_tf32) && frag_ok(c)
       && c.kx_pad >= p.max_layer_input() && c.kx_pad % 16 == 0
       && c.kh_pad >= H && c.kh_pad % 16 == 0
       && (c.ld * c.elem_bytes) % 16 == 0 && ((c.ld * c.elem_bytes) / 16) % 2 == 1
       && c.x_splits * c.k_chunk >= ktx && (c.x_splits - 1) * c.k_chunk < ktx
       && c.h_splits * c.k_chunk >= kth && (c.h_splits - 1) * c.k_chunk < kth
       && c.smem_bytes == smem_layout(c).total && c.smem_bytes <= d.smem_optin_per_block
-      && c.use_tf32 == (dt == DType::kFloat32)
+      && c.use_tf32 == (dt == DType::kFloat32 && tf32)
       // synchronisation: the request, else flags; rings of 2 / 4
       && c.sync == (req == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags)
       && c.ring == (c.sync == SyncPolicy::kGrid ? 2 : 4)
@@ -253,6 +278,15 @@ int main() {
   print_plan("lstm_tf32_L2_H512", prob(Mode::kLSTM, 2, false, 512, 512, 32, 512, DType::kFloat32), d);
   print_plan("lstm_tf32_L4_H256", prob(Mode::kLSTM, 4, false, 256, 256, 512, 512, DType::kFloat32), d);
   print_plan("lstm_tf32_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, 512, DType::kFloat32), d);
+  // the shapes that only fit with weights in registers (as the binding asks: projection on)
+  print_plan("lstm_bf16_L2_H1024", prob(Mode::kLSTM, 2, false, 1024, 1024, 32, 512,
+                                        DType::kBFloat16, true, 0, true), d);
+  print_plan("lstm_bf16_bidir_L2_H512", prob(Mode::kLSTM, 2, true, 512, 512, 32, 512,
+                                             DType::kBFloat16, true, 0, true), d);
+  print_plan("lstm_fp32_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, 512, DType::kFloat32,
+                                       false), d);
+  print_plan("lstm_tf32_L4_H1024", prob(Mode::kLSTM, 4, false, 1024, 1024, 8, 512,
+                                        DType::kFloat32), d);
   print_plan("lstm_bf16_L1_H1024", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, 64, DType::kBFloat16), d);
   print_plan("lstm_bf16_L1_H1024_proj", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, 64,
                                              DType::kBFloat16, true, 0, true), d);
@@ -321,9 +355,23 @@ def test_planner_on_h100_numbers(host_results):
     assert one["ok"] and one["kx_pad"] == 0 and one["smem"] < res["lstm_bf16_L1_H1024"]["smem"]
     assert "layer-0 input projection before the loop" in one["reason"]
     assert res["lstm_bf16_L4_H512_proj"]["kx_pad"] == 512  # layers 1-3 still multiply D*H
-    # honest limits, in words
-    assert not res["lstm_tf32_L4_H512"]["ok"]
-    assert "shared memory" in res["lstm_tf32_L4_H512"]["reason"]
+    # weights in registers (128 KB per CTA) bring these on chip on 132 SMs: float32 (TF32)
+    # L=4 H=512 (33.5 MB), bf16 L=2 H=1024, bidirectional bf16 L=2 H=512
+    for name in ("lstm_tf32_L4_H512", "lstm_bf16_L2_H1024", "lstm_bf16_bidir_L2_H512"):
+        assert res[name]["ok"], (name, res[name]["reason"])
+        assert res[name]["grid"] <= 132 and res[name]["w_tiles"] > 0, res[name]
+        assert "KB in registers" in res[name]["reason"]
+    assert "weights 128.0 KB in registers + 128.0 KB in shared memory" in \
+        res["lstm_tf32_L4_H512"]["reason"]
+    assert res["lstm_tf32_L4_H512"]["reg_tiles"] == 16
+    assert res["lstm_bf16_L2_H1024"]["reg_tiles"] == 32
+    # bf16 L=4 H=512: every weight in registers, none in shared memory
+    assert res["lstm_bf16_L4_H512"]["w_tiles"] == 0
+    # honest limits, in words: exact fp32 keeps its weights in shared memory; 134 MB do
+    # not fit on chip at all
+    for name in ("lstm_fp32_L4_H512", "lstm_tf32_L4_H1024"):
+        assert not res[name]["ok"], res[name]
+        assert "shared memory" in res[name]["reason"]
     assert not res["proj"]["ok"] and "proj_size" in res["proj"]["reason"]
     assert not res["too_many_layers"]["ok"] and "32" in res["too_many_layers"]["reason"]
     assert not res["turing"]["ok"] and "compute capability" in res["turing"]["reason"]
@@ -383,6 +431,16 @@ EMU_CASES = [
     EmuCase("LSTM", 1, False, True, 20, 100, 1, 2, "bfloat16", False, True, False, 0.0, 2),
     EmuCase("GRU", 3, True, False, 6, 10, 3, 5, "float32", True, True, True, 0.4, 7),
     EmuCase("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, True, 0.0, 6),
+    # weights in registers and shared memory, at reduced size (few SMs: large unit slices):
+    # TF32, an item of 38 K tiles split 16 in registers + 22 in shared memory, and items
+    # past the 8 warps' first (shared memory only), as float32 L=4 H=512 on an H100
+    EmuCase("LSTM", 1, False, True, 600, 40, 5, 3, "float32", True, True, False, 0.0, 2),
+    # bf16 with layer 0's input in the kernel (the no-projection run): 24 items, 16 of
+    # them read from shared memory; with the projection, every weight in registers
+    EmuCase("LSTM", 1, False, True, 640, 32, 5, 3, "bfloat16", False, True, True, 0.0, 2),
+    # bidirectional, 16 items (8 from shared memory), a batch tile of two 8-column mma
+    # tiles, the second with 3 real rows
+    EmuCase("GRU", 2, True, True, 9, 40, 11, 3, "bfloat16", False, True, False, 0.3, 4),
 ]
 TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6)]
 # Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
@@ -523,6 +581,95 @@ def test_state_placement_is_planned(emu_asan, tmp_path):
         plans[case.B] = out["plan"]
     assert "state in shared memory" in plans[3] and "state in shared memory" in plans[70]
     assert "batch tile 64" in plans[70], plans[70]
+
+
+# The GEMM's mma.sync fragments: the emulation models the hardware's lane layouts from
+# the PTX ISA (csrc/emu/emu_mma.h), independently of the kernel's own coordinates
+# (mma_frag.cuh). A kernel that puts an element in the wrong lane or register must give
+# wrong results: FRNN_EMU_BREAK=4 swaps the row halves of the A fragment (16-bit),
+# 5 the columns of the accumulator.
+FRAGMENT_BREAKS = {4: "A fragment rows swapped", 5: "accumulator columns swapped"}
+FRAGMENT_CASE = EMU_CASES[5]  # bf16 LSTM L=2 H=8 B=2 T=40, dropout
+
+
+@pytest.fixture(scope="module", params=sorted(FRAGMENT_BREAKS),
+                ids=lambda b: FRAGMENT_BREAKS[b].replace(" ", "-"))
+def emu_wrong_fragment(request, tmp_path_factory):
+    return _emu_build(tmp_path_factory, "address,undefined",
+                      defines=(f"FRNN_EMU_BREAK={request.param}",))
+
+
+def test_wrong_fragment_layout_is_caught(emu_asan, emu_wrong_fragment, tmp_path):
+    _check_emu(FRAGMENT_CASE, _emu_run(emu_asan, FRAGMENT_CASE, tmp_path))
+    with pytest.raises(AssertionError) as caught:
+        _check_emu(FRAGMENT_CASE, _emu_run(emu_wrong_fragment, FRAGMENT_CASE, tmp_path))
+    msg = str(caught.value)
+    assert msg.startswith("('output'") or msg.startswith("('h_n'"), msg[-4000:]
+
+
+_FRAGMENT_PROGRAM = r"""
+#include "emu/emu_cuda.h"
+#include "kernels/mma_frag.cuh"
+#include <cstdio>
+using namespace fused_rnn;
+// Which (row, col) each lane's fragment elements hold, for the test to compare with the
+// PTX ISA's tables.
+int main() {
+  printf("{\"a16\": [");
+  for (int l = 0; l < 32; ++l) for (int e = 0; e < 8; ++e) {
+    FragCoord f = frag_a_coord<false>(l, e);
+    printf("%s[%d, %d]", l + e ? ", " : "", f.row, f.col);
+  }
+  printf("], \"atf32\": [");
+  for (int l = 0; l < 32; ++l) for (int e = 0; e < 8; ++e) {
+    FragCoord f = frag_a_coord<true>(l, e);
+    printf("%s[%d, %d]", l + e ? ", " : "", f.row, f.col);
+  }
+  printf("], \"c\": [");
+  for (int l = 0; l < 32; ++l) for (int i = 0; i < 4; ++i) {
+    FragCoord f = frag_c_coord(l, i);
+    printf("%s[%d, %d]", l + i ? ", " : "", f.row, f.col);
+  }
+  printf("]}\n");
+}
+"""
+
+
+def test_fragment_coordinates_follow_the_ptx_isa(tmp_path_factory):
+    """mma_frag.cuh's lane coordinates: each element of a tile held exactly once, and the
+    PTX ISA's entries (g = lane / 4, t = lane % 4): m16n8k16 A a0..a7 at (g, 2t), (g, 2t+1),
+    (g+8, 2t), (g+8, 2t+1), (g, 2t+8), (g, 2t+9), (g+8, 2t+8), (g+8, 2t+9); m16n8k8 .tf32 A
+    a0..a3 at (g, t), (g+8, t), (g, t+4), (g+8, t+4) (two steps of 8 K per 16-wide tile);
+    C c0..c3 at (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)."""
+    from compile_helpers import CSRC
+
+    prog = _FRAGMENT_PROGRAM.replace('"emu/emu_cuda.h"', '"emu_cuda.h"')
+    d = tmp_path_factory.mktemp("frag")
+    src, exe = d / "frag.cpp", d / "frag"
+    src.write_text(prog)
+    if CXX is None:
+        pytest.skip("no host C++ compiler")
+    subprocess.run([CXX, "-std=c++17", "-O1", "-pthread", f"-I{os.path.join(CSRC, 'emu', 'include')}",
+                    f"-I{os.path.join(CSRC, 'emu')}", f"-I{CSRC}", str(src), "-o", str(exe)],
+                   check=True)
+    import json
+
+    got = json.loads(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
+    a16 = [tuple(v) for v in got["a16"]]
+    atf = [tuple(v) for v in got["atf32"]]
+    c = [tuple(v) for v in got["c"]]
+    assert sorted(a16) == sorted((r, k) for r in range(16) for k in range(16))
+    assert sorted(atf) == sorted((r, k) for r in range(16) for k in range(16))
+    assert sorted(c) == sorted((r, n) for r in range(16) for n in range(8))
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        assert a16[8 * lane:8 * lane + 8] == [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t),
+                                              (g + 8, 2 * t + 1), (g, 2 * t + 8), (g, 2 * t + 9),
+                                              (g + 8, 2 * t + 8), (g + 8, 2 * t + 9)]
+        step = [(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)]
+        assert atf[8 * lane:8 * lane + 8] == step + [(r, k + 8) for r, k in step]
+        assert c[4 * lane:4 * lane + 4] == [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t),
+                                            (g + 8, 2 * t + 1)]
 
 
 # Deliberately broken flag synchronisation (sync_flags.cuh, FRNN_EMU_BREAK): each must

@@ -87,7 +87,14 @@ inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
     const int64_t items = static_cast<int64_t>(mt) * nt * (sx + sh);
     const int64_t rounds = ceil_div(items, kForwardWarps);
     // 4 units per 16-wide K tile of MMA, 1 per partial read in the epilogue.
-    const int64_t cost = rounds * kc * 4 + (sx + sh);
+    // Tensor cores: a weight tile read from shared memory costs as much again
+    // as the ldmatrix of its activations (512 bytes per warp each); the
+    // critical warp's first item has min(kc, reg_tiles) tiles in registers.
+    int64_t cost = rounds * kc * 4 + (sx + sh);
+    if (c.reg_tiles > 0) {
+      const int64_t in_regs = kc < c.reg_tiles ? kc : c.reg_tiles;
+      cost = (2 * rounds * kc - in_regs) * 4 + (sx + sh);
+    }
     if (best < 0 || cost < best) {
       best = cost;
       c.k_chunk = kc;

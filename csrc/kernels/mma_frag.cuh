@@ -36,6 +36,9 @@
 #ifndef FRNN_EMU_BREAK
 #define FRNN_EMU_BREAK 0
 #endif
+#if FRNN_EMU_BREAK != 0 && !defined(FRNN_EMULATION)
+#error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
+#endif
 
 namespace fused_rnn {
 
