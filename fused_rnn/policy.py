@@ -91,8 +91,10 @@ def default_max_batch(dtype_key: str, mode: str, num_layers: int, hidden_size: i
     """The largest batch the performance model expects the fused kernel to win by 1.5x.
 
     csrc/kernels/README.md, "Dispatch default", derives these numbers: modelled
-    fused time per wave step (bf16: 3.4 us at B <= 16, 5.3 us at B = 32; TF32
-    operands double the GEMM's shared-memory bytes; the backward adds 3.2-6.3 us)
+    fused time per wave step of the kernel before its weights moved to registers,
+    kept as the conservative default until a GPU run calibrates the device (bf16:
+    3.4 us at B <= 16, 5.3 us at B = 32; TF32 operands double the GEMM's
+    shared-memory bytes; the backward adds 3.2-6.3 us)
     against cuDNN's ~2 us per layer-step (L of them per wave step, twice that in
     training). Outside the modelled range (bidirectional, H < 256 where cuDNN
     may use its persistent kernels, H > 512, exact FP32) it never goes fused.

@@ -182,12 +182,15 @@ static bool ws_ok(const ForwardProblem& p, const ForwardConfig& c) {
 // belongs to one work item, in registers (at most reg_tiles of each warp's
 // first item) or in shared memory at consecutive offsets, w_tiles in all.
 static bool frag_ok(const ForwardConfig& c) {
-  if (c.reg_tiles == 0) return c.w_tiles == 0;
+  if (c.reg_tiles == 0) return c.w_tiles == 0 && c.m_group == 1;
+  if (c.m_group < 1 || c.m_group > 2 || (c.m_pad / 16) % c.m_group != 0) return false;
   const int items = frag_items(c), splits = c.x_splits + c.h_splits;
   int64_t tiles = 0, reg = 0;
   for (int it = 0; it < items; ++it) {
-    const int n = split_tiles(c, it % splits), r = item_reg_tiles(c, it);
-    if (n < 1 || n > c.k_chunk || r < 0 || r > c.reg_tiles || r > n) return false;
+    const int n = item_tiles(c, it), r = item_reg_tiles(c, it);
+    if (n != split_tiles(c, it % splits) * c.m_group) return false;
+    if (n < 1 || n > c.k_chunk * c.m_group || r < 0 || r > c.reg_tiles || r > n) return false;
+    if (c.m_group == 2 && r % 2 != 0) return false;  // register tiles end at a K tile
     if (it >= 8 && r != 0) return false;
     if (frag_tile_offset(c, it) != tiles - reg) return false;
     tiles += n;
@@ -355,18 +358,21 @@ def test_planner_on_h100_numbers(host_results):
     assert one["ok"] and one["kx_pad"] == 0 and one["smem"] < res["lstm_bf16_L1_H1024"]["smem"]
     assert "layer-0 input projection before the loop" in one["reason"]
     assert res["lstm_bf16_L4_H512_proj"]["kx_pad"] == 512  # layers 1-3 still multiply D*H
-    # weights in registers (128 KB per CTA) bring these on chip on 132 SMs: float32 (TF32)
-    # L=4 H=512 (33.5 MB), bf16 L=2 H=1024, bidirectional bf16 L=2 H=512
+    # weights in registers (104 KB per CTA in 16 bits, 112 KB in TF32) bring these on chip
+    # on 132 SMs: float32 (TF32) L=4 H=512 (33.5 MB), bf16 L=2 H=1024, bidirectional bf16
+    # L=2 H=512
     for name in ("lstm_tf32_L4_H512", "lstm_bf16_L2_H1024", "lstm_bf16_bidir_L2_H512"):
         assert res[name]["ok"], (name, res[name]["reason"])
         assert res[name]["grid"] <= 132 and res[name]["w_tiles"] > 0, res[name]
         assert "KB in registers" in res[name]["reason"]
-    assert "weights 128.0 KB in registers + 128.0 KB in shared memory" in \
+    assert "weights 112.0 KB in registers + 144.0 KB in shared memory" in \
         res["lstm_tf32_L4_H512"]["reason"]
-    assert res["lstm_tf32_L4_H512"]["reg_tiles"] == 16
-    assert res["lstm_bf16_L2_H1024"]["reg_tiles"] == 32
-    # bf16 L=4 H=512: every weight in registers, none in shared memory
-    assert res["lstm_bf16_L4_H512"]["w_tiles"] == 0
+    assert res["lstm_tf32_L4_H512"]["reg_tiles"] == 14
+    assert res["lstm_bf16_L2_H1024"]["reg_tiles"] == 26
+    # bf16 L=4 H=512: 8 items of 32 tiles, 26 of each in registers, 6 in shared memory
+    assert "weights 104.0 KB in registers + 24.0 KB in shared memory, 2 row tiles" in \
+        res["lstm_bf16_L4_H512"]["reason"]
+    assert res["lstm_bf16_L4_H512"]["w_tiles"] == 48
     # honest limits, in words: exact fp32 keeps its weights in shared memory; 134 MB do
     # not fit on chip at all
     for name in ("lstm_fp32_L4_H512", "lstm_tf32_L4_H1024"):
@@ -431,18 +437,22 @@ EMU_CASES = [
     EmuCase("LSTM", 1, False, True, 20, 100, 1, 2, "bfloat16", False, True, False, 0.0, 2),
     EmuCase("GRU", 3, True, False, 6, 10, 3, 5, "float32", True, True, True, 0.4, 7),
     EmuCase("RNN_TANH", 3, False, True, 11, 9, 130, 3, "float32", False, True, True, 0.0, 6),
-    # weights in registers and shared memory, at reduced size (few SMs: large unit slices):
-    # TF32, an item of 38 K tiles split 16 in registers + 22 in shared memory, and items
-    # past the 8 warps' first (shared memory only), as float32 L=4 H=512 on an H100
+    # Weights in registers and shared memory, at reduced size (few SMs: large unit slices).
+    # TF32, 1 row tile per warp item: an item of 38 K tiles split 14 in registers + 24 in
+    # shared memory, and items past the 8 warps' first (shared memory only)
     EmuCase("LSTM", 1, False, True, 600, 40, 5, 3, "float32", True, True, False, 0.0, 2),
-    # bf16 with layer 0's input in the kernel (the no-projection run): 24 items, 16 of
-    # them read from shared memory; with the projection, every weight in registers
-    EmuCase("LSTM", 1, False, True, 640, 32, 5, 3, "bfloat16", False, True, True, 0.0, 2),
-    # bidirectional, 16 items (8 from shared memory), a batch tile of two 8-column mma
-    # tiles, the second with 3 real rows
+    # TF32, 2 row tiles per item (as float32 L=4 H=512 on an H100): x items of 50 tiles,
+    # 14 in registers + 36 in shared memory; B = 9: a second 8-column tile with one row
+    EmuCase("LSTM", 1, False, True, 900, 32, 9, 2, "float32", True, True, False, 0.0, 2),
+    # bf16, 2 row tiles per item, layer 0's input in the kernel (the no-projection run):
+    # 24 items, 16 of them read from shared memory; with the projection: registers only
+    EmuCase("LSTM", 1, False, True, 300, 32, 5, 3, "bfloat16", False, True, True, 0.0, 1),
+    # bidirectional, 2 row tiles per item, a batch tile of two 8-column mma tiles, the
+    # second with 3 real rows
     EmuCase("GRU", 2, True, True, 9, 40, 11, 3, "bfloat16", False, True, False, 0.3, 4),
 ]
-TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6)]
+# (12, 13: weights split between registers and shared memory, 1 and 2 row tiles per item)
+TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6, 12, 13)]
 # Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
 SYNCS = ["flags", "grid"]
 # For the deliberately broken flag variants: one CTA per layer (every h element has

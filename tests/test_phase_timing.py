@@ -218,12 +218,14 @@ def test_production_kernels_read_no_clock(name, tmp_path):
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_instrumented_kernels_compile_without_spills(tmp_path, monkeypatch):
-    """The flag as fused_rnn/_build.py adds it (FUSED_RNN_PHASE_TIMING=1): the bf16 kernels
-    that the phase run measures, and the backward FP32 FMA kernel (the most registers),
-    for sm_90a: no spill, no stack frame."""
+    """The flag as fused_rnn/_build.py adds it (FUSED_RNN_PHASE_TIMING=1, as the GPU check
+    builds every kernel): the bf16 kernels that the phase run measures, the forward's
+    other tensor-core variants (their weights take 104-112 registers), and the backward
+    FP32 FMA kernel (the most registers), for sm_90a: no spill, no stack frame."""
     monkeypatch.setenv("FUSED_RNN_PHASE_TIMING", "1")
     assert "-DFRNN_PHASE_TIMING=1" in build_config().nvcc_flags(["9.0a"])
-    names = ["forward_bf16.cu", "backward_bf16.cu", "backward_f32.cu"]
+    names = ["forward_bf16.cu", "forward_f16.cu", "forward_tf32.cu", "backward_bf16.cu",
+             "backward_f32.cu"]
 
     def compile_one(name):
         return nvcc_compile(os.path.join(CSRC, "kernels", name), ["9.0a"], tmp_path / f"{name}.o")

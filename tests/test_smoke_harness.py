@@ -312,6 +312,24 @@ def test_forward_plan_multi_cta_check():
         smoke.ctas_per_layer_direction("fused: 36 CTAs, 4 units each")
 
 
+H100_SPLIT_PLAN = (
+    "fused: LSTM float32 L=4 D=1 H=512 I=512 B=2 T=3; 128 CTAs (32 per layer-direction, 16 "
+    "units each), batch tile 8, K chunk 16 (2+2 splits), smem 185.1 KB/CTA, 1 CTA/SM, tf32 "
+    "tensor cores, 6 wave steps, flags sync (ring 4), state in shared memory, weights 112.0 KB "
+    "in registers + 144.0 KB in shared memory, 2 row tiles per warp item")
+
+
+def test_forward_plan_weights_split_check():
+    split = next(s for s in smoke.FORWARD if s.smem_weights)
+    assert smoke.weights_on_chip_kb(H100_SPLIT_PLAN) == (112.0, 144.0)
+    smoke.check_forward_plan(split, H100_SPLIT_PLAN)
+    with pytest.raises(AssertionError, match=r"112.0 KB of weights in registers and 0.0 KB in "
+                       r"shared memory; the case no longer covers"):
+        smoke.check_forward_plan(split, H100_SPLIT_PLAN.replace("+ 144.0 KB", "+ 0.0 KB"))
+    with pytest.raises(AssertionError, match="no longer says where its weights are"):
+        smoke.check_forward_plan(split, H100_SPLIT_PLAN.split(", weights")[0])
+
+
 def test_covered_or_skip_rule():
     small = smoke.FORWARD[0].case
     smoke.covered_or_skip(small, True, "fused: ...")
@@ -446,9 +464,11 @@ def test_smoke_cases_cover_what_the_smoke_stage_must_reach():
         assert any(c.B % 8 for c in cases)
     assert {s.case.mode for s in smoke.FORWARD + smoke.BACKWARD} == set(
         fused_rnn.reference.GATES)
-    # all but the ring case are small shapes, which every sm_80+ GPU must cover (no skips)
+    # all but the ring and the weights-split cases are small shapes, which every sm_80+ GPU
+    # must cover (no skips)
     assert all(s.case.H <= 256 and s.case.I <= 256
-               for s in smoke.FORWARD + smoke.BACKWARD if not s.ring_wraps)
+               for s in smoke.FORWARD + smoke.BACKWARD if not (s.ring_wraps or s.smem_weights))
+    assert [s.smem_weights for s in smoke.FORWARD][-1], "the weights-split case runs last"
     assert any(s.multi_cta for s in smoke.FORWARD) and any(s.multi_cta for s in smoke.BACKWARD)
     assert [s.ring_wraps for s in smoke.BACKWARD][-1], "the ring case runs last"
     ids = [s.case.id for s in smoke.FORWARD + smoke.BACKWARD]

@@ -50,7 +50,7 @@
 
 #include "backward_params.h"
 #include "common.h"
-#include "forward_kernel.cuh"  // element helpers, MmaTypes, the dynamic smem hook
+#include "forward_kernel.cuh"  // element helpers, the dynamic smem hook
 #include "gate_math.h"
 #include "phase_timing.h"
 #include "philox.cuh"
@@ -64,6 +64,24 @@ using fwd::from_f;
 using fwd::kGates;
 using fwd::round_tf32;
 using fwd::to_f;
+
+// The wmma fragment types of this kernel's GEMMs (the forward's GEMM uses
+// mma.sync directly: mma_frag.cuh).
+template <typename T, bool TF32> struct MmaTypes;
+
+template <typename T> struct MmaTypes<T, false> {  // fp16 / bf16
+  static constexpr int kK = 16;
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
+  using B = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
+  using C = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+};
+
+template <> struct MmaTypes<float, true> {  // fp32 storage, TF32 math
+  static constexpr int kK = 8;
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+  using B = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+  using C = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+};
 
 // (async copies: async_copy.cuh, through forward_kernel.cuh)
 
@@ -206,7 +224,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
           for (int q = 0; q < 8; ++q)
             part_w[(a * 16 + n0 + q) * c.m_pad + mt * 16 + m] = acc[a][mt][q];
   } else {
-    using M = fwd::MmaTypes<T, TF32>;
+    using M = MmaTypes<T, TF32>;
     typename M::C acc[2][kBackwardMaxMTiles];
 #pragma unroll
     for (int a = 0; a < 2; ++a)

@@ -30,8 +30,12 @@
 //      SMs; a register path where sizes or alignment do not allow it, and for
 //      TF32, whose operands are rounded on the way). Layer 0's x_t depends on
 //      no other CTA: with flags its copies are issued before the wait;
-//   2. gates = W X on tensor cores (wmma, fp32 accumulate) or FP32 FMA, the
-//      x part and the h part as separate partial sums;
+//   2. gates = W X on tensor cores (mma.sync, fp32 accumulate; the weights
+//      held as A fragments for the whole launch -- each warp's first tiles in
+//      registers, the rest in shared memory in fragment order -- and the
+//      activations read with ldmatrix, once per warp that needs them) or FP32
+//      FMA (weights in shared memory), the x part and the h part as separate
+//      partial sums;
 //   3. epilogue, one thread per (unit, batch row): sums partials + biases,
 //      gate nonlinearities and cell update in fp32 from the exact fp32 state
 //      (owner-only: resident in shared memory for the whole launch, or staged
@@ -208,9 +212,11 @@ FRNN_DEVICE float* part_tile(float* part, const ForwardConfig& c, const WorkItem
 
 // ---- tensor cores: the weights as mma.sync A fragments (mma_frag.cuh)
 
-// A tensor-core work item (forward_params.h): row tile, K chunk (x chunks
-// first), its first K tile, its tiles in this layer (a layer with a narrower
-// input has shorter or empty x chunks) and its first column in the X tile.
+// A tensor-core work item (forward_params.h): its first row tile (of
+// c.m_group), K chunk (x chunks first), first K tile, weight tiles in this
+// layer (K tiles x m_group; a layer with a narrower input has shorter or
+// empty x chunks) and first column in the X tile. Its tile j is (K tile
+// kt0 + j / m_group, row tile mt + j % m_group).
 struct FragItem {
   int mt, split, kt0, nk, col;
 };
@@ -219,17 +225,19 @@ FRNN_DEVICE FragItem frag_item(const ForwardConfig& c, int it, int kt_x_layer, i
   const int splits = c.x_splits + c.h_splits;
   FragItem w;
   w.split = it % splits;
-  w.mt = it / splits;
+  w.mt = it / splits * c.m_group;
+  int kts;
   if (w.split < c.x_splits) {
     w.kt0 = w.split * c.k_chunk;
     const int end = min(kt_x_layer, w.kt0 + c.k_chunk);
-    w.nk = end > w.kt0 ? end - w.kt0 : 0;
+    kts = end > w.kt0 ? end - w.kt0 : 0;
     w.col = 0;
   } else {
     w.kt0 = (w.split - c.x_splits) * c.k_chunk;
-    w.nk = min(kt_h, w.kt0 + c.k_chunk) - w.kt0;
+    kts = min(kt_h, w.kt0 + c.k_chunk) - w.kt0;
     w.col = c.kx_pad;
   }
+  w.nk = kts * c.m_group;
   return w;
 }
 
@@ -270,37 +278,43 @@ FRNN_DEVICE void load_weight_fragment(uint32_t* regs, const WeightRows<T>& w, in
   }
 }
 
-// One weight tile (16 rows x 16 K, A fragment registers `a`) times the X
-// tile's K columns [k, k + 16) of column tile n8 (and n8 + 1 if `two`):
-// acc[n] += A * X^T. The B fragments come from shared memory with ldmatrix
-// (X rows are batch rows, K contiguous: the column-major B operand).
+// The activations' B fragments of the X tile's K columns [k, k + 16), for
+// column tile n8 (and n8 + 1 if `two`), from shared memory with ldmatrix (X
+// rows are batch rows, K contiguous: the column-major B operand).
+//   16-bit: matrix i = column tile n8 + i / 2, K half i % 2; registers 0, 1
+//           are tile n8's fragment, 2, 3 tile n8 + 1's.
+//   TF32:   per column tile n, one .x4 whose matrix i holds K columns
+//           [k + 4i, + 4) of its 8 rows: registers 4n + 0, 1 are the first
+//           m16n8k8 step's fragment, 4n + 2, 3 the second's.
 template <typename T, bool TF32>
-FRNN_DEVICE void mma_tile(float (&acc)[2][4], const uint32_t* a, const T* sx, int ld, int n8,
-                          int k, bool two, int lane) {
-  uint32_t b[4];
+FRNN_DEVICE void load_b(uint32_t* b, const T* sx, int ld, int n8, int k, bool two, int lane) {
   if constexpr (TF32) {
-    // per column tile, matrix i = K columns [k + 4i, + 4) of its 8 rows:
-    // registers 0, 1 are the first m16n8k8 step's B, 2, 3 the second's
     for (int n = 0; n < 2; ++n) {
       if (n == 1 && !two) break;
-      const T* row = sx + static_cast<int64_t>((n8 + n) * 8 + lane % 8) * ld + k + 4 * (lane / 8);
-      ldmatrix_x4(b, row);
-      mma_1688_tf32(acc[n], a, b);
-      mma_1688_tf32(acc[n], a + 4, b + 2);
+      ldmatrix_x4(b + 4 * n, sx + static_cast<int64_t>((n8 + n) * 8 + lane % 8) * ld + k +
+                                 4 * (lane / 8));
     }
   } else {
-    // matrix i = column tile n8 + i / 2, K half i % 2 (registers 0, 1: tile
-    // n8's B fragment; 2, 3: tile n8 + 1's)
     const int i = (lane / 8) & (two ? 3 : 1);
     const T* row = sx + static_cast<int64_t>((n8 + i / 2) * 8 + lane % 8) * ld + k + 8 * (i % 2);
-    if (two) {
-      ldmatrix_x4(b, row);
-      mma_16816<T>(acc[0], a, b);
-      mma_16816<T>(acc[1], a, b + 2);
-    } else {
-      ldmatrix_x2(b, row);
-      mma_16816<T>(acc[0], a, b);
+    if (two) ldmatrix_x4(b, row);
+    else ldmatrix_x2(b, row);
+  }
+}
+
+// acc[n] += A * B[n] for the column tiles loaded by load_b (A: one weight
+// tile's kRegsPerTile fragment registers).
+template <typename T, bool TF32>
+FRNN_DEVICE void mma_b(float (&acc)[2][4], const uint32_t* a, const uint32_t* b, bool two) {
+  if constexpr (TF32) {
+    for (int n = 0; n < 2; ++n) {
+      if (n == 1 && !two) break;
+      mma_1688_tf32(acc[n], a, b + 4 * n);
+      mma_1688_tf32(acc[n], a + 4, b + 4 * n + 2);
     }
+  } else {
+    mma_16816<T>(acc[0], a, b);
+    if (two) mma_16816<T>(acc[1], a, b + 2);
   }
 }
 
@@ -308,57 +322,73 @@ FRNN_DEVICE void mma_tile(float (&acc)[2][4], const uint32_t* a, const T* sx, in
 // items; an item multiplies its weight tiles -- the first ones from
 // registers (`wreg`, the warp's first item only), the rest from shared
 // memory (`sw`, one 16-byte load per quad) -- with every column tile of the
-// X tile, each X element read once per warp, and writes its partial sums.
-// Two accumulator sets (even / odd K tiles) halve the dependent-MMA chain.
+// X tile, each X element read once per warp (and used for the item's
+// m_group row tiles), and writes its partial sums. Two accumulator sets:
+// m_group 1, even / odd K tiles (halves the dependent-MMA chain); m_group 2,
+// one per row tile.
 // `first_off`: frag_tile_offset of the warp's first item (hoisted out of the loop).
 template <typename T, bool TF32, int NREG>
 FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, const T* sx,
                                 float* part, const ForwardConfig& c, int kt_x_layer, int kt_h,
-                                int nbv, int64_t first_off) {
+                                int nbv, int first_off) {
   constexpr int kRegs = kRegsPerTile<TF32>;
   constexpr int64_t kTileBytes = kTile * kTile * sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int items = frag_items(c);
+  const bool pair = c.m_group == 2;
   const int n8_count = (nbv + 7) / 8;  // column tiles holding a real batch row
   for (int it = warp; it < items; it += kForwardWarps) {
     const FragItem w = frag_item(c, it, kt_x_layer, kt_h);
     const int reg_cfg = item_reg_tiles(c, it);
     const int nreg = min(reg_cfg, w.nk);
-    // shared tile j (j >= reg_cfg) of this item
-    const unsigned char* ws =
-        sw + ((it < kForwardWarps ? first_off : frag_tile_offset(c, it)) - reg_cfg) * kTileBytes +
-        lane * 16;
+    // shared tile j (j >= reg_cfg) of this item: tile base + j, this lane's quads
+    const int base =
+        (it < kForwardWarps ? first_off : static_cast<int>(frag_tile_offset(c, it))) - reg_cfg;
+    const unsigned char* ws = sw + lane * 16;
     const int k0 = w.col + w.kt0 * kTile;
+    // the X columns of tile j
+    auto k_of = [&](int j) { return k0 + (pair ? j / 2 : j) * kTile; };
     for (int n8 = 0; n8 < n8_count; n8 += 2) {
       const bool two = n8 + 1 < n8_count;
-      float acc[2][2][4];  // [K tile parity][column tile][register]
+      float acc[2][2][4];  // [K tile parity, or row tile of the pair][column tile][register]
 #pragma unroll
       for (int q = 0; q < 16; ++q) acc[q / 8][(q / 4) % 2][q % 4] = 0.0f;
+      uint32_t b[TF32 ? 8 : 4];
 #pragma unroll
-      for (int j = 0; j < NREG; ++j)
-        if (j < nreg) mma_tile<T, TF32>(acc[j % 2], wreg + j * kRegs, sx, c.ld, n8, k0 + j * kTile, two, lane);
+      for (int j = 0; j < NREG; ++j) {
+        if (j < nreg) {
+          // m_group 2: tiles 2i and 2i + 1 are one K tile's two row tiles
+          if (!pair || j % 2 == 0) load_b<T, TF32>(b, sx, c.ld, n8, k_of(j), two, lane);
+          mma_b<T, TF32>(acc[j % 2], wreg + j * kRegs, b, two);
+        }
+      }
       auto shared_tile = [&](int j, uint32_t* a) {
 #pragma unroll
         for (int q = 0; q < kRegs / 4; ++q) {
-          const uint4 v = lds128(ws + j * kTileBytes + q * 512);
+          const uint4 v = lds128(ws + (base + j) * static_cast<int>(kTileBytes) + q * 512);
           a[4 * q] = v.x;
           a[4 * q + 1] = v.y;
           a[4 * q + 2] = v.z;
           a[4 * q + 3] = v.w;
         }
       };
+      // (nreg is even when pair: register tiles end at a K tile's boundary)
+      // (one A fragment live at a time: the registers are nearly all taken)
       int j = nreg;
       for (; j + 1 < w.nk; j += 2) {
-        uint32_t a0[kRegs], a1[kRegs];
-        shared_tile(j, a0);
-        shared_tile(j + 1, a1);
-        mma_tile<T, TF32>(acc[0], a0, sx, c.ld, n8, k0 + j * kTile, two, lane);
-        mma_tile<T, TF32>(acc[1], a1, sx, c.ld, n8, k0 + (j + 1) * kTile, two, lane);
+        uint32_t a[kRegs];
+        shared_tile(j, a);
+        load_b<T, TF32>(b, sx, c.ld, n8, k_of(j), two, lane);
+        mma_b<T, TF32>(acc[0], a, b, two);
+        shared_tile(j + 1, a);
+        if (!pair) load_b<T, TF32>(b, sx, c.ld, n8, k_of(j + 1), two, lane);
+        mma_b<T, TF32>(acc[1], a, b, two);
       }
-      if (j < w.nk) {
-        uint32_t a0[kRegs];
-        shared_tile(j, a0);
-        mma_tile<T, TF32>(acc[0], a0, sx, c.ld, n8, k0 + j * kTile, two, lane);
+      if (j < w.nk) {  // (m_group 1 only: an odd count)
+        uint32_t a[kRegs];
+        shared_tile(j, a);
+        load_b<T, TF32>(b, sx, c.ld, n8, k_of(j), two, lane);
+        mma_b<T, TF32>(acc[0], a, b, two);
       }
       // partial sums part[split][n][m], in the accumulator's layout
 #pragma unroll
@@ -368,7 +398,13 @@ FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, c
         for (int i = 0; i < 4; ++i) {
           const FragCoord f = frag_c_coord(lane, i);
           const int64_t col = static_cast<int64_t>(w.split) * c.batch_tile + (n8 + n) * 8 + f.col;
-          part[col * c.m_pad + w.mt * kTile + f.row] = acc[0][n][i] + acc[1][n][i];
+          float* dst = part + col * c.m_pad + w.mt * kTile + f.row;
+          if (pair) {
+            dst[0] = acc[0][n][i];
+            dst[kTile] = acc[1][n][i];
+          } else {
+            dst[0] = acc[0][n][i] + acc[1][n][i];
+          }
         }
       }
     }
@@ -462,14 +498,17 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   const bool bidir = D == 2;
   // Per-phase timing (FRNN_PHASE_TIMING builds only; otherwise every rec.*
   // call is empty): unit slice 0 of each layer-direction records.
-  PhaseRecorder rec(p.phase_buf, p.phase_cap, slice == 0 ? ld_id : -1, kPhaseKindForward, L, D,
-                    T_len);
+  // Its state lives in shared memory: the weights hold most registers.
+  static_assert(kPhaseStateWords == 8, "smem_layout's phase region holds 8 int64");
+  // (lay.phase == 0: the first bytes of the dynamic shared memory.)
+  PhaseRecorderT<true> rec(p.phase_buf, p.phase_cap, slice == 0 ? ld_id : -1, kPhaseKindForward,
+                           L, D, T_len);
 
   // ---- prologue: zero the tiles (padding must be 0, not stale NaNs), then
   // load this CTA's weight rows and biases once for the whole launch.
   {
-    uint4* z = reinterpret_cast<uint4*>(smem);
-    const int64_t n16 = lay.part / 16;  // the w and x regions
+    uint4* z = reinterpret_cast<uint4*>(smem + lay.w);
+    const int64_t n16 = (lay.part - lay.w) / 16;  // the w and x regions (not the recorder's)
     for (int64_t i = threadIdx.x; i < n16; i += kForwardThreads) z[i] = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
@@ -478,21 +517,21 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   uint32_t wreg[kNReg > 0 ? kNReg * kRegsPerTile<TF32> : 1];
 #pragma unroll
   for (int i = 0; i < (kNReg > 0 ? kNReg * kRegsPerTile<TF32> : 1); ++i) wreg[i] = 0;
-  int64_t first_off = 0;  // frag_tile_offset of the warp's first item
+  int first_off = 0;  // frag_tile_offset of the warp's first item (< 2^31: shared-memory tiles)
   if constexpr (kFrag) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const WeightRows<T> wr{static_cast<const T*>(p.w_ih[ld_id]),
                            static_cast<const T*>(p.w_hh[ld_id]), U, uc, G, H, in_l, u0};
     const int items = frag_items(c);
     if (warp < items) {
-      first_off = frag_tile_offset(c, warp);
+      first_off = static_cast<int>(frag_tile_offset(c, warp));
       const FragItem w = frag_item(c, warp, kt_x_layer, kt_h);
       const int nreg = min(item_reg_tiles(c, warp), w.nk);
 #pragma unroll
       for (int j = 0; j < kNReg; ++j)
         if (j < nreg)
-          load_weight_fragment<T, TF32>(wreg + j * kRegsPerTile<TF32>, wr, w.mt,
-                                        w.split < c.x_splits, w.kt0 + j, lane);
+          load_weight_fragment<T, TF32>(wreg + j * kRegsPerTile<TF32>, wr, w.mt + j % c.m_group,
+                                        w.split < c.x_splits, w.kt0 + j / c.m_group, lane);
     }
     unsigned char* const swb = smem + lay.w;
     for (int it = warp; it < items; it += kForwardWarps) {
@@ -501,7 +540,8 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       const int64_t base = frag_tile_offset(c, it) - reg_cfg;
       for (int j = min(reg_cfg, w.nk); j < w.nk; ++j) {
         uint32_t regs[kRegsPerTile<TF32>];
-        load_weight_fragment<T, TF32>(regs, wr, w.mt, w.split < c.x_splits, w.kt0 + j, lane);
+        load_weight_fragment<T, TF32>(regs, wr, w.mt + j % c.m_group, w.split < c.x_splits,
+                                      w.kt0 + j / c.m_group, lane);
         uint4* dst = reinterpret_cast<uint4*>(swb + (base + j) * kTile * kTile * sizeof(T));
 #pragma unroll
         for (int q = 0; q < kRegsPerTile<TF32> / 4; ++q)
@@ -541,8 +581,6 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   T* const layer_buf = static_cast<T*>(p.layer_buf);
   T* const reserve = static_cast<T*>(p.reserve);
   const int64_t BH = B * H;
-  // The seed is read on the device: no host sync, CUDA-graph safe.
-  const uint64_t seed = p.dropout_active ? static_cast<uint64_t>(*p.seed) : 0;
   // Bidirectional layer outputs ping-pong between y and layer_buf so that the
   // last layer lands in y: layer l writes y iff (L - 1 - l) is even.
   auto bidir_dest = [&](int l) -> T* { return ((L - 1 - l) % 2 == 0) ? y : layer_buf; };
@@ -558,8 +596,6 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     for (int64_t w = 0; w < n_steps; ++w)
       if (w < wave0 || w >= wave0 + T_len) rec.idle_step(w);
   }
-  cg::grid_group grid = cg::this_grid();
-  (void)grid;
 
   rec.loop_start();
   // grid: every CTA walks all wave steps (idle ones too: grid.sync is collective).
@@ -731,6 +767,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
           T out = valid ? h_t : from_f<T>(0.0f);
           const bool last = layer == L - 1;
           if (!last && p.dropout_active && valid) {
+            // The seed is read on the device (no host sync, CUDA-graph safe),
+            // where it is used: no register holds it across the loop.
+            const uint64_t seed = static_cast<uint64_t>(__ldg(p.seed));
             const bool keep = dropout_keep(seed, p.dropout_threshold, layer, dir,
                                            static_cast<uint32_t>(t), static_cast<uint32_t>(b), j);
             out = keep ? from_f<T>(to_f(h_t) * p.dropout_scale) : from_f<T>(0.0f);
@@ -757,7 +796,8 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       if (threadIdx.x == 0) flag_publish(p.flags + blockIdx.x, static_cast<int>(k + 1));
       rec.step_end(wave0 + k, true, true);
     } else {
-      if (s + 1 < n_steps) grid.sync();
+      // (the grid handle is made here, not held in registers across the loop)
+      if (s + 1 < n_steps) cg::this_grid().sync();
       rec.step_end(s, active, s + 1 < n_steps);
     }
   }

@@ -80,11 +80,14 @@ struct ForwardProblem {
 // chunks of the x part, h_splits of the h part, reduced in fp32 in the
 // epilogue (x and h sums separate: GRU's n gate needs them apart).
 // Warp work items:
-//   tensor cores (reg_tiles > 0)  (16-row tile, K chunk), all batch columns;
-//       item `it` is row tile it / splits, chunk it % splits, run by warp
-//       it % 8. Each warp's first item (it < 8) keeps its first reg_tiles
-//       16 x 16 weight tiles in registers as mma.sync fragments; every other
-//       tile lives in shared memory in fragment order (frag_tile_offset).
+//   tensor cores (reg_tiles > 0)  (m_group 16-row tiles, K chunk), all
+//       batch columns; item `it` is row tiles [m_group * (it / splits), +
+//       m_group), chunk it % splits, run by warp it % 8. Its weight tiles j =
+//       0, 1, ... are (K tile j / m_group, row tile j % m_group): the m_group
+//       tiles of one K tile share each activation (B) fragment. Each warp's
+//       first item (it < 8) keeps its first reg_tiles 16 x 16 weight tiles in
+//       registers as mma.sync fragments; every other tile lives in shared
+//       memory in fragment order (frag_tile_offset).
 //   FP32 FMA (reg_tiles == 0)  (16-row tile, 16-column tile, K chunk), the
 //       weights row-major in shared memory.
 struct ForwardConfig {
@@ -118,6 +121,7 @@ struct ForwardConfig {
   // in TF32, 0 for FP32 FMA) and 16 x 16 fragment tiles in shared memory.
   int reg_tiles = 0;
   int64_t w_tiles = 0;
+  int m_group = 1;  // tensor cores: 16-row tiles per work item (1 or 2)
 };
 
 // Ring slots per synchronisation policy. grid.sync: 2 (step k reads slot
@@ -141,16 +145,21 @@ FRNN_HD int split_tiles(const ForwardConfig& c, int split) {
   return kt_h - k0 < c.k_chunk ? kt_h - k0 : c.k_chunk;
 }
 
-// Warp work items of the tensor-core GEMM: row tiles x chunks.
+// Warp work items of the tensor-core GEMM: row-tile groups x chunks.
 FRNN_HD int frag_items(const ForwardConfig& c) {
-  return c.m_pad / kTile * (c.x_splits + c.h_splits);
+  return c.m_pad / (kTile * c.m_group) * (c.x_splits + c.h_splits);
+}
+
+// Weight tiles of item `it` (sized for the widest layer).
+FRNN_HD int item_tiles(const ForwardConfig& c, int it) {
+  return split_tiles(c, it % (c.x_splits + c.h_splits)) * c.m_group;
 }
 
 // Tiles of item `it` held in registers: its first reg_tiles if it is its
 // warp's first item (it < 8, kForwardWarps), else none.
 FRNN_HD int item_reg_tiles(const ForwardConfig& c, int it) {
   if (it >= kForwardWarps) return 0;
-  const int n = split_tiles(c, it % (c.x_splits + c.h_splits));
+  const int n = item_tiles(c, it);
   return n < c.reg_tiles ? n : c.reg_tiles;
 }
 
@@ -161,8 +170,9 @@ FRNN_HD int item_reg_tiles(const ForwardConfig& c, int it) {
 FRNN_HD int64_t frag_tile_offset(const ForwardConfig& c, int it) {
   const int splits = c.x_splits + c.h_splits;
   const int kt_x = c.kx_pad / kTile, kt_h = c.kh_pad / kTile;
-  int64_t tiles = static_cast<int64_t>(it / splits) * (kt_x + kt_h);  // whole row tiles before
-  for (int s = 0; s < it % splits; ++s) tiles += split_tiles(c, s);
+  // whole row-tile groups before, then the chunks before in this group
+  int64_t tiles = static_cast<int64_t>(it / splits) * (kt_x + kt_h) * c.m_group;
+  for (int s = 0; s < it % splits; ++s) tiles += split_tiles(c, s) * c.m_group;
   const int first = it < kForwardWarps ? it : kForwardWarps;
   for (int j = 0; j < first; ++j) tiles -= item_reg_tiles(c, j);
   return tiles;
@@ -184,8 +194,11 @@ FRNN_HD int64_t frag_tile_offset(const ForwardConfig& c, int it) {
 //   valid batch_tile int32        t < lengths[b] of this tile's rows
 //   xp    (batch_tile, m_pad) fp32  x_proj: layer 0's input pre-activations of this
 //                                tile, gate row g*U + u (as bias), loaded with the gather
+//   phase 8 int64 (first, 128 bytes)  the per-phase timing recorder's state (thread
+//                                0; only FRNN_PHASE_TIMING builds use it, every build
+//                                has it so that plans do not depend on the build)
 struct SmemLayout {
-  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, total = 0;
+  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, phase = 0, total = 0;
 };
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -232,7 +245,10 @@ inline void init_problem_fields(Params& kp, const ForwardProblem& p) {
 
 FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
   SmemLayout s;
-  s.w = 0;
+  // (first: at the start of the dynamic shared memory, a fixed address the
+  // compiler need not keep in a register)
+  s.phase = 0;
+  s.w = 128;
   const int64_t w_bytes = c.reg_tiles > 0
                               ? c.w_tiles * kTile * kTile * c.elem_bytes
                               : static_cast<int64_t>(c.m_pad) * c.ld * c.elem_bytes;

@@ -74,32 +74,55 @@ inline void set_weight_tiles(ForwardConfig& c) {
   c.w_tiles = c.reg_tiles > 0 ? frag_tile_offset(c, frag_items(c)) : 0;
 }
 
-// K chunk (in 16-wide tiles) for given rows / batch tile: minimises the warp
-// work items' critical path, ties to fewer splits (less shared memory).
-// (Tensor cores: an item covers all batch columns; FP32 FMA: 16 of them.)
+// K chunk (in 16-wide tiles) and, for tensor cores, row tiles per item
+// (m_group) for given rows / batch tile: minimises the critical warp's time,
+// ties to fewer splits (less shared memory) and to m_group 1.
+//   FP32 FMA: an item covers 16 batch columns; 4 units per 16-wide K tile.
+//   Tensor cores: an item covers all batch columns; per K tile one ldmatrix
+//   of activations (shared by the item's m_group row tiles) and per weight
+//   tile one mma, plus a 16-byte-per-lane load for each tile not in
+//   registers (the critical warp's first item holds min(reg_tiles, its
+//   tiles) in registers) -- 4 units each; and each tile not in registers
+//   also takes a share of the CTA's shared-memory pipe (4 units / 8 warps).
+// Plus 1 unit per partial sum the epilogue reads (splits).
 inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
-  const int mt = c.m_pad / kTile, nt = c.reg_tiles > 0 ? 1 : c.batch_tile / kTile;
+  const int mt = c.m_pad / kTile;
   const int kt_max = kt_x > kt_h ? kt_x : kt_h;
+  const int mg_max = c.reg_tiles > 0 && mt % 2 == 0 ? 2 : 1;
   int64_t best = -1;
-  for (int kc = kt_max; kc >= 1; --kc) {
-    const int sx = static_cast<int>(ceil_div(kt_x, kc));
-    const int sh = static_cast<int>(ceil_div(kt_h, kc));
-    const int64_t items = static_cast<int64_t>(mt) * nt * (sx + sh);
-    const int64_t rounds = ceil_div(items, kForwardWarps);
-    // 4 units per 16-wide K tile of MMA, 1 per partial read in the epilogue.
-    // Tensor cores: a weight tile read from shared memory costs as much again
-    // as the ldmatrix of its activations (512 bytes per warp each); the
-    // critical warp's first item has min(kc, reg_tiles) tiles in registers.
-    int64_t cost = rounds * kc * 4 + (sx + sh);
-    if (c.reg_tiles > 0) {
-      const int64_t in_regs = kc < c.reg_tiles ? kc : c.reg_tiles;
-      cost = (2 * rounds * kc - in_regs) * 4 + (sx + sh);
-    }
-    if (best < 0 || cost < best) {
-      best = cost;
-      c.k_chunk = kc;
-      c.x_splits = sx;
-      c.h_splits = sh;
+  for (int mg = 1; mg <= mg_max; ++mg) {
+    for (int kc = kt_max; kc >= 1; --kc) {
+      const int sx = static_cast<int>(ceil_div(kt_x, kc));
+      const int sh = static_cast<int>(ceil_div(kt_h, kc));
+      int64_t cost;
+      if (c.reg_tiles > 0) {
+        const int64_t items = static_cast<int64_t>(mt / mg) * (sx + sh);
+        const int64_t rounds = ceil_div(items, kForwardWarps);
+        const int64_t tiles = rounds * kc * mg;  // of the critical warp
+        const int64_t in_regs = kc * mg < c.reg_tiles ? kc * mg : c.reg_tiles;
+        // every tile not in registers also takes the CTA's shared-memory pipe,
+        // which the 8 warps share
+        int64_t reg_sum = 0;
+        for (int it = 0; it < items && it < kForwardWarps; ++it) {
+          const int sp = it % (sx + sh);
+          const int kts = sp < sx ? (kt_x - sp * kc < kc ? kt_x - sp * kc : kc)
+                                  : (kt_h - (sp - sx) * kc < kc ? kt_h - (sp - sx) * kc : kc);
+          reg_sum += kts * mg < c.reg_tiles ? kts * mg : c.reg_tiles;
+        }
+        const int64_t shared_tiles = static_cast<int64_t>(mt) * (kt_x + kt_h) - reg_sum;
+        cost = 4 * (rounds * kc + tiles + (tiles - in_regs)) + 4 * shared_tiles / kForwardWarps +
+               (sx + sh);
+      } else {
+        const int64_t items = static_cast<int64_t>(mt) * (c.batch_tile / kTile) * (sx + sh);
+        cost = ceil_div(items, kForwardWarps) * kc * 4 + (sx + sh);
+      }
+      if (best < 0 || cost < best) {
+        best = cost;
+        c.k_chunk = kc;
+        c.x_splits = sx;
+        c.h_splits = sh;
+        c.m_group = mg;
+      }
     }
   }
   set_weight_tiles(c);
@@ -109,6 +132,7 @@ inline void fill_minimal_split(ForwardConfig& c, int kt_x, int kt_h) {
   c.k_chunk = kt_x > kt_h ? kt_x : kt_h;
   c.x_splits = kt_x > 0 ? 1 : 0;  // no x part at all: one layer, projection outside
   c.h_splits = 1;
+  c.m_group = 1;
   set_weight_tiles(c);
 }
 
@@ -122,16 +146,20 @@ inline int64_t fill_smallest_split(ForwardConfig& c, int kt_x, int kt_h) {
   ForwardConfig best = c;
   int64_t best_bytes = smem_layout(c).total;
   const int mt = c.m_pad / kTile;
-  for (int kc = c.k_chunk - 1; kc >= 1; --kc) {
-    c.k_chunk = kc;
-    c.x_splits = static_cast<int>(ceil_div(kt_x, kc));
-    c.h_splits = static_cast<int>(ceil_div(kt_h, kc));
-    if (static_cast<int64_t>(mt) * (c.x_splits + c.h_splits) > kForwardWarps) break;
-    set_weight_tiles(c);
-    const int64_t bytes = smem_layout(c).total;
-    if (bytes < best_bytes) {
-      best = c;
-      best_bytes = bytes;
+  const int kt_max = kt_x > kt_h ? kt_x : kt_h;
+  for (int mg = 1; mg <= (mt % 2 == 0 ? 2 : 1); ++mg) {
+    for (int kc = kt_max; kc >= 1; --kc) {
+      c.m_group = mg;
+      c.k_chunk = kc;
+      c.x_splits = kt_x > 0 ? static_cast<int>(ceil_div(kt_x, kc)) : 0;
+      c.h_splits = static_cast<int>(ceil_div(kt_h, kc));
+      if (static_cast<int64_t>(mt / mg) * (c.x_splits + c.h_splits) > kForwardWarps) break;
+      set_weight_tiles(c);
+      const int64_t bytes = smem_layout(c).total;
+      if (bytes < best_bytes) {
+        best = c;
+        best_bytes = bytes;
+      }
     }
   }
   c = best;
@@ -163,11 +191,13 @@ inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
   int reg_used = 0;
   if (c.reg_tiles > 0)
     for (int it = 0; it < kForwardWarps && it < frag_items(c); ++it) reg_used += item_reg_tiles(c, it);
-  char regs[96] = "";
+  char regs[128] = "";
   if (c.reg_tiles > 0)
-    snprintf(regs, sizeof(regs), ", weights %s in registers + %s in shared memory",
+    snprintf(regs, sizeof(regs),
+             ", weights %s in registers + %s in shared memory, %d row tile%s per warp item",
              plan_detail::kb(static_cast<int64_t>(reg_used) * kTile * kTile * c.elem_bytes).c_str(),
-             plan_detail::kb(c.w_tiles * kTile * kTile * c.elem_bytes).c_str());
+             plan_detail::kb(c.w_tiles * kTile * kTile * c.elem_bytes).c_str(), c.m_group,
+             c.m_group > 1 ? "s" : "");
   snprintf(buf, sizeof(buf),
            "fused: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per layer-direction, "
            "%d units each), batch tile %d, K chunk %d (%d+%d splits), smem %s/CTA, %d CTA/SM, "

@@ -73,6 +73,8 @@ constexpr int kPhaseSlots = 4;       // per step
 constexpr int kPhaseGather = 0, kPhaseGemm = 1, kPhaseEpilogue = 2, kPhaseBarrier = 3;
 constexpr int kPhaseKindForward = 0, kPhaseKindBackward = 1;
 constexpr int64_t kPhaseNone = -1;   // "did not happen" (inactive step, no barrier, no slot)
+// int64 words of a recorder's state (the forward's live in its shared memory)
+constexpr int kPhaseStateWords = 8;
 
 // Wave steps of a launch (the kernels' n_steps).
 FRNN_HD int64_t phase_wave_steps(int kind, int num_layers, int num_dirs, int64_t seq_len) {
@@ -109,22 +111,42 @@ FRNN_DEVICE int64_t phase_globaltimer() {
 #endif
 }
 
-// Thread 0 of a recorded CTA keeps a running stamp and per-step sums in
-// registers and writes one step's slots after its barrier; every other thread
-// holds an inactive recorder (on_ false). cta_on() is uniform over the CTA
-// (for the extra __syncthreads of recorded CTAs).
-class PhaseRecorder {
+// Thread 0 of a recorded CTA keeps a running stamp and per-step sums and
+// writes one step's slots after its barrier; every other thread holds an
+// inactive recorder (on_ false). cta_on() is uniform over the CTA (for the
+// extra __syncthreads of recorded CTAs).
+//
+// Where thread 0 keeps its state (kPhaseStateWords int64): SHARED = false, in
+// registers; SHARED = true, in the first kPhaseStateWords int64 of the
+// kernel's dynamic shared memory, which the kernel leaves to it -- for a
+// kernel whose registers are spoken for (the forward holds its weights in
+// 112-128 of them), so that the diagnostics build does not spill. Either way
+// only thread 0 touches it.
+
+// SHARED: the state is the first kPhaseStateWords int64 of the kernel's
+// dynamic shared memory (a fixed address: no register holds it).
+#if defined(FRNN_EMULATION)
+FRNN_DEVICE int64_t* phase_shared_state() { return reinterpret_cast<int64_t*>(::emu::cta_smem()); }
+#else
+extern __shared__ __align__(128) int64_t frnn_phase_dynamic_smem[];
+FRNN_DEVICE int64_t* phase_shared_state() { return frnn_phase_dynamic_smem; }
+#endif
+
+template <bool SHARED>
+class PhaseRecorderT {
  public:
   // `record`: this CTA's record index, or -1 if it does not record.
-  FRNN_DEVICE PhaseRecorder(int64_t* buf, int64_t cap, int record, int kind, int num_layers,
-                            int num_dirs, int64_t seq_len)
+  FRNN_DEVICE PhaseRecorderT(int64_t* buf, int64_t cap, int record, int kind, int num_layers,
+                             int num_dirs, int64_t seq_len)
       : cta_on_(buf != nullptr && record >= 0), on_(cta_on_ && threadIdx.x == 0) {
     if (!on_) return;
     const int64_t steps = phase_wave_steps(kind, num_layers, num_dirs, seq_len);
     const int64_t base = kPhaseRunHeader + record * phase_record_stride(steps);
-    room_ = cap - base;  // may be <= 0: then nothing of this record is written
-    rec_ = room_ > 0 ? buf + base : buf;  // (never a pointer past the buffer)
-    kind_ = kind;
+    const int64_t room = cap - base;  // may be <= 0: then nothing of this record is written
+    w(kRoom) = room;
+    set_rec(room > 0 ? buf + base : buf);  // (never a pointer past the buffer)
+    w(kKind) = kind;
+    w(kT) = w(kAcc0) = w(kAcc0 + 1) = w(kAcc0 + 2) = w(kWait) = 0;
     put(0, blockIdx.x);
     put(1, record);
     put(2, phase_clock());
@@ -141,15 +163,15 @@ class PhaseRecorder {
   // The step loop begins (the weights are loaded).
   FRNN_DEVICE void loop_start() {
     if (!on_) return;
-    t_ = phase_clock();
-    put(6, t_);
+    w(kT) = phase_clock();
+    put(6, w(kT));
   }
   // The phase `slot` ends now (the time since the last mark is added to it).
   FRNN_DEVICE void mark(int slot) {
     if (!on_) return;
     const int64_t now = phase_clock();
-    acc_[slot] += now - t_;
-    t_ = now;
+    w(slot == kPhaseBarrier ? kWait : kAcc0 + slot) += now - w(kT);
+    w(kT) = now;
   }
   // Step `s` ends now, right after its synchronisation (`barrier`: the time
   // since the last mark, plus any earlier mark(kPhaseBarrier) of the step)
@@ -158,12 +180,13 @@ class PhaseRecorder {
     if (!on_) return;
     const int64_t now = phase_clock();
     const int64_t at = kPhaseCtaHeader + kPhaseSlots * s;  // step s's first slot in the record
-    const int64_t v[kPhaseSlots] = {active && kind_ == kPhaseKindForward ? acc_[0] : kPhaseNone,
-                                    active ? acc_[1] : kPhaseNone, active ? acc_[2] : kPhaseNone,
-                                    barrier ? now - t_ + acc_[3] : kPhaseNone};
-    for (int i = 0; i < kPhaseSlots; ++i) put(at + i, v[i]);
-    acc_[0] = acc_[1] = acc_[2] = acc_[3] = 0;
-    t_ = now;
+    const bool fwd = w(kKind) == kPhaseKindForward;
+    put(at, active && fwd ? w(kAcc0) : kPhaseNone);
+    put(at + 1, active ? w(kAcc0 + 1) : kPhaseNone);
+    put(at + 2, active ? w(kAcc0 + 2) : kPhaseNone);
+    put(at + 3, barrier ? now - w(kT) + w(kWait) : kPhaseNone);
+    w(kAcc0) = w(kAcc0 + 1) = w(kAcc0 + 2) = w(kWait) = 0;
+    w(kT) = now;
   }
   // Step `s` is one this CTA takes no part in (flags policy: its layer idles).
   FRNN_DEVICE void idle_step(int64_t s) {
@@ -180,23 +203,25 @@ class PhaseRecorder {
   }
 
  private:
+  // the state words: the record's room and address, the kernel kind, the
+  // running stamp, the three compute phases' sums, the barrier phase's sum
+  static constexpr int kRoom = 0, kRec = 1, kKind = 2, kT = 3, kAcc0 = 4, kWait = 7;
+  FRNN_DEVICE int64_t& w(int i) { return SHARED ? phase_shared_state()[i] : regs_[i]; }
+  FRNN_DEVICE void set_rec(int64_t* p) { w(kRec) = reinterpret_cast<intptr_t>(p); }
   // Element i of this CTA's record, if the buffer holds it.
   FRNN_DEVICE void put(int64_t i, int64_t v) {
-    if (i < room_) rec_[i] = v;
+    if (i < w(kRoom)) reinterpret_cast<int64_t*>(static_cast<intptr_t>(w(kRec)))[i] = v;
   }
   bool cta_on_, on_;
-  int kind_ = 0;
-  int64_t* rec_ = nullptr;
-  int64_t room_ = 0;
-  int64_t t_ = 0;
-  int64_t acc_[4] = {0, 0, 0, 0};
+  int64_t regs_[SHARED ? 1 : kPhaseStateWords] = {};
 };
 
 #elif defined(__CUDACC__) || defined(FRNN_EMULATION)  // no FRNN_PHASE_TIMING: calls compile to nothing
 
-class PhaseRecorder {
+template <bool SHARED>
+class PhaseRecorderT {
  public:
-  FRNN_DEVICE PhaseRecorder(int64_t*, int64_t, int, int, int, int, int64_t) {}
+  FRNN_DEVICE PhaseRecorderT(int64_t*, int64_t, int, int, int, int, int64_t) {}
   FRNN_DEVICE constexpr bool cta_on() const { return false; }
   FRNN_DEVICE void loop_start() {}
   FRNN_DEVICE void mark(int) {}
@@ -205,6 +230,11 @@ class PhaseRecorder {
   FRNN_DEVICE void finish(int64_t) {}
 };
 
+#endif
+
+#if defined(__CUDACC__) || defined(FRNN_EMULATION)
+// Registers for the state (the backward); the forward uses PhaseRecorderT<true>.
+using PhaseRecorder = PhaseRecorderT<false>;
 #endif
 
 }  // namespace fused_rnn

@@ -101,6 +101,10 @@ CASES = [
     Case("RNN_RELU", 2, True, 64, 64, 33, 5, True, "fp32", False),
     Case("RNN_RELU", 1, False, 1, 1000, 1, 3, True, "bf16", False),
     Case("RNN_RELU", 3, False, 50, 24, 4, 6, False, "tf32", True),
+    # weights split between registers and shared memory (on an H100/H200)
+    Case("LSTM", 4, False, 512, 512, 9, 5, True, "tf32", False),     # 33.5 MB of fp32 weights
+    Case("LSTM", 2, False, 1024, 1024, 16, 4, True, "bf16", False),
+    Case("LSTM", 2, True, 512, 512, 5, 4, True, "bf16", False),
 ]
 
 

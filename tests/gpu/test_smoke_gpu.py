@@ -6,7 +6,9 @@ ordered so that the first failure is the most basic one:
 1. the tiny forward, then the tiny backward (L=1, T=1, fp32): launch, plan, one step;
 2. the forward, L=2, T>=3 (so the wavefront takes several synchronised steps and uses
    several slots of the h ring), exact FP32 FMA first, then the tensor-core fragments of
-   TF32, bf16, fp16; then the bidirectional schedule, lengths, in-kernel dropout. The
+   TF32, bf16, fp16 (mma.sync, weights held in registers, activations by ldmatrix); then
+   the bidirectional schedule, lengths, in-kernel dropout; last, TF32 L=4 H=512, whose
+   weights (33.5 MB) are split between registers and shared memory. The
    forward has two synchronisation policies (FUSED_RNN_SYNC: grid = one grid.sync() per
    wave step, flags = point-to-point step counters; unset = auto = flags): the exact FP32
    case (several CTAs per layer) and the bf16 one run once under each, asserting from the
@@ -30,7 +32,7 @@ torch.ops.fused_rnn._fused_forward / _fused_backward and "cuda";
 tests/test_smoke_harness.py passes reference stand-ins (must pass) and deliberately
 broken ones (must fail, naming the right case, tensor and index) on the CPU.
 
-GPU time (H100, estimated, not measured: no GPU run yet): 19 tests (2 tiny; 9 forward: 7
+GPU time (H100, estimated, not measured: no GPU run yet): 20 tests (2 tiny; 10 forward: 8
 cases, 2 of them under both synchronisation policies; 8 backward), each one fused launch
 on tiny tensors (well under 1 ms of kernel time, T+L-1 <= 7 wave steps), the float64
 reference on the GPU (~100-300 small launches per forward or backward, a few per case:
@@ -73,6 +75,8 @@ class Smoke(NamedTuple):
     multi_cta: bool = False  # its plan must split each layer-direction over > 1 CTA
     ring_wraps: bool = False  # backward: more K chunks per warp than cp.async stages
     both_sync: bool = False  # forward: run once under each FUSED_RNN_SYNC policy (grid, flags)
+    # forward: its plan must hold weight tiles both in registers and in shared memory
+    smem_weights: bool = False
 
 
 # L=1, T=1, fp32 (moved here from test_forward_gpu.py / test_backward_gpu.py)
@@ -86,11 +90,13 @@ FORWARD = [
           "slices; grid barrier (2-slot h ring) and point-to-point flags", multi_cta=True,
           both_sync=True),
     Smoke(Case("GRU", 2, False, 13, 37, 3, 3, True, "tf32", False),
-          "TF32 wmma fragments (16x16x8), GRU's split x/h sums"),
+          "TF32 mma.sync fragments (m16n8k8), GRU's split x/h sums"),
     Smoke(Case("RNN_TANH", 2, False, 9, 45, 6, 3, True, "bf16", False),
-          "bf16 wmma fragments, RNN cell; grid barrier and point-to-point flags", both_sync=True),
+          "bf16 mma.sync fragments (m16n8k16) in registers, ldmatrix, RNN cell; grid barrier "
+          "and point-to-point flags", both_sync=True),
     Smoke(Case("LSTM", 2, False, 33, 70, 19, 3, True, "fp16", False),
-          "fp16 wmma fragments, 18 CTAs per layer, 2 batch tiles (B=19)", multi_cta=True),
+          "fp16 mma.sync fragments, 18 CTAs per layer, 8-column mma tiles (B=19)",
+          multi_cta=True),
     Smoke(Case("GRU", 2, True, 11, 24, 4, 3, True, "bf16", False),
           "bidirectional schedule (L*T steps), whole-sequence layer buffers"),
     Smoke(Case("RNN_RELU", 2, False, 5, 33, 7, 4, False, "fp16", True),
@@ -100,6 +106,10 @@ FORWARD = [
     Smoke(Case("LSTM", 3, False, 10, 40, 4, 9, True, "fp16", False, 0.5),
           "flags: rings of 4 slots reused (T=9), producers waiting for the layer above, "
           "dropped copies in their own ring; 3 layers (default policy: flags)", multi_cta=True),
+    Smoke(Case("LSTM", 4, False, 512, 512, 2, 3, True, "tf32", False),
+          "weights split between registers (14 tiles per warp) and shared memory (fragment "
+          "order, one 16-byte load per lane): TF32 L=4 H=512, 33.5 MB of weights on chip",
+          multi_cta=True, smem_weights=True),
 ]
 
 BACKWARD = [
@@ -317,11 +327,23 @@ def k_chunks_per_warp(case: Case, k_splits: int):
     return counts
 
 
+def weights_on_chip_kb(why: str):
+    """(KB of weights in registers, KB in shared memory) per CTA, from a forward plan."""
+    m = re.search(r"weights ([\d.]+) KB in registers \+ ([\d.]+) KB in shared memory", why)
+    assert m, f"the forward plan no longer says where its weights are: {why}"
+    return float(m.group(1)), float(m.group(2))
+
+
 def check_forward_plan(smoke: Smoke, why):
     if smoke.multi_cta:
         n = ctas_per_layer_direction(why)
         assert n > 1, (f"{smoke.case.id}: the plan gives {n} CTA per layer-direction; the case "
                        f"no longer covers '{smoke.path}': make H larger ({why})")
+    if smoke.smem_weights:
+        regs, shared = weights_on_chip_kb(why)
+        assert regs > 0 and shared > 0, (
+            f"{smoke.case.id}: the plan holds {regs} KB of weights in registers and {shared} KB "
+            f"in shared memory; the case no longer covers '{smoke.path}' ({why})")
 
 
 def check_backward_plan(smoke: Smoke, why):
@@ -399,6 +421,14 @@ def forward_params():
 @pytest.mark.parametrize("smoke,sync", forward_params(), indirect=["sync"])
 def test_smoke_forward(ext, precision, smoke, sync):
     precision(smoke.case.prec)
+    if smoke.smem_weights:  # a coverage-target shape: an H100/H200 must cover it
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        if props.major >= 9 and props.multi_processor_count >= 128:
+            c = smoke.case
+            ok, why = ext.plan(c.mode, c.L, c.bidir, c.bias, 0, c.I, c.H, c.B, c.T,
+                               DTYPE[c.prec], torch.cuda.current_device(), True, c.lengths,
+                               c.dropout)
+            assert ok, f"{c.id}: an H100/H200 must cover this case: {why}"
     why = plan_forward_or_skip(ext, smoke.case, need_reserve=True)
     check_forward_plan(smoke, why)
     assert_sync(smoke.case.id, why, sync)
