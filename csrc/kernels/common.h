@@ -21,6 +21,16 @@
 #define FRNN_DEVICE inline
 #endif
 
+// FRNN_EMU_BREAK (emulation builds only, csrc/emu): a deliberately broken
+// kernel that the tests must see fail. 1-3: the flag synchronisation
+// (sync_flags.cuh); 4, 5: the mma.sync fragment layouts (mma_frag.cuh).
+#ifndef FRNN_EMU_BREAK
+#define FRNN_EMU_BREAK 0
+#endif
+#if FRNN_EMU_BREAK != 0 && !defined(FRNN_EMULATION)
+#error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
+#endif
+
 namespace fused_rnn {
 
 // Element types of the tensors (input, weights, states, outputs).

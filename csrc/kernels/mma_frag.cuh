@@ -33,13 +33,6 @@
 
 #include "common.h"
 
-#ifndef FRNN_EMU_BREAK
-#define FRNN_EMU_BREAK 0
-#endif
-#if FRNN_EMU_BREAK != 0 && !defined(FRNN_EMULATION)
-#error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
-#endif
-
 namespace fused_rnn {
 
 // 32-bit registers of one weight tile (16 x 16) per lane: 16-bit dtypes pack
@@ -60,7 +53,7 @@ FRNN_HD FragCoord frag_a_coord(int lane, int e) {
     const int i = e % 4;
     return FragCoord{g + 8 * (i % 2), 8 * (e / 4) + t + 4 * (i / 2)};
   }
-#if FRNN_EMU_BREAK == 4  // deliberately wrong: the row halves of registers 1 and 3 swapped
+#if FRNN_EMU_BREAK == 4  // deliberately wrong: rows g and g + 8 swapped in every register
   return FragCoord{g + 8 * (1 - (e / 2) % 2), 2 * t + e % 2 + 8 * (e / 4)};
 #else
   return FragCoord{g + 8 * ((e / 2) % 2), 2 * t + e % 2 + 8 * (e / 4)};

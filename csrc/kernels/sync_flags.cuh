@@ -25,8 +25,8 @@
 // The host emulation (csrc/emu, FRNN_EMULATION) runs the same code with GCC
 // __atomic builtins of the same orders, which ThreadSanitizer understands: a
 // wait that is too weak or a missing wait is reported as a data race on the
-// data it should have ordered. FRNN_EMU_BREAK (emulation builds only) selects
-// a deliberately broken variant that the tests must see fail:
+// data it should have ordered. FRNN_EMU_BREAK (emulation builds only; common.h)
+// selects a deliberately broken variant that the tests must see fail:
 //   1  the consumer's poll is a relaxed load instead of an acquire
 //   2  a producer does not wait for its consumers before overwriting a ring slot
 //   3  the ring is used one slot deeper than it is (off-by-one in the wait)
@@ -36,13 +36,6 @@
 
 #if defined(FRNN_EMULATION)
 #include <sched.h>
-#endif
-
-#ifndef FRNN_EMU_BREAK
-#define FRNN_EMU_BREAK 0
-#endif
-#if FRNN_EMU_BREAK != 0 && !defined(FRNN_EMULATION)
-#error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
 #endif
 
 namespace fused_rnn {
