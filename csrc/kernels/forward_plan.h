@@ -102,14 +102,12 @@ inline void choose_k_chunk(ForwardConfig& c, int kt_x, int kt_h) {
         const int64_t in_regs = kc * mg < c.reg_tiles ? kc * mg : c.reg_tiles;
         // every tile not in registers also takes the CTA's shared-memory pipe,
         // which the 8 warps share
-        int64_t reg_sum = 0;
-        for (int it = 0; it < items && it < kForwardWarps; ++it) {
-          const int sp = it % (sx + sh);
-          const int kts = sp < sx ? (kt_x - sp * kc < kc ? kt_x - sp * kc : kc)
-                                  : (kt_h - (sp - sx) * kc < kc ? kt_h - (sp - sx) * kc : kc);
-          reg_sum += kts * mg < c.reg_tiles ? kts * mg : c.reg_tiles;
-        }
-        const int64_t shared_tiles = static_cast<int64_t>(mt) * (kt_x + kt_h) - reg_sum;
+        ForwardConfig cand = c;
+        cand.k_chunk = kc;
+        cand.x_splits = sx;
+        cand.h_splits = sh;
+        cand.m_group = mg;
+        const int64_t shared_tiles = frag_tile_offset(cand, frag_items(cand));
         cost = 4 * (rounds * kc + tiles + (tiles - in_regs)) + 4 * shared_tiles / kForwardWarps +
                (sx + sh);
       } else {
