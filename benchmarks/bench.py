@@ -16,9 +16,9 @@ shapes, the reference loop (`fused_rnn.reference`). Results go to
 benchmarks/results/<device>/ (or --out): results.json, results.csv,
 results.md and plots.
 
-The forward kernel has two synchronisation policies, chosen per call by
-FUSED_RNN_SYNC (grid: one grid.sync() per wave step; flags: point-to-point
-step counters; unset = auto = flags). The forced-fused timing (`fused_ms`,
+The forward and backward kernels have two synchronisation policies, chosen
+per call by FUSED_RNN_SYNC (grid: one grid.sync() per wave step; flags:
+point-to-point step counters; unset = auto = flags). The forced-fused timing (`fused_ms`,
 and the speedup) is under the policy the environment asks for (normally the
 default); the policy it ran goes to `default_sync`, its time also to
 `fused_<policy>_ms`. The other policy is timed too, in the same process on
@@ -27,8 +27,8 @@ the same inputs (FUSED_RNN_SYNC set around its calls only, and restored after):
 `fused_flags_vs_cudnn`, `fused_grid_vs_cudnn`. That costs one more timed
 implementation per case, so --quick (whose time budget scripts/gpu_check.sh
 fixes) compares them in inference cases only (--sync-compare infer), the full
-sweep in every case (all; in training the forward differs, the backward does
-not); --sync-compare none: the default's only.
+sweep in every case (all; in training both kernels follow the variable);
+--sync-compare none: the default's only.
 
 Without a GPU it checks fused_rnn against torch.nn on CPU: the module under
 its default policy (torch's own path there: bit-identical, and its time ratio
@@ -276,12 +276,17 @@ def backend_label(m, train: bool) -> str:
     return f"forward {fwd}; backward {bwd}"
 
 
-def sync_of(label: str) -> str | None:
-    """The forward kernel's synchronisation policy that a backend label names ("flags" or
-    "grid": "fused: ..., flags sync (ring 4), ..."; in training, the forward's part), or None
-    (another path, or an extension older than FUSED_RNN_SYNC)."""
+def sync_of(label: str, part: str = "forward") -> str | None:
+    """The synchronisation policy that a backend label names for the forward kernel ("flags"
+    or "grid": "fused: ..., flags sync (ring 4), ..."; in training, the forward's part) or,
+    with part="backward", for the backward kernel (a training label's backward part:
+    "fused backward: ..., flags sync"); None: another path, or an extension older than
+    FUSED_RNN_SYNC (or, for the backward, than its policies)."""
     if label.startswith("forward "):
-        label = label[len("forward "):].partition("; backward ")[0]
+        fwd, _, bwd = label[len("forward "):].partition("; backward ")
+        label = fwd if part == "forward" else bwd
+    elif part == "backward":
+        return None
     m = re.search(r"\b(" + "|".join(SYNC_POLICIES) + r") sync\b", label)
     return m.group(1) if m else None
 
@@ -740,6 +745,9 @@ class Runner:
                 raise
             raise Skip(f"{name}: {UNCOVERED}{why}") from None
         ran = sync_of(label)
+        ran_bwd = sync_of(label, "backward")
+        if ran == policy and ran_bwd not in (None, policy):  # a fused backward, another policy
+            ran, label = ran_bwd, f"backward: {label}"
         if ran != policy:
             for k in ("", "_min", "_max"):
                 setattr(res, f"{name}_ms{k}", None)

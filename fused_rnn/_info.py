@@ -23,12 +23,12 @@ def backend_info(load: bool = True) -> dict:
     (the ``csrc/`` a JIT build would compile),
     ``backend`` (what is asked for now: ``fused_rnn.backend(...)``, else
     ``FUSED_RNN_BACKEND``, else "auto"; a module's own setting comes between the
-    two), ``sync`` (the forward kernel's synchronisation policy asked for now: the
-    ``FUSED_RNN_SYNC`` environment variable, "grid" (one grid barrier per wave step),
-    "flags" (point-to-point step counters) or "auto", which it is when unset or empty
-    and which runs flags; the extension reads the variable at every call, and a call's
-    plan, e.g. a module's ``last_backend``, names the policy it ran: "..., flags sync
-    (ring 4), ..."; the backward kernel always uses grid barriers), ``crossover_table``
+    two), ``sync`` (the forward and backward kernels' synchronisation policy asked for
+    now: the ``FUSED_RNN_SYNC`` environment variable, "grid" (one grid barrier per wave
+    step), "flags" (point-to-point step counters) or "auto", which it is when unset or
+    empty and which runs flags; the extension reads the variable at every call, and a
+    call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
+    policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``crossover_table``
     (the calibrated table of this device, or None: the performance model's default) and
     ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the

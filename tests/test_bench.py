@@ -321,15 +321,16 @@ def fake_cuda(monkeypatch):
         yield
 
 
-def _fake_fused_rnn(fails_under=None, ignores_sync=False):
+def _fake_fused_rnn(fails_under=None, ignores_sync=False, backward_ignores_sync=False):
     """fused_rnn on the CPU with a fake "kernel" (torch's path underneath, labelled fused):
     LSTM's covers every call and is the default policy's choice in inference (native in
     training); RNN's covers every call and returns NaN (the default policy runs native); GRU
     is the real module (forcing "fused" on a CPU raises, as where the kernel cannot run).
     The fake kernel reads FUSED_RNN_SYNC at every call as the extension does (an invalid
     value raises; unset or auto runs flags) and names the policy in its label (with
-    ignores_sync: always flags); under the policy `fails_under` it raises. `sync_calls`
-    records the FUSED_RNN_SYNC value (None: unset) of each fake-kernel call."""
+    ignores_sync: always flags), and so does its backward's label (with
+    backward_ignores_sync: always flags); under the policy `fails_under` it raises.
+    `sync_calls` records the FUSED_RNN_SYNC value (None: unset) of each fake-kernel call."""
     import fused_rnn
 
     calls = []
@@ -355,7 +356,9 @@ def _fake_fused_rnn(fails_under=None, ignores_sync=False):
                     out, h = super().forward(*a, **k)
                 self.last_backend = (f"fused: fake kernel (test), 5 wave steps, {sync} sync "
                                      f"(ring {2 if sync == 'grid' else 4}), state in shared memory")
-                self.last_backward_backend = "fused: fake backward (test)" if torch.is_grad_enabled() else None
+                bsync = "flags" if backward_ignores_sync else sync
+                self.last_backward_backend = (f"fused backward: fake (test), 5 wave steps, {bsync} sync"
+                                              if torch.is_grad_enabled() else None)
                 return (out * float("nan") if broken else out), h
         return Fake
 
@@ -473,7 +476,10 @@ def test_sync_of_labels():
             "tensor cores, 514 wave steps, {} sync (ring {}), state in shared memory")
     assert bench.sync_of(plan.format("flags", 4)) == "flags"
     assert bench.sync_of(plan.format("grid", 2)) == "grid"
-    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 grid steps") == "grid"
+    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync") == "grid"
+    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync", "backward") == "flags"
+    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward native: autograd", "backward") is None
+    assert bench.sync_of(plan.format("flags", 4), "backward") is None
     assert bench.sync_of("forward native: batch 64 is above 32; backward native: autograd") is None
     assert bench.sync_of("fused: an older plan, 514 wave steps, state in shared memory") is None
     assert bench.sync_of("") is None
@@ -511,6 +517,18 @@ def test_sync_compare_infer_times_grid_in_inference_only(fake_cuda, monkeypatch)
     assert set(fr.sync_calls) == {None}  # nothing ran under grid
     none = _run_one(fr, "--sync-compare", "none")
     assert none.fused_grid_ms is None and none.fused_flags_ms == none.fused_ms
+    assert "FUSED_RNN_SYNC" not in os.environ
+
+
+def test_training_checks_the_backwards_policy_too(fake_cuda, monkeypatch):
+    """In training both kernels follow FUSED_RNN_SYNC: a backward that ran another policy
+    than the one asked for drops the times, as a forward's would."""
+    monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
+    good = _run_one(_fake_fused_rnn(), "--sync-compare", "all", mode="train")
+    assert good.status == "ok" and good.fused_grid_ms > 0 and good.fused_flags_ms == good.fused_ms
+    r = _run_one(_fake_fused_rnn(backward_ignores_sync=True), "--sync-compare", "all", mode="train")
+    assert r.status == "ok" and r.fused_grid_ms is None and r.fused_grid_ms_min is None
+    assert "FUSED_RNN_SYNC=grid, but the kernel ran flags sync (backward: forward fused:" in r.reason
     assert "FUSED_RNN_SYNC" not in os.environ
 
 

@@ -59,8 +59,8 @@ def test_backward_kernel_compiles_without_spills(nvcc_logs, source):
     assert not any(spills), f"register spills in {source}:\n{log}"
     stacks = [int(n) for n in re.findall(r"(\d+) bytes stack frame", log)]
     assert not any(stacks), f"stack frame (local memory) in {source}:\n{log}"
-    if "dispatch" not in source:  # 3 cells x 2 archs
-        assert len(re.findall(r"Compiling entry function", log)) == 6, log
+    if "dispatch" not in source:  # 3 cells x 2 synchronisation policies x 2 archs
+        assert len(re.findall(r"Compiling entry function", log)) == 12, log
         print(source, re.findall(r"Used (\d+) registers", log))
 
 
@@ -126,7 +126,9 @@ static int sweep() {
       && (c.stage_ld * c.elem_bytes) % 16 == 0 && (16 * c.stage_ld * c.elem_bytes) % 32 == 0
       && c.kblock * c.elem_bytes == 32
       && c.smem_bytes == backward_smem_layout(c).total && c.smem_bytes <= d.smem_optin_per_block
-      && c.use_tf32 == (dt == DType::kFloat32);
+      && c.use_tf32 == (dt == DType::kFloat32)
+      && c.sync == SyncPolicy::kFlags
+      && r.reason.find(", flags sync") != std::string::npos;
     if (!ok) { ++bad; fprintf(stderr, "bad plan: %s\n", r.reason.c_str()); }
   }
   printf("\"sweep\": {\"accepted\": %d, \"bad\": %d},\n", accepted, bad);
@@ -147,6 +149,9 @@ int main() {
   show("proj", prob(Mode::kLSTM, 2, false, 64, 64, 8, DType::kBFloat16, 32), d);
   show("too_many_layers", prob(Mode::kGRU, 17, true, 8, 8, 1, DType::kFloat16), d);
   show("odd_small", prob(Mode::kRnnRelu, 3, true, 13, 37, 1, DType::kFloat16), d);
+  ForwardProblem grid = prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kBFloat16);
+  grid.sync = SyncPolicy::kGrid;
+  show("grid_requested", grid, d);
   DeviceLimits turing = d; turing.cc_major = 7; turing.cc_minor = 5;
   show("turing", prob(Mode::kLSTM, 1, false, 8, 8, 1, DType::kFloat16), turing);
   const int bad = sweep();
@@ -170,6 +175,11 @@ def test_backward_planner_covers_the_targets(plans):
         assert plans[name]["grid"] <= 132
         assert plans[name]["stages"] >= 3, plans[name]
     assert plans["lstm_bf16_L4_H512"]["units"] == 16
+    # the synchronisation policy: auto resolves to flags, as for the forward; grid on request
+    assert plans["lstm_bf16_L4_H512"]["reason"].endswith(", flags sync")
+    assert plans["grid_requested"]["reason"].endswith(", grid sync")
+    assert {k: v for k, v in plans["grid_requested"].items() if k != "reason"} == \
+        {k: v for k, v in plans["lstm_bf16_L4_H512"].items() if k != "reason"}
     assert plans["lstm_bf16_L2_H256"]["slices"] == 2  # idle SMs take a share of the batch
     # honest limits, in words (the forward rejects fp32 L=4 H=512 too)
     assert not plans["lstm_tf32_L4_H512"]["ok"]
@@ -236,6 +246,15 @@ CASES = [
     Case("GRU", 1, False, True, 8, 48, 128, 3, "float32", False, True, 0.0, 4),
 ]
 TSAN_CASES = [CASES[i] for i in (1, 2, 10, 13)]  # wmma multi-pass, bidir, FMA + slices, stage ring
+# Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
+SYNCS = ["flags", "grid"]
+# For the deliberately broken flag variants: few CTAs per layer (every gate gradient has
+# one reader per CTA of a layer, so ThreadSanitizer's shadow cells keep each read), T
+# long enough that the layers run at different speeds. The wait on the layer above needs
+# layers (one CTA each); the wait on the own layer needs two unit slices (a CTA's own
+# gate gradients are ordered by its own barriers).
+BREAK_CASE = Case("LSTM", 3, False, True, 4, 8, 2, 12, "float32", False, False, 0.0, 3)
+BREAK_CASE_SLICES = Case("LSTM", 1, False, True, 4, 24, 2, 12, "float32", False, False, 0.0, 2)
 
 
 def _emu_build(tmp_path_factory, sanitize):
@@ -302,10 +321,11 @@ def grads_op(tmp_path_factory):
     return torch.ops.fused_rnn_cpu_test.weight_grads
 
 
-def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=()):
-    """Runs the emulated backward kernel on `case` (`extra_args`: the driver's optional
-    trailing arguments, e.g. a phase buffer), checks it against the reference, and returns
-    the driver's stdout (the plan)."""
+def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="flags"):
+    """Runs the emulated backward kernel on `case` under synchronisation policy `sync`
+    (FUSED_RNN_SYNC, as in the extension; `extra_args`: the driver's optional trailing
+    arguments, e.g. a phase buffer), checks it against the reference, and returns the
+    driver's stdout (the plan)."""
     from fused_rnn import reference
 
     inp = random_stack(case, grads=True)
@@ -340,10 +360,12 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=()):
         MODES.index(case.mode), case.L, int(case.bidir), case.I, case.H, case.B, case.T,
         DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
         [str(src), str(dst)] + [str(a) for a in extra_args]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, FUSED_RNN_SYNC=sync))
     assert proc.returncode == 0, f"emulated backward kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused backward: "), proc.stdout
+    assert proc.stdout.strip().endswith(f", {sync} sync"), proc.stdout
     print(proc.stdout.strip())
 
     out = TensorReader(dst, dt)
@@ -394,14 +416,50 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=()):
     return proc.stdout
 
 
+@pytest.mark.parametrize("sync", SYNCS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_emulated_backward_matches_reference(emu_asan, grads_op, case, tmp_path):
-    _run_and_check(emu_asan, grads_op, case, tmp_path)
+def test_emulated_backward_matches_reference(emu_asan, grads_op, case, sync, tmp_path):
+    _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync)
 
 
-@pytest.mark.parametrize("case", TSAN_CASES, ids=lambda c: c.id)
-def test_emulated_backward_has_no_data_races(emu_tsan, grads_op, case, tmp_path):
-    _run_and_check(emu_tsan, grads_op, case, tmp_path)
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("case", TSAN_CASES + [BREAK_CASE, BREAK_CASE_SLICES], ids=lambda c: c.id)
+def test_emulated_backward_has_no_data_races(emu_tsan, grads_op, case, sync, tmp_path):
+    _run_and_check(emu_tsan, grads_op, case, tmp_path, sync=sync)
+
+
+# Deliberately broken flag synchronisation of the backward (FRNN_EMU_BREAK, common.h):
+# each must be caught. ThreadSanitizer follows the emulated flags' acquire / release
+# orders: a consumer whose wait is too weak (1) or one step short (6: the layer above;
+# 7: its own layer) reads gate gradients that no release ordered before its read -- a
+# data race -- or, where the producer happens not to have written them yet, the poison
+# the workspace starts with: non-finite or wrong gradients. Either way the run fails.
+BACKWARD_BREAKS = {1: "relaxed instead of acquire", 6: "layer above one step short",
+                   7: "own layer one step short"}
+# (the broken variant's case, and the unit slices per layer its plan must have)
+BREAK_CASES = {1: (BREAK_CASE, 1), 6: (BREAK_CASE, 1), 7: (BREAK_CASE_SLICES, 2)}
+
+
+@pytest.fixture(scope="module", params=sorted(BACKWARD_BREAKS),
+                ids=lambda b: BACKWARD_BREAKS[b].replace(" ", "-"))
+def emu_broken(request, tmp_path_factory):
+    exe, stderr = build_emulator(tmp_path_factory, "backward_emu_main.cpp", "backward_emu",
+                                 "thread", defines=(f"FRNN_EMU_BREAK={request.param}",))
+    return request.param, exe
+
+
+def test_broken_backward_synchronisation_is_caught(emu_broken, grads_op, tmp_path):
+    which, exe = emu_broken
+    case, slices = BREAK_CASES[which]
+    with pytest.raises(AssertionError) as caught:
+        plan = _run_and_check(exe, grads_op, case, tmp_path, sync="flags")
+        assert f"({slices} per layer-direction x 1 batch slices" in plan, "PLAN: " + plan
+    msg = str(caught.value)
+    assert not msg.startswith("PLAN: "), msg
+    # a race, or a run that finished with wrong results (the checks after the run)
+    raced = "ThreadSanitizer: data race" in msg
+    assert raced or not msg.startswith("emulated backward kernel failed"), msg[-4000:]
+    print("caught:", "data race" if raced else msg.splitlines()[0][:200])
 
 
 # --------------------------------------------------------------- the C++ schemas

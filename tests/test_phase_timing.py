@@ -83,8 +83,8 @@ def _plan_numbers(plan):
 
 
 def _check_records(buf, cap, kind, L, T, plan, sync="grid"):
-    """Everything a complete run's buffer must hold (D = 1). `sync`: the forward's
-    synchronisation policy (the backward's is grid.sync)."""
+    """Everything a complete run's buffer must hold (D = 1). `sync`: the kernel's
+    synchronisation policy."""
     per_ld, slices, steps = _plan_numbers(plan)
     S = floors.phase_wave_steps(kind, L, 1, T)
     assert S == steps
@@ -142,16 +142,16 @@ def _forward(exe, tmp_path, sync):
     _check_records(buf, cap, "forward", case.L, case.T, out["plan"], sync)
 
 
-def _backward(exe, grads_op, tmp_path):  # noqa: F811
+def _backward(exe, grads_op, tmp_path, sync):  # noqa: F811
     case = BWD_CASE
     cap = floors.phase_buffer_elems("backward", case.L, 1, case.T)
     phase = tmp_path / "phase.bin"
-    plan = _run_and_check(exe, grads_op, case, tmp_path, extra_args=(cap, phase))
+    plan = _run_and_check(exe, grads_op, case, tmp_path, extra_args=(cap, phase), sync=sync)
     # 3 batch slices of 48 rows (2 passes of 32 + 16): only batch slice 0 records
     assert "x 3 batch slices of 48 rows" in plan and "2 batch tiles" in plan, plan
     buf = _read(phase)
     assert len(buf) == cap + GUARD
-    _check_records(buf, cap, "backward", case.L, case.T, plan)
+    _check_records(buf, cap, "backward", case.L, case.T, plan, sync)
 
 
 @pytest.mark.parametrize("sync", ["flags", "grid"])
@@ -159,8 +159,9 @@ def test_forward_records_phases_and_changes_nothing(emulators, tmp_path, sync):
     _forward(emulators[0], tmp_path, sync)
 
 
-def test_backward_records_phases_and_changes_nothing(emulators, grads_op, tmp_path):  # noqa: F811
-    _backward(emulators[1], grads_op, tmp_path)
+@pytest.mark.parametrize("sync", ["flags", "grid"])
+def test_backward_records_phases_and_changes_nothing(emulators, grads_op, tmp_path, sync):  # noqa: F811
+    _backward(emulators[1], grads_op, tmp_path, sync)
 
 
 # The recorded CTAs synchronise differently (one more __syncthreads after their last
@@ -170,8 +171,9 @@ def test_forward_recorder_adds_no_race(emulators_tsan, tmp_path, sync):
     _forward(emulators_tsan[0], tmp_path, sync)
 
 
-def test_backward_recorder_adds_no_race(emulators_tsan, grads_op, tmp_path):  # noqa: F811
-    _backward(emulators_tsan[1], grads_op, tmp_path)
+@pytest.mark.parametrize("sync", ["flags", "grid"])
+def test_backward_recorder_adds_no_race(emulators_tsan, grads_op, tmp_path, sync):  # noqa: F811
+    _backward(emulators_tsan[1], grads_op, tmp_path, sync)
 
 
 def test_short_buffer_is_never_overrun(emulators, tmp_path):
@@ -234,9 +236,8 @@ def test_instrumented_kernels_compile_without_spills(tmp_path, monkeypatch):
         results = list(pool.map(compile_one, names))
     for name, (rc, log) in zip(names, results):
         assert rc == 0, log[-6000:]
-        # 3 cells (x 2 synchronisation policies for the forward)
-        want = 6 if name.startswith("forward_") else 3
-        assert len(re.findall(r"Compiling entry function", log)) == want, log
+        # 3 cells x 2 synchronisation policies
+        assert len(re.findall(r"Compiling entry function", log)) == 6, log
         assert not any(spill_bytes(log)), f"spills in instrumented {name}:\n{log}"
         assert not any(int(n) for n in re.findall(r"(\d+) bytes stack frame", log)), log
         print(name, re.findall(r"Used (\d+) registers", log))

@@ -248,7 +248,8 @@ def test_forward_check_names_a_nonzero_row_past_lengths():
 H100_RING_PLAN = (
     "fused backward: LSTM bfloat16 L=2 D=1 H=512 I=40 B=8 T=3; 64 CTAs (32 per "
     "layer-direction x 1 batch slices of 8 rows, 16 units each), 1 batch tiles x 8 K splits "
-    "per pass, 4-stage cp.async, smem 216.5 KB/CTA, 1 CTA/SM, bf16 tensor cores, 5 grid steps")
+    "per pass, 4-stage cp.async, smem 216.5 KB/CTA, 1 CTA/SM, bf16 tensor cores, 5 wave steps, "
+    "flags sync")
 RING = next(s for s in smoke.BACKWARD if s.ring_wraps)
 
 

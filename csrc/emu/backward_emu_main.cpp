@@ -17,6 +17,9 @@
 // GRU]; [xdrop (L-1,T,B,D*H) with dropout]; grad_hx (LD,B,H); [grad_cx].
 // Outputs and workspace start as 0xFF bytes (NaN in every float dtype).
 // PHASE_CAP PHASE_OUT: a per-phase timing buffer, as for forward_emu.
+// FUSED_RNN_SYNC (grid | flags | auto) in the environment picks the
+// synchronisation policy, as in the extension; the step counters start at 0,
+// as the binding clears them.
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/backward_kernel.cuh"
 #include "kernels/backward_plan.h"
@@ -57,6 +60,10 @@ int main(int argc, char** argv) {
   p.has_lengths = atoi(argv[10]) != 0;
   p.dropout = atof(argv[11]);
   p.need_reserve = true;
+  if (!parse_sync(getenv("FUSED_RNN_SYNC"), &p.sync)) {
+    fprintf(stderr, "emu: bad FUSED_RNN_SYNC\n");
+    return 2;
+  }
   const DeviceLimits dev = emu::h100_like(atoi(argv[12]));
   const BackwardPlanResult plan = plan_backward(p, dev, &emu::occupancy, &dev);
   printf("%s\n", plan.reason.c_str());
@@ -71,8 +78,10 @@ int main(int argc, char** argv) {
   auto own = [&](const void* src, int64_t bytes) { return buffers.own(src, bytes); };
 
   BackwardParams bp;
-  const BackwardWorkspaceLayout wl = backward_workspace(p);
-  init_backward_params(bp, p, plan.cfg, own(nullptr, wl.total));
+  const BackwardWorkspaceLayout wl = backward_workspace(p, plan.cfg);
+  void* ws = own(nullptr, wl.total);
+  if (wl.flags >= 0) memset(static_cast<unsigned char*>(ws) + wl.flags, 0, wl.flags_bytes);
+  init_backward_params(bp, p, plan.cfg, ws);
   for (int64_t l = 0; l < L; ++l) {
     const int64_t in_l = l == 0 ? I : D * H;
     for (int64_t d = 0; d < D; ++d) {

@@ -3,7 +3,8 @@
 //
 //   BackwardPlanResult r = plan_backward_on_device(problem, device);  // device current
 //   if (r.ok) { fill BackwardParams (init_backward_params with a workspace of
-//               backward_workspace(problem).total bytes); launch_backward(params, dtype,
+//               backward_workspace(problem, r.cfg).total bytes, its step counters
+//               zeroed on the stream); launch_backward(params, dtype,
 //               r.cfg.use_tf32, stream); then the weight / input GEMMs }
 #pragma once
 

@@ -16,14 +16,14 @@ namespace {
 struct BackwardDispatch : BackwardKernels {
   using Result = BackwardPlanResult;
   using Key = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int, bool, double, bool>;
+                         int, bool, double, bool, int>;
   // (device, every problem field); need_reserve does not matter to the
-  // backward (it reads the saved reserve)
+  // backward (it reads the saved reserve), nor does can_project_input
   static Key key(const ForwardProblem& pr, int device) {
     return Key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
                pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
                pr.seq_len, static_cast<int>(pr.dtype), pr.has_lengths, pr.dropout,
-               pr.allow_tf32};
+               pr.allow_tf32, static_cast<int>(pr.sync)};
   }
   static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
                      const void* ctx) {

@@ -3,18 +3,35 @@
 // launch. The algorithm is fused_rnn/reference.py's rnn_backward /
 // _backward_direction (the spec); the layouts are in backward_params.h.
 //
-// Schedule (one grid-wide barrier per step), a reverse wavefront:
-//   unidirectional  T + L steps; at step s layer l runs its backward step
-//                   k = s - (L-1-l), k = 0..T: timestep t = T-1-k (k < T),
-//                   and k = T finishes (grad_hx / grad_cx). Its inputs,
-//                   dg^{l+1}[t] (the layer above, its step k) and dg^l[t+1]
-//                   (its own step k-1), were both written at step s - 1.
-//   bidirectional   L*T + 1 steps; layer l runs k = 0..T at steps
-//                   (L-1-l)*T + k, both directions at once (forward
-//                   direction t = T-1-k, reverse t = k): layer l needs both
-//                   directions of layer l+1 at t, i.e. all of layer l+1. A
-//                   layer's final step k = T shares a step with the first
-//                   step of the layer below.
+// Schedule, a reverse wavefront: each layer runs its backward steps
+// k = 0..T, timestep t = T-1-k (reverse direction: t = k) for k < T, and
+// k = T finishes (grad_hx / grad_cx). Step k of layer l, direction d, reads
+//   dg_ih^{l+1,d'}[t]  for d' = 0..D-1 (not the top layer; k < T): written by
+//                      layer l+1, direction d', at its step T-1-t (d' = 0)
+//                      or t (d' = 1);
+//   dg_hh^{l,d}[t_prev]  (k >= 1): written by its own layer at step k-1;
+// nothing else of another CTA (its fp32 carries are its own; gate gradients
+// are kept for every t, so nothing is overwritten that anyone still reads).
+// Synchronisation, a template parameter (SyncPolicy, common.h), chosen per call:
+//   kGrid   one grid.sync() per wave step, every CTA in lock-step:
+//             unidirectional  T + L steps; layer l runs k = s - (L-1-l);
+//             bidirectional   L*T + 1 steps; layer l runs k = 0..T at steps
+//                             (L-1-l)*T + k, both directions at once: it needs
+//                             both directions of layer l+1 at t, i.e. all of
+//                             layer l+1. A layer's final step k = T shares a
+//                             step with the first step of the layer below.
+//   kFlags  point-to-point (sync_flags.cuh): before step k a CTA waits, with
+//           acquire loads on the step counters of its batch slice
+//           (backward_flag_index), for exactly
+//             - the C slices of its own (layer, direction) to have done k
+//               steps (dg_hh[t_prev] complete), k >= 1;
+//             - the C slices of layer l+1, direction d', to have done T-t
+//               (d' = 0) or t+1 (d' = 1) steps (dg_ih^{l+1,d'}[t] complete);
+//           and after the step publishes k+1 (release store). Unidirectional,
+//           that is the layer above at step k, as under kGrid; bidirectional,
+//           a direction starts as soon as the other direction above has done
+//           all of its steps that it needs (at k = 0: all T of them), instead
+//           of waiting for the whole layer above.
 //
 // Per step, an active CTA (units J of (l, d), batch rows [b_lo, b_hi)), for
 // each pass of up to 8 batch tiles of 16 rows:
@@ -54,6 +71,7 @@
 #include "gate_math.h"
 #include "phase_timing.h"
 #include "philox.cuh"
+#include "sync_flags.cuh"
 
 namespace fused_rnn {
 namespace bwd {
@@ -308,9 +326,11 @@ struct EpiIn {
 
 // ------------------------------------------------------------ the kernel
 
-template <typename T, CellKind CELL, bool TF32>
+template <typename T, CellKind CELL, bool TF32, SyncPolicy SYNC>
 __global__ void __launch_bounds__(kBackwardThreads, 1)
 rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
+  static_assert(SYNC == SyncPolicy::kGrid || SYNC == SyncPolicy::kFlags, "a resolved policy");
+  constexpr bool kFlags = SYNC == SyncPolicy::kFlags;
   constexpr int G = kGates<CELL>;
   constexpr int kK = Block<T>::kK;
   constexpr int kPre = 2;  // (unit, row) pairs per thread whose inputs are prefetched
@@ -393,14 +413,23 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const uint64_t seed = p.dropout_active ? static_cast<uint64_t>(*p.seed) : 0;
   const bool drop_here = p.dropout_active && !top;  // this layer's output was dropped
 
-  cg::grid_group grid = cg::this_grid();
   const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len + 1 : T_len + L;
+  // The wave step of this CTA's local step 0 (phase records are per wave step).
+  const int64_t wave0 = bidir ? static_cast<int64_t>(L - 1 - layer) * T_len : L - 1 - layer;
   const int pass_rows = c.n_tiles * 16;
+  const int LD = L * D;
+  const int C = c.ctas_per_dir;
+  if constexpr (kFlags) {
+    for (int64_t w = 0; w < n_steps; ++w)
+      if (w < wave0 || w > wave0 + T_len) rec.idle_step(w);
+  }
 
   rec.loop_start();
-  for (int64_t s = 0; s < n_steps; ++s) {
-    const int64_t k = bidir ? s - static_cast<int64_t>(L - 1 - layer) * T_len
-                            : s - (L - 1 - layer);
+  // grid: every CTA walks all wave steps (idle ones too: grid.sync is
+  // collective). flags: a CTA walks its own T + 1 steps only.
+  const int64_t n_iter = kFlags ? T_len + 1 : n_steps;
+  for (int64_t s = 0; s < n_iter; ++s) {
+    const int64_t k = kFlags ? s : s - wave0;  // this layer's local step
     const bool active = k >= 0 && k <= T_len;
     if (active) {
       const bool has_t = k < T_len;
@@ -472,6 +501,28 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         for (int q = 0; q < kPre; ++q) {
           const int pi = threadIdx.x + q * kBackwardThreads;
           if (pi < pairs) pre[q] = load_in(pi);
+        }
+        if constexpr (kFlags) {
+          // Before the step's first pass (its loads above depend on no other
+          // CTA and fly during the wait): the producers of what the GEMM reads.
+          if (b0 == b_lo) {
+            rec.mark(kPhaseGemm);  // (the prefetch issue counts with the GEMM)
+            FlagRange own, above0, above1;
+            const int64_t own_target = FRNN_EMU_BREAK == 7 ? k - 1 : k;
+            if (own_target > 0)
+              own = FlagRange{backward_flag_index(c, LD, bslice, ld_id, 0), C,
+                              static_cast<int>(own_target)};
+            if (sk.na > 0) {  // dg_ih^{l+1,d'}[t] of both directions d' above
+              const int64_t slack = FRNN_EMU_BREAK == 6 ? 1 : 0;
+              above0 = FlagRange{backward_flag_index(c, LD, bslice, (layer + 1) * D, 0), C,
+                                 static_cast<int>(T_len - t - slack)};
+              if (bidir)
+                above1 = FlagRange{backward_flag_index(c, LD, bslice, (layer + 1) * D + 1, 0), C,
+                                   static_cast<int>(t + 1 - slack)};
+            }
+            wait_for_ranges(p.flags, own, above0, above1, kBackwardThreads);
+            rec.mark(kPhaseBarrier);
+          }
         }
 
         // 1. the GEMM: warp item (batch tile nt, K split ks)
@@ -600,8 +651,18 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         rec.mark(kPhaseEpilogue);
       }
     }
-    if (s + 1 < n_steps) grid.sync();
-    rec.step_end(s, active, s + 1 < n_steps);
+    if constexpr (kFlags) {
+      // Every thread's writes of this step, then one release of the count.
+      __syncthreads();
+      if (threadIdx.x == 0)
+        flag_publish(p.flags + backward_flag_index(c, LD, bslice, ld_id, slice),
+                     static_cast<int>(k + 1));
+      rec.step_end(wave0 + k, true, true);
+    } else {
+      // (the grid handle is made here, not held in registers across the loop)
+      if (s + 1 < n_steps) cg::this_grid().sync();
+      rec.step_end(s, active, s + 1 < n_steps);
+    }
   }
   rec.finish(n_steps);
 }
@@ -609,14 +670,18 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
 // ------------------------------------------------------------ launchers
 
 template <typename T, CellKind CELL, bool TF32>
-const void* backward_kernel_ptr() {
-  return reinterpret_cast<const void*>(&rnn_backward_kernel<T, CELL, TF32>);
+const void* backward_kernel_ptr(SyncPolicy sync) {
+  return sync == SyncPolicy::kGrid
+             ? reinterpret_cast<const void*>(&rnn_backward_kernel<T, CELL, TF32, SyncPolicy::kGrid>)
+             : reinterpret_cast<const void*>(&rnn_backward_kernel<T, CELL, TF32, SyncPolicy::kFlags>);
 }
 
-// One cooperative launch on `stream` (see launch_forward_kernel).
+// One cooperative launch on `stream` of the variant of p.cfg.sync (see
+// launch_forward_kernel: both policies need every CTA co-resident; the caller
+// has zeroed the step counters on the same stream for kFlags).
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream) {
-  const void* fn = backward_kernel_ptr<T, CELL, TF32>();
+  const void* fn = backward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<BackwardParams*>(&p)};
   return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
                                      static_cast<size_t>(p.cfg.smem_bytes), stream);
@@ -626,6 +691,6 @@ cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream)
 }  // namespace fused_rnn
 
 #define FRNN_INSTANTIATE_BACKWARD(T, CELL, TF32)                                             \
-  template const void* fused_rnn::bwd::backward_kernel_ptr<T, CELL, TF32>();                \
+  template const void* fused_rnn::bwd::backward_kernel_ptr<T, CELL, TF32>(fused_rnn::SyncPolicy); \
   template cudaError_t fused_rnn::bwd::launch_backward_kernel<T, CELL, TF32>(               \
       const fused_rnn::BackwardParams&, cudaStream_t);

@@ -80,7 +80,21 @@ struct BackwardConfig {
   int blocks_per_sm = 0;
   int64_t smem_bytes = 0;
   bool use_tf32 = false;
+  // How CTAs wait for each other between steps (common.h; never kAuto in a
+  // plan): kGrid, one grid.sync() per wave step; kFlags, step counters (one per
+  // CTA, backward_flag_index) on exactly the CTAs whose gate gradients the step
+  // reads (backward_kernel.cuh).
+  SyncPolicy sync = SyncPolicy::kFlags;
 };
+
+// The step counter of CTA (layer-direction ld, unit slice, batch slice): the
+// C slices of one (batch slice, ld) are contiguous, and so are the D*C of one
+// (batch slice, layer), so that a consumer polls each range with coalesced
+// loads (sync_flags.cuh). (The CTA id orders them the other way round.)
+FRNN_HD int backward_flag_index(const BackwardConfig& c, int layer_dirs, int bslice, int ld,
+                                int slice) {
+  return (bslice * layer_dirs + ld) * c.ctas_per_dir + slice;
+}
 
 // Byte offsets of the shared-memory regions of one CTA.
 //   w      U x kw elements, K-blocked (above), + 16 * kblock elements of zeroed slack
@@ -105,21 +119,31 @@ FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
 }
 
 // Byte offsets inside the one workspace tensor the binding allocates (-1: absent).
+//   flags  (grid) int32   kFlags: steps completed per CTA (backward_flag_index);
+//                         zero at launch (the caller clears [flags, flags +
+//                         flags_bytes) on the stream); the rest is written by
+//                         the kernel before it is read
 struct BackwardWorkspaceLayout {
-  int64_t dg_ih = -1, dg_hh = -1, xdrop = -1, state_dh = -1, state_dc = -1, total = 0;
+  int64_t flags = -1, flags_bytes = 0, dg_ih = -1, dg_hh = -1, xdrop = -1, state_dh = -1,
+          state_dc = -1, total = 0;
 };
 
 inline int64_t backward_gh_pad(const ForwardProblem& p) {
   return round_up(static_cast<int64_t>(p.gates()) * p.hidden_size, kTile);
 }
 
-inline BackwardWorkspaceLayout backward_workspace(const ForwardProblem& p) {
+inline BackwardWorkspaceLayout backward_workspace(const ForwardProblem& p,
+                                                  const BackwardConfig& c) {
   BackwardWorkspaceLayout w;
   const int64_t es = dtype_size(p.dtype);
   const int64_t BH = p.batch * p.hidden_size;
   const int64_t rows = static_cast<int64_t>(p.layer_dirs()) * p.seq_len * p.batch;
   const int64_t ghp = backward_gh_pad(p);
   WorkspaceCursor ws;
+  if (c.sync == SyncPolicy::kFlags) {
+    w.flags_bytes = static_cast<int64_t>(c.grid) * 4;
+    w.flags = ws.take(w.flags_bytes);
+  }
   w.dg_ih = ws.take(rows * ghp * es);
   if (p.mode == Mode::kGRU) w.dg_hh = ws.take(rows * ghp * es);
   if (p.dropout_active())
@@ -161,6 +185,7 @@ struct BackwardParams {
   void* xdrop = nullptr;
   float* state_dh = nullptr;
   float* state_dc = nullptr;
+  int* flags = nullptr;  // kFlags: steps completed per CTA (zero at launch)
 
   bool dropout_active = false;
   uint64_t dropout_threshold = 0;
@@ -181,7 +206,8 @@ inline void init_backward_params(BackwardParams& bp, const ForwardProblem& p,
                                  const BackwardConfig& cfg, void* workspace) {
   bp.cfg = cfg;
   init_problem_fields(bp, p);
-  const BackwardWorkspaceLayout w = backward_workspace(p);
+  const BackwardWorkspaceLayout w = backward_workspace(p, cfg);
+  bp.flags = static_cast<int*>(workspace_at(workspace, w.flags));
   bp.dg_ih = workspace_at(workspace, w.dg_ih);
   bp.dg_hh = w.dg_hh >= 0 ? workspace_at(workspace, w.dg_hh) : bp.dg_ih;
   bp.xdrop = workspace_at(workspace, w.xdrop);

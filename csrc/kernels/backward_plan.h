@@ -13,7 +13,9 @@
 //  3. batch slices: idle SMs take a share of the batch rows (a CTA's stream
 //     is proportional to its rows), in slices of 16 rows;
 //  4. batch tiles per pass (1, 2, 4, 8 tiles of 16 rows, K split over the
-//     rest of the 8 warps) and the deepest cp.async pipeline that fits.
+//     rest of the 8 warps) and the deepest cp.async pipeline that fits;
+//  5. the synchronisation policy: the request (FUSED_RNN_SYNC) resolved as
+//     the forward resolves it, auto -> flags.
 // Rejection says why in words.
 #pragma once
 
@@ -43,13 +45,14 @@ inline std::string describe_backward(const ForwardProblem& p, const BackwardConf
   snprintf(buf, sizeof(buf),
            "fused backward: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per "
            "layer-direction x %d batch slices of %d rows, %d units each), %d batch tiles x %d K "
-           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %lld grid steps",
+           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %lld wave steps, %s "
+           "sync",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.batch_slices, c.rows_per_slice, c.units_per_cta, c.n_tiles,
            c.k_splits, c.stages, plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           static_cast<long long>(steps));
+           static_cast<long long>(steps), sync_name(c.sync));
   return buf;
 }
 
@@ -79,7 +82,8 @@ inline bool backward_coverage(const ForwardProblem& p, const DeviceLimits& dev, 
     *why = buf;
     return false;
   }
-  if (p.seq_len >= (int64_t(1) << 31) || p.batch >= (int64_t(1) << 31)) {
+  // (the flags policy's step counters count to seq_len + 1 in an int32)
+  if (p.seq_len >= (int64_t(1) << 31) - 1 || p.batch >= (int64_t(1) << 31)) {
     *why = "seq_len or batch >= 2^31 is not covered by the fused kernel";
     return false;
   }
@@ -99,6 +103,8 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
   BackwardConfig c;
   c.elem_bytes = dtype_size(p.dtype);
   c.use_tf32 = p.dtype == DType::kFloat32 && p.allow_tf32;
+  // the requested policy, resolved as for the forward: auto -> flags
+  c.sync = p.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
   c.units_per_cta = U;
   c.ctas_per_dir = static_cast<int>(ceil_div(H, U));
   c.m_tiles = static_cast<int>(ceil_div(U, 16));

@@ -23,7 +23,9 @@
 
 // FRNN_EMU_BREAK (emulation builds only, csrc/emu): a deliberately broken
 // kernel that the tests must see fail. 1-3: the flag synchronisation
-// (sync_flags.cuh); 4, 5: the mma.sync fragment layouts (mma_frag.cuh).
+// (sync_flags.cuh); 4, 5: the mma.sync fragment layouts (mma_frag.cuh);
+// 6, 7: the backward's flag waits (backward_kernel.cuh): 6 waits for the
+// layer above one step short, 7 for its own layer one step short.
 #ifndef FRNN_EMU_BREAK
 #define FRNN_EMU_BREAK 0
 #endif

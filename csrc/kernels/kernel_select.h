@@ -26,15 +26,15 @@ cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream);
 }  // namespace fwd
 
 namespace bwd {
-template <typename T, CellKind CELL, bool TF32> const void* backward_kernel_ptr();
+template <typename T, CellKind CELL, bool TF32> const void* backward_kernel_ptr(SyncPolicy sync);
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream);
 }  // namespace bwd
 
 // A kernel family: its parameter struct, threads per CTA, the symbol getter
 // and launcher of each instantiation, and the synchronisation policy of a
-// problem (planned) and of a launch (its params). The backward has one policy
-// (grid.sync) so far: it ignores the argument.
+// problem (planned) and of a launch (its params); both families compile both
+// policies.
 struct ForwardKernels {
   using Params = ForwardParams;
   static constexpr int kThreads = kForwardThreads;
@@ -57,11 +57,14 @@ struct BackwardKernels {
   using Params = BackwardParams;
   static constexpr int kThreads = kBackwardThreads;
   template <typename T, CellKind CELL, bool TF32>
-  static const void* kernel(SyncPolicy) {
-    return bwd::backward_kernel_ptr<T, CELL, TF32>();
+  static const void* kernel(SyncPolicy sync) {
+    return bwd::backward_kernel_ptr<T, CELL, TF32>(sync);
   }
-  static SyncPolicy planned_sync(const ForwardProblem&) { return SyncPolicy::kGrid; }
-  static SyncPolicy sync_of(const Params&) { return SyncPolicy::kGrid; }
+  // What plan_backward resolves a request to (backward_plan.h): as the forward.
+  static SyncPolicy planned_sync(const ForwardProblem& pr) {
+    return ForwardKernels::planned_sync(pr);
+  }
+  static SyncPolicy sync_of(const Params& p) { return p.cfg.sync; }
   template <typename T, CellKind CELL, bool TF32>
   static cudaError_t launch(const Params& p, cudaStream_t stream) {
     return bwd::launch_backward_kernel<T, CELL, TF32>(p, stream);

@@ -42,10 +42,10 @@
 //                               the phase ends when every thread is done)
 //       slot 3  kPhaseBarrier   the step's synchronisation. grid policy: the
 //                               grid.sync() at the end of the step (-1 for the
-//                               last step, which has none). flags policy
-//                               (forward): the wait for the step counters before
-//                               the step plus the publish after it, on every
-//                               active step.
+//                               last step, which has none). flags policy: the
+//                               wait for the step counters before the step
+//                               plus the publish after it, on every active
+//                               step.
 //     An inactive step (the wavefront's idle steps of a layer) has -1 in slots
 //     0..2 and the time it spent in the barrier in slot 3 (grid policy), or -1
 //     in all four slots (flags policy: the CTA does not take part in steps

@@ -8,8 +8,9 @@
 // Memory: one workspace tensor per call (caching allocator): the gate
 // gradients of every (layer, direction, t, b) in the input's dtype --
 // LD*T*B*GHp elements, twice for GRU (ih and hh sides) -- plus, with dropout,
-// the dropped layer outputs ((L-1)*T*B*D*H) and fp32 carries (LD*B*H, twice
-// for LSTM). The reserve is only read.
+// the dropped layer outputs ((L-1)*T*B*D*H), fp32 carries (LD*B*H, twice
+// for LSTM) and, under the flags policy, one int32 step counter per CTA. The
+// reserve is only read.
 //
 // No device-wide sync, no host read of device data (seed and lengths stay on
 // the device), one cooperative launch and ATen GEMMs on the current stream:
@@ -82,10 +83,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
   const at::Tensor ghy = grad_hy.contiguous();
   const at::Tensor gcy = is_lstm ? grad_cy.contiguous() : at::Tensor();
 
-  // ---- workspace and outputs (nothing needs zeroing: the kernel writes every
-  // element it or the GEMMs read)
+  // ---- workspace and outputs (nothing needs zeroing but the step counters:
+  // the kernel writes every other element it or the GEMMs read)
   const auto opts = input.options();
-  const BackwardWorkspaceLayout wl = backward_workspace(problem);
+  const BackwardWorkspaceLayout wl = backward_workspace(problem, plan.cfg);
   at::Tensor ws = at::empty({std::max<int64_t>(wl.total, 1)}, opts.dtype(at::kByte));
   const int64_t es = dtype_size(dtype);
   auto carve = [&](int64_t off, at::IntArrayRef shape) {
@@ -117,6 +118,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
   attach_phase_buffer(p, kPhaseKindBackward, input, kOp);  // diagnostics (phase_buffer.h)
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  // The flags policy's step counters start at 0: cleared on the same stream
+  // (ordered before the launch; no host synchronisation).
+  if (wl.flags >= 0)
+    C10_CUDA_CHECK(cudaMemsetAsync(static_cast<unsigned char*>(ws.data_ptr()) + wl.flags, 0,
+                                   static_cast<size_t>(wl.flags_bytes), stream));
   C10_CUDA_CHECK(launch_backward(p, dtype, plan.cfg.use_tf32, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 

@@ -30,8 +30,9 @@ import pytest
 import torch
 from gpu_helpers import BWD_CAP as CAP
 from gpu_helpers import BWD_FLOOR as FLOOR
-from gpu_helpers import (DTYPE, NN, Case, assert_close_named, assert_finite, backward_args,
-                         covered_or_skip, describe_index, forward_args, grads_named,
+from gpu_helpers import (DTYPE, NN, SYNC_POLICIES, Case, assert_close_named, assert_finite,
+                         assert_sync, backward_args, covered_or_skip, describe_index,
+                         forward_args, grads_named,
                          load_extension_or_fail, make_inputs, poison_allocator,
                          reference_backward64, reference_forward64, rel_err, tolerance)
 from gpu_helpers import cudnn_backward as run_cudnn
@@ -174,9 +175,11 @@ def test_plan_backward_covers_targets_and_explains_rejections(ext, precision):
     assert ok and why.startswith("fused backward: "), why
 
 
-def _check_case(ext, case, scale_case=None):
-    """fused vs float64 reference vs cuDNN; returns the errors."""
-    plan_backward_or_skip(ext, case)
+def _check_case(ext, case, scale_case=None, sync=None, last=None):
+    """fused vs float64 reference vs cuDNN; returns the errors. `sync`: the policy the
+    plans must name (None: the default's); `last`: a dict that keeps the reference and
+    cuDNN's errors of the last case, for its next policy."""
+    assert_sync(case.id, plan_backward_or_skip(ext, case), sync)
     inp = make_inputs(case, seed=zlib.crc32(case.id.encode()) % 1000, backward=True)
     got = run_fused(case, inp)
     got_n = grads_named(case, got)
@@ -186,6 +189,24 @@ def _check_case(ext, case, scale_case=None):
     assert [g.shape for g in got[1]] == [w.shape for w in inp["w"]]
     if case.mode != "LSTM":
         assert got[3].numel() == 0
+    if last is not None and case.id in last:
+        ref, cerrs = last[case.id]
+    else:
+        ref, cerrs = _reference_and_cudnn(case, inp, scale_case)
+        if last is not None:
+            last.clear()
+            last[case.id] = ref, cerrs
+    # per gradient: error <= 2 x cuDNN's + floor, <= cap; prints one line per gradient,
+    # the message names the gradient and the index of its largest error
+    return assert_close_named(
+        case.id, got_n, grads_named(case, ref),
+        {k: tolerance(cerrs.get(k, 0.0), FLOOR[case.prec], CAP[case.prec]) for k in got_n},
+        cerrs, where=functools.partial(describe_index, case))
+
+
+def _reference_and_cudnn(case, inp, scale_case):
+    """The float64 reference's gradients of `case` and cuDNN's errors per gradient (on
+    `scale_case` where given)."""
     ref = run_reference(case, inp)
     base = scale_case or case
     try:
@@ -196,19 +217,24 @@ def _check_case(ext, case, scale_case=None):
         cerrs = grad_errors(cud, cud_ref, base)
     except RuntimeError as e:  # e.g. a dtype cuDNN's RNN does not take
         print(f"cuDNN failed ({e}); checking against the floor only")
-        cerrs = {k: 0.0 for k in got_n}
-    # per gradient: error <= 2 x cuDNN's + floor, <= cap; prints one line per gradient,
-    # the message names the gradient and the index of its largest error
-    return assert_close_named(
-        case.id, got_n, grads_named(case, ref),
-        {k: tolerance(cerrs.get(k, 0.0), FLOOR[case.prec], CAP[case.prec]) for k in got_n},
-        cerrs, where=functools.partial(describe_index, case))
+        cerrs = {k: 0.0 for k in grads_named(case, ref)}
+    return ref, cerrs
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_backward_matches_reference(ext, precision, case):
+@pytest.fixture(scope="module")
+def last_reference():
+    """{case id: (reference gradients, cuDNN's errors)} for the last case only: the
+    synchronisation policies of one case run side by side and share it."""
+    return {}
+
+
+# every case once under each synchronisation policy (FUSED_RNN_SYNC, the conftest's
+# `sync` fixture), side by side; the forward runs under the same policy
+@pytest.mark.parametrize("case,sync", [(c, s) for c in CASES for s in SYNC_POLICIES],
+                         indirect=["sync"], ids=lambda v: v.id if isinstance(v, Case) else v)
+def test_backward_matches_reference(ext, precision, last_reference, case, sync):
     precision(case.prec)
-    _check_case(ext, case)
+    _check_case(ext, case, sync=sync, last=last_reference)
 
 
 @pytest.mark.parametrize("case", DROPOUT_CASES, ids=lambda c: c.id)

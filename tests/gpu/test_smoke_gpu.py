@@ -18,8 +18,11 @@ ordered so that the first failure is the most basic one:
    reserve and output (rounded to the case's dtype), the fused backward runs on them,
    and its gradients are compared with the float64 reference backward of that same
    rounded reserve -- so a backward fault is never a forward fault in disguise. Same
-   order, then a case that streams more K chunks per warp than the cp.async ring has
-   stages (the ring wraps), asserted from the backward plan string.
+   order, then three layers at their own pace under the flags policy, last a case that
+   streams more K chunks per warp than the cp.async ring has stages (the ring wraps),
+   asserted from the backward plan string. The backward has the same two policies: the
+   TF32 case (several CTAs per layer) and the bidirectional one (each direction waits
+   for the other direction above) run once under each.
 
 Every check names the case, the tensor (output, h_n, c_n, reserve, grad_input, grad_hx,
 grad_cx, grad_w_ih_l0, grad_b_hh_l1_reverse, ...), the first non-finite index and value or
@@ -32,8 +35,9 @@ torch.ops.fused_rnn._fused_forward / _fused_backward and "cuda";
 tests/test_smoke_harness.py passes reference stand-ins (must pass) and deliberately
 broken ones (must fail, naming the right case, tensor and index) on the CPU.
 
-GPU time (H100, estimated, not measured: no GPU run yet): 20 tests (2 tiny; 10 forward: 8
-cases, 2 of them under both synchronisation policies; 8 backward), each one fused launch
+GPU time (H100, estimated, not measured: no GPU run yet): 24 tests (2 tiny; 11 forward: 9
+cases, 2 of them under both synchronisation policies; 11 backward: 9 cases, 2 of them
+under both), each one fused launch
 on tiny tensors (well under 1 ms of kernel time, T+L-1 <= 7 wave steps), the float64
 reference on the GPU (~100-300 small launches per forward or backward, a few per case:
 ~2-10 ms), one cuDNN call (+ autograd for the backward; a
@@ -74,7 +78,7 @@ class Smoke(NamedTuple):
     path: str                # what it reaches (the report and the test id's meaning)
     multi_cta: bool = False  # its plan must split each layer-direction over > 1 CTA
     ring_wraps: bool = False  # backward: more K chunks per warp than cp.async stages
-    both_sync: bool = False  # forward: run once under each FUSED_RNN_SYNC policy (grid, flags)
+    both_sync: bool = False  # run once under each FUSED_RNN_SYNC policy (grid, flags)
     # forward: its plan must hold weight tiles both in registers and in shared memory
     smem_weights: bool = False
 
@@ -116,17 +120,22 @@ BACKWARD = [
     Smoke(Case("GRU", 2, False, 7, 19, 5, 3, True, "fp32", False),
           "exact FP32 FMA, reverse wavefront grid barrier, above + rec K, grad_hx step"),
     Smoke(Case("LSTM", 2, False, 13, 37, 3, 3, True, "tf32", False),
-          "TF32 wmma fragments, 3 CTAs per layer (partial last slice)", multi_cta=True),
+          "TF32 wmma fragments, 3 CTAs per layer (partial last slice); grid barrier and "
+          "point-to-point flags", multi_cta=True, both_sync=True),
     Smoke(Case("RNN_RELU", 2, False, 9, 45, 6, 3, True, "bf16", False),
           "bf16 wmma fragments, RNN cell"),
     Smoke(Case("GRU", 2, False, 33, 70, 19, 3, True, "fp16", False),
           "fp16 wmma fragments, 2 batch tiles x 4 K splits per pass (B=19)", multi_cta=True),
     Smoke(Case("RNN_TANH", 2, True, 11, 24, 4, 3, True, "bf16", False),
-          "bidirectional schedule (L*T+1 steps), both directions' above parts"),
+          "bidirectional schedule (L*T+1 steps), both directions' above parts; flags: each "
+          "direction waits for the other direction above", both_sync=True),
     Smoke(Case("LSTM", 2, False, 5, 33, 7, 4, False, "fp16", True),
           "lengths (gradient passed through frozen steps), no bias"),
     Smoke(Case("GRU", 2, False, 6, 20, 3, 3, True, "fp32", False, 0.5),
           "dropout masks regenerated from the seed in the backward"),
+    Smoke(Case("LSTM", 3, False, 10, 40, 4, 9, True, "fp16", False),
+          "flags: 3 layers at their own pace (T=9), waits on the own layer's slices and the "
+          "layer above (default policy: flags)", multi_cta=True),
     Smoke(Case("LSTM", 2, False, 40, 512, 8, 3, True, "bf16", False),
           "cp.async stage ring wraps: more 128-byte K chunks per warp than stages",
           multi_cta=True, ring_wraps=True),
@@ -410,15 +419,14 @@ def test_smoke_tiny_backward(ext_bwd, precision):
     check_backward(TINY, torch.ops.fused_rnn._fused_backward, "cuda", **TINY_BACKWARD_KW)
 
 
-def forward_params():
-    """(smoke, sync) per forward test: a both_sync case once under each policy (id
-    "<case>-grid" / "<case>-flags"), the others under the environment's default (sync None,
-    id "<case>")."""
+def sync_params(smokes):
+    """(smoke, sync) per test: a both_sync case once under each policy (id "<case>-grid" /
+    "<case>-flags"), the others under the environment's default (sync None, id "<case>")."""
     return [pytest.param(s, policy, id=s.case.id + (f"-{policy}" if policy else ""))
-            for s in FORWARD for policy in (SYNC_POLICIES if s.both_sync else (None,))]
+            for s in smokes for policy in (SYNC_POLICIES if s.both_sync else (None,))]
 
 
-@pytest.mark.parametrize("smoke,sync", forward_params(), indirect=["sync"])
+@pytest.mark.parametrize("smoke,sync", sync_params(FORWARD), indirect=["sync"])
 def test_smoke_forward(ext, precision, smoke, sync):
     precision(smoke.case.prec)
     if smoke.smem_weights:  # a coverage-target shape: an H100/H200 must cover it
@@ -435,8 +443,8 @@ def test_smoke_forward(ext, precision, smoke, sync):
     check_forward(smoke.case, torch.ops.fused_rnn._fused_forward, "cuda")
 
 
-@pytest.mark.parametrize("smoke", BACKWARD, ids=lambda s: s.case.id)
-def test_smoke_backward(ext_bwd, precision, smoke):
+@pytest.mark.parametrize("smoke,sync", sync_params(BACKWARD), indirect=["sync"])
+def test_smoke_backward(ext_bwd, precision, smoke, sync):
     precision(smoke.case.prec)
     if smoke.ring_wraps:  # a speed-target shape: an H100/H200 must cover it
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -446,5 +454,7 @@ def test_smoke_backward(ext_bwd, precision, smoke):
                 smoke.case.I, smoke.case.H, smoke.case.B, smoke.case.T, DTYPE[smoke.case.prec],
                 torch.cuda.current_device(), True, smoke.case.lengths, smoke.case.dropout)
             assert ok, f"{smoke.case.id}: an H100/H200 must cover this case: {why}"
-    check_backward_plan(smoke, plan_backward_or_skip(ext_bwd, smoke.case))
+    why = plan_backward_or_skip(ext_bwd, smoke.case)
+    check_backward_plan(smoke, why)
+    assert_sync(smoke.case.id, why, sync)
     check_backward(smoke.case, torch.ops.fused_rnn._fused_backward, "cuda")
