@@ -282,8 +282,8 @@ PHASE_DEVICE = "cuda"  # (the CPU tests run the measurement logic on CPU tensors
 PHASE_MODEL = {
     ("forward", 1): dict(gather=0.5, gemm=0.35, epilogue=0.3, barrier=0.7, total=1.85),
     ("forward", 32): dict(gather=1.0, gemm=0.9, epilogue=0.6, barrier=0.7, total=3.2),
-    ("backward", 1): dict(gather=None, gemm=1.4, epilogue=0.2, barrier=1.6, total=3.2),
-    ("backward", 32): dict(gather=None, gemm=3.9, epilogue=0.3, barrier=2.1, total=6.3),
+    ("backward", 1): dict(gather=None, gemm=1.4, epilogue=0.2, barrier=0.7, total=2.3),
+    ("backward", 32): dict(gather=None, gemm=2.2, epilogue=0.3, barrier=0.7, total=3.2),
 }
 
 

@@ -28,8 +28,12 @@ def backend_info(load: bool = True) -> dict:
     step), "flags" (point-to-point step counters) or "auto", which it is when unset or
     empty and which runs flags; the extension reads the variable at every call, and a
     call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
-    policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``crossover_table``
-    (the calibrated table of this device, or None: the performance model's default) and
+    policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``cluster`` (the
+    backward kernel's thread-block cluster size asked for now: ``FUSED_RNN_CLUSTER``, "auto"
+    when unset or empty -- the planner's choice, clusters on sm_90 where the gate-gradient
+    stream dominates -- or "1" (none), "2", "4", "8"; the backward's plan names the
+    clusters it uses: "..., K stream multicast in clusters of 8 CTAs, ..."),
+    ``crossover_table`` (the calibrated table of this device, or None: the performance model's default) and
     ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
@@ -74,6 +78,7 @@ def backend_info(load: bool = True) -> dict:
         "sources": CSRC,
         "backend": requested()[0],
         "sync": os.environ.get("FUSED_RNN_SYNC") or "auto",
+        "cluster": os.environ.get("FUSED_RNN_CLUSTER") or "auto",
         "crossover_table": table,
         "default_path": default,
     }

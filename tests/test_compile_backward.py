@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from compile_helpers import (ARCHS, CSRC, CXX, NVCC, TensorReader, build_emulator,
-                             nvcc_compile, random_stack, rel_err, run_host_program, spill_bytes,
-                             write_tensors)
+from compile_helpers import (ARCHS, CSRC, CXX, NVCC, TensorReader, build_config,
+                             build_emulator, nvcc_compile, random_stack, rel_err,
+                             run_host_program, spill_bytes, write_tensors)
 
 BACKWARD_SOURCES = sorted(glob.glob(os.path.join(CSRC, "kernels", "backward_*.cu")))
 
@@ -64,10 +64,35 @@ def test_backward_kernel_compiles_without_spills(nvcc_logs, source):
         print(source, re.findall(r"Used (\d+) registers", log))
 
 
+@pytest.mark.parametrize("arch,clusters", [("90a", True), ("80", False)])
+def test_cluster_instructions_are_in_the_sm90_code_only(arch, clusters, tmp_path):
+    """The cluster path (cluster_copy.cuh) assembles for sm_90a: bulk copies multicast to
+    the cluster, mbarrier expect_tx / try_wait / remote arrive (mapa), cluster barriers,
+    the async-proxy fence; sm_80 code has none of it (the planner never asks for
+    clusters there; the kernel traps if it did)."""
+    if NVCC is None:
+        pytest.skip("nvcc not on PATH")
+    ptx = tmp_path / "bwd.ptx"
+    flags = build_config().nvcc_flags([arch[0] + "." + arch[1:]])  # one -gencode: one PTX
+    cmd = [NVCC, *flags, "-ptx", f"-I{CSRC}", os.path.join(CSRC, "kernels", "backward_bf16.cu"),
+           "-o", str(ptx)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = ptx.read_text()
+    for needle in ("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
+                   ".multicast::cluster", "mbarrier.arrive.expect_tx", "mbarrier.try_wait.parity",
+                   "mapa.shared::cluster", "mbarrier.arrive.release.cluster.shared::cluster",
+                   "barrier.cluster.arrive.release", "fence.proxy.async.global",
+                   "fence.mbarrier_init.release.cluster", "mbarrier.init"):
+        assert (needle in text) == clusters, (arch, needle)
+    assert "cp.async.cg.shared.global" in text  # the stream without clusters, both archs
+
+
 # --------------------------------------------------------------- planner on the host
 
 _PLAN_PROGRAM = r"""
 #include "kernels/backward_plan.h"
+#include <algorithm>
 #include <cstdio>
 using namespace fused_rnn;
 
@@ -90,12 +115,12 @@ static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, DType
 static void show(const char* name, const ForwardProblem& p, DeviceLimits d) {
   BackwardPlanResult r = plan_backward(p, d, &occ, &d);
   printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"slices\": %d, "
-         "\"stages\": %d, \"smem\": %lld},\n", name, r.ok ? "true" : "false", r.reason.c_str(),
-         r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_slices, r.cfg.stages,
-         (long long)r.cfg.smem_bytes);
+         "\"stages\": %d, \"smem\": %lld, \"cluster\": %d},\n", name, r.ok ? "true" : "false",
+         r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_slices, r.cfg.stages,
+         (long long)r.cfg.smem_bytes, r.cfg.cluster);
 }
 static int sweep() {
-  int bad = 0, accepted = 0;
+  int bad = 0, accepted = 0, clustered = 0;
   const Mode modes[] = {Mode::kLSTM, Mode::kGRU, Mode::kRnnTanh};
   const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
   const int Hs[] = {1, 7, 16, 37, 100, 256, 512, 1024};
@@ -128,10 +153,18 @@ static int sweep() {
       && c.smem_bytes == backward_smem_layout(c).total && c.smem_bytes <= d.smem_optin_per_block
       && c.use_tf32 == (dt == DType::kFloat32)
       && c.sync == SyncPolicy::kFlags
-      && r.reason.find(", flags sync") != std::string::npos;
+      && r.reason.find(", flags sync") != std::string::npos
+      && (c.cluster == 1 || c.cluster == 2 || c.cluster == 4 || c.cluster == 8)
+      && c.ctas_per_dir % c.cluster == 0 && c.grid % c.cluster == 0
+      && (c.cluster == 1 || (int64_t)std::min<int64_t>(c.rows_per_slice, B) * c.kw * c.elem_bytes
+                                >= kClusterMinStreamBytes)
+      && (c.cluster > 1) ==
+             (r.reason.find("K stream multicast in clusters of") != std::string::npos);
+    if (c.cluster > 1) ++clustered;
     if (!ok) { ++bad; fprintf(stderr, "bad plan: %s\n", r.reason.c_str()); }
   }
-  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d},\n", accepted, bad);
+  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d, \"clustered\": %d},\n", accepted, bad,
+         clustered);
   return bad;
 }
 int main() {
@@ -152,6 +185,23 @@ int main() {
   ForwardProblem grid = prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kBFloat16);
   grid.sync = SyncPolicy::kGrid;
   show("grid_requested", grid, d);
+  ForwardProblem small_b = prob(Mode::kLSTM, 4, false, 512, 512, 1, DType::kBFloat16);
+  show("lstm_bf16_L4_H512_B1", small_b, d);
+  ForwardProblem c4 = prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kBFloat16);
+  c4.cluster = 4;
+  show("cluster4_requested", c4, d);
+  ForwardProblem c1 = c4;
+  c1.cluster = 1;
+  show("cluster1_requested", c1, d);
+  ForwardProblem c8odd = prob(Mode::kRnnRelu, 3, true, 13, 37, 64, DType::kFloat16);
+  c8odd.cluster = 8;
+  show("cluster8_odd", c8odd, d);
+  DeviceLimits a100 = d; a100.cc_major = 8; a100.sm_count = 108;
+  a100.smem_optin_per_block = 166912; a100.smem_per_sm = 167936;
+  show("lstm_bf16_L2_H256_a100", prob(Mode::kLSTM, 2, false, 256, 256, 32, DType::kBFloat16), a100);
+  ForwardProblem c2a = prob(Mode::kLSTM, 2, false, 256, 256, 32, DType::kBFloat16);
+  c2a.cluster = 2;
+  show("cluster2_a100", c2a, a100);
   DeviceLimits turing = d; turing.cc_major = 7; turing.cc_minor = 5;
   show("turing", prob(Mode::kLSTM, 1, false, 8, 8, 1, DType::kFloat16), turing);
   const int bad = sweep();
@@ -180,6 +230,23 @@ def test_backward_planner_covers_the_targets(plans):
     assert plans["grid_requested"]["reason"].endswith(", grid sync")
     assert {k: v for k, v in plans["grid_requested"].items() if k != "reason"} == \
         {k: v for k, v in plans["lstm_bf16_L4_H512"].items() if k != "reason"}
+    # thread-block clusters (sm_90): auto where the per-CTA stream is >= 64 KB per step
+    # (B=32: 32 rows x 4096 K x 2 bytes = 256 KB; B=1: 8 KB), the largest of 8 / 4 / 2 that
+    # divides the 32 unit slices; a request is honoured or refused in words; none on sm_80
+    big = plans["lstm_bf16_L4_H512"]
+    assert big["cluster"] == 8 and "K stream multicast in clusters of 8 CTAs" in big["reason"]
+    assert big["smem"] == 221696 + 512, big  # + 8 warps x 4 stages x 2 barriers x 8 bytes
+    assert plans["lstm_bf16_L4_H512_B1"]["cluster"] == 1
+    assert "cluster" not in plans["lstm_bf16_L4_H512_B1"]["reason"]
+    assert plans["cluster4_requested"]["cluster"] == 4
+    assert plans["cluster1_requested"]["cluster"] == 1
+    assert plans["cluster1_requested"]["smem"] == 221696
+    assert "cluster" not in plans["cluster1_requested"]["reason"]
+    assert plans["cluster8_odd"]["ok"] and plans["cluster8_odd"]["cluster"] == 1
+    assert "no cluster (8 requested: it does not divide the unit slices" in \
+        plans["cluster8_odd"]["reason"]
+    assert plans["lstm_bf16_L2_H256_a100"]["cluster"] == 1
+    assert "no cluster (2 requested: clusters need sm_90)" in plans["cluster2_a100"]["reason"]
     assert plans["lstm_bf16_L2_H256"]["slices"] == 2  # idle SMs take a share of the batch
     # honest limits, in words (the forward rejects fp32 L=4 H=512 too)
     assert not plans["lstm_tf32_L4_H512"]["ok"]
@@ -192,6 +259,7 @@ def test_backward_planner_covers_the_targets(plans):
 def test_backward_planner_invariants_sweep(plans):
     assert plans["sweep"]["bad"] == 0
     assert plans["sweep"]["accepted"] > 700
+    assert plans["sweep"]["clustered"] > 50, plans["sweep"]
 
 
 # --------------------------------------------------------------- the kernel, emulated
@@ -255,6 +323,10 @@ SYNCS = ["flags", "grid"]
 # gate gradients are ordered by its own barriers).
 BREAK_CASE = Case("LSTM", 3, False, True, 4, 8, 2, 12, "float32", False, False, 0.0, 3)
 BREAK_CASE_SLICES = Case("LSTM", 1, False, True, 4, 24, 2, 12, "float32", False, False, 0.0, 2)
+# Clusters of 2 CTAs (2 unit slices per layer) whose warps stream more chunks per step
+# than they have stages (128 rows: one warp per batch tile, 8 chunks of fp32 through 4
+# stages), so a stage is refilled while the step's other chunks are in use.
+BREAK_CASE_CLUSTER = Case("LSTM", 2, False, True, 4, 32, 128, 3, "float32", False, False, 0.0, 4)
 
 
 def _emu_build(tmp_path_factory, sanitize):
@@ -321,11 +393,13 @@ def grads_op(tmp_path_factory):
     return torch.ops.fused_rnn_cpu_test.weight_grads
 
 
-def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="flags"):
+def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="flags",
+                   cluster="auto"):
     """Runs the emulated backward kernel on `case` under synchronisation policy `sync`
-    (FUSED_RNN_SYNC, as in the extension; `extra_args`: the driver's optional trailing
-    arguments, e.g. a phase buffer), checks it against the reference, and returns the
-    driver's stdout (the plan)."""
+    (FUSED_RNN_SYNC, as in the extension) and cluster request `cluster`
+    (FUSED_RNN_CLUSTER; `extra_args`: the driver's optional trailing arguments, e.g. a
+    phase buffer), checks it against the reference, and returns the driver's stdout (the
+    plan)."""
     from fused_rnn import reference
 
     inp = random_stack(case, grads=True)
@@ -361,11 +435,13 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="fla
         DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
         [str(src), str(dst)] + [str(a) for a in extra_args]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, FUSED_RNN_SYNC=sync))
+                          env=dict(os.environ, FUSED_RNN_SYNC=sync, FUSED_RNN_CLUSTER=cluster))
     assert proc.returncode == 0, f"emulated backward kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused backward: "), proc.stdout
     assert proc.stdout.strip().endswith(f", {sync} sync"), proc.stdout
+    if cluster not in ("auto", "1"):
+        assert f"K stream multicast in clusters of {cluster} CTAs" in proc.stdout, proc.stdout
     print(proc.stdout.strip())
 
     out = TensorReader(dst, dt)
@@ -428,6 +504,39 @@ def test_emulated_backward_has_no_data_races(emu_tsan, grads_op, case, sync, tmp
     _run_and_check(emu_tsan, grads_op, case, tmp_path, sync=sync)
 
 
+# Thread-block clusters (cluster_copy.cuh): each chunk of the gate-gradient stream is
+# fetched once per cluster, each CTA multicasting a share of its rows into every CTA's
+# stage, with full / empty mbarriers per warp and stage. The emulation models the
+# cluster's barrier, mapa, the mbarriers' arrivals, bytes and phases, and the multicast
+# (csrc/emu/emu_cluster.h). The shapes are forced into clusters (FUSED_RNN_CLUSTER) --
+# too small for the planner's own rule -- and cover: a partial batch tile (5 rows over 4
+# CTAs), several passes and the FP32 FMA path, bidirectional, TF32 with batch slices (a
+# cluster per batch slice), stages reused across items and steps.
+CLUSTER_CASES = [
+    (Case("LSTM", 2, False, True, 6, 64, 5, 4, "bfloat16", False, True, 0.0, 8), "4"),
+    (Case("GRU", 2, True, True, 7, 32, 19, 3, "float32", False, False, 0.3, 8), "2"),
+    (Case("LSTM", 1, False, True, 9, 64, 40, 5, "float32", True, False, 0.0, 12), "4"),
+    (Case("RNN_TANH", 3, False, True, 5, 32, 3, 6, "float16", False, True, 0.0, 12), "2"),
+]
+
+
+def _cluster_id(v):
+    return v.id if isinstance(v, Case) else f"cluster{v}"
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("case,cluster", CLUSTER_CASES, ids=_cluster_id)
+def test_emulated_backward_in_clusters(emu_asan, grads_op, case, cluster, sync, tmp_path):
+    _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync, cluster=cluster)
+
+
+@pytest.mark.parametrize("case,cluster", CLUSTER_CASES[:2] + [(BREAK_CASE_CLUSTER, "2")],
+                         ids=_cluster_id)
+def test_emulated_backward_in_clusters_has_no_data_races(emu_tsan, grads_op, case, cluster,
+                                                         tmp_path):
+    _run_and_check(emu_tsan, grads_op, case, tmp_path, cluster=cluster)
+
+
 # Deliberately broken flag synchronisation of the backward (FRNN_EMU_BREAK, common.h):
 # each must be caught. ThreadSanitizer follows the emulated flags' acquire / release
 # orders: a consumer whose wait is too weak (1) or one step short (6: the layer above;
@@ -435,9 +544,14 @@ def test_emulated_backward_has_no_data_races(emu_tsan, grads_op, case, sync, tmp
 # data race -- or, where the producer happens not to have written them yet, the poison
 # the workspace starts with: non-finite or wrong gradients. Either way the run fails.
 BACKWARD_BREAKS = {1: "relaxed instead of acquire", 6: "layer above one step short",
-                   7: "own layer one step short"}
-# (the broken variant's case, and the unit slices per layer its plan must have)
-BREAK_CASES = {1: (BREAK_CASE, 1), 6: (BREAK_CASE, 1), 7: (BREAK_CASE_SLICES, 2)}
+                   7: "own layer one step short", 8: "cluster producer skips the empty barrier",
+                   9: "cluster consumer skips the full barrier",
+                   10: "cluster barrier waits relaxed"}
+# (the broken variant's case, the unit slices per layer its plan must have, and the
+# cluster request)
+BREAK_CASES = {1: (BREAK_CASE, 1, "1"), 6: (BREAK_CASE, 1, "1"), 7: (BREAK_CASE_SLICES, 2, "1"),
+               8: (BREAK_CASE_CLUSTER, 2, "2"), 9: (BREAK_CASE_CLUSTER, 2, "2"),
+               10: (BREAK_CASE_CLUSTER, 2, "2")}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKWARD_BREAKS),
@@ -450,9 +564,9 @@ def emu_broken(request, tmp_path_factory):
 
 def test_broken_backward_synchronisation_is_caught(emu_broken, grads_op, tmp_path):
     which, exe = emu_broken
-    case, slices = BREAK_CASES[which]
+    case, slices, cluster = BREAK_CASES[which]
     with pytest.raises(AssertionError) as caught:
-        plan = _run_and_check(exe, grads_op, case, tmp_path, sync="flags")
+        plan = _run_and_check(exe, grads_op, case, tmp_path, sync="flags", cluster=cluster)
         assert f"({slices} per layer-direction x 1 batch slices" in plan, "PLAN: " + plan
     msg = str(caught.value)
     assert not msg.startswith("PLAN: "), msg

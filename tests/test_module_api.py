@@ -277,6 +277,12 @@ def test_backend_info(monkeypatch):
     for value, want in (("grid", "grid"), ("flags", "flags"), ("auto", "auto"), ("", "auto")):
         monkeypatch.setenv("FUSED_RNN_SYNC", value)
         assert fused_rnn.backend_info(load=False)["sync"] == want
+    # the backward's thread-block cluster size asked for now
+    monkeypatch.delenv("FUSED_RNN_CLUSTER", raising=False)
+    assert fused_rnn.backend_info(load=False)["cluster"] == "auto"
+    for value, want in (("4", "4"), ("1", "1"), ("", "auto")):
+        monkeypatch.setenv("FUSED_RNN_CLUSTER", value)
+        assert fused_rnn.backend_info(load=False)["cluster"] == want
 
 
 class _Net(nn.Module):

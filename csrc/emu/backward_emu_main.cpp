@@ -17,9 +17,10 @@
 // GRU]; [xdrop (L-1,T,B,D*H) with dropout]; grad_hx (LD,B,H); [grad_cx].
 // Outputs and workspace start as 0xFF bytes (NaN in every float dtype).
 // PHASE_CAP PHASE_OUT: a per-phase timing buffer, as for forward_emu.
-// FUSED_RNN_SYNC (grid | flags | auto) in the environment picks the
-// synchronisation policy, as in the extension; the step counters start at 0,
-// as the binding clears them.
+// FUSED_RNN_SYNC (grid | flags | auto) and FUSED_RNN_CLUSTER (auto | 1 | 2 |
+// 4 | 8) in the environment are read as the extension reads them; the step
+// counters start at 0, as the binding clears them. (The made-up device is an
+// sm_90: clusters are planned, and emulated, where the plan allows them.)
 // Exit code 3: the planner does not cover the problem (reason on stdout).
 #include "kernels/backward_kernel.cuh"
 #include "kernels/backward_plan.h"
@@ -38,6 +39,15 @@ cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, v
                                         size_t smem_bytes, cudaStream_t) {
   emu::LaunchOptions opt;
   opt.warp_barriers = true;
+  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
+}
+
+// The same in thread-block clusters (the kernel's cudaLaunchKernelEx path).
+cudaError_t emu::launch_cooperative_cluster(const void* fn, dim3 grid, dim3 block, void** args,
+                                            size_t smem_bytes, cudaStream_t, int cluster) {
+  emu::LaunchOptions opt;
+  opt.warp_barriers = true;
+  opt.cluster = cluster;
   return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
 }
 
@@ -62,6 +72,10 @@ int main(int argc, char** argv) {
   p.need_reserve = true;
   if (!parse_sync(getenv("FUSED_RNN_SYNC"), &p.sync)) {
     fprintf(stderr, "emu: bad FUSED_RNN_SYNC\n");
+    return 2;
+  }
+  if (!parse_cluster(getenv("FUSED_RNN_CLUSTER"), &p.cluster)) {
+    fprintf(stderr, "emu: bad FUSED_RNN_CLUSTER\n");
     return 2;
   }
   const DeviceLimits dev = emu::h100_like(atoi(argv[12]));

@@ -94,6 +94,7 @@ class Barrier {
 };
 
 struct WarpScratch;  // emu_mma.h: the lanes' operands of a warp-collective operation
+struct Cluster;      // emu_cluster.h: a thread-block cluster
 
 struct Cta {
   Barrier* bar;
@@ -101,6 +102,8 @@ struct Cta {
   Barrier** warps = nullptr;  // one barrier per warp (__syncwarp); set by drivers that need it
   WarpScratch* scratch = nullptr;  // one per warp, with the warp barriers (ldmatrix, mma.sync)
   size_t smem_bytes = 0;           // the CTA's dynamic shared memory (ldmatrix checks its range)
+  Cluster* cluster = nullptr;      // its cluster (a launch with clusters only)
+  int cluster_rank = 0;
 };
 
 inline thread_local Cta* tl_cta = nullptr;
@@ -181,3 +184,13 @@ template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) 
 // Warp-collective tensor-core operations (ldmatrix, mma.sync) with the real
 // fragment layouts.
 #include "emu_mma.h"
+// Thread-block clusters: barrier, mapa, mbarriers, bulk copy multicast.
+#include "emu_cluster.h"
+
+namespace emu {
+// A cooperative launch in clusters of `cluster` CTAs (cudaLaunchKernelEx with
+// the cooperative and cluster-dimension attributes); defined by the driver
+// whose kernel uses it (backward_emu_main.cpp).
+cudaError_t launch_cooperative_cluster(const void* fn, dim3 grid, dim3 block, void** args,
+                                       size_t smem_bytes, cudaStream_t stream, int cluster);
+}  // namespace emu

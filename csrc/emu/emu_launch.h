@@ -41,6 +41,8 @@ struct LaunchOptions {
   // one barrier and one scratch per warp, for __syncwarp and the warp-collective
   // ldmatrix / mma.sync (without them these assert)
   bool warp_barriers = false;
+  // CTAs per thread-block cluster (consecutive blockIdx.x; 1: no clusters)
+  int cluster = 1;
 };
 
 // The cooperative launch: every CTA's threads at once (all co-resident), with
@@ -58,6 +60,11 @@ cudaError_t cooperative_launch(const void* fn, dim3 grid, dim3 block, void** arg
   std::vector<Cta> ctas(grid.x);
   std::vector<void*> smem(grid.x);
   const size_t smem_alloc = (smem_bytes + 127) / 128 * 128 + opt.smem_slack;
+  assert(opt.cluster >= 1 && grid.x % opt.cluster == 0 && "emu: grid not a multiple of the cluster");
+  const unsigned n_clusters = grid.x / opt.cluster;
+  std::vector<Cluster> clusters(opt.cluster > 1 ? n_clusters : 0);
+  std::vector<Barrier*> cluster_bars;
+  std::vector<std::vector<unsigned char*>> cluster_smem(clusters.size());
   for (unsigned b = 0; b < grid.x; ++b) {
     bars.push_back(new Barrier(static_cast<int>(block.x)));
     if (opt.warp_barriers) {
@@ -69,6 +76,15 @@ cudaError_t cooperative_launch(const void* fn, dim3 grid, dim3 block, void** arg
     ctas[b] = Cta{bars.back(), static_cast<unsigned char*>(smem[b]),
                   opt.warp_barriers ? warp_bars[b].data() : nullptr,
                   opt.warp_barriers ? scratch[b].data() : nullptr, smem_bytes};
+  }
+  for (unsigned k = 0; k < clusters.size(); ++k) {
+    cluster_bars.push_back(new Barrier(static_cast<int>(opt.cluster * block.x)));
+    for (int r = 0; r < opt.cluster; ++r) {
+      cluster_smem[k].push_back(static_cast<unsigned char*>(smem[k * opt.cluster + r]));
+      ctas[k * opt.cluster + r].cluster = &clusters[k];
+      ctas[k * opt.cluster + r].cluster_rank = r;
+    }
+    clusters[k] = Cluster{cluster_bars.back(), opt.cluster, cluster_smem[k].data()};
   }
   auto kernel = reinterpret_cast<void (*)(Params)>(const_cast<void*>(fn));
   const auto* params = static_cast<const Params*>(args[0]);
@@ -94,6 +110,7 @@ cudaError_t cooperative_launch(const void* fn, dim3 grid, dim3 block, void** arg
     for (auto* w : warp_bars[b]) delete w;
     free(smem[b]);
   }
+  for (auto* c : cluster_bars) delete c;
   return cudaSuccess;
 }
 

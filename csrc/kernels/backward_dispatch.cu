@@ -16,18 +16,41 @@ namespace {
 struct BackwardDispatch : BackwardKernels {
   using Result = BackwardPlanResult;
   using Key = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int, bool, double, bool, int>;
+                         int, bool, double, bool, int, int>;
   // (device, every problem field); need_reserve does not matter to the
   // backward (it reads the saved reserve), nor does can_project_input
   static Key key(const ForwardProblem& pr, int device) {
     return Key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
                pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
                pr.seq_len, static_cast<int>(pr.dtype), pr.has_lengths, pr.dropout,
-               pr.allow_tf32, static_cast<int>(pr.sync)};
+               pr.allow_tf32, static_cast<int>(pr.sync), pr.cluster};
   }
   static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
                      const void* ctx) {
-    return plan_backward(pr, dev, occupancy, ctx);
+    return plan_backward(pr, dev, occupancy, ctx, &query_cluster_occupancy, ctx);
+  }
+  // Clusters of `cluster` CTAs of this kernel that the device holds at once
+  // (cudaOccupancyMaxActiveClusters; 0 where it can not tell: then no cluster).
+  static int query_cluster_occupancy(const void* ctx, int64_t smem_bytes, int grid, int cluster) {
+    auto* q = static_cast<OccupancyQuery*>(const_cast<void*>(ctx));
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(grid));
+    config.blockDim = dim3(kBackwardThreads);
+    config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = static_cast<unsigned>(cluster);
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, q->fn, &config);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // a device or driver without clusters: no cluster, not an error
+      return 0;
+    }
+    return clusters;
   }
   static const char* planning() { return "planning the backward"; }
   static const char* kernel_name() { return "backward kernel"; }

@@ -66,6 +66,7 @@
 #include <mma.h>
 
 #include "backward_params.h"
+#include "cluster_copy.cuh"
 #include "common.h"
 #include "forward_kernel.cuh"  // element helpers, the dynamic smem hook
 #include "gate_math.h"
@@ -125,12 +126,37 @@ template <typename T> struct Block {
   static constexpr int kK = sizeof(T) == 2 ? 16 : 8;
 };
 
+// The cluster's share of a warp's stream (cluster_copy.cuh): this CTA's rank
+// and the cluster size, and the warp's full / empty barriers (one each per
+// stage). size == 1: no cluster, every CTA streams its own copy with cp.async.
+struct ClusterPipe {
+  int rank = 0;
+  int size = 1;
+  uint64_t* full = nullptr;
+  uint64_t* empty = nullptr;
+};
+
 // One warp's GEMM item: rows [row0, row0 + rows) (<= 16) of the pass, K tiles
 // [tk0, tk1). Accumulates above and rec sums separately and stores them to
 // part_w[2][16][m_pad] (column-major per sum: [n][m]).
+//
+// The K chunks stream through `stages` staging buffers, `stages - 1` chunks
+// ahead of the one being multiplied. Without a cluster each lane copies its
+// 16-byte pieces with cp.async (waits: cp.async.wait_group + __syncwarp).
+// In a cluster (sm_90) the rows of each chunk are dealt to the cluster's CTAs
+// (row r to rank r % size); lane i of each CTA copies its i-th row with one
+// bulk copy multicast to the same stage of every CTA, after lane 0 has seen
+// the stage's empty barrier (every CTA done with its previous chunk) and
+// announced the chunk's bytes on its own full barrier; a consumer waits for
+// its full barrier, multiplies, and arrives on the empty barrier of every CTA.
+// `seq` (cluster only): the warp's chunks over the whole launch so far, the
+// same in every CTA of the cluster (they run the same items in the same
+// order), from which each chunk's stage and barrier phase follow; advanced
+// by the item's chunks.
 template <typename T, bool TF32>
 FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, float* part_w,
-                           const StepK& sk, int64_t row0, int rows, int tk0, int tk1, int U) {
+                           const StepK& sk, int64_t row0, int rows, int tk0, int tk1, int U,
+                           const ClusterPipe& cp, int& seq) {
   constexpr int kK = Block<T>::kK;
   constexpr int kPiece = 16 / sizeof(T);           // elements per 16-byte copy
   constexpr bool kFma = sizeof(T) == 4 && !TF32;   // exact FP32 path
@@ -140,6 +166,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
   const int chunk_tiles = c.stage_k / 16;          // 4 (16-bit) or 2 (fp32)
   const int MT = c.m_tiles;
   const int64_t stage_elems = 16 * static_cast<int64_t>(c.stage_ld);
+  const bool clustered = cp.size > 1;
 
   // chunk length at linear tile position pos: stays inside one segment and the item
   auto chunk_len = [&](int pos) {
@@ -147,21 +174,79 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
     int n = chunk_tiles < seg_left ? chunk_tiles : seg_left;
     return n < tk1 - pos ? n : tk1 - pos;
   };
-  auto issue = [&](int pos, int stage) {
-    const int n = chunk_len(pos);
+  auto chunk_src = [&](int pos) {
     const int seg = pos / gt;
     const int off = pos - seg * gt;
     const T* src = seg < sk.na
         ? static_cast<const T*>(sk.above) + seg * sk.dir_stride
         : static_cast<const T*>(sk.rec);
-    src += row0 * GHp + off * 16;
+    return src + row0 * GHp + off * 16;
+  };
+  // the chunk at `pos` into stage `stage` (its `use`-th fill, cluster only)
+  auto issue = [&](int pos, int stage, int use) {
+    const int n = chunk_len(pos);
+    const T* src = chunk_src(pos);
     T* dst = stage0 + stage * stage_elems;
+    if (clustered) {
+      uint64_t* const full = cp.full + stage;
+      if (lane == 0) {
+        if (use > 0 && FRNN_EMU_BREAK != 8) mbar_wait(cp.empty + stage, (use - 1) & 1);
+        mbar_arrive_expect_tx(full, rows * n * 16 * static_cast<int>(sizeof(T)));
+      }
+      __syncwarp();  // the stage is free in every CTA of the cluster
+      const int r = lane * cp.size + cp.rank;
+      if (r < rows)
+        bulk_copy_multicast(dst + r * c.stage_ld, src + static_cast<int64_t>(r) * GHp,
+                            n * 16 * static_cast<int>(sizeof(T)), full,
+                            static_cast<uint16_t>((1u << cp.size) - 1));
+      return;
+    }
     const int per_row = n * 16 / kPiece;
     const int pieces = rows * per_row;
     for (int i = lane; i < pieces; i += 32) {
       const int r = i / per_row;
       const int q = i - r * per_row;
       cp_async16(dst + r * c.stage_ld + q * kPiece, src + static_cast<int64_t>(r) * GHp + q * kPiece);
+    }
+  };
+  // The pipeline: `multiply(pos, stage, is_rec)` for each chunk of the item, in order.
+  auto pipeline = [&](auto&& multiply) {
+    const int seq0 = clustered ? seq : 0;
+    int ipos = tk0, cpos = tk0, issued = 0, done = 0;
+    auto stage_of = [&](int k) { return (seq0 + k) % c.stages; };
+    auto use_of = [&](int k) { return (seq0 + k) / c.stages; };
+    auto issue_next = [&]() {
+      if (ipos < tk1) {
+        issue(ipos, stage_of(issued), use_of(issued));
+        ipos += chunk_len(ipos);
+        ++issued;
+      }
+      if (!clustered) cp_async_commit();  // (empty groups keep the wait counts uniform)
+    };
+    for (int q = 0; q < c.stages - 1; ++q) issue_next();
+    while (cpos < tk1) {
+      const int stage = stage_of(done);
+      if (clustered) {
+        if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, use_of(done) & 1);
+      } else {
+        cp_async_wait(c.stages - 2);
+        __syncwarp();  // every lane's copies of chunk cpos landed; stage istage is free
+      }
+      // (cp.async: the stage refilled next was read by the whole warp before
+      // the __syncwarp above; cluster: issue() waits for its empty barrier)
+      issue_next();
+      multiply(cpos, stage, cpos / gt >= sk.na);
+      if (clustered) {
+        __syncwarp();  // every lane has read the stage
+        if (lane < cp.size) mbar_arrive_remote(cp.empty + stage, lane);
+      }
+      cpos += chunk_len(cpos);
+      ++done;
+    }
+    if (clustered) {
+      seq = seq0 + done;
+    } else {
+      cp_async_wait(0);
     }
   };
 
@@ -207,32 +292,10 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         }
       }
     };
-    // pipeline
-    int ipos = tk0, cpos = tk0, istage = 0, cstage = 0;
-    for (int q = 0; q < c.stages - 1; ++q) {
-      if (ipos < tk1) {
-        issue(ipos, istage);
-        ipos += chunk_len(ipos);
-      }
-      cp_async_commit();
-      istage = istage + 1 == c.stages ? 0 : istage + 1;
-    }
-    while (cpos < tk1) {
-      cp_async_wait(c.stages - 2);
-      __syncwarp();  // every lane's copies of chunk cpos landed; stage istage is free
-      if (ipos < tk1) {
-        issue(ipos, istage);
-        ipos += chunk_len(ipos);
-      }
-      cp_async_commit();
-      istage = istage + 1 == c.stages ? 0 : istage + 1;
-      const bool is_rec = cpos / gt >= sk.na;
-      if (is_rec) compute(cpos, cstage, acc[1]);
-      else compute(cpos, cstage, acc[0]);
-      cpos += chunk_len(cpos);
-      cstage = cstage + 1 == c.stages ? 0 : cstage + 1;
-    }
-    cp_async_wait(0);
+    pipeline([&](int pos, int stage, bool is_rec) {
+      if (is_rec) compute(pos, stage, acc[1]);
+      else compute(pos, stage, acc[0]);
+    });
 #pragma unroll
     for (int a = 0; a < 2; ++a)
 #pragma unroll
@@ -274,31 +337,10 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         }
       }
     };
-    int ipos = tk0, cpos = tk0, istage = 0, cstage = 0;
-    for (int q = 0; q < c.stages - 1; ++q) {
-      if (ipos < tk1) {
-        issue(ipos, istage);
-        ipos += chunk_len(ipos);
-      }
-      cp_async_commit();
-      istage = istage + 1 == c.stages ? 0 : istage + 1;
-    }
-    while (cpos < tk1) {
-      cp_async_wait(c.stages - 2);
-      __syncwarp();
-      if (ipos < tk1) {
-        issue(ipos, istage);
-        ipos += chunk_len(ipos);
-      }
-      cp_async_commit();
-      istage = istage + 1 == c.stages ? 0 : istage + 1;
-      const bool is_rec = cpos / gt >= sk.na;
-      if (is_rec) compute(cpos, cstage, acc[1]);
-      else compute(cpos, cstage, acc[0]);
-      cpos += chunk_len(cpos);
-      cstage = cstage + 1 == c.stages ? 0 : cstage + 1;
-    }
-    cp_async_wait(0);
+    pipeline([&](int pos, int stage, bool is_rec) {
+      if (is_rec) compute(pos, stage, acc[1]);
+      else compute(pos, stage, acc[0]);
+    });
 #pragma unroll
     for (int a = 0; a < 2; ++a)
 #pragma unroll
@@ -350,10 +392,12 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const int U = c.units_per_cta;
   const int GH = G * H;
   const int GHp = c.gh_pad;
-  const int bslice = blockIdx.x % c.batch_slices;
-  const int unit_cta = blockIdx.x / c.batch_slices;
-  const int ld_id = unit_cta / c.ctas_per_dir;
-  const int slice = unit_cta - ld_id * c.ctas_per_dir;
+  // CTA = (ld * BS + bslice) * C + slice: the unit slices of one
+  // layer-direction and batch slice are consecutive (a cluster is a run of them)
+  const int slice = blockIdx.x % c.ctas_per_dir;
+  const int ld_bslice = blockIdx.x / c.ctas_per_dir;
+  const int bslice = ld_bslice % c.batch_slices;
+  const int ld_id = ld_bslice / c.batch_slices;
   const int layer = ld_id / D;
   const int dir = ld_id - layer * D;
   const int u0 = slice * U;
@@ -400,6 +444,28 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
     }
   }
   __syncthreads();
+
+  // Clusters (cluster_copy.cuh): each warp's full / empty barrier per stage,
+  // initialised by this CTA and visible to the cluster before any use.
+  int chunk_seq = 0;  // this warp's chunks so far (each lane keeps the same count)
+  ClusterPipe cpipe;
+  if (c.cluster > 1) {
+#if !FRNN_CLUSTER_CODE
+    __trap();  // (the planner asks for clusters on sm_90 and later only)
+#endif
+    uint64_t* const bars = reinterpret_cast<uint64_t*>(smem + lay.bar);
+    const int nb = kBackwardWarps * c.stages;
+    if (static_cast<int>(threadIdx.x) < nb) {
+      mbar_init(bars + threadIdx.x, 1);              // full: the local expect_tx + the bytes
+      mbar_init(bars + nb + threadIdx.x, c.cluster);  // empty: one consumer per CTA
+      mbar_init_fence();
+    }
+    cluster_sync();
+    cpipe.rank = cluster_rank();
+    cpipe.size = c.cluster;
+    cpipe.full = bars + warp * c.stages;
+    cpipe.empty = bars + nb + warp * c.stages;
+  }
 
   const T* const reserve = static_cast<const T*>(p.reserve);
   const T* const gout = static_cast<const T*>(p.grad_output);
@@ -526,6 +592,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         }
 
         // 1. the GEMM: warp item (batch tile nt, K split ks)
+        // (cluster: the bulk copies read, through the async proxy, gate
+        // gradients that generic stores wrote; this thread has waited for them)
+        if (c.cluster > 1) fence_proxy_async_global();
         if (sk.total > 0) {
           const int nt = warp / c.k_splits;
           const int ks = warp - nt * c.k_splits;
@@ -535,7 +604,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
             const int tk1 = static_cast<int>(static_cast<int64_t>(sk.total) * (ks + 1) / c.k_splits);
             warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
                                part + static_cast<int64_t>(warp) * 2 * 16 * c.m_pad, sk,
-                               b0 + nt * 16, rows, tk0, tk1, U);
+                               b0 + nt * 16, rows, tk0, tk1, U, cpipe, chunk_seq);
           }
         }
         __syncthreads();
@@ -651,6 +720,8 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         rec.mark(kPhaseEpilogue);
       }
     }
+    // (cluster: this step's gate gradients will be read by bulk copies)
+    if (c.cluster > 1) fence_proxy_async_global();
     if constexpr (kFlags) {
       // Every thread's writes of this step, then one release of the count.
       __syncthreads();
@@ -664,6 +735,8 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
       rec.step_end(s, active, s + 1 < n_steps);
     }
   }
+  // no CTA leaves while a peer may still arrive on its barriers
+  if (c.cluster > 1) cluster_sync();
   rec.finish(n_steps);
 }
 
@@ -679,12 +752,37 @@ const void* backward_kernel_ptr(SyncPolicy sync) {
 // One cooperative launch on `stream` of the variant of p.cfg.sync (see
 // launch_forward_kernel: both policies need every CTA co-resident; the caller
 // has zeroed the step counters on the same stream for kFlags).
+// With clusters (p.cfg.cluster > 1, sm_90): cudaLaunchKernelEx with both the
+// cooperative and the cluster-dimension attributes (the planner checked with
+// cudaOccupancyMaxActiveClusters that every cluster is co-resident).
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream) {
   const void* fn = backward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<BackwardParams*>(&p)};
-  return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
-                                     static_cast<size_t>(p.cfg.smem_bytes), stream);
+  if (p.cfg.cluster <= 1)
+    return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
+                                       static_cast<size_t>(p.cfg.smem_bytes), stream);
+#if defined(FRNN_EMULATION)
+  return ::emu::launch_cooperative_cluster(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
+                                           static_cast<size_t>(p.cfg.smem_bytes), stream,
+                                           p.cfg.cluster);
+#else
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.cfg.grid);
+  config.blockDim = dim3(kBackwardThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(p.cfg.smem_bytes);
+  config.stream = stream;
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = static_cast<unsigned>(p.cfg.cluster);
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1].id = cudaLaunchAttributeCooperative;
+  attrs[1].val.cooperative = 1;
+  config.attrs = attrs;
+  config.numAttrs = 2;
+  return cudaLaunchKernelExC(&config, fn, args);
+#endif
 }
 
 }  // namespace bwd

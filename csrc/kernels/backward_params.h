@@ -43,7 +43,7 @@ constexpr int kStageRowBytes = 128;
 // How the backward kernel covers a problem (chosen by plan_backward,
 // backward_plan.h).
 //
-// Work split: CTA id = ((ld * ctas_per_dir) + slice) * batch_slices + bslice
+// Work split: CTA id = ((ld * batch_slices) + bslice) * ctas_per_dir + slice
 // owns hidden units [slice*U, min((slice+1)*U, H)) of (layer, direction) ld
 // and batch rows [bslice*R, min((bslice+1)*R, B)), R = rows_per_slice. It
 // keeps, in shared memory, the COLUMNS of its units of
@@ -58,7 +58,10 @@ constexpr int kStageRowBytes = 128;
 //   dy  = sum_d' dg_ih^{l+1,d'}[t] W_ih^{l+1,d'}[:, d*H + J]   (or grad_output)
 //   rec = dg_hh^{l,d}[t_prev] W_hh^{l,d}[:, J]
 // as (U x K) x (K x rows) with K streamed from L2 by each warp through its own
-// cp.async pipeline (`stages` deep, chunks of up to 128 bytes per row).
+// pipeline (`stages` deep, chunks of up to 128 bytes per row): cp.async, or,
+// in thread-block clusters of `cluster` consecutive unit slices (sm_90), bulk
+// copies multicast to every CTA of the cluster, each CTA fetching a share of
+// the rows (cluster_copy.cuh): L2 serves each chunk once per cluster.
 struct BackwardConfig {
   int units_per_cta = 0;   // U
   int ctas_per_dir = 0;    // C = ceil(H / U)
@@ -85,6 +88,9 @@ struct BackwardConfig {
   // CTA, backward_flag_index) on exactly the CTAs whose gate gradients the step
   // reads (backward_kernel.cuh).
   SyncPolicy sync = SyncPolicy::kFlags;
+  // CTAs per thread-block cluster (consecutive unit slices of one
+  // layer-direction and batch slice; divides ctas_per_dir): 1 = no cluster.
+  int cluster = 1;
 };
 
 // The step counter of CTA (layer-direction ld, unit slice, batch slice): the
@@ -102,8 +108,10 @@ FRNN_HD int backward_flag_index(const BackwardConfig& c, int layer_dirs, int bsl
 //          of the B operand (16 batch rows x one K chunk)
 //   part   kBackwardWarps x 2 x 16 x m_pad fp32: per-warp partial sums
 //          [warp][above | rec][row n][unit m]
+//   bar    clusters only: kBackwardWarps x stages mbarriers "full", then as
+//          many "empty" (8 bytes each; cluster_copy.cuh)
 struct BackwardSmemLayout {
-  int64_t w = 0, stage = 0, part = 0, total = 0;
+  int64_t w = 0, stage = 0, part = 0, bar = 0, total = 0;
 };
 
 FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
@@ -114,7 +122,9 @@ FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
                      128);
   s.part = align_to(
       s.stage + static_cast<int64_t>(kBackwardWarps) * c.stages * 16 * c.stage_ld * e, 128);
-  s.total = align_to(s.part + static_cast<int64_t>(kBackwardWarps) * 2 * 16 * c.m_pad * 4, 128);
+  s.bar = align_to(s.part + static_cast<int64_t>(kBackwardWarps) * 2 * 16 * c.m_pad * 4, 128);
+  s.total = align_to(
+      s.bar + (c.cluster > 1 ? static_cast<int64_t>(kBackwardWarps) * c.stages * 2 * 8 : 0), 128);
   return s;
 }
 

@@ -15,7 +15,9 @@
 //  4. batch tiles per pass (1, 2, 4, 8 tiles of 16 rows, K split over the
 //     rest of the 8 warps) and the deepest cp.async pipeline that fits;
 //  5. the synchronisation policy: the request (FUSED_RNN_SYNC) resolved as
-//     the forward resolves it, auto -> flags.
+//     the forward resolves it, auto -> flags;
+//  6. thread-block clusters on sm_90 (choose_cluster): the unit slices that
+//     stream the same gate-gradient rows share each L2 read.
 // Rejection says why in words.
 #pragma once
 
@@ -29,14 +31,29 @@
 
 namespace fused_rnn {
 
+// How many clusters of `cluster` CTAs (of `smem_bytes` each, a grid of `grid`)
+// the device holds at once; the device-aware planner asks the CUDA runtime
+// (cudaOccupancyMaxActiveClusters).
+using ClusterOccupancyFn = int (*)(const void* ctx, int64_t smem_bytes, int grid, int cluster);
+
+// A cluster's multicast pays where the per-step stream, not its latency,
+// dominates a CTA's GEMM: from this many bytes of gate gradients per CTA per
+// step (64 KB: ~1.4 us of one SM's share of L2 bandwidth, about the three
+// dependent L2 round trips of a small batch's stream).
+constexpr int64_t kClusterMinStreamBytes = 64 * 1024;
+
 struct BackwardPlanResult {
   bool ok = false;
   std::string reason;  // why not (ok == false) or a one-line summary (ok == true)
   BackwardConfig cfg;
 };
 
-inline std::string describe_backward(const ForwardProblem& p, const BackwardConfig& c) {
-  char buf[512];
+inline std::string describe_backward(const ForwardProblem& p, const BackwardConfig& c,
+                                     const std::string& cluster_note = "") {
+  char buf[768];
+  const std::string cluster =
+      c.cluster > 1 ? "K stream multicast in clusters of " + std::to_string(c.cluster) + " CTAs, "
+                    : cluster_note;
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
@@ -45,14 +62,14 @@ inline std::string describe_backward(const ForwardProblem& p, const BackwardConf
   snprintf(buf, sizeof(buf),
            "fused backward: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per "
            "layer-direction x %d batch slices of %d rows, %d units each), %d batch tiles x %d K "
-           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %lld wave steps, %s "
-           "sync",
+           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %s%lld wave steps, "
+           "%s sync",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.batch_slices, c.rows_per_slice, c.units_per_cta, c.n_tiles,
            c.k_splits, c.stages, plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           static_cast<long long>(steps), sync_name(c.sync));
+           cluster.c_str(), static_cast<long long>(steps), sync_name(c.sync));
   return buf;
 }
 
@@ -141,8 +158,62 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
   return false;
 }
 
+// Thread-block clusters (sm_90): the largest size of 8, 4, 2 (or the one
+// requested, p.cluster) that divides the unit slices per layer-direction,
+// fits shared memory with the cluster's barriers, and whose clusters are all
+// co-resident; under auto only where the per-CTA stream is at least
+// kClusterMinStreamBytes per step. Sets c->cluster (1: none) and returns a
+// note for the plan string when a requested size could not be used.
+inline std::string choose_cluster(const ForwardProblem& p, const DeviceLimits& dev,
+                                  OccupancyFn occupancy, const void* occ_ctx,
+                                  ClusterOccupancyFn cluster_occupancy, const void* cl_ctx,
+                                  BackwardConfig* c) {
+  c->cluster = 1;
+  const int req = p.cluster;
+  if (req == 1) return "";
+  char note[160];
+  auto refuse = [&](const char* why) -> std::string {
+    if (req == 0) return "";
+    snprintf(note, sizeof(note), "no cluster (%d requested: %s), ", req, why);
+    return note;
+  };
+  if (dev.cc_major < 9) return refuse("clusters need sm_90");
+  const int64_t rows = c->rows_per_slice < p.batch ? c->rows_per_slice : p.batch;
+  if (req == 0 && rows * c->kw * c->elem_bytes < kClusterMinStreamBytes) return "";
+  const int sizes[] = {8, 4, 2};
+  for (int cs : sizes) {
+    if (req != 0 && cs != req) continue;
+    if (c->ctas_per_dir % cs != 0) {
+      if (req != 0) return refuse("it does not divide the unit slices per layer-direction");
+      continue;
+    }
+    BackwardConfig t = *c;
+    t.cluster = cs;
+    t.smem_bytes = backward_smem_layout(t).total;
+    if (t.smem_bytes > dev.smem_optin_per_block) {
+      if (req != 0) return refuse("its barriers do not fit shared memory");
+      continue;
+    }
+    const int occ = occupancy(occ_ctx, t.smem_bytes);
+    if (occ < 1) continue;
+    const int64_t clusters = cluster_occupancy
+                                 ? cluster_occupancy(cl_ctx, t.smem_bytes, t.grid, cs)
+                                 : static_cast<int64_t>(dev.sm_count) * occ / cs;
+    if (clusters * cs < t.grid) {
+      if (req != 0) return refuse("its clusters are not all co-resident");
+      continue;
+    }
+    t.blocks_per_sm = occ;
+    *c = t;
+    return "";
+  }
+  return refuse("not possible");
+}
+
 inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLimits& dev,
-                                        OccupancyFn occupancy, const void* occ_ctx) {
+                                        OccupancyFn occupancy, const void* occ_ctx,
+                                        ClusterOccupancyFn cluster_occupancy = nullptr,
+                                        const void* cl_ctx = nullptr) {
   using plan_detail::kb;
   BackwardPlanResult r;
   std::string why;
@@ -229,9 +300,11 @@ inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLim
       break;
     }
   }
+  const std::string note =
+      choose_cluster(p, dev, occupancy, occ_ctx, cluster_occupancy, cl_ctx, &best);
   r.ok = true;
   r.cfg = best;
-  r.reason = describe_backward(p, best);
+  r.reason = describe_backward(p, best, note);
   return r;
 }
 

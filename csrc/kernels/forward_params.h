@@ -37,6 +37,10 @@ struct ForwardProblem {
   double dropout = 0.0;
   bool allow_tf32 = false;  // float32 only: TF32 tensor cores instead of FP32 FMA
   SyncPolicy sync = SyncPolicy::kAuto;  // requested synchronisation (FUSED_RNN_SYNC)
+  // Requested thread-block cluster size of the backward (FUSED_RNN_CLUSTER):
+  // 0 auto (the planner's rule, backward_plan.h), 1 none, 2 / 4 / 8 that size
+  // where the plan allows it.
+  int cluster = 0;
   // The caller can compute layer 0's input projection x W_ih0^T for all
   // timesteps before the launch (one GEMM with fp32 output per direction: the
   // binding's at::mm(..., out_dtype=float)). The planner uses it for 16-bit

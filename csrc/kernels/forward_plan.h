@@ -177,6 +177,15 @@ inline bool parse_sync(const char* s, SyncPolicy* out) {
   return true;
 }
 
+// FUSED_RNN_CLUSTER: "" or "auto" -> 0, "1" / "2" / "4" / "8" -> that; false otherwise.
+inline bool parse_cluster(const char* s, int* out) {
+  const std::string v = s ? s : "";
+  if (v.empty() || v == "auto") *out = 0;
+  else if (v == "1" || v == "2" || v == "4" || v == "8") *out = v[0] - '0';
+  else return false;
+  return true;
+}
+
 // Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
 inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
   char buf[640];

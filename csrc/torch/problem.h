@@ -121,6 +121,17 @@ inline SyncPolicy requested_sync() {
   return s;
 }
 
+// The backward's thread-block cluster size requested through FUSED_RNN_CLUSTER
+// ("auto" or unset: the planner's choice; "1": none; "2", "4", "8"), read at
+// every call like FUSED_RNN_SYNC.
+inline int requested_cluster() {
+  const char* v = std::getenv("FUSED_RNN_CLUSTER");
+  int c = 0;
+  TORCH_CHECK(parse_cluster(v, &c), "FUSED_RNN_CLUSTER must be 'auto', '1', '2', '4' or '8', got '",
+              v ? v : "", "'");
+  return c;
+}
+
 inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirectional,
                                    bool has_biases, int64_t proj_size, int64_t input_size,
                                    int64_t hidden_size, int64_t batch, int64_t seq_len, DType dtype,
@@ -141,6 +152,7 @@ inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirecti
   p.dropout = dropout;
   p.allow_tf32 = dtype == DType::kFloat32 && fp32_uses_tf32();
   p.sync = requested_sync();
+  p.cluster = requested_cluster();
   p.can_project_input = can_project_input();
   return p;
 }

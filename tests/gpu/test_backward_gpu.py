@@ -237,6 +237,34 @@ def test_backward_matches_reference(ext, precision, last_reference, case, sync):
     _check_case(ext, case, sync=sync, last=last_reference)
 
 
+# Thread-block clusters (sm_90): the multicast K stream with each size the planner may
+# choose, forced through FUSED_RNN_CLUSTER ("auto": the planner's own rule, which takes
+# clusters of 8 for this speed-target shape on an H100/H200); FP32 FMA, TF32, 16 bits,
+# bidirectional, lengths, several batch tiles, batch slices.
+CLUSTER_CASES = [
+    (Case("LSTM", 2, False, 512, 512, 32, 16, True, "bf16", False), "auto"),
+    (Case("GRU", 2, True, 40, 64, 19, 6, True, "tf32", True), "4"),
+    (Case("LSTM", 3, False, 33, 96, 5, 7, True, "fp16", False), "2"),
+    (Case("RNN_RELU", 2, False, 8, 128, 70, 5, True, "fp32", True), "8"),
+    (Case("LSTM", 4, False, 256, 256, 200, 8, True, "bf16", False), "auto"),
+]
+
+
+@pytest.mark.parametrize("case,cluster", CLUSTER_CASES,
+                         ids=lambda v: v.id if isinstance(v, Case) else f"cluster-{v}")
+def test_backward_in_clusters_matches_reference(ext, precision, monkeypatch, case, cluster):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread-block clusters need sm_90")
+    precision(case.prec)
+    monkeypatch.setenv("FUSED_RNN_CLUSTER", cluster)
+    why = plan_backward_or_skip(ext, case)
+    if cluster != "auto":
+        assert f"clusters of {cluster} CTAs" in why, why
+    elif torch.cuda.get_device_properties(0).multi_processor_count >= 128 and case.B >= 32:
+        assert "K stream multicast in clusters of" in why, why
+    _check_case(ext, case)
+
+
 @pytest.mark.parametrize("case", DROPOUT_CASES, ids=lambda c: c.id)
 def test_backward_with_dropout_matches_reference(ext, precision, case):
     """Masks regenerated from the seed (no mask tensor): the same gradients as the

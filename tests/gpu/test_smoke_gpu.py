@@ -18,7 +18,8 @@ ordered so that the first failure is the most basic one:
    reserve and output (rounded to the case's dtype), the fused backward runs on them,
    and its gradients are compared with the float64 reference backward of that same
    rounded reserve -- so a backward fault is never a forward fault in disguise. Same
-   order, then three layers at their own pace under the flags policy, last a case that
+   order, then three layers at their own pace under the flags policy, thread-block
+   clusters of 2 (forced; sm_90: the multicast K stream), last a case that
    streams more K chunks per warp than the cp.async ring has stages (the ring wraps),
    asserted from the backward plan string. The backward has the same two policies: the
    TF32 case (several CTAs per layer) and the bidirectional one (each direction waits
@@ -35,8 +36,8 @@ torch.ops.fused_rnn._fused_forward / _fused_backward and "cuda";
 tests/test_smoke_harness.py passes reference stand-ins (must pass) and deliberately
 broken ones (must fail, naming the right case, tensor and index) on the CPU.
 
-GPU time (H100, estimated, not measured: no GPU run yet): 24 tests (2 tiny; 11 forward: 9
-cases, 2 of them under both synchronisation policies; 11 backward: 9 cases, 2 of them
+GPU time (H100, estimated, not measured: no GPU run yet): 25 tests (2 tiny; 11 forward: 9
+cases, 2 of them under both synchronisation policies; 12 backward: 10 cases, 2 of them
 under both), each one fused launch
 on tiny tensors (well under 1 ms of kernel time, T+L-1 <= 7 wave steps), the float64
 reference on the GPU (~100-300 small launches per forward or backward, a few per case:
@@ -81,6 +82,8 @@ class Smoke(NamedTuple):
     both_sync: bool = False  # run once under each FUSED_RNN_SYNC policy (grid, flags)
     # forward: its plan must hold weight tiles both in registers and in shared memory
     smem_weights: bool = False
+    # backward: run with FUSED_RNN_CLUSTER=<cluster>; on sm_90 its plan must use it
+    cluster: int = 0
 
 
 # L=1, T=1, fp32 (moved here from test_forward_gpu.py / test_backward_gpu.py)
@@ -136,6 +139,9 @@ BACKWARD = [
     Smoke(Case("LSTM", 3, False, 10, 40, 4, 9, True, "fp16", False),
           "flags: 3 layers at their own pace (T=9), waits on the own layer's slices and the "
           "layer above (default policy: flags)", multi_cta=True),
+    Smoke(Case("GRU", 2, False, 9, 64, 6, 3, True, "bf16", False),
+          "thread-block clusters of 2 (sm_90; forced): bulk copies multicast to both CTAs, "
+          "full / empty mbarriers, cluster barriers", multi_cta=True, cluster=2),
     Smoke(Case("LSTM", 2, False, 40, 512, 8, 3, True, "bf16", False),
           "cp.async stage ring wraps: more 128-byte K chunks per warp than stages",
           multi_cta=True, ring_wraps=True),
@@ -444,8 +450,10 @@ def test_smoke_forward(ext, precision, smoke, sync):
 
 
 @pytest.mark.parametrize("smoke,sync", sync_params(BACKWARD), indirect=["sync"])
-def test_smoke_backward(ext_bwd, precision, smoke, sync):
+def test_smoke_backward(ext_bwd, precision, smoke, sync, monkeypatch):
     precision(smoke.case.prec)
+    if smoke.cluster:
+        monkeypatch.setenv("FUSED_RNN_CLUSTER", str(smoke.cluster))
     if smoke.ring_wraps:  # a speed-target shape: an H100/H200 must cover it
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         if props.major >= 9 and props.multi_processor_count >= 128:
@@ -457,4 +465,8 @@ def test_smoke_backward(ext_bwd, precision, smoke, sync):
     why = plan_backward_or_skip(ext_bwd, smoke.case)
     check_backward_plan(smoke, why)
     assert_sync(smoke.case.id, why, sync)
+    if smoke.cluster and torch.cuda.get_device_capability()[0] >= 9:
+        assert f"clusters of {smoke.cluster} CTAs" in why, (
+            f"{smoke.case.id}: FUSED_RNN_CLUSTER={smoke.cluster} on an sm_90 device, but the "
+            f"backward plan uses no such cluster: {why}")
     check_backward(smoke.case, torch.ops.fused_rnn._fused_backward, "cuda")
