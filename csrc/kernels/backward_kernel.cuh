@@ -149,10 +149,10 @@ struct ClusterPipe {
 // the stage's empty barrier (every CTA done with its previous chunk) and
 // announced the chunk's bytes on its own full barrier; a consumer waits for
 // its full barrier, multiplies, and arrives on the empty barrier of every CTA.
-// `seq` (cluster only): the warp's chunks over the whole launch so far, the
-// same in every CTA of the cluster (they run the same items in the same
-// order), from which each chunk's stage and barrier phase follow; advanced
-// by the item's chunks.
+// `seq` (cluster only): the warp's chunks over the whole launch so far,
+// modulo 2 x stages -- the same in every CTA of the cluster (they run the
+// same items in the same order) -- from which each chunk's stage and barrier
+// parity follow; advanced by the item's chunks.
 template <typename T, bool TF32>
 FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, float* part_w,
                            const StepK& sk, int64_t row0, int rows, int tk0, int tk1, int U,
@@ -182,7 +182,8 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         : static_cast<const T*>(sk.rec);
     return src + row0 * GHp + off * 16;
   };
-  // the chunk at `pos` into stage `stage` (its `use`-th fill, cluster only)
+  // the chunk at `pos` into stage `stage` (cluster only: of the stage's fills,
+  // one of parity `use & 1`)
   auto issue = [&](int pos, int stage, int use) {
     const int n = chunk_len(pos);
     const T* src = chunk_src(pos);
@@ -190,7 +191,10 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
     if (clustered) {
       uint64_t* const full = cp.full + stage;
       if (lane == 0) {
-        if (use > 0 && FRNN_EMU_BREAK != 8) mbar_wait(cp.empty + stage, (use - 1) & 1);
+        // the consumption of the stage's previous fill (use - 1); for the first
+        // fill the parity of the phase "before" the first, which a fresh
+        // barrier reports as complete
+        if (FRNN_EMU_BREAK != 8) mbar_wait(cp.empty + stage, (use & 1) ^ 1);
         mbar_arrive_expect_tx(full, rows * n * 16 * static_cast<int>(sizeof(T)));
       }
       __syncwarp();  // the stage is free in every CTA of the cluster
@@ -230,7 +234,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, use_of(done) & 1);
       } else {
         cp_async_wait(c.stages - 2);
-        __syncwarp();  // every lane's copies of chunk cpos landed; stage istage is free
+        __syncwarp();  // every lane's copies of chunk cpos landed
       }
       // (cp.async: the stage refilled next was read by the whole warp before
       // the __syncwarp above; cluster: issue() waits for its empty barrier)
@@ -244,7 +248,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       ++done;
     }
     if (clustered) {
-      seq = seq0 + done;
+      seq = (seq0 + done) % (2 * c.stages);
     } else {
       cp_async_wait(0);
     }
@@ -447,7 +451,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
 
   // Clusters (cluster_copy.cuh): each warp's full / empty barrier per stage,
   // initialised by this CTA and visible to the cluster before any use.
-  int chunk_seq = 0;  // this warp's chunks so far (each lane keeps the same count)
+  int chunk_seq = 0;  // this warp's chunks so far, mod 2 x stages (the same in each lane)
   ClusterPipe cpipe;
   if (c.cluster > 1) {
 #if !FRNN_CLUSTER_CODE

@@ -15,6 +15,8 @@
 //          warp in each CTA) arrives, remotely (mapa), once it has read the
 //          stage. A producer waits for it before it overwrites the stage in
 //          every CTA -- the multicast writes into its peers' shared memory.
+//          (For a stage's first fill it waits for the parity of the phase
+//          "before" the first, which a fresh barrier reports as complete.)
 // Before first use every CTA initialises its barriers, fences the init to the
 // cluster and meets the cluster at a barrier; at the end the cluster meets
 // again, so that no CTA exits while a peer may still arrive on its barriers.
