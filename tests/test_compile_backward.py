@@ -236,6 +236,9 @@ def test_backward_planner_covers_the_targets(plans):
     big = plans["lstm_bf16_L4_H512"]
     assert big["cluster"] == 8 and "K stream multicast in clusters of 8 CTAs" in big["reason"]
     assert big["smem"] == 221696 + 512, big  # + 8 warps x 4 stages x 2 barriers x 8 bytes
+    # 57 slices of 9 units fit first but have no cluster divisor: 64 of 8 instead
+    tf32 = plans["lstm_tf32_L2_H512"]
+    assert (tf32["units"], tf32["grid"], tf32["cluster"]) == (8, 128, 8), tf32
     assert plans["lstm_bf16_L4_H512_B1"]["cluster"] == 1
     assert "cluster" not in plans["lstm_bf16_L4_H512_B1"]["reason"]
     assert plans["cluster4_requested"]["cluster"] == 4

@@ -257,6 +257,27 @@ inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLim
       found = fits(U, min_stages, &best);
     }
   }
+  // Clusters (choose_cluster) need a slice count with a divisor 8, 4 or 2.
+  // Where the first fit has none (TF32 L=2 H=512: 57 slices of 9 units) and
+  // clusters are wanted, take the nearest larger slice count that has one
+  // (8 units: 64 slices) -- the same stream per CTA, a few more CTAs.
+  if (found && best.ctas_per_dir % 2 != 0 && p.cluster != 1 && dev.cc_major >= 9 &&
+      (p.cluster > 1 ||
+       p.batch * best.kw * best.elem_bytes >= kClusterMinStreamBytes)) {
+    bool moved = false;
+    for (int div = 8; div >= 2 && !moved; div /= 2) {
+      if (p.cluster > 1 && div != p.cluster) continue;
+      for (int C = best.ctas_per_dir + 1; C <= 2 * best.ctas_per_dir && C <= H && !moved; ++C) {
+        const int U = static_cast<int>(ceil_div(H, C));
+        if (C % div != 0 || ceil_div(H, U) != C) continue;  // C slices of U units exactly
+        BackwardConfig cand;
+        if (fits(U, best.stages, &cand)) {
+          best = cand;
+          moved = true;
+        }
+      }
+    }
+  }
   if (!found) {
     // Report the fewest units per CTA for which the grid fits (one CTA per SM)
     // and what that needs.
