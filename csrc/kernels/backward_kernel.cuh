@@ -597,8 +597,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
 
         // 1. the GEMM: warp item (batch tile nt, K split ks)
         // (cluster: the bulk copies read, through the async proxy, gate
-        // gradients that generic stores wrote; this thread has waited for them)
-        if (c.cluster > 1) fence_proxy_async_global();
+        // gradients that generic stores wrote; this thread has waited for
+        // them -- above, or at the previous step's grid.sync -- once per step)
+        if (c.cluster > 1 && b0 == b_lo) fence_proxy_async_global();
         if (sk.total > 0) {
           const int nt = warp / c.k_splits;
           const int ks = warp - nt * c.k_splits;
@@ -723,9 +724,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         if (b0 + pass_rows < b_hi || rec.cta_on()) __syncthreads();
         rec.mark(kPhaseEpilogue);
       }
+      // (cluster: this step's gate gradients will be read by bulk copies)
+      if (c.cluster > 1) fence_proxy_async_global();
     }
-    // (cluster: this step's gate gradients will be read by bulk copies)
-    if (c.cluster > 1) fence_proxy_async_global();
     if constexpr (kFlags) {
       // Every thread's writes of this step, then one release of the count.
       __syncthreads();

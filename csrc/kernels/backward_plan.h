@@ -158,6 +158,17 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
   return false;
 }
 
+// Whether configuration c wants clusters: asked for (FUSED_RNN_CLUSTER 2 / 4
+// / 8) or, under auto, where the per-CTA stream is at least
+// kClusterMinStreamBytes per step; never before sm_90 or when 1 is asked for.
+inline bool cluster_wanted(const ForwardProblem& p, const DeviceLimits& dev,
+                           const BackwardConfig& c) {
+  if (p.cluster == 1 || dev.cc_major < 9) return false;
+  if (p.cluster > 1) return true;
+  const int64_t rows = c.rows_per_slice < p.batch ? c.rows_per_slice : p.batch;
+  return rows * c.kw * c.elem_bytes >= kClusterMinStreamBytes;
+}
+
 // Thread-block clusters (sm_90): the largest size of 8, 4, 2 (or the one
 // requested, p.cluster) that divides the unit slices per layer-direction,
 // fits shared memory with the cluster's barriers, and whose clusters are all
@@ -178,8 +189,7 @@ inline std::string choose_cluster(const ForwardProblem& p, const DeviceLimits& d
     return note;
   };
   if (dev.cc_major < 9) return refuse("clusters need sm_90");
-  const int64_t rows = c->rows_per_slice < p.batch ? c->rows_per_slice : p.batch;
-  if (req == 0 && rows * c->kw * c->elem_bytes < kClusterMinStreamBytes) return "";
+  if (!cluster_wanted(p, dev, *c)) return "";
   const int sizes[] = {8, 4, 2};
   for (int cs : sizes) {
     if (req != 0 && cs != req) continue;
@@ -261,9 +271,7 @@ inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLim
   // Where the first fit has none (TF32 L=2 H=512: 57 slices of 9 units) and
   // clusters are wanted, take the nearest larger slice count that has one
   // (8 units: 64 slices) -- the same stream per CTA, a few more CTAs.
-  if (found && best.ctas_per_dir % 2 != 0 && p.cluster != 1 && dev.cc_major >= 9 &&
-      (p.cluster > 1 ||
-       p.batch * best.kw * best.elem_bytes >= kClusterMinStreamBytes)) {
+  if (found && best.ctas_per_dir % 2 != 0 && cluster_wanted(p, dev, best)) {
     bool moved = false;
     for (int div = 8; div >= 2 && !moved; div /= 2) {
       if (p.cluster > 1 && div != p.cluster) continue;

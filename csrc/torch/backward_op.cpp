@@ -118,11 +118,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> fused_ba
   attach_phase_buffer(p, kPhaseKindBackward, input, kOp);  // diagnostics (phase_buffer.h)
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  // The flags policy's step counters start at 0: cleared on the same stream
-  // (ordered before the launch; no host synchronisation).
-  if (wl.flags >= 0)
-    C10_CUDA_CHECK(cudaMemsetAsync(static_cast<unsigned char*>(ws.data_ptr()) + wl.flags, 0,
-                                   static_cast<size_t>(wl.flags_bytes), stream));
+  clear_step_counters(ws, wl.flags, wl.flags_bytes, stream);
   C10_CUDA_CHECK(launch_backward(p, dtype, plan.cfg.use_tf32, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 

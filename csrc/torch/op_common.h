@@ -6,6 +6,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime_api.h>
 #include <c10/util/string_view.h>
 
 #include <optional>
@@ -160,6 +162,17 @@ void set_state_pointers(Params& p, const StackOperands& o, const StackArgs& a,
   p.cx = a.is_lstm ? o.c0.data_ptr() : nullptr;
   p.lengths = lengths.has_value() ? o.lens.data_ptr<int64_t>() : nullptr;
   p.seed = a.use_dropout ? seed->data_ptr<int64_t>() : nullptr;
+}
+
+// The flags policy's step counters (the workspace's `flags` region, both
+// kernels) start at 0: cleared on the op's stream, ordered before the launch
+// (a memset node under CUDA-graph capture; a few hundred bytes). Nothing to do
+// for the grid policy (offset -1).
+inline void clear_step_counters(const at::Tensor& workspace, int64_t offset, int64_t bytes,
+                                cudaStream_t stream) {
+  if (offset < 0) return;
+  C10_CUDA_CHECK(cudaMemsetAsync(static_cast<unsigned char*>(workspace.data_ptr()) + offset, 0,
+                                 static_cast<size_t>(bytes), stream));
 }
 
 }  // namespace binding
