@@ -115,12 +115,13 @@ static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, DType
 static void show(const char* name, const ForwardProblem& p, DeviceLimits d) {
   BackwardPlanResult r = plan_backward(p, d, &occ, &d);
   printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"slices\": %d, "
-         "\"stages\": %d, \"smem\": %lld, \"cluster\": %d},\n", name, r.ok ? "true" : "false",
-         r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta, r.cfg.batch_slices, r.cfg.stages,
-         (long long)r.cfg.smem_bytes, r.cfg.cluster);
+         "\"stages\": %d, \"smem\": %lld, \"cluster\": %d, \"reg_tiles\": %d},\n", name,
+         r.ok ? "true" : "false", r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta,
+         r.cfg.batch_slices, r.cfg.stages, (long long)r.cfg.smem_bytes, r.cfg.cluster,
+         r.cfg.reg_tiles);
 }
 static int sweep() {
-  int bad = 0, accepted = 0, clustered = 0;
+  int bad = 0, accepted = 0, clustered = 0, in_regs = 0;
   const Mode modes[] = {Mode::kLSTM, Mode::kGRU, Mode::kRnnTanh};
   const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
   const int Hs[] = {1, 7, 16, 37, 100, 256, 512, 1024};
@@ -159,12 +160,24 @@ static int sweep() {
       && (c.cluster == 1 || (int64_t)std::min<int64_t>(c.rows_per_slice, B) * c.kw * c.elem_bytes
                                 >= kClusterMinStreamBytes)
       && (c.cluster > 1) ==
-             (r.reason.find("K stream multicast in clusters of") != std::string::npos);
+             (r.reason.find("K stream multicast in clusters of") != std::string::npos)
+      // weights in registers: every tile of a warp's K split (that many per segment,
+      // rounded up, times the segments), one m-tile, within the instantiation's cap,
+      // never on the FP32 FMA path; where they fit, always
+      && c.reg_tiles == backward_reg_tiles(c)
+      && (c.reg_tiles == 0 ||
+          (c.m_tiles == 1 &&
+           c.reg_tiles == (c.kw / c.gh_pad) * ((c.gh_pad / 16 + c.k_splits - 1) / c.k_splits) &&
+           c.reg_tiles <= backward_reg_tiles_max(c.elem_bytes, c.use_tf32)))
+      && (c.reg_tiles > 0 ||  c.m_tiles > 1 || backward_warp_tiles(c) >
+                                  backward_reg_tiles_max(c.elem_bytes, c.use_tf32))
+      && (c.reg_tiles > 0) == (r.reason.find("weights in registers") != std::string::npos);
     if (c.cluster > 1) ++clustered;
+    if (c.reg_tiles > 0) ++in_regs;
     if (!ok) { ++bad; fprintf(stderr, "bad plan: %s\n", r.reason.c_str()); }
   }
-  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d, \"clustered\": %d},\n", accepted, bad,
-         clustered);
+  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d, \"clustered\": %d, \"in_regs\": %d},\n",
+         accepted, bad, clustered, in_regs);
   return bad;
 }
 int main() {
@@ -202,6 +215,13 @@ int main() {
   ForwardProblem c2a = prob(Mode::kLSTM, 2, false, 256, 256, 32, DType::kBFloat16);
   c2a.cluster = 2;
   show("cluster2_a100", c2a, a100);
+  show("regs_bf16_L2_H128", prob(Mode::kLSTM, 2, false, 128, 128, 8, DType::kBFloat16), d);
+  show("regs_bf16_gru_L2_H256", prob(Mode::kGRU, 2, false, 256, 256, 8, DType::kBFloat16), d);
+  show("lstm_bf16_L2_H256_B8", prob(Mode::kLSTM, 2, false, 256, 256, 8, DType::kBFloat16), d);
+  show("regs_tf32_L2_H96", prob(Mode::kLSTM, 2, false, 96, 96, 8, DType::kFloat32), d);
+  ForwardProblem fma = prob(Mode::kLSTM, 2, false, 96, 96, 8, DType::kFloat32);
+  fma.allow_tf32 = false;
+  show("fma_L2_H96", fma, d);
   DeviceLimits turing = d; turing.cc_major = 7; turing.cc_minor = 5;
   show("turing", prob(Mode::kLSTM, 1, false, 8, 8, 1, DType::kFloat16), turing);
   const int bad = sweep();
@@ -263,6 +283,24 @@ def test_backward_planner_invariants_sweep(plans):
     assert plans["sweep"]["bad"] == 0
     assert plans["sweep"]["accepted"] > 700
     assert plans["sweep"]["clustered"] > 50, plans["sweep"]
+    assert plans["sweep"]["in_regs"] > 100, plans["sweep"]
+
+
+def test_backward_planner_puts_weights_in_registers_where_they_fit(plans):
+    """A warp's K split is the same tiles of every segment each step; where they fit the
+    instantiation's cap (12 tiles in 16 bits, 6 in TF32, none on FP32 FMA) and the CTA has
+    one 16-unit m-tile, all of them live in registers."""
+    # bf16 LSTM L=2 H=128 B=8: 2 segments x ceil(32 / 8) = 8 tiles per warp
+    assert plans["regs_bf16_L2_H128"]["reg_tiles"] == 8, plans["regs_bf16_L2_H128"]
+    assert "weights in registers (8 tiles per warp)" in plans["regs_bf16_L2_H128"]["reason"]
+    # GRU H=256: 2 x ceil(48 / 8) = 12, the 16-bit cap
+    assert plans["regs_bf16_gru_L2_H256"]["reg_tiles"] == 12, plans["regs_bf16_gru_L2_H256"]
+    # LSTM H=256 B<=16: 2 x 8 = 16 tiles: over the cap, shared memory
+    assert plans["lstm_bf16_L2_H256_B8"]["reg_tiles"] == 0
+    assert "weights in shared memory" in plans["lstm_bf16_L2_H256_B8"]["reason"]
+    # TF32 LSTM L=2 H=96: 2 x ceil(24 / 8) = 6, the TF32 cap; FP32 FMA never
+    assert plans["regs_tf32_L2_H96"]["reg_tiles"] == 6, plans["regs_tf32_L2_H96"]
+    assert plans["fma_L2_H96"]["reg_tiles"] == 0 and "fp32 FMA" in plans["fma_L2_H96"]["reason"]
 
 
 # --------------------------------------------------------------- the kernel, emulated
@@ -315,7 +353,23 @@ CASES = [
     # long K per warp: 8 (bf16) / 5 (fp32) chunks through a 4-stage ring (stage reuse)
     Case("LSTM", 2, False, True, 8, 64, 128, 2, "bfloat16", False, False, 0.0, 8),
     Case("GRU", 1, False, True, 8, 48, 128, 3, "float32", False, True, 0.0, 4),
+    # weights in registers: 12 tiles per warp (16-bit cap; 2 segments x 6), two chunks per
+    # segment, 4 chunks per step through 4 stages; 2 batch tiles, the second partial
+    Case("LSTM", 2, False, True, 10, 96, 20, 3, "bfloat16", False, True, 0.0, 12),
+    # TF32 in registers: 19 tiles per segment over 8 warps (2 or 3 each), chunks of 2 + 1
+    Case("GRU", 1, False, True, 6, 100, 3, 4, "float32", True, False, 0.0, 8),
 ]
+# Where each case's weights are read from (the plan says; backward_reg_tiles): both
+# places on each math path that has registers.
+WEIGHTS = {
+    CASES[1]: "weights in registers (6 tiles per warp)",      # bf16, 4 batch tiles per pass
+    CASES[2]: "weights in registers (3 tiles per warp)",      # fp16, bidirectional: 3 segments
+    CASES[8]: "weights in shared memory",                     # bf16, 25 units: 2 m-tiles
+    CASES[12]: "weights in shared memory",                    # bf16, 2 x 16 tiles per warp
+    CASES[14]: "weights in registers (12 tiles per warp)",
+    CASES[15]: "weights in registers (3 tiles per warp)",     # TF32
+    CASES[0]: "weights in shared memory",                     # FP32 FMA
+}
 TSAN_CASES = [CASES[i] for i in (1, 2, 10, 13)]  # wmma multi-pass, bidir, FMA + slices, stage ring
 # Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
 SYNCS = ["flags", "grid"]
@@ -330,6 +384,10 @@ BREAK_CASE_SLICES = Case("LSTM", 1, False, True, 4, 24, 2, 12, "float32", False,
 # than they have stages (128 rows: one warp per batch tile, 8 chunks of fp32 through 4
 # stages), so a stage is refilled while the step's other chunks are in use.
 BREAK_CASE_CLUSTER = Case("LSTM", 2, False, True, 4, 32, 128, 3, "float32", False, False, 0.0, 4)
+# Clusters with weights in registers (bf16, 8 tiles per warp in 2 chunks of 4) and 3
+# passes of up to 128 rows: 6 chunks per warp and step through 4 stages, the stage ring
+# carried across the passes.
+CLUSTER_CASE_REGS = Case("LSTM", 1, False, True, 4, 32, 260, 2, "bfloat16", False, False, 0.0, 2)
 
 
 def _emu_build(tmp_path_factory, sanitize):
@@ -498,7 +556,9 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="fla
 @pytest.mark.parametrize("sync", SYNCS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_emulated_backward_matches_reference(emu_asan, grads_op, case, sync, tmp_path):
-    _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync)
+    plan = _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync)
+    if case in WEIGHTS:
+        assert WEIGHTS[case] in plan, plan
 
 
 @pytest.mark.parametrize("sync", SYNCS)
@@ -530,10 +590,16 @@ def _cluster_id(v):
 @pytest.mark.parametrize("sync", SYNCS)
 @pytest.mark.parametrize("case,cluster", CLUSTER_CASES, ids=_cluster_id)
 def test_emulated_backward_in_clusters(emu_asan, grads_op, case, cluster, sync, tmp_path):
-    _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync, cluster=cluster)
+    plan = _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync, cluster=cluster)
+    # the multicast stream feeds register-resident weights too (bf16: 2 segments x 2
+    # tiles; TF32 in 3 batch slices of 16 rows: 8 K splits of 16 tiles)
+    want = {CLUSTER_CASES[0][0]: 4, CLUSTER_CASES[2][0]: 2}.get(case)
+    if want:
+        assert f"weights in registers ({want} tiles per warp)" in plan, plan
 
 
-@pytest.mark.parametrize("case,cluster", CLUSTER_CASES[:2] + [(BREAK_CASE_CLUSTER, "2")],
+@pytest.mark.parametrize("case,cluster",
+                         CLUSTER_CASES[:2] + [(BREAK_CASE_CLUSTER, "2"), (CLUSTER_CASE_REGS, "2")],
                          ids=_cluster_id)
 def test_emulated_backward_in_clusters_has_no_data_races(emu_tsan, grads_op, case, cluster,
                                                          tmp_path):

@@ -248,8 +248,8 @@ def test_forward_check_names_a_nonzero_row_past_lengths():
 H100_RING_PLAN = (
     "fused backward: LSTM bfloat16 L=2 D=1 H=512 I=40 B=8 T=3; 64 CTAs (32 per "
     "layer-direction x 1 batch slices of 8 rows, 16 units each), 1 batch tiles x 8 K splits "
-    "per pass, 4-stage cp.async, smem 216.5 KB/CTA, 1 CTA/SM, bf16 tensor cores, 5 wave steps, "
-    "flags sync")
+    "per pass, 4-stage cp.async, smem 216.5 KB/CTA, 1 CTA/SM, bf16 tensor cores, weights in "
+    "shared memory, 5 wave steps, flags sync")
 RING = next(s for s in smoke.BACKWARD if s.ring_wraps)
 
 
@@ -290,10 +290,14 @@ def test_k_chunks_per_warp_model():
     # fp32: 128-byte chunks are 2 tiles of 16: 2*2048/16 = 256 tiles, 32 per warp, 16 chunks
     tf32 = RING.case._replace(prec="tf32")
     assert smoke.k_chunks_per_warp(tf32, 8) == [16] * 8
-    # chunks never cross a segment (GRU bf16 bidirectional H=256: 3 segments of 48 tiles,
-    # 18 tiles per warp; warp 2 takes [36, 54): 4+4+4 | 4+2)
+    # a warp takes the same tiles of every segment (GRU bf16 bidirectional H=256: 3
+    # segments of 48 tiles, 6 of each per warp: chunks of 4 + 2 in each segment)
     gru = gpu_helpers.Case("GRU", 2, True, 8, 256, 4, 3, True, "bf16", False)
-    assert smoke.k_chunks_per_warp(gru, 8) == [5, 5, 5, 5, 5, 5, 5, 5]
+    assert smoke.k_chunks_per_warp(gru, 8) == [6] * 8
+    # uneven splits: GRU bf16 H=100 L=1: 19 tiles over 8 warps, 2 or 3 each, one chunk
+    odd = gpu_helpers.Case("GRU", 1, False, 8, 100, 4, 3, True, "bf16", False)
+    assert smoke.k_chunks_per_warp(odd, 8) == [1] * 8
+    assert smoke.k_chunks_per_warp(odd._replace(prec="tf32"), 8) == [1, 1, 2, 1, 1, 2, 1, 2]
     assert smoke.k_chunks_per_warp(gru, 1) == [36]
     # top layer only (L=1): the rec segment alone; 2 tiles (GH=5*4=20 -> 32) over 8 warps
     tiny = smoke.TINY._replace(prec="bf16")

@@ -43,7 +43,10 @@
 //      absent at k = 0), streamed from L2 (cp.async.cg: written by other CTAs
 //      in this launch; L1 is not coherent) into the warp's own staging
 //      buffers, and multiplied with the CTA's weight columns (wmma, fp32
-//      accumulate, or exact FP32 FMA); above and rec sums kept apart;
+//      accumulate, or exact FP32 FMA); above and rec sums kept apart. K split
+//      ks of 8 / n_tiles takes the same tiles of every segment (above d',
+//      rec) every step, so that where they fit (reg_tiles > 0: one m-tile,
+//      tensor cores) a warp keeps all of its weight tiles in registers;
 //   2. epilogue, one thread per (unit, row): dy = grad_output (top layer) or
 //      the above sum (dropped with the mask the forward used: bits computed
 //      by the owner of the unit); dh = rec + carry; the pointwise derivative
@@ -106,24 +109,39 @@ template <> struct MmaTypes<float, true> {  // fp32 storage, TF32 math
 
 // ------------------------------------------------------------ the GEMM
 
-// K of one step, in 16-element tiles: `na` above segments (d' = 0..na-1) then
-// the rec segment (if has_rec), each gt = GHp / 16 tiles long. The weight
-// tile's K index of linear tile `pos` is pos for an above tile and
-// ka/16 + (pos - na*gt) for a rec tile.
+// K of one step, in 16-element tiles. The weight tile's K is a row of
+// segments of gt = GHp / 16 tiles each: the above segments d' = 0..nseg_a-1
+// (weight K tile s * gt + i), then the rec segment (index nseg_a). A step
+// multiplies the present ones, [seg_lo, seg_hi): all of them; above only at
+// k = 0; rec only in the top layer and at k = T.
 struct StepK {
   const void* above;   // dg_ih^{l+1, 0}[t] row 0 (direction d' adds d' * dir_stride)
   const void* rec;     // dg_hh^{l, d}[t_prev] row 0
   int64_t dir_stride;  // elements between d' = 0 and 1 of the above part (T * B * GHp)
-  int na;              // above segments (0 or D)
+  int na;              // above segments read this step (0 or D)
   bool has_rec;
   int gt;              // tiles per segment
-  int ka_tiles;        // ka / 16
-  int total;           // tiles in all: (na + has_rec) * gt
+  int nseg_a;          // above segments of the weight tile: ka / GHp (D, or 0 when L = 1)
+  int seg_lo, seg_hi;  // the segments multiplied this step (empty: seg_hi <= seg_lo)
 };
 
 template <typename T> struct Block {
   // K block of the weight layout and MMA K step (16-bit: m16n16k16; fp32: tf32 m16n16k8)
   static constexpr int kK = sizeof(T) == 2 ? 16 : 8;
+};
+
+// A warp's weight tiles in registers (tensor-core paths, BackwardConfig::
+// reg_tiles > 0): wmma A fragments of unit rows 0..15 (one m-tile), one per K
+// tile and MMA K step, tile j = seg * wlen + i for K tile seg * gt + s0 + i of
+// the warp's K split (see warp_item). Loaded once, after the weights are in
+// shared memory; none on the FP32 FMA path.
+template <typename T, bool TF32, bool kFma = sizeof(T) == 4 && !TF32> struct WeightRegs {
+  static constexpr int kTiles = backward_reg_tiles_max(static_cast<int>(sizeof(T)), TF32);
+  static constexpr int kSubs = 16 / Block<T>::kK;
+  typename MmaTypes<T, TF32>::A a[kTiles][kSubs];
+};
+template <typename T, bool TF32> struct WeightRegs<T, TF32, true> {
+  static constexpr int kTiles = 0;
 };
 
 // The cluster's share of a warp's stream (cluster_copy.cuh): this CTA's rank
@@ -136,13 +154,58 @@ struct ClusterPipe {
   uint64_t* empty = nullptr;
 };
 
+// The K split of warp item ks: tiles [s0, s0 + wlen) of every segment, the
+// same every step (so that its weight tiles can live in registers).
+struct KSplit {
+  int s0 = 0;
+  int wlen = 0;
+};
+
+FRNN_DEVICE KSplit k_split_of(const BackwardConfig& c, int ks) {
+  const int gt = c.gh_pad / 16;
+  KSplit s;
+  s.s0 = gt * ks / c.k_splits;
+  s.wlen = gt * (ks + 1) / c.k_splits - s.s0;
+  return s;
+}
+
+// This warp's register tiles (WeightRegs) from the CTA's weight tile `sw`.
+template <typename T, bool TF32>
+FRNN_DEVICE void load_weight_regs(WeightRegs<T, TF32>& wr, const BackwardConfig& c, const T* sw,
+                                  const KSplit& ks, int U) {
+  if constexpr (WeightRegs<T, TF32>::kTiles > 0) {
+    constexpr int kK = Block<T>::kK;
+    const int gt = c.gh_pad / 16;
+    const int nseg = c.kw / c.gh_pad;
+    int seg = 0, i = 0;  // tile j = seg * wlen + i
+#pragma unroll
+    for (int j = 0; j < WeightRegs<T, TF32>::kTiles; ++j) {
+      if (seg < nseg && i < ks.wlen) {
+        const int kt = seg * gt + ks.s0 + i;
+#pragma unroll
+        for (int sub = 0; sub < WeightRegs<T, TF32>::kSubs; ++sub)
+          wmma::load_matrix_sync(wr.a[j][sub],
+                                 sw + static_cast<int64_t>(kt * (16 / kK) + sub) * U * kK, kK);
+      }
+      if (++i == ks.wlen) {
+        i = 0;
+        ++seg;
+      }
+    }
+  }
+}
+
 // One warp's GEMM item: rows [row0, row0 + rows) (<= 16) of the pass, K tiles
-// [tk0, tk1). Accumulates above and rec sums separately and stores them to
-// part_w[2][16][m_pad] (column-major per sum: [n][m]).
+// [s0, s0 + wlen) of each present segment, segment by segment (tile v of the
+// item: segment seg_lo + v / wlen, tile s0 + v % wlen of it). Accumulates
+// above and rec sums separately and stores them to part_w[2][16][m_pad]
+// (column-major per sum: [n][m]). A weights from registers (wr; every tile of
+// the item, c.reg_tiles > 0) or shared memory (sw).
 //
-// The K chunks stream through `stages` staging buffers, `stages - 1` chunks
-// ahead of the one being multiplied. Without a cluster each lane copies its
-// 16-byte pieces with cp.async (waits: cp.async.wait_group + __syncwarp).
+// The K chunks (up to stage_k elements, inside one segment's range) stream
+// through `stages` staging buffers, `stages - 1` chunks ahead of the one
+// being multiplied. Without a cluster each lane copies its 16-byte pieces
+// with cp.async (waits: cp.async.wait_group + __syncwarp).
 // In a cluster (sm_90) the rows of each chunk are dealt to the cluster's CTAs
 // (row r to rank r % size); lane i of each CTA copies its i-th row with one
 // bulk copy multicast to the same stage of every CTA, after lane 0 has seen
@@ -155,38 +218,40 @@ struct ClusterPipe {
 // parity follow; advanced by the item's chunks.
 template <typename T, bool TF32>
 FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, float* part_w,
-                           const StepK& sk, int64_t row0, int rows, int tk0, int tk1, int U,
-                           const ClusterPipe& cp, int& seq) {
+                           const StepK& sk, int64_t row0, int rows, const KSplit& ks, int U,
+                           const ClusterPipe& cp, int& seq, const WeightRegs<T, TF32>& wr) {
   constexpr int kK = Block<T>::kK;
   constexpr int kPiece = 16 / sizeof(T);           // elements per 16-byte copy
   constexpr bool kFma = sizeof(T) == 4 && !TF32;   // exact FP32 path
   const int lane = threadIdx.x % 32;
   const int GHp = c.gh_pad;
   const int gt = sk.gt;
+  const int s0 = ks.s0;
+  const int wlen = ks.wlen;
   const int chunk_tiles = c.stage_k / 16;          // 4 (16-bit) or 2 (fp32)
   const int MT = c.m_tiles;
   const int64_t stage_elems = 16 * static_cast<int64_t>(c.stage_ld);
   const bool clustered = cp.size > 1;
+  const int nv = sk.seg_hi > sk.seg_lo ? (sk.seg_hi - sk.seg_lo) * wlen : 0;  // tiles
 
-  // chunk length at linear tile position pos: stays inside one segment and the item
-  auto chunk_len = [&](int pos) {
-    const int seg_left = gt - pos % gt;
-    int n = chunk_tiles < seg_left ? chunk_tiles : seg_left;
-    return n < tk1 - pos ? n : tk1 - pos;
+  // (v < nv, so wlen > 0) the chunk at tile v: to the end of the segment's range
+  auto chunk_len = [&](int v) {
+    const int left = wlen - v % wlen;
+    return chunk_tiles < left ? chunk_tiles : left;
   };
-  auto chunk_src = [&](int pos) {
-    const int seg = pos / gt;
-    const int off = pos - seg * gt;
-    const T* src = seg < sk.na
+  auto seg_of = [&](int v) { return sk.seg_lo + v / wlen; };
+  auto chunk_src = [&](int v) {
+    const int seg = seg_of(v);
+    const T* src = seg < sk.nseg_a
         ? static_cast<const T*>(sk.above) + seg * sk.dir_stride
         : static_cast<const T*>(sk.rec);
-    return src + row0 * GHp + off * 16;
+    return src + row0 * GHp + (s0 + v % wlen) * 16;
   };
-  // the chunk at `pos` into stage `stage` (cluster only: of the stage's fills,
+  // the chunk at `v` into stage `stage` (cluster only: of the stage's fills,
   // one of parity `use & 1`)
-  auto issue = [&](int pos, int stage, int use) {
-    const int n = chunk_len(pos);
-    const T* src = chunk_src(pos);
+  auto issue = [&](int v, int stage, int use) {
+    const int n = chunk_len(v);
+    const T* src = chunk_src(v);
     T* dst = stage0 + stage * stage_elems;
     if (clustered) {
       uint64_t* const full = cp.full + stage;
@@ -213,48 +278,65 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       cp_async16(dst + r * c.stage_ld + q * kPiece, src + static_cast<int64_t>(r) * GHp + q * kPiece);
     }
   };
-  // The pipeline: `multiply(pos, stage, is_rec)` for each chunk of the item, in order.
-  auto pipeline = [&](auto&& multiply) {
-    const int seq0 = clustered ? seq : 0;
-    int ipos = tk0, cpos = tk0, issued = 0, done = 0;
-    auto stage_of = [&](int k) { return (seq0 + k) % c.stages; };
-    auto use_of = [&](int k) { return (seq0 + k) / c.stages; };
-    auto issue_next = [&]() {
-      if (ipos < tk1) {
-        issue(ipos, stage_of(issued), use_of(issued));
-        ipos += chunk_len(ipos);
-        ++issued;
-      }
-      if (!clustered) cp_async_commit();  // (empty groups keep the wait counts uniform)
-    };
-    for (int q = 0; q < c.stages - 1; ++q) issue_next();
-    while (cpos < tk1) {
-      const int stage = stage_of(done);
-      if (clustered) {
-        if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, use_of(done) & 1);
-      } else {
-        cp_async_wait(c.stages - 2);
-        __syncwarp();  // every lane's copies of chunk cpos landed
-      }
-      // (cp.async: the stage refilled next was read by the whole warp before
-      // the __syncwarp above; cluster: issue() waits for its empty barrier)
-      issue_next();
-      multiply(cpos, stage, cpos / gt >= sk.na);
-      if (clustered) {
-        __syncwarp();  // every lane has read the stage
-        if (lane < cp.size) mbar_arrive_remote(cp.empty + stage, lane);
-      }
-      cpos += chunk_len(cpos);
-      ++done;
+  // The pipeline: begin(); per chunk in order: stage = acquire(), multiply
+  // it, release(stage); finish().
+  const int seq0 = clustered ? seq : 0;
+  int ipos = 0, issued = 0, done = 0;
+  auto stage_of = [&](int k) { return (seq0 + k) % c.stages; };
+  auto use_of = [&](int k) { return (seq0 + k) / c.stages; };
+  auto issue_next = [&]() {
+    if (ipos < nv) {
+      issue(ipos, stage_of(issued), use_of(issued));
+      ipos += chunk_len(ipos);
+      ++issued;
     }
+    if (!clustered) cp_async_commit();  // (empty groups keep the wait counts uniform)
+  };
+  auto begin = [&]() {
+    for (int q = 0; q < c.stages - 1; ++q) issue_next();
+  };
+  // the next chunk has landed in the stage returned; the one after the
+  // pipeline's depth is issued
+  auto acquire = [&]() {
+    const int stage = stage_of(done);
+    if (clustered) {
+      if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, use_of(done) & 1);
+    } else {
+      cp_async_wait(c.stages - 2);
+      __syncwarp();  // every lane's copies of the chunk landed
+    }
+    // (cp.async: the stage refilled now was read by the whole warp before the
+    // __syncwarp above; cluster: issue() waits for its empty barrier)
+    issue_next();
+    return stage;
+  };
+  auto release = [&](int stage) {
+    if (clustered) {
+      __syncwarp();  // every lane has read the stage
+      if (lane < cp.size) mbar_arrive_remote(cp.empty + stage, lane);
+    }
+    ++done;
+  };
+  auto finish = [&]() {
     if (clustered) {
       seq = (seq0 + done) % (2 * c.stages);
     } else {
       cp_async_wait(0);
     }
   };
+  // every chunk through `multiply(v, stage)`, in order
+  auto pipeline = [&](auto&& multiply) {
+    begin();
+    for (int v = 0; v < nv; v += chunk_len(v)) {
+      const int stage = acquire();
+      multiply(v, stage);
+      release(stage);
+    }
+    finish();
+  };
 
   if constexpr (kFma) {
+    (void)wr;
     // lane -> row m = lane % 16 of each m-tile, 8 batch columns n0 .. n0+7
     const int m = lane % 16;
     const int n0 = (lane / 16) * 8;
@@ -265,10 +347,9 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[a][mt][q] = 0.0f;
-    auto compute = [&](int pos, int stage, float (&ac)[kBackwardMaxMTiles][8]) {
-      const int n = chunk_len(pos);
-      const int seg = pos / gt;
-      const int wk0 = seg < sk.na ? pos : sk.ka_tiles + (pos - seg * gt);
+    auto compute = [&](int v, int stage, float (&ac)[kBackwardMaxMTiles][8]) {
+      const int n = chunk_len(v);
+      const int wk0 = seg_of(v) * gt + s0 + v % wlen;
       const float* bst = reinterpret_cast<const float*>(stage0 + stage * stage_elems);
       for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
@@ -296,9 +377,9 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         }
       }
     };
-    pipeline([&](int pos, int stage, bool is_rec) {
-      if (is_rec) compute(pos, stage, acc[1]);
-      else compute(pos, stage, acc[0]);
+    pipeline([&](int v, int stage) {
+      if (seg_of(v) >= sk.nseg_a) compute(v, stage, acc[1]);
+      else compute(v, stage, acc[0]);
     });
 #pragma unroll
     for (int a = 0; a < 2; ++a)
@@ -310,48 +391,89 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
             part_w[(a * 16 + n0 + q) * c.m_pad + mt * 16 + m] = acc[a][mt][q];
   } else {
     using M = MmaTypes<T, TF32>;
-    typename M::C acc[2][kBackwardMaxMTiles];
+    using WR = WeightRegs<T, TF32>;
+    // B of K step `sub` of tile kt of a stage
+    auto load_b = [&](typename M::B& fb, const T* bst, int kt, int sub) {
+      wmma::load_matrix_sync(fb, bst + kt * 16 + sub * kK, c.stage_ld);
+      if constexpr (TF32) {
 #pragma unroll
-    for (int a = 0; a < 2; ++a)
+        for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = round_tf32(fb.x[i]);
+      }
+    };
+    if (c.reg_tiles > 0) {
+      // Every weight tile of the item is in registers (one m-tile): walk the
+      // register tiles j = seg * wlen + i in order (compile-time indices),
+      // multiplying those of the present segments -- the chunks of the
+      // pipeline below, in its order.
+      typename M::C acc[2];  // [above | rec], m-tile 0
+      wmma::fill_fragment(acc[0], 0.0f);
+      wmma::fill_fragment(acc[1], 0.0f);
+      begin();
+      int stage = 0;
+      int seg = 0, i = 0;
 #pragma unroll
-      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) wmma::fill_fragment(acc[a][mt], 0.0f);
-    auto compute = [&](int pos, int stage, typename M::C (&ac)[kBackwardMaxMTiles]) {
-      const int n = chunk_len(pos);
-      const int seg = pos / gt;
-      const int wk0 = seg < sk.na ? pos : sk.ka_tiles + (pos - seg * gt);
-      const T* bst = stage0 + stage * stage_elems;
-      for (int kt = 0; kt < n; ++kt) {
+      for (int j = 0; j < WR::kTiles; ++j) {
+        if (seg >= sk.seg_lo && seg < sk.seg_hi && i < wlen) {
+          const int kt = i % chunk_tiles;  // the tile's place in its chunk
+          if (kt == 0) stage = acquire();
+          const T* bst = stage0 + stage * stage_elems;
 #pragma unroll
-        for (int sub = 0; sub < 16 / kK; ++sub) {
-          typename M::B fb;
-          wmma::load_matrix_sync(fb, bst + kt * 16 + sub * kK, c.stage_ld);
-          if constexpr (TF32) {
-#pragma unroll
-            for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = round_tf32(fb.x[i]);
+          for (int sub = 0; sub < WR::kSubs; ++sub) {
+            typename M::B fb;
+            load_b(fb, bst, kt, sub);
+            if (seg >= sk.nseg_a) wmma::mma_sync(acc[1], wr.a[j][sub], fb, acc[1]);
+            else wmma::mma_sync(acc[0], wr.a[j][sub], fb, acc[0]);
           }
-          const int kb = (wk0 + kt) * (16 / kK) + sub;
+          if (kt == chunk_tiles - 1 || i == wlen - 1) release(stage);
+        }
+        if (++i == wlen) {
+          i = 0;
+          ++seg;
+        }
+      }
+      finish();
 #pragma unroll
-          for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
-            if (mt < MT) {
-              typename M::A fa;
-              wmma::load_matrix_sync(fa, sw + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
-              wmma::mma_sync(ac[mt], fa, fb, ac[mt]);
+      for (int a = 0; a < 2; ++a)
+        wmma::store_matrix_sync(part_w + a * 16 * c.m_pad, acc[a], c.m_pad, wmma::mem_col_major);
+    } else {
+      typename M::C acc[2][kBackwardMaxMTiles];
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) wmma::fill_fragment(acc[a][mt], 0.0f);
+      auto compute = [&](int v, int stage, typename M::C (&ac)[kBackwardMaxMTiles]) {
+        const int n = chunk_len(v);
+        const int wk0 = seg_of(v) * gt + s0 + v % wlen;
+        const T* bst = stage0 + stage * stage_elems;
+        for (int kt = 0; kt < n; ++kt) {
+#pragma unroll
+          for (int sub = 0; sub < 16 / kK; ++sub) {
+            typename M::B fb;
+            load_b(fb, bst, kt, sub);
+            const int kb = (wk0 + kt) * (16 / kK) + sub;
+#pragma unroll
+            for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
+              if (mt < MT) {
+                typename M::A fa;
+                wmma::load_matrix_sync(fa, sw + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
+                wmma::mma_sync(ac[mt], fa, fb, ac[mt]);
+              }
             }
           }
         }
-      }
-    };
-    pipeline([&](int pos, int stage, bool is_rec) {
-      if (is_rec) compute(pos, stage, acc[1]);
-      else compute(pos, stage, acc[0]);
-    });
+      };
+      pipeline([&](int v, int stage) {
+        if (seg_of(v) >= sk.nseg_a) compute(v, stage, acc[1]);
+        else compute(v, stage, acc[0]);
+      });
 #pragma unroll
-    for (int a = 0; a < 2; ++a)
+      for (int a = 0; a < 2; ++a)
 #pragma unroll
-      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
-        if (mt < MT)
-          wmma::store_matrix_sync(part_w + a * 16 * c.m_pad + mt * 16, acc[a][mt], c.m_pad,
-                                  wmma::mem_col_major);
+        for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+          if (mt < MT)
+            wmma::store_matrix_sync(part_w + a * 16 * c.m_pad + mt * 16, acc[a][mt], c.m_pad,
+                                    wmma::mem_col_major);
+    }
   }
 }
 
@@ -449,6 +571,12 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   }
   __syncthreads();
 
+  // This warp's K split (the same for all its items: warp = nt * k_splits +
+  // ks) and, where they fit (c.reg_tiles > 0), its weight tiles in registers.
+  const KSplit wsplit = k_split_of(c, warp % c.k_splits);
+  WeightRegs<T, TF32> wregs;
+  if (c.reg_tiles > 0) load_weight_regs<T, TF32>(wregs, c, sw, wsplit, U);
+
   // Clusters (cluster_copy.cuh): each warp's full / empty barrier per stage,
   // initialised by this CTA and visible to the cluster before any use.
   int chunk_seq = 0;  // this warp's chunks so far, mod 2 x stages (the same in each lane)
@@ -513,9 +641,11 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
       sk.gt = GHp / 16;
       sk.na = (has_t && !top) ? D : 0;
       sk.has_rec = k >= 1;
-      sk.ka_tiles = c.ka / 16;
+      sk.nseg_a = c.ka / GHp;
       sk.dir_stride = TBG;
-      sk.total = (sk.na + (sk.has_rec ? 1 : 0)) * sk.gt;
+      // (na > 0: not the top layer, so nseg_a == D == na: the segments are contiguous)
+      sk.seg_lo = sk.na > 0 ? 0 : sk.nseg_a;
+      sk.seg_hi = sk.has_rec ? sk.nseg_a + 1 : sk.na;
       sk.above = sk.na ? static_cast<const void*>(dg_ih + ((layer + 1) * D) * TBG + t * B * GHp)
                        : nullptr;
       sk.rec = sk.has_rec ? static_cast<const void*>(dg_hh + ld_id * TBG + tp * B * GHp)
@@ -600,17 +730,13 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         // gradients that generic stores wrote; this thread has waited for
         // them -- above, or at the previous step's grid.sync -- once per step)
         if (c.cluster > 1 && b0 == b_lo) fence_proxy_async_global();
-        if (sk.total > 0) {
+        if (sk.seg_hi > sk.seg_lo) {
           const int nt = warp / c.k_splits;
-          const int ks = warp - nt * c.k_splits;
           const int rows = min(16, nbv - nt * 16);
-          if (rows > 0) {
-            const int tk0 = static_cast<int>(static_cast<int64_t>(sk.total) * ks / c.k_splits);
-            const int tk1 = static_cast<int>(static_cast<int64_t>(sk.total) * (ks + 1) / c.k_splits);
+          if (rows > 0)
             warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
                                part + static_cast<int64_t>(warp) * 2 * 16 * c.m_pad, sk,
-                               b0 + nt * 16, rows, tk0, tk1, U, cpipe, chunk_seq);
-          }
+                               b0 + nt * 16, rows, wsplit, U, cpipe, chunk_seq, wregs);
         }
         __syncthreads();
         rec.mark(kPhaseGemm);  // (with the prefetch issue: no clean boundary, see phase_timing.h)
@@ -762,6 +888,9 @@ const void* backward_kernel_ptr(SyncPolicy sync) {
 // cudaOccupancyMaxActiveClusters that every cluster is co-resident).
 template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream) {
+  // the plan's register tiles must fit the ones this instantiation holds
+  if (p.cfg.reg_tiles > WeightRegs<T, TF32>::kTiles || (p.cfg.reg_tiles > 0 && p.cfg.m_tiles != 1))
+    return cudaErrorInvalidValue;
   const void* fn = backward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<BackwardParams*>(&p)};
   if (p.cfg.cluster <= 1)

@@ -40,6 +40,16 @@ constexpr int kBackwardMaxMTiles = 2;
 // One staged chunk row is 128 bytes of K (64 elements of 16-bit, 32 fp32).
 constexpr int kStageRowBytes = 128;
 
+// Weight tiles (16 units x 16 K) a warp may hold in registers, as wmma A
+// fragments, per math path: 12 in 16 bits (bf16: 4 registers each, 48; fp16:
+// the wmma fragment declares 16 halves, ptxas keeps fewer), 6 in TF32 (two k8
+// fragments of 4 registers each: 48); none on the exact FP32 FMA path (its
+// 230-250 registers are taken). What ptxas fits next to the rest of the
+// kernel with a margin (16 / 8 spill or reach 254: csrc/kernels/README.md).
+FRNN_HD constexpr int backward_reg_tiles_max(int elem_bytes, bool tf32) {
+  return elem_bytes == 2 ? 12 : (tf32 ? 6 : 0);
+}
+
 // How the backward kernel covers a problem (chosen by plan_backward,
 // backward_plan.h).
 //
@@ -91,7 +101,26 @@ struct BackwardConfig {
   // CTAs per thread-block cluster (consecutive unit slices of one
   // layer-direction and batch slice; divides ctas_per_dir): 1 = no cluster.
   int cluster = 1;
+  // Weight tiles per warp held in registers (backward_reg_tiles): every tile
+  // of a warp's K split, or 0 (all read from shared memory).
+  int reg_tiles = 0;
 };
+
+// The K tiles of one warp's K split: ceil(gt / k_splits) of each of the
+// kw / GHp segments (gt = GHp / 16 tiles each; backward_kernel.cuh, k_split_of).
+FRNN_HD int backward_warp_tiles(const BackwardConfig& c) {
+  const int gt = c.gh_pad / 16;
+  return (c.kw / c.gh_pad) * ((gt + c.k_splits - 1) / c.k_splits);
+}
+
+// Weight tiles per warp in registers for configuration c: all of a warp's
+// tiles where they fit backward_reg_tiles_max and the CTA has one m-tile
+// (U <= 16), else 0.
+FRNN_HD int backward_reg_tiles(const BackwardConfig& c) {
+  const int cap = backward_reg_tiles_max(c.elem_bytes, c.use_tf32);
+  const int n = backward_warp_tiles(c);
+  return c.m_tiles == 1 && n <= cap ? n : 0;
+}
 
 // The step counter of CTA (layer-direction ld, unit slice, batch slice): the
 // C slices of one (batch slice, ld) are contiguous, and so are the D*C of one

@@ -57,19 +57,22 @@ inline std::string describe_backward(const ForwardProblem& p, const BackwardConf
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
+  const std::string weights =
+      c.reg_tiles > 0 ? "weights in registers (" + std::to_string(c.reg_tiles) + " tiles per warp)"
+                      : "weights in shared memory";
   const int64_t steps = p.bidirectional ? p.num_layers * p.seq_len + 1
                                         : p.seq_len + p.num_layers;
   snprintf(buf, sizeof(buf),
            "fused backward: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per "
            "layer-direction x %d batch slices of %d rows, %d units each), %d batch tiles x %d K "
-           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %s%lld wave steps, "
-           "%s sync",
+           "splits per pass, %d-stage cp.async, smem %s/CTA, %d CTA/SM, %s, %s, %s%lld wave "
+           "steps, %s sync",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.batch_slices, c.rows_per_slice, c.units_per_cta, c.n_tiles,
            c.k_splits, c.stages, plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           cluster.c_str(), static_cast<long long>(steps), sync_name(c.sync));
+           weights.c_str(), cluster.c_str(), static_cast<long long>(steps), sync_name(c.sync));
   return buf;
 }
 
@@ -145,6 +148,7 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
   // (3 tiles -> 2 per pass + 1: keeps K split evenly over 8 warps)
   c.k_splits = kBackwardWarps / c.n_tiles;
   c.grid = p.layer_dirs() * c.ctas_per_dir * c.batch_slices;
+  c.reg_tiles = backward_reg_tiles(c);
   for (int st = 4; st >= min_stages; --st) {
     c.stages = st;
     const int64_t smem = backward_smem_layout(c).total;

@@ -25,7 +25,8 @@
 // kernel that the tests must see fail. 1-3: the flag synchronisation
 // (sync_flags.cuh); 4, 5: the mma.sync fragment layouts (mma_frag.cuh);
 // 6, 7: the backward's flag waits (backward_kernel.cuh): 6 waits for the
-// layer above one step short, 7 for its own layer one step short.
+// layer above one step short, 7 for its own layer one step short; 8-10: the
+// backward's cluster barriers (cluster_copy.cuh).
 #ifndef FRNN_EMU_BREAK
 #define FRNN_EMU_BREAK 0
 #endif

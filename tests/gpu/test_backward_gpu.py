@@ -283,6 +283,31 @@ def test_plan_backward_takes_clusters_where_the_stream_is_large(ext, monkeypatch
             assert "cluster" not in why, why
 
 
+def test_plan_backward_weights_in_registers_where_they_fit(ext, precision, monkeypatch):
+    """Both places a warp's weight tiles are read from are among the cases that
+    test_backward_matches_reference runs, on the tensor-core paths (16 bits, TF32): all of a
+    warp's tiles in registers where they fit (small K per warp, one 16-unit m-tile), from
+    shared memory elsewhere (e.g. H=512); the FP32 FMA path never holds them."""
+    monkeypatch.delenv("FUSED_RNN_CLUSTER", raising=False)
+    seen = set()
+    for case in CASES:
+        precision(case.prec)
+        ok, why = ext.plan_backward(case.mode, case.L, case.bidir, case.bias, 0, case.I,
+                                    case.H, case.B, case.T, DTYPE[case.prec],
+                                    torch.cuda.current_device(), True, case.lengths,
+                                    case.dropout)
+        if not ok:
+            continue
+        regs = "weights in registers (" in why
+        assert regs != ("weights in shared memory" in why), why
+        if case.prec == "fp32":
+            assert not regs, why
+        seen.add(("tf32" if case.prec == "tf32" else "16-bit" if case.prec != "fp32" else "fp32",
+                  regs))
+    for kind in ("16-bit", "tf32"):
+        assert (kind, True) in seen and (kind, False) in seen, seen
+
+
 @pytest.mark.parametrize("case", DROPOUT_CASES, ids=lambda c: c.id)
 def test_backward_with_dropout_matches_reference(ext, precision, case):
     """Masks regenerated from the seed (no mask tensor): the same gradients as the

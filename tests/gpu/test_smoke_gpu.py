@@ -324,21 +324,18 @@ def parse_backward_plan(why):
 def k_chunks_per_warp(case: Case, k_splits: int):
     """Chunks each of the `k_splits` warps of a batch tile streams through its cp.async
     ring in one step of a layer below the top (K = D above segments + the rec segment,
-    each GHp = round16(G*H) long), modelled on backward_kernel.cuh warp_item: tiles of
-    16 K elements, warp ks takes tiles [total*ks/k_splits, total*(ks+1)/k_splits), a
-    chunk is 128 bytes of K (4 tiles of 16-bit, 2 of fp32) and never crosses a segment."""
+    each GHp = round16(G*H) long), modelled on backward_kernel.cuh k_split_of / warp_item:
+    tiles of 16 K elements, gt per segment; warp ks takes tiles [gt*ks/k_splits,
+    gt*(ks+1)/k_splits) of every segment, in chunks of up to 128 bytes of K (4 tiles of
+    16-bit, 2 of fp32) from the start of its range in each segment."""
     e = DTYPE[case.prec].itemsize
     chunk_tiles = 128 // e // 16
     gt = -(-reference.GATES[case.mode] * case.H // 16)
     na = (2 if case.bidir else 1) if case.L > 1 else 0
-    total = (na + 1) * gt
     counts = []
     for ks in range(k_splits):
-        pos, end, n = total * ks // k_splits, total * (ks + 1) // k_splits, 0
-        while pos < end:
-            pos += min(chunk_tiles, gt - pos % gt, end - pos)
-            n += 1
-        counts.append(n)
+        wlen = gt * (ks + 1) // k_splits - gt * ks // k_splits
+        counts.append((na + 1) * -(-wlen // chunk_tiles))
     return counts
 
 
