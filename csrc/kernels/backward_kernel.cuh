@@ -411,10 +411,10 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       begin();
       int stage = 0;
       int seg = 0, i = 0;
+      int kt = 0;  // the tile's place in its chunk (chunks restart with each segment)
 #pragma unroll
       for (int j = 0; j < WR::kTiles; ++j) {
         if (seg >= sk.seg_lo && seg < sk.seg_hi && i < wlen) {
-          const int kt = i % chunk_tiles;  // the tile's place in its chunk
           if (kt == 0) stage = acquire();
           const T* bst = stage0 + stage * stage_elems;
 #pragma unroll
@@ -424,7 +424,12 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
             if (seg >= sk.nseg_a) wmma::mma_sync(acc[1], wr.a[j][sub], fb, acc[1]);
             else wmma::mma_sync(acc[0], wr.a[j][sub], fb, acc[0]);
           }
-          if (kt == chunk_tiles - 1 || i == wlen - 1) release(stage);
+          if (kt == chunk_tiles - 1 || i == wlen - 1) {
+            release(stage);
+            kt = 0;
+          } else {
+            ++kt;
+          }
         }
         if (++i == wlen) {
           i = 0;
