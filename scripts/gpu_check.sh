@@ -25,8 +25,9 @@
 #   floors     benchmarks/floors.py (barrier and cuDNN floors), then --phases (time per
 #              kernel phase beside the model) -- only if the GPU tests passed
 # pytest runs with a per-test limit (pytest-timeout, thread method: a hung test ends the
-# process and is named in the summary) when the plugin is installed; every stage also has a
-# hard limit (timeout(1)).
+# process and is named in the summary) when the plugin is installed, in one pytest-xdist
+# worker where that is installed (a test that crashes or hangs its process is reported failed
+# and the worker is restarted for the rest); every stage also has a hard limit (timeout(1)).
 #
 # The output folder holds at most 8 files; summary.txt first (per stage ok / FAILED /
 # TIMEOUT / skipped with its time, failing test ids, the first lines of each failure):
@@ -186,10 +187,13 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', 
       '| cuDNN', torch.backends.cudnn.version(), '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 print('pytest-timeout:', 'yes (thread method)' if importlib.util.find_spec('pytest_timeout') else
       'NOT installed: a hung test is stopped only by its stage limit')
+print('pytest-xdist:', 'yes (one worker, restarted after a crash)' if importlib.util.find_spec('xdist') else
+      'NOT installed: a test that crashes the process ends its stage')
 sys.exit(0 if torch.cuda.is_available() else 3)" >> "$SCRATCH/env" 2>&1
 rc=$?
-HAVE_TIMEOUT_PLUGIN=0
+HAVE_TIMEOUT_PLUGIN=0 HAVE_XDIST=0
 grep -q "^pytest-timeout: yes" "$SCRATCH/env" && HAVE_TIMEOUT_PLUGIN=1
+grep -q "^pytest-xdist: yes" "$SCRATCH/env" && HAVE_XDIST=1
 cat "$SCRATCH/env"
 if [ "$rc" != 0 ]; then
   { cat "$SCRATCH/env"; echo; echo "no CUDA device usable from $PY (probe exit $rc): nothing was checked"; } > "$SUMMARY"
@@ -277,6 +281,9 @@ pytest_stage() {  # pytest_stage NAME LIMIT PER_TEST FILES...
   : > "$log"; : > "$trace"
   local tflags=()
   [ "$HAVE_TIMEOUT_PLUGIN" = 1 ] && tflags=(--timeout="$per" --timeout-method=thread)
+  # one worker process that pytest-xdist restarts when a test crashes it (a segfault, an
+  # abort, a per-test timeout): that test is reported failed and the rest still run
+  [ "$HAVE_XDIST" = 1 ] && tflags+=(-n 1 --max-worker-restart=20)
   FUSED_RNN_TEST_TRACE="$trace" limited "$secs" "$log" \
     "$PY" -m pytest "$@" -v -rfEs -p no:cacheprovider "${tflags[@]}"
   rc=$?

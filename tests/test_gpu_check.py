@@ -66,7 +66,9 @@ echo "$*" >> "$FAKE_LOG"
 case "$*" in
   *"torch.cuda.is_available"*) echo "python 3.12 | torch fake | CUDA 13.0 | device FakeGPU"
                                if [ "${FAKE_PLUGIN:-yes}" = yes ]; then echo "pytest-timeout: yes (thread method)"
-                               else echo "pytest-timeout: NOT installed: ..."; fi; exit 0 ;;
+                               else echo "pytest-timeout: NOT installed: ..."; fi
+                               if [ "${FAKE_XDIST:-no}" = yes ]; then echo "pytest-xdist: yes (one worker)"
+                               else echo "pytest-xdist: NOT installed: ..."; fi; exit 0 ;;
   *"floors.build()"*) exit 0 ;;
   *"source_hash"*)
     if [ "${FAKE_HASH:-ok}" = ok ]; then exit 0; fi
@@ -155,6 +157,7 @@ def test_everything_passes(fake_tree):
                      "smoke.log", "summary.txt", "tests.log"]
     assert len(files) <= 8
     assert "--timeout=15 --timeout-method=thread" in calls  # the per-test limit
+    assert " -n 1" not in calls  # no pytest-xdist here: one process per stage
     assert "every stage that ran passed" in summary and "device FakeGPU" in summary
     assert "--kernel-name kns=rnn_ --report-api-errors no" in calls
     assert "still running" not in summary
@@ -287,3 +290,14 @@ def test_sanitizer_target_runs_its_problem_on_the_reference():
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_sanitize.py")],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and "no CUDA device" in proc.stdout
+
+
+def test_a_crashing_test_ends_only_itself_where_xdist_is_installed(fake_tree):
+    """With pytest-xdist, each pytest stage runs in one worker that is restarted after a
+    crash, so a segfault in one test leaves the others to run and be reported."""
+    proc, summary, calls, _ = fake_tree(xdist="yes")
+    assert proc.returncode == 0, summary
+    pytest_calls = [c for c in calls.splitlines() if "-m pytest" in c]
+    assert len(pytest_calls) == 2, calls
+    for c in pytest_calls:
+        assert "-n 1 --max-worker-restart=20" in c, c

@@ -492,7 +492,23 @@ def test_training_run_follows_nn_lstm(ext, precision):
     assert abs(math.log(lf[-25:].mean() / lr_[-25:].mean())) < 0.7
 
 
-def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
+# one test per bad call, so that a call that crashes the process is named by itself
+BAD_BACKWARD_CALLS = {
+    "input-on-cpu": lambda inp, f: dict(input=inp["x"].cpu()),
+    "gout-float64": lambda inp, f: dict(gout=inp["gout"].double()),
+    "reserve-wrong-shape": lambda inp, f: dict(reserve=f[3][:, :2]),
+    "reserve-empty": lambda inp, f: dict(reserve=torch.empty(0, device="cuda")),
+    "ghy-wrong-shape": lambda inp, f: dict(ghy=inp["ghy"][:, :2]),
+    "weights-one-missing": lambda inp, f: dict(weights=inp["w"][:-1]),
+    "dropout-without-seed": lambda inp, f: dict(dropout=0.5),
+    "lstm-without-cx": lambda inp, f: dict(cx=None),
+    "unknown-mode": lambda inp, f: dict(mode="LSTMX"),
+    "proj-without-its-weights": lambda inp, f: dict(proj=4),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_BACKWARD_CALLS))
+def test_bad_inputs_raise_and_device_stays_usable(ext, precision, bad):
     precision("fp32")
     case = Case("LSTM", 2, False, 8, 16, 3, 4, True, "fp32", False)
     inp = make_inputs(case, backward=True)
@@ -501,28 +517,11 @@ def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
     op = torch.ops.fused_rnn._fused_backward
     names = ["gout", "ghy", "gcy", "input", "weights", "hx", "cx", "lengths", "seed", "output",
              "reserve", "mode", "L", "bidir", "bias", "proj", "dropout"]
-
-    def with_(**kw):
-        a = list(good)
-        for k, v in kw.items():
-            a[names.index(k)] = v
-        return a
-
-    bad_calls = [
-        with_(input=inp["x"].cpu()),                                   # wrong device
-        with_(gout=inp["gout"].double()),                              # wrong dtype
-        with_(reserve=f[3][:, :2]),                                    # wrong reserve shape
-        with_(reserve=torch.empty(0, device="cuda")),                  # no reserve
-        with_(ghy=inp["ghy"][:, :2]),                                  # wrong shape
-        with_(weights=inp["w"][:-1]),                                  # missing tensor
-        with_(dropout=0.5),                                            # no seed
-        with_(cx=None),                                                # LSTM without cx
-        with_(mode="LSTMX"),
-        with_(proj=4),                                                 # not covered
-    ]
-    for a in bad_calls:
-        with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
-            op(*a)
+    a = list(good)
+    for k, v in BAD_BACKWARD_CALLS[bad](inp, f).items():
+        a[names.index(k)] = v
+    with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+        op(*a)
     out = op(*good)
     torch.cuda.synchronize()
     assert torch.isfinite(out[0]).all()

@@ -372,36 +372,35 @@ def test_long_sequence_beyond_grid_limit(ext, precision):
     assert rel_err(out[:64], ref[0]) < 1e-5
 
 
-def test_bad_inputs_raise_and_device_stays_usable(ext, precision):
+# one test per bad call, so that a call that crashes the process is named by itself
+BAD_FORWARD_CALLS = {
+    "input-on-cpu": lambda inp: dict(input=inp["x"].cpu()),
+    "input-float64": lambda inp: dict(input=inp["x"].double()),
+    "hx-wrong-shape": lambda inp: dict(hx=inp["hx"][:, :2]),
+    "weights-mixed-dtypes": lambda inp: dict(weights=[inp["w"][0].half()] + inp["w"][1:]),
+    "weights-one-missing": lambda inp: dict(weights=inp["w"][:-1]),
+    "lengths-on-cpu": lambda inp: dict(lengths=torch.ones(3, dtype=torch.int64)),
+    "dropout-without-seed": lambda inp: dict(dropout=0.5),
+    "lstm-without-cx": lambda inp: dict(cx=None),
+    "unknown-mode": lambda inp: dict(mode="LSTMX"),
+    "proj-without-its-weights": lambda inp: dict(proj=4),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FORWARD_CALLS))
+def test_bad_inputs_raise_and_device_stays_usable(ext, precision, bad):
     precision("fp32")
     case = Case("LSTM", 2, False, 8, 16, 3, 4, True, "fp32", False)
     inp = make_inputs(case)
     op = torch.ops.fused_rnn._fused_forward
     good = op_args(case, inp)
-
-    def with_(**kw):
-        a = list(good)
-        names = ["input", "weights", "hx", "cx", "lengths", "seed", "mode", "L", "bidir", "bias",
-                 "proj", "dropout", "need_reserve"]
-        for k, v in kw.items():
-            a[names.index(k)] = v
-        return a
-
-    bad_calls = [
-        with_(input=inp["x"].cpu()),                                    # wrong device
-        with_(input=inp["x"].double()),                                 # wrong dtype
-        with_(hx=inp["hx"][:, :2]),                                     # wrong shape
-        with_(weights=[inp["w"][0].half()] + inp["w"][1:]),             # mixed dtypes
-        with_(weights=inp["w"][:-1]),                                   # missing tensor
-        with_(lengths=torch.ones(3, dtype=torch.int64)),                # lengths on the CPU
-        with_(dropout=0.5),                                             # no seed
-        with_(cx=None),                                                 # LSTM without cx
-        with_(mode="LSTMX"),
-        with_(proj=4),                                                  # not covered
-    ]
-    for a in bad_calls:
-        with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
-            op(*a)
+    names = ["input", "weights", "hx", "cx", "lengths", "seed", "mode", "L", "bidir", "bias",
+             "proj", "dropout", "need_reserve"]
+    a = list(good)
+    for k, v in BAD_FORWARD_CALLS[bad](inp).items():
+        a[names.index(k)] = v
+    with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+        op(*a)
     out = op(*good)
     torch.cuda.synchronize()
     assert torch.isfinite(out[0]).all()
