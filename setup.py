@@ -59,6 +59,7 @@ def _extensions():
         sources=cfg.sources(HERE),
         include_dirs=cfg.include_dirs(HERE),
         extra_compile_args={"cxx": cfg.cxx_flags(), "nvcc": cfg.nvcc_flags()},
+        extra_link_args=cfg.link_flags(),  # torch is imported: its libstdc++ is loaded
     )
     print(f"fused_rnn: building the CUDA extension for {cfg.arch_list()}")
     return [ext], {"build_ext": BuildExtension}

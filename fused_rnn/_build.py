@@ -125,6 +125,35 @@ def cxx_flags() -> list[str]:
     return ["-O3"] + define_flags()
 
 
+def loaded_libstdcxx() -> str | None:
+    """The path of the libstdc++ shared library this process has loaded (torch loads it),
+    read from /proc/self/maps; None where there is none (not Linux, or nothing loaded)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def link_flags() -> list[str]:
+    """The extension links the libstdc++ that torch itself runs with, by path.
+
+    Some toolchains' g++ links libstdc++ statically by default (seen on a machine whose
+    compiler was /opt/gcc/bin/g++: the extension carried its own copy). Loaded beside the
+    shared libstdc++ that torch uses, with torch's -Bsymbolic-functions, that private copy
+    mixed its functions with the shared library's data: formatting an integer into an error
+    message (TORCH_CHECK with a shape) crashed with a segmentation fault. Named as a file
+    before the driver's own -lstdc++, the shared library resolves every libstdc++ symbol, so
+    nothing is taken from a static archive; with a usual toolchain it is the library the
+    driver would have linked anyway."""
+    path = loaded_libstdcxx()
+    return [path] if path else []
+
+
 def nvcc_flags(archs: list[str] | None = None) -> list[str]:
     archs = arch_list() if archs is None else archs
     return [
@@ -186,6 +215,7 @@ def _try_jit():
             extra_include_paths=include_dirs(ROOT),
             extra_cflags=cxx_flags(),
             extra_cuda_cflags=nvcc_flags(archs),
+            extra_ldflags=link_flags(),
             verbose=os.environ.get("FUSED_RNN_VERBOSE_BUILD", "0") == "1",
         )
         return mod, None

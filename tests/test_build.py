@@ -167,3 +167,18 @@ def test_jit_from_an_installed_copy_without_sources_says_where_it_looked(monkeyp
     monkeypatch.setattr(_build, "CSRC", str(tmp_path / "csrc"))
     mod, why = _build._try_jit()
     assert mod is None and why == f"no extension sources under {tmp_path / 'csrc'} for a JIT build"
+
+
+def test_the_extension_links_the_libstdcxx_torch_runs_with():
+    """A toolchain that links libstdc++ statically by default gave the extension a private
+    copy that crashed beside torch's shared one; the link line names torch's by path."""
+    import torch  # noqa: F401  (loads libstdc++, as it does when setup.py builds)
+
+    flags = _build.link_flags()
+    if sys.platform != "linux":
+        assert flags == []
+        return
+    assert len(flags) == 1, flags
+    path = flags[0]
+    assert os.path.basename(path).startswith("libstdc++.so") and os.path.isfile(path), path
+    assert path == _build.loaded_libstdcxx()

@@ -483,3 +483,15 @@ def test_smoke_cases_cover_what_the_smoke_stage_must_reach():
     assert [n for n in vars(smoke) if n.startswith("test_")] == [
         "test_smoke_tiny_forward", "test_smoke_tiny_backward", "test_smoke_forward",
         "test_smoke_backward"]
+
+
+def test_accuracy_rule_cap_gives_way_only_to_cudnn_itself():
+    """err <= 2 x cuDNN + floor, capped; where cuDNN alone is beyond the cap, the bound is
+    cuDNN's own error (never less accurate than cuDNN), not the looser 2 x rule."""
+    tol = gpu_helpers.tolerance
+    assert tol(0.01, 0.02, 0.25).allowed == pytest.approx(0.04)      # the 2 x rule
+    assert tol(0.2, 0.02, 0.25).allowed == pytest.approx(0.25)       # the cap
+    t = tol(0.743, 0.02, 0.25)                                       # cuDNN beyond the cap
+    assert t.allowed == pytest.approx(0.743) and "beyond the cap" in t.rule
+    assert 0.295 <= t.allowed and not 0.8 <= t.allowed
+    assert tol(0.743, 0.02, 0.25, strict=0.1).allowed == pytest.approx(0.1)

@@ -364,7 +364,15 @@ def test_long_sequence_beyond_grid_limit(ext, precision):
     inp = make_inputs(case)
     out, hy, cy, _ = fused(ext, case, inp)
     assert_finite(case.id, forward_named(case, (out, hy, cy)))
-    cud = run_cudnn(case, inp)
+    # cuDNN itself refuses this length (CUDNN_STATUS_NOT_SUPPORTED at T=70000 on an H200,
+    # torch 2.11 / cuDNN 9.19): it runs in chunks of 10000 steps, each starting from the
+    # state the one before left, which is the same recurrence
+    outs, hx, cx = [], inp["hx"], inp["cx"]
+    for t0 in range(0, case.T, 10000):
+        x = inp["x"][t0:t0 + 10000]
+        o, hx, cx = run_cudnn(case._replace(T=x.shape[0]), dict(inp, x=x, hx=hx, cx=cx))
+        outs.append(o)
+    cud = (torch.cat(outs), hx, cx)
     assert rel_err(out, cud[0]) < 1e-3 and rel_err(hy, cud[1]) < 1e-3 and rel_err(cy, cud[2]) < 1e-3
     # prefix property (unidirectional): the first steps equal the fp64 reference on a prefix
     short = case._replace(T=64)
