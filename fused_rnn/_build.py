@@ -131,9 +131,9 @@ def loaded_libstdcxx() -> str | None:
     try:
         with open("/proc/self/maps") as f:
             for line in f:
-                path = line.split()[-1] if len(line.split()) >= 6 else ""
-                if os.path.basename(path).startswith("libstdc++.so"):
-                    return path
+                fields = line.split()  # address perms offset dev inode [path]
+                if len(fields) >= 6 and os.path.basename(fields[5]).startswith("libstdc++.so"):
+                    return fields[5]
     except OSError:
         pass
     return None
