@@ -8,16 +8,26 @@ LSTM, 2 layers, H=24, T=3, B=3 with lengths and dropout: the grid barrier, the d
 length masking, the reserve and the backward's cp.async stream all run. Exits 0 when both
 fused kernels were planned, ran, and returned finite values; 1 (with the reason) otherwise,
 so that a sanitizer run that checked nothing can not pass as clean.
+
+Options change the problem, for bisecting a sanitizer report (defaults: the problem above):
+
+    compute-sanitizer --tool racecheck python3 scripts/gpu_sanitize.py --dtype fp32 --hidden 200
+
+--dtype bf16 | fp16 | tf32 | fp32 (float32 with TF32 off: the exact FMA path), --hidden,
+--layers, --dropout.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
 
 MODE, L, I, H, B, T, P = "LSTM", 2, 10, 24, 3, 3, 0.25
 DTYPE = torch.bfloat16
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32,
+          "fp32": torch.float32}
 
 
 def run(forward, backward, device) -> dict:
@@ -43,6 +53,22 @@ def run(forward, backward, device) -> dict:
              "grad_hx": grads[2], "grad_cx": grads[3]}
     named.update({f"grad_w{i}": gw for i, gw in enumerate(grads[1])})
     return named
+
+
+def configure(argv=None) -> None:
+    """Set the problem from the command line (module globals, read by run() and main())."""
+    global DTYPE, H, L, P
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--hidden", type=int, default=H)
+    ap.add_argument("--layers", type=int, default=L)
+    ap.add_argument("--dropout", type=float, default=P)
+    a = ap.parse_args(argv)
+    if a.hidden < 1 or a.layers < 1 or not 0.0 <= a.dropout < 1.0:
+        ap.error("--hidden and --layers must be >= 1, --dropout in [0, 1)")
+    DTYPE, H, L, P = DTYPES[a.dtype], a.hidden, a.layers, a.dropout
+    # float32 runs TF32 tensor cores when cuDNN's RNN setting allows it (as in torch.nn)
+    torch.backends.cudnn.allow_tf32 = a.dtype == "tf32"
 
 
 def main() -> int:
@@ -72,4 +98,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    configure()
     sys.exit(main())

@@ -292,6 +292,37 @@ def test_sanitizer_target_runs_its_problem_on_the_reference():
         assert proc.returncode == 1 and "no CUDA device" in proc.stdout
 
 
+def test_sanitizer_target_options_change_its_problem(monkeypatch):
+    """--dtype / --hidden / --layers / --dropout set the problem run() builds (for bisecting a
+    sanitizer report); bad values are usage errors."""
+    import sys
+
+    import torch
+
+    import fused_rnn  # noqa: F401
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+    for name in ("DTYPE", "H", "L", "P"):  # restored after the test
+        monkeypatch.setattr(gpu_sanitize, name, getattr(gpu_sanitize, name))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    gpu_sanitize.configure(["--dtype", "fp32", "--hidden", "7", "--layers", "1", "--dropout", "0"])
+    assert (gpu_sanitize.DTYPE, gpu_sanitize.H, gpu_sanitize.L, gpu_sanitize.P) == (torch.float32, 7, 1, 0.0)
+    assert torch.backends.cudnn.allow_tf32 is False  # fp32: the exact path, not TF32
+    named = gpu_sanitize.run(torch.ops.fused_rnn.rnn_forward, torch.ops.fused_rnn.rnn_backward, "cpu")
+    assert named["h_n"].shape == (1, gpu_sanitize.B, 7) and named["output"].dtype == torch.float32
+    assert len([k for k in named if k.startswith("grad_w")]) == 4
+    gpu_sanitize.configure(["--dtype", "tf32"])
+    assert gpu_sanitize.DTYPE == torch.float32 and torch.backends.cudnn.allow_tf32 is True
+    for bad in (["--dtype", "fp64"], ["--hidden", "0"], ["--dropout", "1"]):
+        with pytest.raises(SystemExit) as e:
+            gpu_sanitize.configure(bad)
+        assert e.value.code == 2, bad
+
+
 def test_a_crashing_test_ends_only_itself_where_xdist_is_installed(fake_tree):
     """With pytest-xdist, each pytest stage runs in one worker that is restarted after a
     crash, so a segfault in one test leaves the others to run and be reported."""
