@@ -267,6 +267,18 @@ def test_no_gpu_is_said_and_nothing_runs(tmp_path):
     assert os.listdir(tmp_path / "out") == ["summary.txt"]
 
 
+def _import_gpu_sanitize():
+    """scripts/gpu_sanitize.py as a module (scripts/ is not a package)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+    return gpu_sanitize
+
+
 def test_sanitizer_target_runs_its_problem_on_the_reference():
     """scripts/gpu_sanitize.py's argument lists are the ops' (run here through the public
     ops, reference path on the CPU), and without a GPU it refuses (exit 1), never passes."""
@@ -276,11 +288,7 @@ def test_sanitizer_target_runs_its_problem_on_the_reference():
 
     import fused_rnn  # noqa: F401  (registers torch.ops.fused_rnn)
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import gpu_sanitize
-    finally:
-        sys.path.pop(0)
+    gpu_sanitize = _import_gpu_sanitize()
     named = gpu_sanitize.run(torch.ops.fused_rnn.rnn_forward, torch.ops.fused_rnn.rnn_backward, "cpu")
     L, B, H = gpu_sanitize.L, gpu_sanitize.B, gpu_sanitize.H
     assert named["h_n"].shape == (L, B, H) and named["grad_cx"].shape == (L, B, H)
@@ -295,17 +303,11 @@ def test_sanitizer_target_runs_its_problem_on_the_reference():
 def test_sanitizer_target_options_change_its_problem(monkeypatch):
     """--dtype / --hidden / --layers / --dropout set the problem run() builds (for bisecting a
     sanitizer report); bad values are usage errors."""
-    import sys
-
     import torch
 
     import fused_rnn  # noqa: F401
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import gpu_sanitize
-    finally:
-        sys.path.pop(0)
+    gpu_sanitize = _import_gpu_sanitize()
     for name in ("DTYPE", "H", "L", "P"):  # restored after the test
         monkeypatch.setattr(gpu_sanitize, name, getattr(gpu_sanitize, name))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
