@@ -28,6 +28,11 @@ Table format (``format`` 1)::
 
 ``dtype`` is one of ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 on, as
 cuDNN's RNN setting says) and ``fp32``; ``*_max_batch`` 0 means never fused.
+
+A file in the table directory that is not such a table (bad JSON, another format,
+a malformed entry, a second table for a device that already has one) is ignored
+with one :class:`CrossoverTableWarning` naming it: the device then falls back to
+its other table or to the performance model's default, and no call fails for it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import functools
 import json
 import os
 import re
+import warnings
 
 import torch
 
@@ -50,27 +56,41 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-device"
 
 
+class CrossoverTableWarning(UserWarning):
+    """A file among the crossover tables is not a valid table; it is ignored."""
+
+
+def _count(value, least: int) -> bool:
+    """An int (not a bool) of at least `least`."""
+    return type(value) is int and value >= least
+
+
 def check_table(table: dict, where: str = "table") -> None:
     """Raise ValueError unless `table` is a format-1 crossover table."""
-    if not isinstance(table, dict) or table.get("format") != FORMAT:
+    if not isinstance(table, dict) or table.get("format") != FORMAT or \
+            type(table.get("format")) is not int:
         raise ValueError(f"{where}: not a fused_rnn crossover table of format {FORMAT}")
-    if not isinstance(table.get("device"), str) or not isinstance(table.get("entries"), list):
-        raise ValueError(f"{where}: needs 'device' (str) and 'entries' (list)")
+    if not isinstance(table.get("device"), str) or not table["device"] \
+            or not isinstance(table.get("entries"), list):
+        raise ValueError(f"{where}: needs 'device' (a non-empty str) and 'entries' (list)")
     for i, e in enumerate(table["entries"]):
         ok = (isinstance(e, dict) and e.get("dtype") in DTYPE_KEYS
               and e.get("mode") in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
-              and all(isinstance(e.get(k), int) and e[k] >= 0
-                      for k in ("num_layers", "hidden_size", "forward_max_batch",
-                                "training_max_batch"))
+              and _count(e.get("num_layers"), 1) and _count(e.get("hidden_size"), 1)
+              and _count(e.get("forward_max_batch"), 0)
+              and _count(e.get("training_max_batch"), 0)
               and isinstance(e.get("bidirectional"), bool))
         if not ok:
-            raise ValueError(f"{where}: entry {i} is malformed: {e!r}")
+            raise ValueError(f"{where}: entry {i} is malformed (needs dtype, mode, num_layers "
+                             ">= 1, hidden_size >= 1, bidirectional (bool), forward_max_batch "
+                             f"and training_max_batch (ints >= 0)): {e!r}")
 
 
 @functools.lru_cache(maxsize=None)
 def tables(directory: str | None = None) -> dict:
-    """{device name: (table, file)} of every table in `directory` (default: the package's
-    TABLE_DIR), read once."""
+    """{device name: (table, file)} of every valid table in `directory` (default: the
+    package's TABLE_DIR), read once. A file that is not a valid table, or a second table for
+    a device, is ignored with a :class:`CrossoverTableWarning` naming it."""
     directory = directory or TABLE_DIR
     found = {}
     if not os.path.isdir(directory):
@@ -79,10 +99,23 @@ def tables(directory: str | None = None) -> dict:
         if not name.endswith(".json"):
             continue
         path = os.path.join(directory, name)
-        with open(path) as f:
-            table = json.load(f)
-        check_table(table, path)
-        found[table["device"]] = (table, path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+            check_table(table, path)
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
+            why = e if isinstance(e, ValueError) and str(e).startswith(path) else f"{path}: {e}"
+            warnings.warn(f"fused_rnn: ignoring the crossover table {why}; devices it would "
+                          "cover use the performance model's default", CrossoverTableWarning,
+                          stacklevel=2)
+            continue
+        device = table["device"]
+        if device in found:
+            warnings.warn(f"fused_rnn: ignoring the crossover table {path}: {found[device][1]} "
+                          f"already covers {device!r} (one table per device)",
+                          CrossoverTableWarning, stacklevel=2)
+            continue
+        found[device] = (table, path)
     return found
 
 
