@@ -17,10 +17,12 @@ from . import _dynamo_compat, dispatch, functional, ops, policy, reference
 from ._build import ExtensionUnavailableWarning
 from .dispatch import backend
 from ._info import backend_info
-from .modules import GRU, LSTM, RNN, convert
+from .modules import GRU, LSTM, RNN, ConversionWarning, convert, unconvert
+from .policy import CrossoverTableWarning
 
 _dynamo_compat.install()
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "convert", "backend", "backend_info",
-           "ExtensionUnavailableWarning", "dispatch", "functional", "policy", "reference", "ops"]
+__all__ = ["LSTM", "GRU", "RNN", "convert", "unconvert", "backend", "backend_info",
+           "ExtensionUnavailableWarning", "ConversionWarning", "CrossoverTableWarning",
+           "dispatch", "functional", "policy", "reference", "ops"]

@@ -8,7 +8,7 @@ import torch
 
 from . import policy
 from ._build import CSRC, FIX, extension_status, load_extension
-from .dispatch import requested
+from . import dispatch
 
 
 def backend_info(load: bool = True) -> dict:
@@ -21,9 +21,10 @@ def backend_info(load: bool = True) -> dict:
     recorder), ``reason`` (why the extension is not loaded), ``fix`` (how to get
     it, when torch has CUDA but the extension is missing; else None), ``sources``
     (the ``csrc/`` a JIT build would compile),
-    ``backend`` (what is asked for now: ``fused_rnn.backend(...)``, else
+    ``backend`` (what is asked for now in this thread: ``fused_rnn.backend(...)``, else
     ``FUSED_RNN_BACKEND``, else "auto"; a module's own setting comes between the
-    two), ``sync`` (the forward and backward kernels' synchronisation policy asked for
+    two; None when it comes from an invalid ``FUSED_RNN_BACKEND``), ``backend_error`` (why
+    ``FUSED_RNN_BACKEND`` is invalid, or None), ``sync`` (the forward and backward kernels' synchronisation policy asked for
     now: the ``FUSED_RNN_SYNC`` environment variable, "grid" (one grid barrier per wave
     step), "flags" (point-to-point step counters) or "auto", which it is when unset or
     empty and which runs flags; the extension reads the variable at every call, and a
@@ -76,9 +77,19 @@ def backend_info(load: bool = True) -> dict:
         "reason": reason,
         "fix": FIX if (cuda and ext is None) else None,
         "sources": CSRC,
-        "backend": requested()[0],
+        "backend": _asked(),
+        "backend_error": dispatch._ENV_ERROR,
         "sync": os.environ.get("FUSED_RNN_SYNC") or "auto",
         "cluster": os.environ.get("FUSED_RNN_CLUSTER") or "auto",
         "crossover_table": table,
         "default_path": default,
     }
+
+
+def _asked():
+    """What this thread asks for now (no module setting), or None where that is an invalid
+    FUSED_RNN_BACKEND (its error is reported beside it, not raised)."""
+    try:
+        return dispatch.requested()[0]
+    except ValueError:
+        return None

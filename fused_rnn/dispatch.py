@@ -12,11 +12,12 @@
 planner's answer, the crossover table (:mod:`fused_rnn.policy`) and what the
 user asked for. What the user asks for, innermost first:
 
-1. ``with fused_rnn.backend("reference"):`` (process-wide, like
-   ``torch.backends`` flags; nests),
-2. the module's ``backend`` attribute (``None``: inherit),
+1. ``with fused_rnn.backend("reference"):`` (per thread, like ``torch.no_grad``;
+   nests),
+2. the module's ``backend`` attribute, or ``backend=`` of a
+   :mod:`fused_rnn.functional` call (``None``: inherit),
 3. the environment variable ``FUSED_RNN_BACKEND`` (read when fused_rnn is
-   imported),
+   imported; an invalid value warns then, and every call that reaches it raises),
 4. ``"auto"``.
 
 ``auto`` runs the fused kernel on a CUDA call when the planners cover it
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -39,58 +42,132 @@ from . import policy
 
 BACKENDS = ("auto", "fused", "native", "reference")
 ENV = "FUSED_RNN_BACKEND"
-_ENV_VALUE = os.environ.get(ENV) or None  # read once, at import
-_STACK: list = []  # the active fused_rnn.backend(...) contexts, innermost last
 _CLASS = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
+def _bad_name(name, where: str) -> str | None:
+    """Why `name` is not a backend name (None: it is one)."""
+    if isinstance(name, str) and name in BACKENDS:
+        return None
+    return f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}"
+
+
 def _check_name(name, where: str) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}; "
-                         f"got {name!r}")
+    why = _bad_name(name, where)
+    if why is not None:
+        raise ValueError(why)
+
+
+def _read_env() -> tuple[str | None, str | None]:
+    """(FUSED_RNN_BACKEND's value or None, why it is invalid or None); warns when invalid."""
+    value = os.environ.get(ENV) or None
+    why = None if value is None else _bad_name(value, ENV)
+    if why is not None:
+        warnings.warn(f"fused_rnn: {why}; every fused_rnn call that does not ask for a backend "
+                      "itself (fused_rnn.backend(...), module.backend, backend=) raises until it "
+                      "is fixed or unset", stacklevel=3)
+    return value, why
+
+
+_ENV_VALUE, _ENV_ERROR = _read_env()  # read once, at import
+
+
+# The active fused_rnn.backend(...) blocks, innermost last: per thread, as torch.no_grad is,
+# so that a block in one thread never changes (or pops) another thread's. A thread-local
+# rather than a contextvars.ContextVar: torch.compile traces (and guards on) a thread-local's
+# attribute, but not ContextVar.get.
+_TLS = threading.local()
+
+
+def active() -> tuple:
+    """The names of this thread's active ``fused_rnn.backend`` blocks, innermost last."""
+    return getattr(_TLS, "stack", ())
 
 
 @contextlib.contextmanager
 def backend(name: str):
     """Run every fused_rnn call inside the block on `name`: "auto", "fused", "native" or
-    "reference". Process-wide (like ``torch.backends`` flags); the innermost block wins,
-    over a module's ``backend`` attribute and ``FUSED_RNN_BACKEND``::
+    "reference". Per thread (like ``torch.no_grad``): a block affects the calls of the thread
+    that entered it, not those of threads it starts (``nn.DataParallel``'s replicas included:
+    set ``module.backend`` there). The innermost block wins, over a module's ``backend``
+    attribute, a call's ``backend=`` and ``FUSED_RNN_BACKEND``::
 
         with fused_rnn.backend("reference"):
             out, _ = lstm(x)      # the pure-PyTorch stack, Philox dropout masks
     """
     _check_name(name, "fused_rnn.backend")
-    _STACK.append(name)
+    outer = active()
+    _TLS.stack = outer + (name,)
     try:
         yield
     finally:
-        _STACK.pop()
+        _TLS.stack = outer
 
 
-def requested(module_backend: str | None = None) -> tuple[str, str]:
-    """(the backend asked for, who asked): context, then module, then environment."""
-    if _STACK:
-        return _STACK[-1], f"fused_rnn.backend({_STACK[-1]!r})"
+def requested(module_backend: str | None = None, caller: str | None = None
+              ) -> tuple[str, str]:
+    """(the backend asked for, who asked): this thread's innermost ``fused_rnn.backend``
+    block, then the module's own request (`module_backend`), or the call's ``backend=`` when
+    `caller` names the function (e.g. "fused_rnn.functional.gru"), then
+    ``FUSED_RNN_BACKEND``, then "auto"."""
+    stack = active()
+    if stack:
+        return stack[-1], f"fused_rnn.backend({stack[-1]!r})"
     if module_backend is not None:
-        _check_name(module_backend, "module.backend")
-        return module_backend, f"the module's backend={module_backend!r}"
+        if caller is None:
+            _check_name(module_backend, "module.backend")
+            return module_backend, f"the module's backend={module_backend!r}"
+        _check_name(module_backend, caller)
+        return module_backend, f"backend={module_backend!r} of {caller}"
     if _ENV_VALUE is not None:
-        _check_name(_ENV_VALUE, ENV)
+        if _ENV_ERROR is not None:
+            raise ValueError(_ENV_ERROR)
         return _ENV_VALUE, f"{ENV}={_ENV_VALUE}"
     return "auto", "auto"
 
 
-_BEHIND_BREAK: dict = {}
+# A call that goes native inside torch.compile runs behind a graph break, as nn's RNNs do:
+# the function wrapped in torch.compiler.disable with the reason the call went native (which
+# torch.compile(fullgraph=True) then names in its error). The wrappers are made outside the
+# traced code (by _graph_break_for, which Dynamo calls for real while tracing: a constant
+# function) and looked up in traced code; making one in traced code is itself a graph break.
+_BREAK_FNS: dict = {}  # name -> function that may run behind a graph break
+_BEHIND_BREAK: dict = {}  # (name, reason) -> torch.compiler.disable(function, reason=...)
 
 
-def behind_graph_break(fn):
-    """`fn` behind a torch.compile graph break (``torch.compiler.disable``), for a call that
-    goes native inside a compiled region, as nn's RNNs break the graph. Made on first use
-    (disable imports Dynamo) and kept, since making it while tracing is itself a break."""
-    wrapped = _BEHIND_BREAK.get(fn)
-    if wrapped is None:
-        wrapped = _BEHIND_BREAK[fn] = torch.compiler.disable(fn)
-    return wrapped
+def register_graph_break(name: str, fn) -> None:
+    """Let :func:`behind_graph_break` run `fn` (under `name`) behind a graph break."""
+    _BREAK_FNS[name] = fn
+
+
+def _constant_while_tracing(fn):
+    """torch._dynamo.assume_constant_result, without importing Dynamo (~1 s) with fused_rnn."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_while_tracing
+def _graph_break_for(name: str, reason: str) -> str:
+    key = (name, reason)
+    if key not in _BEHIND_BREAK:
+        fn = _BREAK_FNS[name]
+        try:
+            wrapped = torch.compiler.disable(fn, reason=reason)
+        except TypeError:  # torch < 2.8: no reason
+            wrapped = torch.compiler.disable(fn)
+        _BEHIND_BREAK[key] = wrapped
+    return name
+
+
+def behind_graph_break(name: str, why: str):
+    """The function registered as `name`, behind a torch.compile graph break
+    (``torch.compiler.disable``) that names `why` the call runs outside the graph; for a call
+    that goes native inside a compiled region, as nn's RNNs break the graph."""
+    reason = (f"fused_rnn: this call runs torch's own RNN implementation ({why}), which "
+              "torch.compile runs outside the graph, as it does nn.LSTM; "
+              "fused_rnn.backend('reference') or module.backend = 'reference' compiles whole")
+    _graph_break_for(name, reason)
+    return _BEHIND_BREAK[(name, reason)]
 
 
 class Decision(NamedTuple):
@@ -100,12 +177,6 @@ class Decision(NamedTuple):
 
 
 # -------------------------------------------------------------------- constant parts
-
-
-def _constant_while_tracing(fn):
-    """torch._dynamo.assume_constant_result, without importing Dynamo (~1 s) with fused_rnn."""
-    fn._dynamo_marked_constant = True
-    return fn
 
 
 # Under torch.compile these two are evaluated once while tracing (Dynamo treats their
@@ -152,6 +223,18 @@ def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: in
 # ------------------------------------------------------------------------ decide
 
 
+def _above(B, limit: int, compiling: bool) -> bool:
+    """B > limit; while tracing, a batch the trace cannot know (a PackedSequence's
+    batch_sizes[0]) counts as above: native, never slower than cuDNN."""
+    if compiling:
+        try:
+            from torch.fx.experimental.symbolic_shapes import guard_or_true
+        except ImportError:  # torch < 2.7
+            return B > limit
+        return guard_or_true(B > limit)
+    return B > limit
+
+
 def _refuse(source: str, why: str):
     return RuntimeError(f"fused_rnn: the fused kernel was requested ({source}) but cannot run "
                         f"this call: {why}")
@@ -160,12 +243,14 @@ def _refuse(source: str, why: str):
 def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, I: int, H: int, *,
            num_layers: int, bidirectional: bool = False, has_biases: bool = True,
            proj_size: int = 0, dropout: float = 0.0, need_grad: bool = False,
-           has_lengths: bool = False, module_backend: str | None = None) -> Decision:
+           has_lengths: bool = False, module_backend: str | None = None,
+           caller: str | None = None) -> Decision:
     """The path of one call. ``I`` and ``H`` are the weights' sizes (static under
     torch.compile, unlike the input's); ``dropout`` is the probability in effect (0 in
     eval mode or with one layer); ``need_grad``: a gradient will flow (the forward saves
-    for backward)."""
-    want, source = requested(module_backend)
+    for backward). ``module_backend``: what the module asks for, or with ``caller`` (the
+    function's name) what a functional call's ``backend=`` asks for."""
+    want, source = requested(module_backend, caller)
     on_cuda = device.type == "cuda"
     native_bwd = ("native: torch's autograd (cuDNN's backward, as nn." + _CLASS[mode] + ")"
                   if on_cuda else "native: torch's autograd (ATen), as nn." + _CLASS[mode])
@@ -203,7 +288,7 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         bwd = fwd
     if want == "auto":
         limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad)
-        if B > limit:
+        if _above(B, limit, compiling):
             what = "training" if need_grad else "inference"
             batch = "the batch" if compiling else f"batch {B}"  # B may be symbolic when traced
             return Decision("native", f"native: {batch} is above {limit}, the largest where "

@@ -7,9 +7,16 @@ arguments follow ``torch._VF.lstm`` & co.: ``weights`` is a flat list in
 [b_ih, b_hh], [w_hr]).
 
 Shapes follow torch.nn: input (T, B, I), or (B, T, I) with batch_first; hx
-(L*D, B, Hout) (never batch-first). ``lengths`` (int64, one per sequence,
-any order, each >= 1) masks each sequence past its length: its state is frozen
-and its output rows are zero, as with a PackedSequence.
+(L*D, B, Hout) (never batch-first; None: zeros). ``lengths`` (integers, one per
+sequence, any order, each in 1..T) masks each sequence past its length: its state
+is frozen, its output rows are zero and its input rows there never reach a
+gradient, as with a PackedSequence.
+
+Every argument is checked once, before any path runs, with torch.nn's message
+where torch.nn has one (``torch._VF`` itself checks little and may read out of
+bounds). A ``lengths`` tensor on the CPU is checked value by value; one on a GPU
+only where its values are read anyway (the native path packs on the CPU), since
+checking it elsewhere would wait for the GPU.
 
 Which path runs (fused kernel, torch's own ``torch._VF`` implementation, or the
 reference stack) is decided per call by :func:`fused_rnn.dispatch.decide`;
@@ -23,7 +30,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import ops, reference
-from .dispatch import behind_graph_break, decide
+from .dispatch import _check_name, behind_graph_break, decide, register_graph_break
 from .dropout import draw_seed
 
 _VF = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
@@ -86,7 +93,9 @@ def _native(mode, input, weights, hx, cx, lengths, *, num_layers, bidirectional,
                     batch_first)
         return result[0], result[1], (result[2] if mode == "LSTM" else None)
     T = input.shape[1 if batch_first else 0]
-    packed = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first,
+    lengths = lengths.cpu()
+    check_length_values(lengths, T)
+    packed = pack_padded_sequence(input, lengths, batch_first=batch_first,
                                   enforce_sorted=False)
     order, back = packed.sorted_indices, packed.unsorted_indices
     state = ((hx.index_select(1, order), cx.index_select(1, order)) if mode == "LSTM"
@@ -98,6 +107,32 @@ def _native(mode, input, weights, hx, cx, lengths, *, num_layers, bidirectional,
     hy = result[1].index_select(1, back)
     cy = result[2].index_select(1, back) if mode == "LSTM" else None
     return output, hy, cy
+
+
+register_graph_break("functional", _native)
+
+
+def check_length_values(lengths: Tensor, T: int) -> None:
+    """Each length in 1..T (torch's message for one below 1); `lengths` on the CPU."""
+    if lengths.numel() == 0:
+        return
+    low, high = int(lengths.min()), int(lengths.max())
+    if low <= 0:
+        raise RuntimeError("Length of all samples has to be greater than 0, but found an "
+                           "element in 'lengths' that is <= 0")
+    if high > T:
+        raise RuntimeError(f"Length of all samples has to be at most the sequence length {T}, "
+                           f"but found an element in 'lengths' that is {high}")
+
+
+def _mask_padding(input: Tensor, lengths: Tensor, batch_first: bool) -> Tensor:
+    """`input` with the rows past each length zeroed: whatever they hold (NaN included) then
+    reaches neither an output nor a gradient (the weight gradients are GEMMs over all rows)."""
+    T = input.shape[1 if batch_first else 0]
+    valid = torch.arange(T, device=input.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+    if batch_first:
+        valid = valid.t()
+    return torch.where(valid.unsqueeze(2), input, input.new_zeros(()))
 
 
 def run(
@@ -117,15 +152,19 @@ def run(
     lengths: Tensor | None = None,
     backend: str | None = None,
     path: str | None = None,
+    caller: str | None = None,
 ):
     """The stack; returns (output, hy, cy or None, forward_backend, backward_backend).
 
     The backends say which path runs and why (:func:`fused_rnn.dispatch.decide`): the
     forward's (ran), and the backward's (will run, when a gradient is needed; None
     otherwise). ``backend`` is a per-call request ("auto", "fused", "native",
-    "reference"; None: inherit), below a ``fused_rnn.backend(...)`` context.
+    "reference"; None: inherit), below a ``fused_rnn.backend(...)`` context; ``caller``
+    names the function that passed it (None: a module's ``backend``).
     ``path`` ("fused" or "reference") skips the decision: the modules decide before
-    they reshape their input and pass the answer here.
+    they reshape their input and pass the answer here (their padding is zeros already).
+    Arguments are not checked here: :func:`check_args` (the functional API) or the
+    modules' torch checks come first.
     """
     input, hx, cx, *weights = _autocast(mode, input.device.type, [input, hx, cx, *weights])
     _check_same(input, weights, "parameter")
@@ -135,10 +174,14 @@ def run(
     if lengths is not None:
         lengths = lengths.to(device=input.device, dtype=torch.int64)
     p = float(dropout) if (train and num_layers > 1) else 0.0
+    # torch.jit.trace records the op with need_reserve as a constant: a trace keeps the
+    # reserve whenever a tensor requires grad, so that its check (and a later training use)
+    # under no_grad sees the same graph
     need_reserve = (
-        torch.is_grad_enabled()
+        (torch.is_grad_enabled() or torch.jit.is_tracing())
         and any(t is not None and t.requires_grad for t in (input, hx, cx, *weights))
     )
+    mask_padding = lengths is not None and path is None
     forward = backward = None
     if path is None:
         T, B = _time_major_shape(input, batch_first)
@@ -146,15 +189,18 @@ def run(
         d = decide(mode, input.device, input.dtype, T, B, I, H, num_layers=num_layers,
                    bidirectional=bidirectional, has_biases=has_biases, proj_size=proj_size,
                    dropout=p, need_grad=need_reserve, has_lengths=lengths is not None,
-                   module_backend=backend)
+                   module_backend=backend, caller=caller)
         path, forward, backward = d
         if path == "native":
-            native = behind_graph_break(_native) if torch.compiler.is_compiling() else _native
+            native = (behind_graph_break("functional", forward)
+                      if torch.compiler.is_compiling() else _native)
             output, hy, cy = native(mode, input, weights, hx, cx, lengths,
                                     num_layers=num_layers, bidirectional=bidirectional,
                                     has_biases=has_biases, dropout=float(dropout), train=train,
                                     batch_first=batch_first)
             return output, hy, cy, forward, backward
+    if mask_padding:
+        input = _mask_padding(input, lengths, batch_first)
     if batch_first:
         input = input.transpose(0, 1)
     input = input.contiguous()
@@ -166,6 +212,11 @@ def run(
         # the op's CUDA kernel would take the fused kernel where it covers the call: the
         # reference stack directly, differentiated by autograd
         output, hy, cy, _ = reference.rnn_forward(*args)
+    elif torch._C._are_functorch_transforms_active():
+        # torch.func.grad & co. cannot differentiate a custom op's registered autograd (and
+        # torch.func.jvp would treat it as constant): the same two ops through an
+        # autograd.Function that supports grad / vjp and refuses what it cannot do
+        output, hy, cy, _ = ops.rnn_forward_for_functorch(*args)
     else:
         output, hy, cy, _ = torch.ops.fused_rnn.rnn_forward(*args)
     if batch_first:
@@ -178,23 +229,155 @@ def _time_major_shape(input: Tensor, batch_first: bool):
     return (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
 
 
+_BOOLS = ("has_biases", "train", "bidirectional", "batch_first")
+
+
+def _weight_names(num_layers: int, D: int, has_biases: bool, proj_size: int) -> list:
+    """nn.LSTM's parameter names, in ``_flat_weights`` order."""
+    names = []
+    for layer in range(num_layers):
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            names += [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+            if has_biases:
+                names += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
+            if proj_size > 0:
+                names.append(f"weight_hr{sfx}")
+    return names
+
+
+def check_args(mode: str, input, hx, weights, *, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, proj_size, lengths, backend, caller: str) -> None:
+    """Every argument of a functional call, once, before any path runs: torch.nn's exception
+    and message where torch.nn has one (its constructor's, its forward's), a message naming
+    the argument otherwise. ``hx`` is None, a tensor, or (h_0, c_0) for LSTM."""
+    G = reference.GATES[mode]
+    for name, value in zip(_BOOLS, (has_biases, train, bidirectional, batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the "
+                         "probability of an element being zeroed")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size > 0 and mode != "LSTM":
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if backend is not None:
+        _check_name(backend, caller)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{caller}: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 3:
+        raise RuntimeError(f"input must have 3 dimensions, got {input.dim()}")
+
+    D = 2 if bidirectional else 1
+    names = _weight_names(num_layers, D, has_biases, proj_size)
+    if not isinstance(weights, (list, tuple)) or not all(isinstance(w, Tensor) for w in weights):
+        raise TypeError(f"{caller}: weights must be a list of Tensors (nn.{mode}'s "
+                        "_flat_weights order)")
+    w0 = weights[0] if len(weights) else None
+    if w0 is not None and (w0.dim() != 2 or w0.shape[0] == 0 or w0.shape[0] % G != 0):
+        raise ValueError(f"{caller}: weights[0] (weight_ih_l0) must have shape ({G} * "
+                         f"hidden_size, input_size), got {tuple(w0.shape)}")
+    if w0 is not None and proj_size >= w0.shape[0] // G:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+    if len(weights) != len(names):
+        per = "w_ih, w_hh" + (", b_ih, b_hh" if has_biases else "") + (
+            ", w_hr" if proj_size > 0 else "")
+        raise ValueError(
+            f"{caller}: expected {len(names)} weights ({per} per layer and direction, for "
+            f"num_layers={num_layers}, bidirectional={bidirectional}, has_biases={has_biases}, "
+            f"proj_size={proj_size}), got {len(weights)}")
+    H, I = w0.shape[0] // G, w0.shape[1]
+    h_out = proj_size if proj_size > 0 else H
+    for i, (w, name) in enumerate(zip(weights, names)):
+        kind = name.split("_l")[0]
+        layer = int(name.split("_l")[1].split("_")[0])
+        want = {"weight_ih": (G * H, I if layer == 0 else D * h_out), "weight_hh": (G * H, h_out),
+                "bias_ih": (G * H,), "bias_hh": (G * H,), "weight_hr": (proj_size, H)}[kind]
+        if tuple(w.shape) != want:
+            raise ValueError(f"{caller}: weights[{i}] ({name}) must have shape {want}, got "
+                             f"{tuple(w.shape)}")
+    if input.size(-1) != I:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {I}, got "
+                           f"{input.size(-1)}")
+
+    T, B = _time_major_shape(input, batch_first)
+    if hx is not None:
+        if mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")
+            states = ((hx[0], h_out, "Expected hidden[0] size {}, got {}"),
+                      (hx[1], H, "Expected hidden[1] size {}, got {}"))
+        else:
+            states = ((hx, h_out, "Expected hidden size {}, got {}"),)
+        for state, width, msg in states:
+            if not isinstance(state, Tensor):
+                raise TypeError(f"{caller}: hx must be "
+                                + ("(h_0, c_0), two Tensors" if mode == "LSTM" else "a Tensor")
+                                + f", got {type(state).__name__}")
+            want = (num_layers * D, B, width)
+            if tuple(state.shape) != want:
+                raise RuntimeError(msg.format(want, list(state.shape)))
+
+    if lengths is not None:
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point() \
+                or lengths.is_complex() or lengths.dtype == torch.bool:
+            what = (f"a {lengths.dim()}-D {lengths.dtype} tensor" if isinstance(lengths, Tensor)
+                    else type(lengths).__name__)
+            raise ValueError(f"{caller}: lengths must be a 1-D tensor of integers, got {what}")
+        if lengths.numel() != B:
+            raise RuntimeError(f"Expected `len(lengths)` to be equal to batch_size, but got "
+                               f"{lengths.numel()} (batch_size={B})")
+        if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_length_values(lengths, T)
+
+
+def _zeros_state(mode, input, weights, num_layers, bidirectional, batch_first, proj_size):
+    """hx = None: zeros, as torch.nn's modules start."""
+    G = reference.GATES[mode]
+    H = weights[0].shape[0] // G
+    _, B = _time_major_shape(input, batch_first)
+    rows = num_layers * (2 if bidirectional else 1)
+    h = input.new_zeros(rows, B, proj_size if proj_size > 0 else H)
+    return (h, input.new_zeros(rows, B, H)) if mode == "LSTM" else h
+
+
 def _fn(mode):
+    name = f"fused_rnn.functional.{mode.lower()}"
+
     def f(input: Tensor, hx, weights: list, has_biases: bool = True, num_layers: int = 1,
           dropout: float = 0.0, train: bool = False, bidirectional: bool = False,
           batch_first: bool = False, proj_size: int = 0, lengths: Tensor | None = None,
           backend: str | None = None):
+        check_args(mode, input, hx, weights, has_biases=has_biases, num_layers=num_layers,
+                   dropout=dropout, train=train, bidirectional=bidirectional,
+                   batch_first=batch_first, proj_size=proj_size, lengths=lengths,
+                   backend=backend, caller=name)
+        if hx is None:
+            hx = _zeros_state(mode, input, weights, num_layers, bidirectional, batch_first,
+                              proj_size)
         h, c = hx if mode == "LSTM" else (hx, None)
         out, hy, cy, _, _ = run(
-            mode, input, weights, h, c, num_layers=num_layers, bidirectional=bidirectional,
+            mode, input, list(weights), h, c, num_layers=num_layers, bidirectional=bidirectional,
             has_biases=has_biases, proj_size=proj_size, dropout=dropout, train=train,
-            batch_first=batch_first, lengths=lengths, backend=backend,
+            batch_first=batch_first, lengths=lengths, backend=backend, caller=name,
         )
         return (out, hy, cy) if mode == "LSTM" else (out, hy)
 
     f.__name__ = mode.lower()
+    f.__qualname__ = mode.lower()
     f.__doc__ = (
         f"{mode} stack, like ``torch._VF.{mode.lower()}``: returns "
-        + ("(output, h_n, c_n); hx is (h_0, c_0)." if mode == "LSTM" else "(output, h_n).")
+        + ("(output, h_n, c_n); hx is (h_0, c_0) or None (zeros)." if mode == "LSTM"
+           else "(output, h_n); hx is h_0 or None (zeros).")
+        + " Every argument is checked first (torch.nn's messages)."
     )
     return f
 

@@ -223,6 +223,63 @@ def _no_double_backward(ctx, *grads):
 
 rnn_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
+
+# ------------------------------------------------------------------- torch.func
+
+# torch.func.grad / vjp / jacrev cannot differentiate a custom op's register_autograd (torch
+# builds an autograd.Function without setup_context for it). Under those transforms the
+# functional entry point calls the same two ops through these Functions, which have one.
+
+
+class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(options, input, hx, cx, lengths, seed, *weights):
+        return torch.ops.fused_rnn.rnn_forward(input, list(weights), hx, cx, lengths, seed,
+                                               *options, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        options, input, hx, cx, lengths, seed, *weights = inputs
+        ctx.options, ctx.num_weights, ctx.has_cx = options, len(weights), cx is not None
+        ctx.mark_non_differentiable(output[3])
+        ctx.save_for_backward(input, hx, cx, lengths, seed, output[0], output[3], *weights)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hy, grad_cy, grad_reserve):
+        input, hx, cx, lengths, seed, out, reserve, *weights = ctx.saved_tensors
+        g_in, g_hx, g_cx, *g_w = _RNNBackwardFunction.apply(
+            ctx.options, grad_output.contiguous(), grad_hy.contiguous(), grad_cy.contiguous(),
+            input, hx, cx, lengths, seed, out, reserve, *weights)
+        return (None, g_in, g_hx, g_cx if ctx.has_cx else None, None, None, *g_w)
+
+
+class _RNNBackwardFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(options, grad_output, grad_hy, grad_cy, input, hx, cx, lengths, seed, out,
+                reserve, *weights):
+        g_in, g_w, g_hx, g_cx = torch.ops.fused_rnn.rnn_backward(
+            grad_output, grad_hy, grad_cy, input, list(weights), hx, cx, lengths, seed, out,
+            reserve, *options)
+        return (g_in, g_hx, g_cx, *g_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _no_double_backward(ctx)
+
+
+def rnn_forward_for_functorch(input, weights, hx, cx, lengths, seed, mode, num_layers,
+                              bidirectional, has_biases, proj_size, dropout, need_reserve):
+    """``torch.ops.fused_rnn.rnn_forward`` (with its reserve) through an autograd.Function that
+    torch.func transforms can differentiate (grad, vjp, jacrev; not vmap or forward mode)."""
+    options = (mode, num_layers, bidirectional, has_biases, proj_size, dropout)
+    return _RNNFunction.apply(options, input, hx, cx, lengths, seed, *weights)
+
+
 # The extension registers fused_rnn::_fused_forward / _fused_backward when loaded;
 # importing it here is lazy (first CUDA call), so a CPU machine never touches it.
-__all__ = ["rnn_forward", "rnn_backward", "plan", "plan_shape", "FORWARD_SCHEMA", "BACKWARD_SCHEMA", "Tensor"]
+__all__ = ["rnn_forward", "rnn_backward", "rnn_forward_for_functorch", "plan", "plan_shape",
+           "FORWARD_SCHEMA", "BACKWARD_SCHEMA", "Tensor"]

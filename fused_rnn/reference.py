@@ -144,7 +144,7 @@ def rnn_forward(
     if lengths is not None:
         lengths = lengths.to(device=input.device, dtype=torch.int64)
     cast = (lambda w: None if w is None else w.to(cdt))
-    layer_input = input.to(cdt)
+    layer_input = _zero_padding(input.to(cdt), lengths)
     h_n, c_n, reserves = [], [], []
     for layer in range(num_layers):
         outs = []
@@ -177,6 +177,16 @@ def rnn_forward(
     return output, hy, cy, reserve
 
 
+def _zero_padding(x, lengths):
+    """x (T, B, ...) with the rows past each length zero: whatever the padding holds (NaN
+    included) reaches neither an output nor a gradient (the weight gradients sum over all
+    rows). Selected, not multiplied, so that NaN * 0 cannot appear."""
+    if lengths is None:
+        return x
+    valid = torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+    return torch.where(valid.unsqueeze(2), x, x.new_zeros(()))
+
+
 def reserve_shape(mode, num_layers, bidirectional, T, B, hidden_size, proj_size):
     D = 2 if bidirectional else 1
     return (num_layers * D, T, B, reserve_width(mode, hidden_size, proj_size))
@@ -189,10 +199,7 @@ def _layer_outputs(reserve_rows, lengths, h_out, T, B):
     """Layer output (T, B, D*Hout) rebuilt from the reserve's h columns (zero past lengths)."""
     outs = [r[..., -h_out:] for r in reserve_rows]
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    if lengths is not None:
-        valid = (torch.arange(T, device=y.device).unsqueeze(1) < lengths.unsqueeze(0))
-        y = y * valid.unsqueeze(2).to(y.dtype)
-    return y
+    return _zero_padding(y, lengths)
 
 
 def _backward_direction(mode, dy, dh, dc, x, res, h0, c0, w_ih, w_hh, w_hr, lengths, reverse):
@@ -294,7 +301,7 @@ def rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
     dy = grad_output.to(cdt)
     for layer in range(num_layers - 1, -1, -1):
         if layer == 0:
-            x = input.to(cdt)
+            x = _zero_padding(input.to(cdt), lengths)
         else:
             x = _layer_outputs([res[(layer - 1) * D + d] for d in range(D)], lengths, h_out, T, B)
             if use_dropout:

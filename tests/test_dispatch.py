@@ -220,3 +220,17 @@ def test_decision_traces_under_torch_compile(ext):
     # the planner was asked with T = B = 1 while tracing: its answer does not depend on them
     assert all(c[1][7:9] == (1, 1) for c in ext.calls), ext.calls
 
+
+def test_decision_with_a_batch_the_trace_cannot_know(ext):
+    """A PackedSequence's batch is batch_sizes[0], a value inside torch.compile: the batch
+    limit cannot be a guard on it, so the call takes native (never slower than cuDNN)
+    instead of failing the trace on a data-dependent guard."""
+
+    def f(x, batch_sizes):
+        d = dispatch.decide("LSTM", CUDA, torch.bfloat16, 5, int(batch_sizes[0]), 512, 512,
+                            num_layers=4)
+        return x + (1 if d.path == "fused" else 2)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    assert compiled(torch.ones(3), torch.tensor([4, 2]))[0].item() == 3.0

@@ -184,7 +184,7 @@ def test_backend_context_module_setting_and_precedence(monkeypatch):
     with pytest.raises(RuntimeError):  # a context left by an exception is popped
         with fused_rnn.backend("reference"):
             raise RuntimeError("inside")
-    assert dispatch._STACK == []
+    assert dispatch.active() == ()
 
 
 def test_backend_names_are_checked(monkeypatch):
@@ -196,11 +196,17 @@ def test_backend_names_are_checked(monkeypatch):
             pass
     _, m = make_pair("GRU", 3, 4)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    m.backend = "fast"
     with pytest.raises(ValueError, match="module.backend: backend must be one of"):
-        m(x)
+        m.backend = "fast"  # checked when set, whatever is active
+    with fused_rnn.backend("native"), pytest.raises(ValueError, match="module.backend"):
+        m.backend = "bogus"
+    assert m.backend is None
     m.backend = None
-    monkeypatch.setattr(dispatch, "_ENV_VALUE", "kernel")
+    monkeypatch.setenv("FUSED_RNN_BACKEND", "kernel")
+    with pytest.warns(UserWarning, match="FUSED_RNN_BACKEND: backend must be one of"):
+        value, error = dispatch._read_env()  # what import reads
+    monkeypatch.setattr(dispatch, "_ENV_VALUE", value)
+    monkeypatch.setattr(dispatch, "_ENV_ERROR", error)
     with pytest.raises(ValueError, match="FUSED_RNN_BACKEND: backend must be one of"):
         m(x)
 
