@@ -25,6 +25,8 @@ reference stack) is decided per call by :func:`fused_rnn.dispatch.decide`;
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -255,15 +257,15 @@ def check_args(mode: str, input, hx, weights, *, has_biases, num_layers, dropout
     for name, value in zip(_BOOLS, (has_biases, train, bidirectional, batch_first)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+    if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral):
         raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
     if num_layers <= 0:
         raise ValueError("num_layers must be greater than zero")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
             or not 0 <= dropout <= 1:
         raise ValueError("dropout should be a number in range [0, 1] representing the "
                          "probability of an element being zeroed")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
         raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
     if proj_size < 0:
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
@@ -360,6 +362,7 @@ def _fn(mode):
                    dropout=dropout, train=train, bidirectional=bidirectional,
                    batch_first=batch_first, proj_size=proj_size, lengths=lengths,
                    backend=backend, caller=name)
+        num_layers, proj_size, dropout = int(num_layers), int(proj_size), float(dropout)
         if hx is None:
             hx = _zeros_state(mode, input, weights, num_layers, bidirectional, batch_first,
                               proj_size)

@@ -77,6 +77,26 @@ def _fx_leaf(module, proxy, input, hx):
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
 
 
+def _packed_batch(input: PackedSequence, hx):
+    """The batch of a PackedSequence: batch_sizes[0], read once. Inside torch.compile that is
+    a value the trace does not know (a guard on it fails the trace); a size that must equal it
+    is known to the trace (the permutation's, else the state's): that one is used, and the two
+    are checked equal when the graph runs."""
+    B = int(input.batch_sizes[0])
+    if not torch.compiler.is_compiling():
+        return B
+    state = hx[0] if isinstance(hx, (tuple, list)) and len(hx) == 2 else hx
+    if input.sorted_indices is not None:
+        known = input.sorted_indices.shape[0]
+    elif isinstance(state, torch.Tensor) and state.dim() == 3:
+        known = state.shape[1]
+    else:
+        return B
+    torch._check(B == known, lambda: "the packed input's batch (batch_sizes[0]) must be its "
+                                     "sorted_indices' length and the hidden state's batch")
+    return known
+
+
 class _FusedForward:
     """The forward shared by the three modules (mixed in before the torch class)."""
 
@@ -190,7 +210,7 @@ class _FusedForward:
             self._update_flat_weights()
         packed_batch = None
         if isinstance(input, PackedSequence) and isinstance(input.batch_sizes, torch.Tensor):
-            packed_batch = int(input.batch_sizes[0])  # read once (under torch.compile: a symbol)
+            packed_batch = _packed_batch(input, hx)
         decision = self._decide(input, hx, packed_batch)
         if decision is None or decision.path == "native":
             if decision is None:

@@ -320,6 +320,30 @@ def test_compile_fullgraph_packed_training_gradients():
         torch.testing.assert_close(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("known", ["sorted_indices", "state"])
+def test_compiled_packed_batch_is_a_size_the_trace_knows(known):
+    """Where the packed batch is also a size (the permutation's or the state's), that size is
+    used: the batch limit of the dispatch (a CUDA call) is then an ordinary guard, not a
+    batch the trace cannot know (which would take native)."""
+    from fused_rnn.modules import _packed_batch
+
+    enforce = known == "state"
+    packed = pack_padded_sequence(torch.randn(5, 3, 2), [5, 3, 1] if enforce else [3, 5, 1],
+                                  enforce_sorted=enforce)
+    hx = torch.zeros(1, 3, 4) if known == "state" else None
+
+    def f(x, packed, hx):
+        return x + (1 if _packed_batch(packed, hx) > 2 else 2)  # a guard on the batch
+
+    torch._dynamo.reset()
+    assert torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(1), packed, hx) == 1
+    bad = torch.zeros(1, 2, 4)
+    if known == "state":  # the two must agree when the graph runs
+        torch._dynamo.reset()
+        with pytest.raises(RuntimeError):
+            torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(1), packed, bad)
+
+
 # ------------------------------------------- 5. TorchScript, torch.fx, quantization
 
 
