@@ -24,11 +24,11 @@ def backend_info(load: bool = True) -> dict:
     ``backend`` (what is asked for now in this thread: ``fused_rnn.backend(...)``, else
     ``FUSED_RNN_BACKEND``, else "auto"; a module's own setting comes between the
     two; None when it comes from an invalid ``FUSED_RNN_BACKEND``), ``backend_error`` (why
-    ``FUSED_RNN_BACKEND`` is invalid, or None), ``sync`` (the forward and backward kernels' synchronisation policy asked for
-    now: the ``FUSED_RNN_SYNC`` environment variable, "grid" (one grid barrier per wave
-    step), "flags" (point-to-point step counters) or "auto", which it is when unset or
-    empty and which runs flags; the extension reads the variable at every call, and a
-    call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
+    ``FUSED_RNN_BACKEND`` is invalid, or None), ``sync`` (the forward and backward kernels'
+    synchronisation policy asked for now: the ``FUSED_RNN_SYNC`` environment variable, "grid"
+    (one grid barrier per wave step), "flags" (point-to-point step counters) or "auto", which
+    it is when unset or empty and which runs flags; the extension reads the variable at every
+    call, and a call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
     policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``cluster`` (the
     backward kernel's thread-block cluster size asked for now: ``FUSED_RNN_CLUSTER``, "auto"
     when unset or empty -- the planner's choice, clusters on sm_90 where the gate-gradient

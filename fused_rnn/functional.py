@@ -95,8 +95,9 @@ def _native(mode, input, weights, hx, cx, lengths, *, num_layers, bidirectional,
                     batch_first)
         return result[0], result[1], (result[2] if mode == "LSTM" else None)
     T = input.shape[1 if batch_first else 0]
-    lengths = lengths.cpu()
-    check_length_values(lengths, T)
+    if lengths.device.type != "cpu":  # values read here anyway: checked (a CPU one was)
+        lengths = lengths.cpu()
+        check_length_values(lengths, T)
     packed = pack_padded_sequence(input, lengths, batch_first=batch_first,
                                   enforce_sorted=False)
     order, back = packed.sorted_indices, packed.unsorted_indices
@@ -173,8 +174,6 @@ def run(
     _check_same(input, (hx, cx), "hidden")
     if input.dim() != 3:
         raise RuntimeError(f"input must have 3 dimensions, got {input.dim()}")
-    if lengths is not None:
-        lengths = lengths.to(device=input.device, dtype=torch.int64)
     p = float(dropout) if (train and num_layers > 1) else 0.0
     # torch.jit.trace records the op with need_reserve as a constant: a trace keeps the
     # reserve whenever a tensor requires grad, so that its check (and a later training use)
@@ -201,6 +200,8 @@ def run(
                                     has_biases=has_biases, dropout=float(dropout), train=train,
                                     batch_first=batch_first)
             return output, hy, cy, forward, backward
+    if lengths is not None:
+        lengths = lengths.to(device=input.device, dtype=torch.int64)
     if mask_padding:
         input = _mask_padding(input, lengths, batch_first)
     if batch_first:

@@ -108,17 +108,26 @@ class _FusedForward:
         self.last_backend = None
         self.last_backward_backend = None
 
+    _backend = None  # what the module asks for (the backend property's value)
+
     @property
     def backend(self):
         """What this module asks for: None (inherit: fused_rnn.backend / FUSED_RNN_BACKEND /
         auto), "auto", "fused", "native" or "reference"; checked when set."""
-        return self.__dict__.get("backend")
+        # an ordinary attribute read, which torch.compile guards on: setting it recompiles
+        return self._backend
 
     @backend.setter
     def backend(self, name) -> None:
         if name is not None:
             _check_name(name, "module.backend")
-        self.__dict__["backend"] = name
+        self._backend = name
+
+    def __setstate__(self, state):
+        if "backend" in state:  # pickled before backend was a property
+            state = dict(state)
+            state["_backend"] = state.pop("backend")
+        super().__setstate__(state)
 
     def __prepare_scriptable__(self):
         """torch.jit.script: TorchScript cannot run the fused path; it scripts torch's own
@@ -344,8 +353,20 @@ def _converted_subclass(original):
         body = {"__module__": original.__module__, "__qualname__": original.__qualname__,
                 "__doc__": original.__doc__, "_fused_rnn_original": original,
                 "__reduce_ex__": _reduce_converted}
-        cls = _CONVERTED[original] = type(original.__name__, (original, base), body)
+        # setdefault: two threads converting at once still share one class
+        cls = _CONVERTED.setdefault(original, type(original.__name__, (original, base), body))
     return cls
+
+
+def _fused_class_for(module):
+    """(the fused class for `module`, or None, why not): its class's, unless the instance
+    holds an attribute of a name fused_rnn's modules use."""
+    fused, why = _fused_class(type(module))
+    clash = sorted(_OURS.intersection(vars(module))) if fused is not None else []
+    if clash:
+        return None, f"{type(module).__name__} has attributes {', '.join(clash)}, which " \
+                     "fused_rnn's modules use"
+    return fused, why
 
 
 def _fused_class(cls):
@@ -360,10 +381,13 @@ def _fused_class(cls):
     if not issubclass(cls, tuple(_FUSED_FOR)):
         return None, (f"{cls.__name__} subclasses nn.RNNBase but not nn.LSTM, nn.GRU or nn.RNN"
                       if issubclass(cls, nn.RNNBase) else None)
-    clash = sorted({n for c in cls.__mro__ if not c.__module__.startswith("torch.")
-                    for n in vars(c) if n in _OURS})
+    own = [c for c in cls.__mro__ if not c.__module__.startswith("torch.") and c is not object]
+    clash = sorted({n for c in own for n in vars(c) if n in _OURS})
     if clash:
         return None, f"{cls.__name__} defines {', '.join(clash)}, which fused_rnn's modules use"
+    pickling = sorted({n for c in own for n in vars(c) if n in ("__reduce__", "__reduce_ex__")})
+    if pickling:  # the converted class pickles as the user's class through __reduce_ex__
+        return None, f"{cls.__name__} defines {', '.join(pickling)}"
     try:
         return _converted_subclass(cls), None
     except TypeError as e:  # e.g. a layout conflict (__slots__)
@@ -383,7 +407,7 @@ def convert(model: nn.Module) -> nn.Module:
     """
     skipped = []
     for name, module in model.named_modules():
-        fused, why = _fused_class(type(module))
+        fused, why = _fused_class_for(module)
         if fused is not None:
             module.__class__ = fused
             module.last_backend = module.last_backward_backend = None
@@ -421,7 +445,7 @@ def _to_torch(module, in_place: bool):
                               for k, v in module.__dict__.items()})
         module = copy
     module.__class__ = cls
-    for name in ("backend", "last_backend", "last_backward_backend"):
+    for name in ("_backend", "backend", "last_backend", "last_backward_backend"):
         module.__dict__.pop(name, None)
     return module
 

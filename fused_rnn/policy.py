@@ -86,12 +86,16 @@ def check_table(table: dict, where: str = "table") -> None:
                              f"and training_max_batch (ints >= 0)): {e!r}")
 
 
-@functools.lru_cache(maxsize=None)
 def tables(directory: str | None = None) -> dict:
     """{device name: (table, file)} of every valid table in `directory` (default: the
-    package's TABLE_DIR), read once. A file that is not a valid table, or a second table for
-    a device, is ignored with a :class:`CrossoverTableWarning` naming it."""
-    directory = directory or TABLE_DIR
+    package's TABLE_DIR), read once per directory (``tables.cache_clear()`` forgets). A file
+    that is not a valid table, or a second table for a device, is ignored with a
+    :class:`CrossoverTableWarning` naming it."""
+    return _read_tables(os.path.abspath(directory or TABLE_DIR))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_tables(directory: str) -> dict:
     found = {}
     if not os.path.isdir(directory):
         return found
@@ -103,8 +107,9 @@ def tables(directory: str | None = None) -> dict:
             with open(path, encoding="utf-8") as f:
                 table = json.load(f)
             check_table(table, path)
-        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
-            why = e if isinstance(e, ValueError) and str(e).startswith(path) else f"{path}: {e}"
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, never a call
+            why = e if isinstance(e, ValueError) and str(e).startswith(path) else \
+                f"{path}: {type(e).__name__}: {e}"
             warnings.warn(f"fused_rnn: ignoring the crossover table {why}; devices it would "
                           "cover use the performance model's default", CrossoverTableWarning,
                           stacklevel=2)
@@ -117,6 +122,9 @@ def tables(directory: str | None = None) -> dict:
             continue
         found[device] = (table, path)
     return found
+
+
+tables.cache_clear = _read_tables.cache_clear
 
 
 def default_max_batch(dtype_key: str, mode: str, num_layers: int, hidden_size: int,

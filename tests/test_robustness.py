@@ -244,6 +244,7 @@ BAD_TABLES = {
     "missing key": json.dumps(dict(_valid_table("Fake GPU"),
                                    entries=[_entry_with(hidden_size=KeyError)])),
     "zero layers": json.dumps(dict(_valid_table("Fake GPU"), entries=[_entry_with(num_layers=0)])),
+    "nested too deep": "[" * 100000 + "]" * 100000,  # json.load: RecursionError
 }
 
 
@@ -260,9 +261,9 @@ def test_a_malformed_table_warns_once_and_is_ignored(tmp_path, case):
         assert len(record) == 1
         assert sorted(found) == ["Other GPU"]  # the valid table beside it still counts
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # read once: no second warning
+            warnings.simplefilter("error")  # read once: no second warning, however it is named
             n, where = policy.max_batch_for("Fake GPU", "bf16", "LSTM", 4, 512, False, False,
-                                            directory=str(tmp_path))
+                                            directory=str(tmp_path / "." / ""))
         assert (n, where) == (32, "the performance model's default; no calibrated table for "
                                   "Fake GPU")
     finally:
@@ -342,6 +343,36 @@ def test_compiled_packed_batch_is_a_size_the_trace_knows(known):
         torch._dynamo.reset()
         with pytest.raises(RuntimeError):
             torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(1), packed, bad)
+
+
+def test_compiled_module_recompiles_when_its_backend_is_set():
+    """module.backend is checked when set (a property), and torch.compile still guards on it:
+    a compiled call after a change takes the new path, not the traced one."""
+    _, m = make_pair("GRU", 3, 4, dtype=torch.float32)
+    x = torch.randn(5, 2, 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: m(x)[0], backend="eager")
+    compiled(x)
+    assert m.last_backend.startswith("reference: ")
+    m.backend = "native"
+    compiled(x)
+    assert m.last_backend == "native: requested by the module's backend='native'"
+    m.backend = None
+    compiled(x)
+    assert m.last_backend.startswith("reference: ")
+
+
+def test_a_module_pickled_with_backend_in_its_dict_loads():
+    """Before backend was a property, it lived in the instance's __dict__."""
+    _, m = make_pair("GRU", 3, 4)
+    state = dict(m.__getstate__() if hasattr(m, "__getstate__") else vars(m))
+    state.pop("_backend", None)
+    state["backend"] = "reference"
+    old = fused_rnn.GRU.__new__(fused_rnn.GRU)
+    old.__setstate__(state)
+    assert old.backend == "reference"
+    old(torch.randn(5, 2, 3, dtype=F64))
+    assert old.last_backend.startswith("reference: requested by the module's backend")
 
 
 # ------------------------------------------- 5. TorchScript, torch.fx, quantization
@@ -496,16 +527,32 @@ class ClashingGRU(nn.GRU):
     backend = "mine"  # a name fused_rnn's modules use
 
 
+class InstanceClashLSTM(nn.LSTM):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = "cudnn"  # its own attribute, of a name fused_rnn's modules use
+
+
+class ReducingGRU(nn.GRU):
+    def __reduce__(self):
+        return (ReducingGRU, (3, 4))
+
+
 def test_convert_user_subclasses_and_report_what_it_skips():
     net = nn.ModuleDict({"a": UserLSTM(3, 4, num_layers=2), "b": ClashingGRU(3, 4),
-                         "c": nn.RNNBase("RNN_TANH", 3, 4), "d": nn.GRU(3, 4)}).double()
+                         "c": nn.RNNBase("RNN_TANH", 3, 4), "d": nn.GRU(3, 4),
+                         "e": InstanceClashLSTM(3, 4), "f": ReducingGRU(3, 4)}).double()
     x = torch.randn(5, 2, 3, dtype=F64)
     want = net["a"](x)[0]
     with pytest.warns(fused_rnn.ConversionWarning) as record:
         fused_rnn.convert(net)
     msg = str(record[0].message)
     assert "b: ClashingGRU defines backend" in msg and "c: RNNBase subclasses nn.RNNBase" in msg
+    assert "e: InstanceClashLSTM has attributes backend" in msg
+    assert "f: ReducingGRU defines __reduce__" in msg
     assert "a:" not in msg and "d:" not in msg
+    assert type(net["e"]) is InstanceClashLSTM and type(net["f"]) is ReducingGRU
+    net["e"](x)  # left as it was: it runs
     a = net["a"]
     assert isinstance(a, UserLSTM) and isinstance(a, fused_rnn.LSTM)
     assert type(a).__name__ == "UserLSTM" and type(net["d"]) is fused_rnn.GRU
