@@ -407,7 +407,11 @@ def test_jit_script_of_a_model_holding_a_fused_module():
     want = net(x)
     scripted = torch.jit.script(net)
     torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
-    torch.testing.assert_close(net(x), want, rtol=0, atol=0)  # the eager model still runs
+    # torch puts what __prepare_scriptable__ returned into the model itself: torch's module,
+    # on the same parameters; the eager model still runs, and convert() makes it fused again
+    assert type(net.rnn) is nn.LSTM
+    torch.testing.assert_close(net(x), want, rtol=0, atol=0)
+    assert type(fused_rnn.convert(net).rnn) is fused_rnn.LSTM
 
 
 def test_fx_symbolic_trace_keeps_the_fused_module_a_leaf():
