@@ -128,16 +128,6 @@ def check_length_values(lengths: Tensor, T: int) -> None:
                            f"but found an element in 'lengths' that is {high}")
 
 
-def _mask_padding(input: Tensor, lengths: Tensor, batch_first: bool) -> Tensor:
-    """`input` with the rows past each length zeroed: whatever they hold (NaN included) then
-    reaches neither an output nor a gradient (the weight gradients are GEMMs over all rows)."""
-    T = input.shape[1 if batch_first else 0]
-    valid = torch.arange(T, device=input.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
-    if batch_first:
-        valid = valid.t()
-    return torch.where(valid.unsqueeze(2), input, input.new_zeros(()))
-
-
 def run(
     mode: str,
     input: Tensor,
@@ -202,10 +192,12 @@ def run(
             return output, hy, cy, forward, backward
     if lengths is not None:
         lengths = lengths.to(device=input.device, dtype=torch.int64)
-    if mask_padding:
-        input = _mask_padding(input, lengths, batch_first)
     if batch_first:
         input = input.transpose(0, 1)
+    if mask_padding and path == "fused":
+        # the kernel's weight-gradient GEMMs read every input row: rows past a length zeroed
+        # (NaN there never reaches a gradient); the reference zeroes them itself
+        input = reference.zero_padding(input, lengths)
     input = input.contiguous()
     ops._check_seq_len(input)
     seed = draw_seed(input.device) if p > 0 else None

@@ -54,11 +54,8 @@ register_graph_break("module", _torch_forward)
 
 def _fx_proxy(input, hx):
     """The torch.fx Proxy among the arguments, if torch.fx is tracing this call; else None."""
-    proxy_type = getattr(getattr(torch, "fx", None), "Proxy", None)
-    if proxy_type is None:
-        return None
     for a in (input, *(hx if isinstance(hx, (tuple, list)) else (hx,))):
-        if isinstance(a, proxy_type):
+        if isinstance(a, torch.fx.Proxy):
             return a
     return None
 

@@ -144,7 +144,7 @@ def rnn_forward(
     if lengths is not None:
         lengths = lengths.to(device=input.device, dtype=torch.int64)
     cast = (lambda w: None if w is None else w.to(cdt))
-    layer_input = _zero_padding(input.to(cdt), lengths)
+    layer_input = zero_padding(input.to(cdt), lengths)
     h_n, c_n, reserves = [], [], []
     for layer in range(num_layers):
         outs = []
@@ -177,7 +177,7 @@ def rnn_forward(
     return output, hy, cy, reserve
 
 
-def _zero_padding(x, lengths):
+def zero_padding(x, lengths):
     """x (T, B, ...) with the rows past each length zero: whatever the padding holds (NaN
     included) reaches neither an output nor a gradient (the weight gradients sum over all
     rows). Selected, not multiplied, so that NaN * 0 cannot appear."""
@@ -199,7 +199,7 @@ def _layer_outputs(reserve_rows, lengths, h_out, T, B):
     """Layer output (T, B, D*Hout) rebuilt from the reserve's h columns (zero past lengths)."""
     outs = [r[..., -h_out:] for r in reserve_rows]
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return _zero_padding(y, lengths)
+    return zero_padding(y, lengths)
 
 
 def _backward_direction(mode, dy, dh, dc, x, res, h0, c0, w_ih, w_hh, w_hr, lengths, reverse):
@@ -301,7 +301,7 @@ def rnn_backward(grad_output, grad_hy, grad_cy, input, weights, hx, cx, lengths,
     dy = grad_output.to(cdt)
     for layer in range(num_layers - 1, -1, -1):
         if layer == 0:
-            x = _zero_padding(input.to(cdt), lengths)
+            x = zero_padding(input.to(cdt), lengths)
         else:
             x = _layer_outputs([res[(layer - 1) * D + d] for d in range(D)], lengths, h_out, T, B)
             if use_dropout:
