@@ -208,8 +208,9 @@ def coverage(mode: str, device_index: int, dtype: torch.dtype, T: int, B: int, I
 
 @_constant_while_tracing
 def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: int, H: int,
-                bidirectional: bool, training: bool) -> tuple[int, str]:
-    """(largest batch ``auto`` runs fused, where the number comes from)."""
+                bidirectional: bool, training: bool, graphed: bool = False) -> tuple[int, str]:
+    """(largest batch ``auto`` runs fused, where the number comes from); ``graphed``: the
+    call is being captured in a CUDA graph (the table's graphed crossover, where it has one)."""
     from ._build import load_extension
 
     ext = load_extension()
@@ -217,10 +218,19 @@ def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: in
             else torch.backends.cudnn.allow_tf32)
     key = policy.dtype_key(dtype, bool(tf32))
     return policy.max_batch_for(torch.cuda.get_device_name(device_index), key, mode, num_layers,
-                                H, bidirectional, training)
+                                H, bidirectional, training, graphed=graphed)
 
 
 # ------------------------------------------------------------------------ decide
+
+
+def capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (False on a torch built without
+    CUDA, whose binding of the check raises)."""
+    try:
+        return bool(torch.cuda.is_current_stream_capturing())
+    except (RuntimeError, AttributeError):
+        return False
 
 
 def _above(B, limit: int, compiling: bool) -> bool:
@@ -287,7 +297,11 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         fwd = "fused: chosen while torch.compile traced the call"
         bwd = fwd
     if want == "auto":
-        limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad)
+        # inside a CUDA-graph capture cuDNN pays no launch overhead: the graphed crossover
+        # (while torch.compile traces, the capture has not begun: the eager one)
+        graphed = not compiling and capturing()
+        limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad,
+                                   graphed)
         if _above(B, limit, compiling):
             what = "training" if need_grad else "inference"
             batch = "the batch" if compiling else f"batch {B}"  # B may be symbolic when traced

@@ -29,6 +29,12 @@ Table format (``format`` 1)::
 ``dtype`` is one of ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 on, as
 cuDNN's RNN setting says) and ``fp32``; ``*_max_batch`` 0 means never fused.
 
+An entry may also hold ``graphed_forward_max_batch`` and ``graphed_training_max_batch``:
+the crossover measured with both the fused module and ``nn.LSTM`` captured in CUDA graphs
+(cuDNN without its launch overhead). ``auto`` uses them for a call made while the current
+stream is capturing a graph (``torch.cuda.is_current_stream_capturing()``); a table without
+them (older tables load as before) gives the eager numbers there, and says so.
+
 A file in the table directory that is not such a table (bad JSON, another format,
 a malformed entry, a second table for a device that already has one) is ignored
 with one :class:`CrossoverTableWarning` naming it: the device then falls back to
@@ -48,6 +54,7 @@ import torch
 TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crossover")
 FORMAT = 1
 DTYPE_KEYS = ("bf16", "fp16", "tf32", "fp32")
+GRAPHED_KEYS = ("graphed_forward_max_batch", "graphed_training_max_batch")
 MODEL_MARGIN = 1.5  # the default asks the model for this much of a win before it goes fused
 
 
@@ -80,10 +87,12 @@ def check_table(table: dict, where: str = "table") -> None:
               and _count(e.get("forward_max_batch"), 0)
               and _count(e.get("training_max_batch"), 0)
               and isinstance(e.get("bidirectional"), bool))
+        ok = ok and all(_count(e[k], 0) for k in GRAPHED_KEYS if k in e)
         if not ok:
             raise ValueError(f"{where}: entry {i} is malformed (needs dtype, mode, num_layers "
                              ">= 1, hidden_size >= 1, bidirectional (bool), forward_max_batch "
-                             f"and training_max_batch (ints >= 0)): {e!r}")
+                             "and training_max_batch (ints >= 0); graphed_forward_max_batch and "
+                             f"graphed_training_max_batch, where present, ints >= 0): {e!r}")
 
 
 def tables(directory: str | None = None) -> dict:
@@ -166,8 +175,10 @@ def _nearest_entry(entries, dtype_key, mode, num_layers, hidden_size, bidirectio
 
 def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
                   hidden_size: int, bidirectional: bool, training: bool,
-                  directory: str | None = None) -> tuple[int, str]:
-    """(largest batch that runs fused under ``auto``, where that number comes from)."""
+                  directory: str | None = None, graphed: bool = False) -> tuple[int, str]:
+    """(largest batch that runs fused under ``auto``, where that number comes from).
+    ``graphed``: the call is being captured in a CUDA graph, where cuDNN pays no launch
+    overhead: the entry's graphed crossover where the table measured one."""
     found = tables(directory or TABLE_DIR).get(device_name)
     if found is None:
         n = default_max_batch(dtype_key, mode, num_layers, hidden_size, bidirectional, training)
@@ -176,9 +187,15 @@ def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
     e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional)
     if e is None:
         return 0, f"no entry near this shape in {os.path.basename(path)}"
-    n = e["training_max_batch" if training else "forward_max_batch"]
+    key = "training_max_batch" if training else "forward_max_batch"
     shape = f"{e['dtype']} {e['mode']} L={e['num_layers']} H={e['hidden_size']}"
-    return n, f"calibrated on {device_name}, {shape} ({os.path.basename(path)})"
+    where = f"calibrated on {device_name}, {shape} ({os.path.basename(path)})"
+    if not graphed:
+        return e[key], where
+    if "graphed_" + key in e:
+        return e["graphed_" + key], f"{where}, against cuDNN in a CUDA graph"
+    return e[key], (f"{where}, measured against eager cuDNN: the table has no CUDA-graph "
+                    "crossover for this call's capture")
 
 
 def dtype_key(dtype: torch.dtype, fp32_uses_tf32: bool) -> str:

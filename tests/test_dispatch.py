@@ -172,6 +172,32 @@ def test_calibrated_table_and_its_conservative_neighbours(monkeypatch, ext, tmp_
         assert d.path == "native" and "no entry near this shape" in d.forward, (kw, d)
 
 
+def test_inside_cuda_graph_capture_the_graphed_crossover_applies(monkeypatch, ext, tmp_path):
+    """While the current stream captures a CUDA graph cuDNN pays no launch overhead: auto
+    takes the table's graphed crossover; a table without one (format 1 before the graphed
+    fields) gives the eager numbers there and says so."""
+    tables = tmp_path / "tables"
+    graphed = dict(_entry(4, 512, 128, 64), graphed_forward_max_batch=16, graphed_training_max_batch=0)
+    _write_table(tables, [graphed, _entry(2, 512, 8, 4)])
+    monkeypatch.setattr(policy, "TABLE_DIR", str(tables))
+    assert dispatch.capturing() is False  # this torch has no CUDA: never capturing
+    assert decide(B=64).path == "fused" and decide(B=32, need_grad=True).path == "fused"
+    monkeypatch.setattr(dispatch, "capturing", lambda: True)
+    assert decide(B=16).path == "fused" and decide(B=17).path == "native"
+    d = decide(B=17)
+    assert "calibrated on Fake GPU 132SM, bf16 LSTM L=4 H=512" in d.forward
+    assert "against cuDNN in a CUDA graph" in d.forward
+    assert decide(B=1, need_grad=True).path == "native"  # graphed training: 0, never fused
+    d = decide(num_layers=2, B=8)  # no graphed fields: the eager crossover, said so
+    assert d.path == "fused"
+    d = decide(num_layers=2, B=9)
+    assert d.path == "native" and "measured against eager cuDNN" in d.forward
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="graphed_forward_max_batch"):
+            policy.check_table({"format": 1, "device": "x", "entries": [
+                dict(_entry(4, 512, 8, 4), graphed_forward_max_batch=bad)]})
+
+
 def test_malformed_table_is_ignored_with_a_warning(monkeypatch, ext, tmp_path):
     tables = tmp_path / "bad"
     _write_table(tables, [{"dtype": "bf16", "mode": "LSTM"}])
