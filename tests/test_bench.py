@@ -19,6 +19,7 @@ BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
 import bench  # noqa: E402
+from rnnbench import baselines, calibrate, cases, cli, cpu, sweep, timing  # noqa: E402
 import common  # noqa: E402
 import floors  # noqa: E402
 import report  # noqa: E402
@@ -44,13 +45,24 @@ def test_quick_on_cpu_prints_parity_and_writes_nothing():
     assert _listing(results) == before
 
 
+def test_bench_py_is_the_entry_point_of_the_package():
+    assert bench.main is cli.main
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "bench.py"), "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "cudnn_graph" in r.stdout and "--skip-baselines" in r.stdout
+    assert cli.parse_args(["--skip-baselines", "flashrnn,fused_graph"]).skip_baselines == ["flashrnn", "fused_graph"]
+    for bad in (["--skip-baselines", "cudnn"], ["--no-graphed"], ["--calibrate", "--skip-baselines", "flashrnn"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)
+
+
 # ------------------------------------------------------------------ CPU mode
 
 
 @pytest.fixture
 def one_thread():
     """Tiny shapes: a second thread only spins on a busy 2-core machine (10x slower)."""
-    with bench.cpu_threads(1):
+    with cpu.cpu_threads(1):
         yield
 
 
@@ -82,7 +94,7 @@ def test_cpu_parity_row_native_bit_identical_and_reference_within_tolerance(one_
     import fused_rnn
 
     for mode in ("infer", "train"):
-        r = bench.cpu_parity(fused_rnn, "LSTM", 2, 8, 2, 3, "fp32", mode, runs=2)
+        r = cpu.cpu_parity(fused_rnn, "LSTM", 2, 8, 2, 3, "fp32", mode, runs=2)
         assert r.ok and r.identical and r.path == "native"
         assert r.backend.startswith("native" if mode == "infer" else "forward native")
         assert r.fused_rnn_vs_torch == pytest.approx(r.fused_rnn_ms / r.torch_ms)
@@ -91,20 +103,20 @@ def test_cpu_parity_row_native_bit_identical_and_reference_within_tolerance(one_
 
 
 def test_cpu_parity_fails_on_one_ulp_on_the_native_path_and_on_the_reference(monkeypatch, one_thread):
-    r = bench.cpu_parity(_broken_fused_rnn(native_ulp=True), "LSTM", 2, 8, 2, 3, "fp32", "train", 1)
+    r = cpu.cpu_parity(_broken_fused_rnn(native_ulp=True), "LSTM", 2, 8, 2, 3, "fp32", "train", 1)
     assert r.path == "native" and not r.identical and not r.ok  # within 1e-4, but not the same bits
     assert r.reference_max_abs_diff_output < 1e-4
-    r = bench.cpu_parity(_broken_fused_rnn(reference_offset=1e-3, monkeypatch=monkeypatch),
+    r = cpu.cpu_parity(_broken_fused_rnn(reference_offset=1e-3, monkeypatch=monkeypatch),
                          "LSTM", 2, 8, 2, 3, "fp32", "infer", 1)
     assert r.identical and not r.ok and r.reference_max_abs_diff_output == pytest.approx(1e-3, rel=1e-2)
 
 
 def test_interleaved_runs_alternate_and_stop_at_the_budget():
     calls = []
-    times = bench.interleaved_ms([lambda: calls.append("nn"), lambda: calls.append("fused")], 3)
+    times = timing.interleaved_ms([lambda: calls.append("nn"), lambda: calls.append("fused")], 3)
     assert calls == ["nn", "fused"] * 4  # one untimed round, then three timed
     assert [len(t) for t in times] == [3, 3]
-    times = bench.interleaved_ms([lambda: time.sleep(0.01)], 50, budget_s=0.0)
+    times = timing.interleaved_ms([lambda: time.sleep(0.01)], 50, budget_s=0.0)
     assert len(times[0]) == 1  # the budget ends the rounds after the first
 
 
@@ -114,7 +126,7 @@ SMALL = dict(cell="LSTM", layers=2, hidden=8, batch=2, seq=3)
 def test_cpu_acceptance_rows():
     import fused_rnn
 
-    rows = bench.cpu_acceptance(fused_rnn, 4, SMALL, reference_budget_s=60)
+    rows = cpu.cpu_acceptance(fused_rnn, 4, SMALL, reference_budget_s=60)
     assert [r.mode for r in rows] == ["infer", "train"]
     for r in rows:
         assert r.path == "native" and r.identical and r.runs == 4 and r.reference_runs == 1
@@ -122,76 +134,87 @@ def test_cpu_acceptance_rows():
         assert r.meets_target == (r.fused_rnn_vs_torch <= 1.05) and r.target == 1.05
         assert r.reference_vs_torch == pytest.approx(r.reference_ms / r.reference_torch_ms)
     assert "forward native" in rows[1].backend and "backward native" in rows[1].backend
-    assert not any(r.identical for r in bench.cpu_acceptance(_broken_fused_rnn(native_ulp=True), 1, SMALL))
+    assert not any(r.identical for r in cpu.cpu_acceptance(_broken_fused_rnn(native_ulp=True), 1, SMALL))
 
 
 def test_cpu_main_writes_acceptance_and_fails_on_parity(tmp_path, monkeypatch, capsys):
     import fused_rnn
 
-    monkeypatch.setattr(bench, "ACCEPT_SHAPE", SMALL)
+    monkeypatch.setattr(cpu, "ACCEPT_SHAPE", SMALL)
     argv = ["--cell", "LSTM", "--hidden", "8", "--batch", "2", "--seq", "3", "--cpu-runs", "1",
             "--acceptance-runs", "2"]
     threads = torch.get_num_threads()
-    assert bench.cpu_main(bench.parse_args(argv + ["--out", str(tmp_path)]), fused_rnn) == 0
+    assert cpu.cpu_main(cli.parse_args(argv + ["--out", str(tmp_path)]), fused_rnn) == 0
     assert torch.get_num_threads() == threads  # one thread while it measured, restored after
     doc = common.read_json(tmp_path / "parity.json")
     assert len(doc["cases"]) == 4 and all(c["ok"] and c["path"] == "native" for c in doc["cases"])
     assert [a["mode"] for a in doc["acceptance"]] == ["infer", "train"]
-    assert common.read_csv(tmp_path / "acceptance.csv", bench.Acceptance)[1].mode == "train"
+    assert common.read_csv(tmp_path / "acceptance.csv", cpu.Acceptance)[1].mode == "train"
     md = (tmp_path / "parity.md").read_text()
     assert "CPU speed target" in md and "fused_rnn / nn" in md
     out = capsys.readouterr().out
     assert "parity: 4/4 cases ok" in out and "not the exit status" in out
-    assert bench.cpu_main(bench.parse_args(argv), _broken_fused_rnn(native_ulp=True)) == 1
+    assert cpu.cpu_main(cli.parse_args(argv), _broken_fused_rnn(native_ulp=True)) == 1
     out = capsys.readouterr().out
     assert "parity: 0/4 cases ok" in out and "FAIL: fused_rnn's native path differs" in out
 
 
 def test_forward_flops_hand_computed():
     # LSTM, I=5, H=3, L=2, B=2, T=7: 2*B*T*((5+3) + (3+3))*4*3 = 28*14*12
-    assert bench.forward_flops("LSTM", 2, 3, 2, 7, 5) == 4704
+    assert cases.forward_flops("LSTM", 2, 3, 2, 7, 5) == 4704
     # GRU, I=H=4, L=1, B=1, T=1: 2*(4+4)*3*4
-    assert bench.forward_flops("GRU", 1, 4, 1, 1, 4) == 192
-    assert bench.forward_flops("RNN", 1, 4, 1, 1, 4) == 64
+    assert cases.forward_flops("GRU", 1, 4, 1, 1, 4) == 192
+    assert cases.forward_flops("RNN", 1, 4, 1, 1, 4) == 64
     # training counts forward + backward as 3x forward
-    c = bench.Case("LSTM", 2, 3, 2, 7, "bf16", "train")
-    assert bench.case_flops(c) == 3 * 2 * 2 * 7 * (6 + 6) * 4 * 3
-    assert bench.case_flops(dataclasses.replace(c, mode="infer")) == 2 * 2 * 7 * 12 * 12
+    c = cases.Case("LSTM", 2, 3, 2, 7, "bf16", "train")
+    assert cases.case_flops(c) == 3 * 2 * 2 * 7 * (6 + 6) * 4 * 3
+    assert cases.case_flops(dataclasses.replace(c, mode="infer")) == 2 * 2 * 7 * 12 * 12
 
 
 def test_peak_table_only_for_known_devices():
-    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989
-    assert bench.peak_tflops("NVIDIA H200", "tf32") == 494
-    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67
-    assert bench.peak_tflops("NVIDIA H100 PCIe", "bf16") is None
-    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") is None
+    assert cases.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989
+    assert cases.peak_tflops("NVIDIA H200", "tf32") == 494
+    assert cases.peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67
+    assert cases.peak_tflops("NVIDIA H100 PCIe", "bf16") is None
+    assert cases.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") is None
 
 
 def test_case_selection():
-    args = bench.parse_args(["--quick"])
-    quick = bench.select_cases(args)
+    args = cli.parse_args(["--quick"])
+    quick = cases.select_cases(args)
     for L in (2, 4):
         for H in (256, 512):
             for B in (1, 32, 512):
                 for dt in ("tf32", "bf16"):
                     for mode in ("infer", "train"):
-                        assert bench.Case("LSTM", L, H, B, 512, dt, mode) in quick
+                        assert cases.Case("LSTM", L, H, B, 512, dt, mode) in quick
     assert all(c.dropout == 0 for c in quick if c.mode == "infer")
-    one = bench.select_cases(bench.parse_args(
+    # one layer (FlashRNN's own shape, H=512 at small batch), fp16, streaming T=1 calls
+    for dt in ("bf16", "fp16"):
+        for mode in ("infer", "train"):
+            assert cases.Case("LSTM", 1, 768, 16, 1024, dt, mode) in quick
+        assert {c.batch for c in quick if (c.layers, c.hidden, c.seq, c.dtype) == (1, 512, 512, dt)} == {1, 8, 32}
+    assert {(c.batch, c.mode) for c in quick if c.dtype == "fp16" and c.layers == 4} == {
+        (1, "infer"), (32, "infer"), (1, "train"), (32, "train")}
+    stream = [c for c in quick if c.stream]
+    assert {(c.layers, c.hidden, c.seq, c.mode) for c in stream} == {(4, 512, 1, "infer")}
+    assert {c.batch for c in stream} == {1, 8} and "stream" in stream[0].label()
+    assert cases.normalize(cases.Case("LSTM", 4, 512, 1, 1, "bf16", "train", stream=True)) is None
+    one = cases.select_cases(cli.parse_args(
         "--cell gru --layers 4 --hidden 512 --batch 32 --seq 512 --dtype bf16 --mode train --dropout 0.2".split()))
-    assert one == [bench.Case("GRU", 4, 512, 32, 512, "bf16", "train", 0.2)]
-    full = bench.select_cases(bench.parse_args([]))
+    assert one == [cases.Case("GRU", 4, 512, 32, 512, "bf16", "train", 0.2)]
+    full = cases.select_cases(cli.parse_args([]))
     assert not any(c.layers == 1 and c.dropout for c in full)
     assert len(full) == len(set(full))
     with pytest.raises(SystemExit):
-        bench.parse_args(["--dtype", "fp8"])
+        cli.parse_args(["--dtype", "fp8"])
 
 
 def _result(**kw):
     base = dict(cell="LSTM", layers=2, hidden=256, batch=32, seq=512, input_size=256, dtype="bf16",
                 mode="train", dropout=0.2)
     base.update(kw)
-    return bench.Result(**base)
+    return cases.Result(**base)
 
 
 def test_csv_and_json_round_trip(tmp_path):
@@ -203,10 +226,10 @@ def test_csv_and_json_round_trip(tmp_path):
         _result(status="skipped", reason="out of memory", mode="infer", dropout=0.0),
     ]
     common.write_csv(tmp_path / "r.csv", rows)
-    assert common.read_csv(tmp_path / "r.csv", bench.Result) == rows
+    assert common.read_csv(tmp_path / "r.csv", cases.Result) == rows
     common.write_json(tmp_path / "r.json", {"device": "x"}, rows, floors=None)
     doc = common.read_json(tmp_path / "r.json")
-    assert [bench.Result(**d) for d in doc["cases"]] == rows
+    assert [cases.Result(**d) for d in doc["cases"]] == rows
     assert doc["meta"] == {"device": "x"} and doc["floors"] is None
     common.write_json(tmp_path / "nan.json", {"x": float("nan")}, [_result(fused_ms=float("inf"))])
     doc = common.read_json(tmp_path / "nan.json")
@@ -241,7 +264,8 @@ def test_report_renders_and_updates_readme(tmp_path):
     out = _synthetic_run(tmp_path)
     text = report.render_section(str(out), str(tmp_path))
     assert "FAKE GPU (synthetic test data)" in text and "2026-01-02" in text
-    assert "**2.50×**" in text
+    # a run without the baselines beyond eager cuDNN says its ratios are against eager cuDNN
+    assert report.EAGER_ONLY in text and "| 2.50× |" in text and "**2.50×**" not in text
     assert "— (uncovered)" in text and "uncovered: the fused kernel cannot run it: H=1024" in text
     assert "| 2 | 0.40 | fused |" in text and "| 7.7 | 1.10 (> 1.05) | native |" in text
     assert "auto / cuDNN ≤ 1.05" in text
@@ -258,7 +282,7 @@ def test_report_renders_and_updates_readme(tmp_path):
     readme.write_text(f"# x\n\n{report.START}\nold\n{report.END}\n\ntail\n")
     assert report.main([str(out), "--update-readme", "--readme", str(readme)]) == 0
     once = readme.read_text()
-    assert "old" not in once and "**2.50×**" in once and once.endswith(f"{report.END}\n\ntail\n")
+    assert "old" not in once and "| 2.50× |" in once and once.endswith(f"{report.END}\n\ntail\n")
     assert "| 0.40 | fused |" in once
     report.main([str(out), "--update-readme", "--readme", str(readme)])
     assert readme.read_text() == once  # idempotent
@@ -316,9 +340,44 @@ def fake_cuda(monkeypatch):
         set_sync_debug_mode=lambda *a: None,
     ).items():
         monkeypatch.setattr(c, name, value)
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
-    with bench.cpu_threads(1):  # tiny shapes: extra threads only spin on a busy machine
+    monkeypatch.setattr(cases, "DEVICE", "cpu")
+    monkeypatch.setattr(timing, "GRAPHS", _FakeGraphs())
+    with cpu.cpu_threads(1):  # tiny shapes: extra threads only spin on a busy machine
         yield
+
+
+def _copy_into(dst, src):
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, (tuple, list)):
+        for d, s_ in zip(dst, src):
+            _copy_into(d, s_)
+
+
+class _FakeGraph:
+    """A 'CUDA graph' on the CPU: replay() runs the captured function again and writes its
+    results into the tensors the capture returned, as a real replay rewrites them."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out, self.replays = fn, out, 0
+
+    def replay(self):
+        self.replays += 1
+        _copy_into(self.out, self.fn())
+
+    def pool(self):
+        return ("fake pool", id(self))
+
+
+class _FakeGraphs:
+    def __init__(self):
+        self.graphs, self.pools = [], []
+
+    def capture(self, fn, pool=None):
+        self.pools.append(pool)
+        out = fn()
+        self.graphs.append(_FakeGraph(fn, out))
+        return self.graphs[-1], out
 
 
 def _fake_fused_rnn(fails_under=None, ignores_sync=False, backward_ignores_sync=False):
@@ -373,11 +432,13 @@ def _fake_fused_rnn(fails_under=None, ignores_sync=False, backward_ignores_sync=
 def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
     out = tmp_path / "out"
-    args = bench.parse_args(["--cell", "LSTM,GRU,RNN", "--layers", "2", "--hidden", "8", "--batch", "2",
+    args = cli.parse_args(["--cell", "LSTM,GRU,RNN", "--layers", "2", "--hidden", "8", "--batch", "2",
                              "--seq", "4", "--dtype", "tf32", "--mode", "infer,train", "--dropout", "0,0.2",
                              "--runs", "3", "--warmup", "1", "--out", str(out)])
     fr = _fake_fused_rnn()
-    assert bench.gpu_main(args, fr) == 0
+    flash = _fake_flashrnn()
+    monkeypatch.setattr(baselines, "load_flashrnn", lambda: (flash, None))
+    assert sweep.gpu_main(args, fr) == 0
     assert "FUSED_RNN_SYNC" not in os.environ  # set around the grid calls only
     doc = common.read_json(out / "results.json")
     assert doc["meta"]["device"] == "NVIDIA H100 80GB HBM3" and doc["meta"]["runs"] == 3
@@ -429,10 +490,32 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys, monkeypatc
         assert r["status"] == "uncovered" and r["speedup_vs_cudnn"] is None and r["fused_ms"] is None
         assert r["reason"].startswith("the fused kernel cannot run it: ") and "CUDA-only" in r["reason"]
         assert report.path_of(r["auto_backend"]) == "native"
+    # every baseline on the same weights and inputs, each checked against the float64 reference
+    assert doc["meta"]["baselines"] == ["cudnn", "cudnn_graph", "cudnn_persist", "flashrnn"]
+    for r in (ok, train):
+        for name in ("cudnn_graph", "flashrnn", "fused_graph"):
+            assert r[f"{name}_ms"] > 0 and r[f"{name}_parity"] == "ok" and r[f"{name}_err"] < 1e-4, name
+        assert r["fused_parity"] == "ok" and r["cudnn_err"] < 1e-4 and r["flashrnn_build_s"] >= 0
+        assert r["cudnn_persist_ms"] is None and "cudnn_persist: PyTorch uses cuDNN's persistent " \
+            "kernel only in fp16" in r["baseline_notes"]
+        # the headline: the fastest baseline against the faster of ours
+        base = {n: r[f"{n}_ms"] for n in ("cudnn", "cudnn_graph", "flashrnn")}
+        assert r["best_baseline"] == min(base, key=base.get) and r["best_baseline_ms"] == min(base.values())
+        assert r["fused_best_ms"] == min(r["fused_ms"], r["fused_graph_ms"])
+        assert r["speedup_vs_best"] == pytest.approx(r["best_baseline_ms"] / r["fused_best_ms"])
+    drop = rows[("LSTM", "train", 0.2)]  # dropout: values differ by design, parity not checked
+    assert drop["fused_parity"] == "" and drop["cudnn_graph_parity"] == "" and drop["cudnn_graph_ms"] > 0
+    assert {c[0][0] for c in flash.calls} == {2}  # B = 2: FlashRNN got the case's shape
+    gru = rows[("GRU", "infer", 0.0)]
+    assert "flashrnn: FlashRNN's fused kernel is compared for LSTM only" in gru["baseline_notes"]
+    assert gru["cudnn_graph_ms"] > 0 and gru["fused_graph_ms"] is None  # the kernel refused it
+    assert gru["best_baseline"] in ("cudnn", "cudnn_graph") and gru["speedup_vs_best"] is None
     bad = rows[("RNN", "infer", 0.0)]  # wrong output: labelled, no speedup claimed
     assert bad["status"] == "mismatch" and "nan" in bad["reason"] and bad["speedup_vs_cudnn"] is None
+    assert bad["fused_parity"] == "FAIL: output is not finite" and bad["speedup_vs_best"] is None
+    assert "fused kernel against the float64 reference: FAIL" in bad["reason"]
     assert bad["auto_backend"].startswith("native")
-    assert common.read_csv(out / "results.csv", bench.Result)[0].cell == "LSTM"
+    assert common.read_csv(out / "results.csv", cases.Result)[0].cell == "LSTM"
     md = (out / "results.md").read_text()
     assert "uncovered" in md and "auto / cuDNN" in md and "| native |" in md
     assert "kernel ms flags / grid (default)" in md and " (flags) |" in md
@@ -474,31 +557,31 @@ def test_sync_of_labels():
     plan = ("fused: LSTM bf16 L=2 D=1 H=512 I=512 B=32 T=512; 64 CTAs (32 per layer-direction, 16 "
             "units each), batch tile 32, K chunk 64 (1+1 splits), smem 200 KiB/CTA, 1 CTA/SM, bf16 "
             "tensor cores, 514 wave steps, {} sync (ring {}), state in shared memory")
-    assert bench.sync_of(plan.format("flags", 4)) == "flags"
-    assert bench.sync_of(plan.format("grid", 2)) == "grid"
-    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync") == "grid"
-    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync", "backward") == "flags"
-    assert bench.sync_of(f"forward {plan.format('grid', 2)}; backward native: autograd", "backward") is None
-    assert bench.sync_of(plan.format("flags", 4), "backward") is None
-    assert bench.sync_of("forward native: batch 64 is above 32; backward native: autograd") is None
-    assert bench.sync_of("fused: an older plan, 514 wave steps, state in shared memory") is None
-    assert bench.sync_of("") is None
+    assert sweep.sync_of(plan.format("flags", 4)) == "flags"
+    assert sweep.sync_of(plan.format("grid", 2)) == "grid"
+    assert sweep.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync") == "grid"
+    assert sweep.sync_of(f"forward {plan.format('grid', 2)}; backward fused backward: 33 wave steps, flags sync", "backward") == "flags"
+    assert sweep.sync_of(f"forward {plan.format('grid', 2)}; backward native: autograd", "backward") is None
+    assert sweep.sync_of(plan.format("flags", 4), "backward") is None
+    assert sweep.sync_of("forward native: batch 64 is above 32; backward native: autograd") is None
+    assert sweep.sync_of("fused: an older plan, 514 wave steps, state in shared memory") is None
+    assert sweep.sync_of("") is None
 
 
 def test_sync_compare_defaults_and_clash():
-    assert bench.parse_args(["--quick"]).sync_compare == "infer"  # scripts/gpu_check.sh's budget
-    assert bench.parse_args([]).sync_compare == "all"
-    assert bench.parse_args(["--quick", "--sync-compare", "all"]).sync_compare == "all"
-    assert bench.parse_args(["--calibrate"]).sync_compare == "none"
+    assert cli.parse_args(["--quick"]).sync_compare == "infer"  # scripts/gpu_check.sh's budget
+    assert cli.parse_args([]).sync_compare == "all"
+    assert cli.parse_args(["--quick", "--sync-compare", "all"]).sync_compare == "all"
+    assert cli.parse_args(["--calibrate"]).sync_compare == "none"
     for bad in (["--sync-compare", "both"], ["--calibrate", "--sync-compare", "all"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(bad)
+            cli.parse_args(bad)
 
 
 def _run_one(fr, *flags, mode="infer", dropout=0.0):
     """One faked-CUDA case (LSTM L=2 H=8 B=2 T=4 tf32) through the Runner: its Result."""
-    args = bench.parse_args(["--runs", "2", "--reference", "off", "--no-flashrnn", *flags])
-    return bench.Runner(args, fr).run_case(bench.Case("LSTM", 2, 8, 2, 4, "tf32", mode, dropout))
+    args = cli.parse_args(["--runs", "2", "--reference", "off", "--no-flashrnn", *flags])
+    return sweep.Runner(args, fr).run_case(cases.Case("LSTM", 2, 8, 2, 4, "tf32", mode, dropout))
 
 
 def test_sync_compare_infer_times_grid_in_inference_only(fake_cuda, monkeypatch):
@@ -561,14 +644,14 @@ def test_other_policy_failing_is_a_note_and_the_environment_is_restored(fake_cud
 def test_invalid_sync_policy_stops_the_gpu_sweep(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("FUSED_RNN_SYNC", "barrier")
-    assert bench.main(["--quick"]) == 2
+    assert cli.main(["--quick"]) == 2
     assert "FUSED_RNN_SYNC='barrier'" in capsys.readouterr().err
 
 
 def test_results_table_sync_column_and_note():
     row = dataclasses.asdict(_result(status="ok", dropout=0.0, fused_ms=2.0, fused_flags_ms=2.0,
                                      fused_grid_ms=2.5, default_sync="flags", cudnn_ms=4.0))
-    assert "| 2 | 2 / 2.5 (flags) |" in report.results_table([row])
+    assert "| 2 / 2.5 (flags) |" in report.results_table([row])
     row.update(fused_grid_ms=None)
     assert "| 2 / — (flags) |" in report.results_table([row])
     old = {k: v for k, v in row.items() if "sync" not in k and "flags" not in k and "grid" not in k}
@@ -585,12 +668,12 @@ def test_results_table_sync_column_and_note():
 
 def test_calibrate_needs_a_gpu(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench.main(["--calibrate"]) == 2
+    assert cli.main(["--calibrate"]) == 2
     assert "--calibrate needs a CUDA GPU" in capsys.readouterr().err
     for clash in (["--quick"], ["--mode", "train"], ["--seq", "128,256"], ["--margin", "1.2"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(["--calibrate"] + clash)
-    assert bench.parse_args(["--calibrate"]).runs == 10 and bench.parse_args([]).runs == 20
+            cli.parse_args(["--calibrate"] + clash)
+    assert cli.parse_args(["--calibrate"]).runs == 10 and cli.parse_args([]).runs == 20
 
 
 def _timings(table):
@@ -606,55 +689,69 @@ def _timings(table):
 def test_calibration_series_stops_at_the_first_loss():
     never = lambda: False  # noqa: E731
     point, asked = _timings({1: (0.5, 1.0), 2: (0.9, 1.0), 4: (0.95, 1.0), 8: (0.96, 1.0), 16: (0.1, 1.0)})
-    s = bench.walk_series([16, 8, 4, 2, 1], point, 0.95, never)
+    s = calibrate.walk_series([16, 8, 4, 2, 1], point, 0.95, never)
     assert s.max_batch == 4 and s.complete and asked == [1, 2, 4, 8]  # 16 never measured
     assert s.points == [[1, 0.5, 1.0], [2, 0.9, 1.0], [4, 0.95, 1.0], [8, 0.96, 1.0]]
     assert s.stop.startswith("B=8: fused 0.96 ms > 0.95 x cuDNN 1 ms")
     point, asked = _timings({1: (1.0, 1.0), 2: (0.1, 1.0)})
-    s = bench.walk_series([1, 2], point, 0.95, never)  # B=1 lost: never fused
+    s = calibrate.walk_series([1, 2], point, 0.95, never)  # B=1 lost: never fused
     assert s.max_batch == 0 and asked == [1] and s.complete
     point, _ = _timings({1: (0.1, 1.0), 2: (0.1, 1.0)})
-    s = bench.walk_series([1, 2], point, 0.95, never)
+    s = calibrate.walk_series([1, 2], point, 0.95, never)
     assert s.max_batch == 2 and "won at every batch" in s.stop
 
     def refused(B):
         if B > 1:
             raise RuntimeError(f"fused_rnn: the fused kernel was requested (x) but cannot run this call: B={B}")
         return 0.1, 1.0
-    s = bench.walk_series([1, 2, 4], refused, 0.95, never)
+    s = calibrate.walk_series([1, 2, 4], refused, 0.95, never)
     assert s.max_batch == 1 and s.stop == "B=2: the fused kernel cannot run it: B=2" and s.complete
 
 
 def test_calibration_leaves_out_a_shape_cut_short_by_the_time_budget(capsys):
-    shapes = [bench.Shape("bf16", "LSTM", 2, 256), bench.Shape("bf16", "GRU", 2, 256)]
+    shapes = [calibrate.Shape("bf16", "LSTM", 2, 256), calibrate.Shape("bf16", "GRU", 2, 256)]
     calls = []
 
-    def point(shape, train, B):
-        calls.append((shape.cell, train, B))
-        return 0.1 * B, 1.0  # wins up to B = 8 of 1, 2, 4, 8, 16
-    entries, incomplete = bench.calibrate(shapes, [1, 2, 4, 8, 16], point, 0.95, lambda: len(calls) >= 13)
+    def point(shape, train, B, graphed):
+        calls.append((shape.cell, train, B, graphed))
+        # eager: wins up to B = 8 of 1, 2, 4, 8, 16; in a CUDA graph up to B = 4
+        return (0.2 if graphed else 0.1) * B, 1.0
+    entries, incomplete = calibrate.calibrate(shapes, [1, 2, 4, 8, 16], point, 0.95, lambda: len(calls) >= 21)
     assert [e["mode"] for e in entries] == ["LSTM"] and incomplete.startswith("the time budget ran out")
     e = entries[0]
     assert (e["forward_max_batch"], e["training_max_batch"]) == (8, 8)
+    assert (e["graphed_forward_max_batch"], e["graphed_training_max_batch"]) == (4, 4)
     assert e["measured"]["forward"][-1] == [16, 1.6, 1.0] and e["bidirectional"] is False
-    # GRU's inference walk measured B = 1, 2, 4 (calls 11 to 13), then time ran out
-    assert "GRU L=2 H=256 infer: incomplete, left out (out of time before B=8)" in capsys.readouterr().out
+    assert e["measured"]["graphed_forward"][-1] == [8, 1.6, 1.0]
+    assert "graphed_training_stop" in e["measured"]
+    # eager inference, training, then both in a graph: 5 + 5 + 4 + 4 points
+    assert [c[3] for c in calls[:18]] == [False] * 10 + [True] * 8
+    # GRU's inference walk measured B = 1, 2, 4 (calls 19 to 21), then time ran out
+    out = capsys.readouterr().out
+    assert "GRU L=2 H=256 infer: incomplete, left out (out of time before B=8)" in out
+    assert "LSTM L=2 H=256 train in a CUDA graph: max batch 4" in out
+    # --no-graphed: the eager series only, and no graphed fields
+    calls.clear()
+    entries, incomplete = calibrate.calibrate(shapes[:1], [1, 2], point, 0.95, lambda: False, graphed=False)
+    assert incomplete is None and "graphed_forward_max_batch" not in entries[0]
+    assert {c[3] for c in calls} == {False}
 
 
-def _fake_point(shape, train, B):
-    """bf16 LSTM: fused wins inference up to B=8, training up to B=2; GRU: never."""
+def _fake_point(shape, train, B, graphed=False):
+    """bf16 LSTM: fused wins inference up to B=8, training up to B=2; in a CUDA graph up to
+    B=4 and B=1; GRU: never."""
     if shape.cell == "GRU":
         return 2.0, 1.0
-    return (0.3 if train else 0.1) * B, 1.0
+    return (0.3 if train else 0.1) * B * (2 if graphed else 1), 1.0
 
 
 def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FUSED_RNN_SYNC", raising=False)
-    monkeypatch.setattr(bench.Calibrator, "point", lambda self, *a: _fake_point(*a))
+    monkeypatch.setattr(calibrate.Calibrator, "point", lambda self, *a, **k: _fake_point(*a, **k))
     fr = _fake_fused_rnn()
-    args = bench.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "LSTM,GRU", "--layers", "2",
+    args = cli.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "LSTM,GRU", "--layers", "2",
                              "--hidden", "256", "--out", str(tmp_path)])
-    assert bench.calibrate_main(args, fr) == 0
+    assert calibrate.calibrate_main(args, fr) == 0
     path = tmp_path / "nvidia-h100-80gb-hbm3.json"
     table = common.read_json(path)
     fr.policy.check_table(table)
@@ -670,27 +767,32 @@ def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypa
         assert lookup("bf16", "LSTM", 4, 256, False, False)[0] == 8  # nearest: fewer layers
         assert lookup("bf16", "GRU", 2, 256, False, False)[0] == 0
         assert lookup("bf16", "LSTM", 2, 512, False, False)[0] == 0  # nothing measured that wide
+        # inside a CUDA-graph capture: the graphed crossover
+        assert lookup("bf16", "LSTM", 2, 256, False, False, graphed=True)[0] == 4
+        n, where = lookup("bf16", "LSTM", 2, 256, False, True, graphed=True)
+        assert n == 1 and "against cuDNN in a CUDA graph" in where
         n, where = lookup("bf16", "LSTM", 2, 256, False, True)
         assert "calibrated on NVIDIA H100 80GB HBM3" in where
     finally:
         fr.policy.tables.cache_clear()
     out = capsys.readouterr().out
-    assert "| bf16 | LSTM | 2 | 256 | 8 | 2 |" in out and "wrote " in out
+    assert "| bf16 | LSTM | 2 | 256 | 8 | 2 | 4 | 1 |" in out and "wrote " in out
+    assert "eagerly and with both captured in CUDA graphs" in out
     assert "under FUSED_RNN_SYNC=auto (the default policy)" in out
 
 
 def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, monkeypatch, capsys):
     clock = [0.0]
 
-    def point(self, *a):
+    def point(self, *a, **k):
         clock[0] += 1.0  # each point takes a second
-        return _fake_point(*a)
-    monkeypatch.setattr(bench.Calibrator, "point", point)
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+        return _fake_point(*a, **k)
+    monkeypatch.setattr(calibrate.Calibrator, "point", point)
+    monkeypatch.setattr(calibrate, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     fr = _fake_fused_rnn()
-    args = bench.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "GRU,LSTM", "--layers", "2",
+    args = cli.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "GRU,LSTM", "--layers", "2",
                              "--hidden", "256", "--time-budget", "5", "--out", str(tmp_path)])
-    assert bench.calibrate_main(args, fr) == 0
+    assert calibrate.calibrate_main(args, fr) == 0
     table = common.read_json(tmp_path / "nvidia-h100-80gb-hbm3.json")
     fr.policy.check_table(table)
     # GRU: one point each way (lost at B=1); LSTM's inference walk passes the deadline
@@ -700,14 +802,27 @@ def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, m
 
 
 def test_calibrator_point_times_the_forced_kernel_or_reports_its_refusal(fake_cuda):
-    args = bench.parse_args(["--calibrate", "--runs", "2"])
-    cal = bench.Calibrator(args, _fake_fused_rnn(), seq=3)
+    args = cli.parse_args(["--calibrate", "--runs", "2"])
+    cal = calibrate.Calibrator(args, _fake_fused_rnn(), seq=3)
     for train in (False, True):
-        fused_ms, cudnn_ms = cal.point(bench.Shape("tf32", "LSTM", 2, 8), train, 2)
+        fused_ms, cudnn_ms = cal.point(calibrate.Shape("tf32", "LSTM", 2, 8), train, 2)
         assert fused_ms > 0 and cudnn_ms > 0
-    s = bench.walk_series([1, 2], functools.partial(cal.point, bench.Shape("tf32", "GRU", 2, 8), False),
+    s = calibrate.walk_series([1, 2], functools.partial(cal.point, calibrate.Shape("tf32", "GRU", 2, 8), False),
                           0.95, lambda: False)
     assert s.max_batch == 0 and s.points == [] and "cannot run it" in s.stop and "CUDA-only" in s.stop
+    # in CUDA graphs (faked): both captured, one graph per input buffer, sharing one pool
+    graphs = timing.GRAPHS.graphs
+    for train in (False, True):
+        del graphs[:]
+        fused_ms, cudnn_ms = cal.point(calibrate.Shape("tf32", "LSTM", 2, 8), train, 2, graphed=True)
+        # 8 input buffers (tiny inputs, the fake 50 MiB L2), one graph each, per implementation
+        assert fused_ms > 0 and cudnn_ms > 0 and len(graphs) == 2 * 8
+        assert graphs[0].replays >= 2 and graphs[8].replays >= 2  # the first call, a warm-up run
+        pools = timing.GRAPHS.pools[-16:]  # each implementation's graphs share its first one's pool
+        assert pools[0] is None and pools[1:8] == [graphs[0].pool()] * 7 and pools[8] is None
+    s = calibrate.walk_series([1, 2], functools.partial(cal.point, calibrate.Shape("tf32", "GRU", 2, 8), False,
+                                                        graphed=True), 0.95, lambda: False)
+    assert s.max_batch == 0 and "CUDA-only" in s.stop
 
 
 # ------------------------------------------------------------------ floors.cu
@@ -1022,3 +1137,184 @@ def test_phases_run_end_to_end_with_cuda_and_the_ops_faked(fake_cuda, monkeypatc
         assert row["event_ms"] >= 0 and row["steps"] == want[row["kernel"]]["steps"]
     out = capsys.readouterr().out
     assert "total per step" in out and "barrier wait" in out and "phases.json" in out
+
+
+# ------------------------------------------------------------------ the baselines
+
+
+def _fake_flashrnn(gates="ifgo", transpose_r=False):
+    """FlashRNN's flashrnn() in plain torch, from its documented layout: Wx (B, T, 4, 1, H)
+    gate-major i, f, z (= g), o; R (4, 1, H, H) with R[g, 0, d, p] the weight from previous
+    unit p to gate unit d; b (4, 1, H); states (2, B, 1, 1, H); returns the states of every
+    step (2, B, T, 1, H) and the last (2, B, 1, 1, H). `gates`, `transpose_r`: deliberately
+    wrong layouts that parity must catch."""
+    calls = []
+
+    def flashrnn(Wx, R, b, states=None, function="lstm", backend="cuda_fused", dtype="bfloat16"):
+        calls.append((tuple(Wx.shape), function, backend, dtype, states is not None))
+        B, T, G, NH, H = Wx.shape
+        assert (G, NH, function, backend) == (4, 1, "lstm", "cuda_fused")
+        assert tuple(R.shape) == (4, 1, H, H) and tuple(b.shape) == (4, 1, H)
+        h = Wx.new_zeros(B, H) if states is None else states[0, :, 0, 0, :]
+        c = Wx.new_zeros(B, H) if states is None else states[1, :, 0, 0, :]
+        Rm = R[:, 0].transpose(1, 2) if transpose_r else R[:, 0]
+        order = ["ifgo".index(g) for g in gates]
+        ys, cs = [], []
+        for t in range(T):
+            raw = Wx[:, t, :, 0, :] + torch.einsum("bp,gdp->bgd", h, Rm) + b[:, 0]
+            i, f, z, o = (raw[:, k] for k in order)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            ys.append(h)
+            cs.append(c)
+        y = torch.stack([torch.stack(ys, 1), torch.stack(cs, 1)])[:, :, :, None, :]
+        return y, torch.stack([h, c])[:, :, None, None, :]
+
+    flashrnn.calls = calls
+    return flashrnn
+
+
+def _inputs(fr, cell="LSTM", L=2, H=8, B=3, T=4, mode="infer", stream=False, dtype=torch.float32):
+    c = cases.Case(cell, L, H, B, T, "fp32", mode, stream=stream)
+    return sweep.case_inputs(fr, c, dtype, n_buf=2)
+
+
+@pytest.mark.parametrize("mode,stream", [("infer", False), ("train", False), ("infer", True)])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_every_baseline_matches_the_float64_reference_on_cpu(fake_cuda, cell, mode, stream):
+    """Each baseline class, run on the CPU (graphs faked): its results in nn's layout (output,
+    final state, in training the input's and every parameter's gradient) within float32
+    rounding of the float64 reference, and the parity rule says ok."""
+    fr = _fake_fused_rnn()
+    flash = _fake_flashrnn()
+    env = baselines.Env(fr, flash, "", (9, 0))
+    ci = _inputs(fr, cell, mode=mode, stream=stream)
+    want = baselines.reference64(ci)
+    keys = {"output", "h_n"} | ({"c_n"} if cell == "LSTM" else set())
+    if mode == "train":
+        keys |= {"grad_input"} | {f"grad_{n}" for n, _ in ci.ref.named_parameters()}
+    assert set(want) == keys
+    cud = baselines.Cudnn(env)
+    cud.prepare(ci)
+    anchor = baselines.errors(cud.outputs(ci.xs[0]), want)
+    assert set(anchor) == keys and max(anchor.values()) < 1e-5
+    names = ["cudnn_graph", "cudnn_persist", "flashrnn"] + (["fused", "fused_graph"] if cell == "LSTM" else [])
+    for name in names:
+        b = baselines.REGISTRY[name](env)
+        if name == "flashrnn" and cell != "LSTM":
+            assert b.skip_reason(ci.case) == "FlashRNN's fused kernel is compared for LSTM only"
+            continue
+        b.prepare(ci)  # (cudnn_persist's fp16 rule is skip_reason's business, tested below)
+        got = b.outputs(ci.xs[1])  # another buffer: its own graph, its own input
+        ref1 = baselines.reference64(dataclasses.replace(ci, xs=[ci.xs[1]]))
+        errs = baselines.errors(got, ref1)
+        assert set(errs) == keys, (name, set(errs) ^ keys)
+        err, verdict = baselines.rule(errs, anchor, "fp32")
+        assert verdict == "ok" and err < 1e-5, (name, verdict, err)
+        b.step(ci.xs[0])  # the timed call runs
+        b.close()
+    if cell == "LSTM":
+        assert all(call[4] == stream for call in flash.calls)  # the state went in where given
+        assert {call[3] for call in flash.calls} == {"float32"}
+
+
+@pytest.mark.parametrize("broken", [dict(gates="ifog"), dict(transpose_r=True)])
+def test_parity_catches_a_wrong_weight_layout(fake_cuda, broken):
+    """FlashRNN given the gates in another order, or R transposed: the rule fails it (it
+    would then be no baseline), where the correct layout passes (above)."""
+    fr = _fake_fused_rnn()
+    env = baselines.Env(fr, _fake_flashrnn(**broken), "", (9, 0))
+    ci = _inputs(fr, H=16, T=6)
+    with torch.no_grad():  # weights large enough that a layout error shows well above fp32 noise
+        for p in ci.ref.parameters():
+            p.mul_(4)
+    want = baselines.reference64(ci)
+    cud = baselines.Cudnn(env)
+    cud.prepare(ci)
+    anchor = baselines.errors(cud.outputs(ci.xs[0]), want)
+    b = baselines.FlashRNN(env)
+    b.prepare(ci)
+    err, verdict = baselines.parity(b, ci.xs[0], want, anchor, "fp32")
+    assert verdict.startswith("FAIL: ") and err > 1e-2, (verdict, err)
+
+
+def test_parity_rule_and_the_gpu_tests_floors():
+    sys.path.insert(0, os.path.join(REPO, "tests", "gpu"))
+    try:
+        import gpu_helpers
+    finally:
+        sys.path.remove(os.path.join(REPO, "tests", "gpu"))
+    assert cases.FWD_FLOOR == gpu_helpers.FWD_FLOOR and cases.BWD_FLOOR == gpu_helpers.BWD_FLOOR
+    anchor = {"output": 0.01, "grad_input": 0.01}
+    assert baselines.rule({"output": 0.028, "grad_input": 0.04}, anchor, "bf16") == (0.04, "ok")
+    err, verdict = baselines.rule({"output": 0.029, "grad_input": 0.0}, anchor, "bf16")
+    assert verdict == "FAIL: output error 0.029 > 0.028 (2 x cuDNN 0.01 + floor 0.008)"
+    err, verdict = baselines.rule({"output": float("nan")}, anchor, "bf16")
+    assert verdict == "FAIL: output is not finite" and err == float("inf")
+    with pytest.raises(RuntimeError, match="shape"):
+        baselines.errors({"output": torch.zeros(2)}, {"output": torch.zeros(3, dtype=torch.float64)})
+
+
+@pytest.mark.parametrize("args,want", [
+    (("LSTM", "fp16", 1, 512, 512, 32, (9, 0)), True),
+    (("LSTM", "fp16", 1, 512, 512, 136, (9, 0)), False),  # B > 128
+    (("LSTM", "fp16", 1, 512, 512, 12, (9, 0)), False),  # B % 8
+    (("LSTM", "fp16", 1, 768, 768, 16, (9, 0)), True),
+    (("LSTM", "fp16", 1, 200, 256, 16, (9, 0)), False),  # H % 128
+    (("LSTM", "fp16", 1, 1152, 1152, 16, (9, 0)), False),  # H > 1024
+    (("LSTM", "fp16", 1, 512, 100, 16, (9, 0)), False),  # input % 128
+    (("LSTM", "fp16", 2, 512, 512, 16, (9, 0)), False),  # 2 layers in one call
+    (("LSTM", "bf16", 1, 512, 512, 16, (9, 0)), False),  # fp16 only
+    (("GRU", "fp16", 1, 512, 512, 16, (9, 0)), False),  # never GRU on sm_80+
+    (("RNN", "fp16", 1, 1024, 1024, 96, (9, 0)), False),  # RNN: B < 96 or H < 896
+    (("RNN", "fp16", 1, 768, 768, 96, (9, 0)), True),
+    (("LSTM", "fp16", 1, 512, 512, 16, (7, 0)), None),  # Volta's rule: not modelled
+])
+def test_pytorch_rule_for_cudnn_persist_static(args, want):
+    ok, why = cases.persist_static(*args)
+    assert ok is want, why
+    assert why
+
+
+def test_cudnn_persist_runs_only_where_pytorch_picks_the_persistent_kernel(fake_cuda):
+    env = baselines.Env(_fake_fused_rnn(), capability=(9, 0))
+    b = baselines.CudnnPersist(env)
+    assert b.skip_reason(cases.Case("LSTM", 4, 512, 32, 512, "fp16", "infer")) is None  # one layer a call
+    assert "only in fp16" in b.skip_reason(cases.Case("LSTM", 4, 512, 32, 512, "bf16", "infer"))
+    assert "batch 1" in b.skip_reason(cases.Case("LSTM", 4, 512, 1, 512, "fp16", "infer"))
+    assert "never takes it for GRU" in b.skip_reason(cases.Case("GRU", 2, 512, 32, 512, "fp16", "train"))
+    assert baselines.FlashRNN(env).skip_reason(cases.Case("LSTM", 1, 512, 1, 512, "bf16", "infer")) \
+        == baselines.FLASHRNN_INSTALL
+
+
+def test_best_baseline_skips_a_baseline_that_failed_parity():
+    r = cases.Result("LSTM", 4, 512, 1, 512, 512, "bf16", "infer", 0.0, status="ok",
+                     cudnn_ms=30.0, cudnn_graph_ms=8.0, cudnn_persist_ms=2.0,
+                     cudnn_persist_parity="FAIL: output error 1 > 0.02", flashrnn_ms=9.0,
+                     fused_ms=4.0, fused_graph_ms=3.0, fused_graph_parity="ok")
+    sweep.best_baseline(r)
+    assert (r.best_baseline, r.best_baseline_ms, r.fused_best, r.fused_best_ms) == ("cudnn_graph", 8.0, "fused_graph", 3.0)
+    assert r.speedup_vs_best == pytest.approx(8 / 3) and r.us_per_call_fused is None
+    r2 = dataclasses.replace(r, status="mismatch", stream=True, best_baseline="", speedup_vs_best=None)
+    sweep.best_baseline(r2)  # the kernel did not pass: no headline for it
+    assert r2.best_baseline == "cudnn_graph" and r2.speedup_vs_best is None and r2.fused_best_ms is None
+    assert r2.us_per_call_best_baseline == 8000.0 and r2.us_per_call_fused is None
+
+
+def test_report_headline_is_the_ratio_to_the_best_baseline(tmp_path):
+    row = dict(_result(status="ok", dropout=0.0, fused_backend="fused: test", fused_ms=2.0, cudnn_ms=6.0,
+                       speedup_vs_cudnn=3.0).__dict__)
+    row.update(cudnn_graph_ms=3.0, cudnn_persist_ms=2.5, cudnn_persist_parity="FAIL: output error 1",
+               fused_graph_ms=1.5, best_baseline="cudnn_graph", best_baseline_ms=3.0, fused_best="fused_graph",
+               fused_best_ms=1.5, speedup_vs_best=2.0, stream=True, seq=1,
+               baseline_notes="flashrnn: not installed")
+    line = report.results_table([row]).splitlines()[-1]
+    assert "| 1 (stream) |" in line and "| 6 | 3 | 2.5 ✗ | — | cudnn_graph 3 | 2 | 1.5 | **2.00×** | 3.00× |" in line
+    assert "[baselines: flashrnn: not installed]" in line
+    meta = dict(device="FAKE GPU", torch="t", date="2026-01-02T00:00:00", runs=20, command="c")
+    common.write_json(tmp_path / "results.json", meta, [])
+    doc = common.read_json(tmp_path / "results.json")
+    doc["cases"] = [row]
+    (tmp_path / "results.json").write_text(__import__("json").dumps(doc))
+    text = report.render_section(str(tmp_path), str(tmp_path))
+    assert report.EAGER_ONLY not in text and "**Speedup vs best** (the headline)" in text

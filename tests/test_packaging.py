@@ -29,7 +29,8 @@ IGNORED = ("__pycache__", "*.pyc", "*.so", "*.o", "*.egg-info", "build", "dist",
 # what the test suite needs beside the test files themselves
 SDIST_NEEDS = ["tests/conftest.py", "tests/helpers.py", "tests/compile_helpers.py",
                "tests/gpu/conftest.py", "tests/gpu/gpu_helpers.py", "tests/gpu/test_smoke_gpu.py",
-               "benchmarks/bench.py", "benchmarks/common.py", "examples/char_lm.py",
+               "benchmarks/bench.py", "benchmarks/common.py", "benchmarks/rnnbench/cli.py",
+               "benchmarks/rnnbench/baselines.py", "examples/char_lm.py",
                "scripts/gpu_check.sh", "scripts/readme_commands.py", "README.md", "setup.py",
                "pyproject.toml", "MANIFEST.in", ".ci/run"]
 
