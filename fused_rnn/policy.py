@@ -182,7 +182,8 @@ def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
     found = tables(directory or TABLE_DIR).get(device_name)
     if found is None:
         n = default_max_batch(dtype_key, mode, num_layers, hidden_size, bidirectional, training)
-        return n, f"the performance model's default; no calibrated table for {device_name}"
+        return n, (f"the performance model's default; no calibrated table for {device_name}"
+                   + (" (the same inside a CUDA-graph capture)" if graphed else ""))
     table, path = found
     e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional)
     if e is None:

@@ -2,6 +2,7 @@
 files, the README renderer, the GPU sweep logic with CUDA faked, and floors.cu
 compiling with bare nvcc. Synthetic results live in tmp dirs only."""
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -496,8 +497,8 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys, monkeypatc
         for name in ("cudnn_graph", "flashrnn", "fused_graph"):
             assert r[f"{name}_ms"] > 0 and r[f"{name}_parity"] == "ok" and r[f"{name}_err"] < 1e-4, name
         assert r["fused_parity"] == "ok" and r["cudnn_err"] < 1e-4 and r["flashrnn_build_s"] >= 0
-        assert r["cudnn_persist_ms"] is None and "cudnn_persist: PyTorch uses cuDNN's persistent " \
-            "kernel only in fp16" in r["baseline_notes"]
+        assert r["cudnn_persist_ms"] is None and "cudnn_persist: H=8: cuDNN's persistent small-H " \
+            "algorithm" in r["baseline_notes"]
         # the headline: the fastest baseline against the faster of ours
         base = {n: r[f"{n}_ms"] for n in ("cudnn", "cudnn_graph", "flashrnn")}
         assert r["best_baseline"] == min(base, key=base.get) and r["best_baseline_ms"] == min(base.values())
@@ -510,6 +511,9 @@ def test_gpu_sweep_logic_with_faked_cuda(fake_cuda, tmp_path, capsys, monkeypatc
     assert "flashrnn: FlashRNN's fused kernel is compared for LSTM only" in gru["baseline_notes"]
     assert gru["cudnn_graph_ms"] > 0 and gru["fused_graph_ms"] is None  # the kernel refused it
     assert gru["best_baseline"] in ("cudnn", "cudnn_graph") and gru["speedup_vs_best"] is None
+    # with dropout the values are not compared, but NaN is still caught
+    assert rows[("RNN", "train", 0.2)]["status"] == "mismatch"
+    assert rows[("RNN", "train", 0.2)]["fused_parity"] == "FAIL: output is not finite"
     bad = rows[("RNN", "infer", 0.0)]  # wrong output: labelled, no speedup claimed
     assert bad["status"] == "mismatch" and "nan" in bad["reason"] and bad["speedup_vs_cudnn"] is None
     assert bad["fused_parity"] == "FAIL: output is not finite" and bad["speedup_vs_best"] is None
@@ -1251,8 +1255,15 @@ def test_parity_rule_and_the_gpu_tests_floors():
     assert verdict == "FAIL: output error 0.029 > 0.028 (2 x cuDNN 0.01 + floor 0.008)"
     err, verdict = baselines.rule({"output": float("nan")}, anchor, "bf16")
     assert verdict == "FAIL: output is not finite" and err == float("inf")
+    # cuDNN's own error not finite: no bound to hold anything to
+    err, verdict = baselines.rule({"output": 0.5}, {"output": float("nan")}, "bf16")
+    assert verdict == "not checked: eager cuDNN's output is not finite" and err == 0.5
     with pytest.raises(RuntimeError, match="shape"):
         baselines.errors({"output": torch.zeros(2)}, {"output": torch.zeros(3, dtype=torch.float64)})
+    # an implementation cannot pass by leaving a result out
+    want = {"output": torch.zeros(2, dtype=torch.float64), "grad_input": torch.zeros(2, dtype=torch.float64)}
+    with pytest.raises(RuntimeError, match="no grad_input from this implementation"):
+        baselines.errors({"output": torch.zeros(2)}, want)
 
 
 @pytest.mark.parametrize("args,want", [
@@ -1269,6 +1280,9 @@ def test_parity_rule_and_the_gpu_tests_floors():
     (("RNN", "fp16", 1, 1024, 1024, 96, (9, 0)), False),  # RNN: B < 96 or H < 896
     (("RNN", "fp16", 1, 768, 768, 96, (9, 0)), True),
     (("LSTM", "fp16", 1, 512, 512, 16, (7, 0)), None),  # Volta's rule: not modelled
+    (("LSTM", "fp16", 1, 512, 512, 16, (8, 6)), False),  # PyTorch excludes x.6
+    (("LSTM", "fp16", 1, 512, 512, 16, (8, 0), 56), False),  # and fewer than 98 SMs (A30)
+    (("LSTM", "fp16", 1, 128, 128, 16, (9, 0)), False),  # small H: cuDNN's own persistent algo
 ])
 def test_pytorch_rule_for_cudnn_persist_static(args, want):
     ok, why = cases.persist_static(*args)
@@ -1283,6 +1297,8 @@ def test_cudnn_persist_runs_only_where_pytorch_picks_the_persistent_kernel(fake_
     assert "only in fp16" in b.skip_reason(cases.Case("LSTM", 4, 512, 32, 512, "bf16", "infer"))
     assert "batch 1" in b.skip_reason(cases.Case("LSTM", 4, 512, 1, 512, "fp16", "infer"))
     assert "never takes it for GRU" in b.skip_reason(cases.Case("GRU", 2, 512, 32, 512, "fp16", "train"))
+    assert "one layer: the nn module's own call" in b.skip_reason(cases.Case("LSTM", 1, 512, 32, 512, "fp16", "infer"))
+    assert "small-H" in b.skip_reason(cases.Case("LSTM", 2, 128, 32, 512, "fp16", "infer"))
     assert baselines.FlashRNN(env).skip_reason(cases.Case("LSTM", 1, 512, 1, 512, "bf16", "infer")) \
         == baselines.FLASHRNN_INSTALL
 
@@ -1318,3 +1334,108 @@ def test_report_headline_is_the_ratio_to_the_best_baseline(tmp_path):
     (tmp_path / "results.json").write_text(__import__("json").dumps(doc))
     text = report.render_section(str(tmp_path), str(tmp_path))
     assert report.EAGER_ONLY not in text and "**Speedup vs best** (the headline)" in text
+
+
+def test_capture_warms_up_on_a_side_stream_and_shares_one_pool(monkeypatch):
+    """timing.CudaGraphs / GraphedSteps against a fake of torch.cuda's graph API: warm-up
+    calls on a side stream that waits for the current one (and back), one capture per
+    buffer, each after the first given the first graph's pool; step(x) replays x's graph."""
+    log = []
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(("wait", self.name, other.name))
+
+    class Graph:
+        def __init__(self):
+            self.replays = 0
+
+        def pool(self):
+            return ("pool", id(self))
+
+        def replay(self):
+            self.replays += 1
+
+    current = Stream("current")
+
+    @contextlib.contextmanager
+    def on_stream(s):
+        log.append(("stream", s.name))
+        yield
+
+    @contextlib.contextmanager
+    def graph(g, pool=None):
+        log.append(("capture", pool))
+        yield
+
+    for name, value in dict(Stream=Stream, current_stream=lambda: current, stream=on_stream,
+                            graph=graph, CUDAGraph=Graph).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    calls = []
+    xs = [torch.zeros(1), torch.ones(1)]
+    steps = timing.GraphedSteps(lambda x: (lambda: calls.append(x) or (x + 1,)), xs)
+    assert [c is xs[0] for c in calls] == [True] * 4 + [False] * 4  # 3 warm-ups + 1 capture each
+    first = steps.graphs[id(xs[0])]
+    captures = [e for e in log if e[0] == "capture"]
+    assert captures == [("capture", None), ("capture", first.pool())]
+    assert log[:3] == [("wait", "side", "current"), ("stream", "side"), ("wait", "current", "side")]
+    steps.step(xs[1])
+    assert steps.graphs[id(xs[1])].replays == 1 and first.replays == 0
+    out = steps.outputs(xs[0])
+    assert first.replays == 1 and torch.equal(out[0], xs[0] + 1) and out[0] is not steps.outs[id(xs[0])][0]
+
+
+def test_a_baseline_that_fails_is_a_note_and_is_closed(fake_cuda, monkeypatch):
+    fr = _fake_fused_rnn()
+    closed = []
+
+    class Broken(baselines.CudnnGraph):
+        def prepare(self, ci):
+            raise RuntimeError("capture failed: operation not permitted when stream is capturing")
+
+        def close(self):
+            closed.append(self.name)
+            super().close()
+
+    monkeypatch.setitem(baselines.REGISTRY, "cudnn_graph", Broken)
+    r = _run_one(fr)
+    assert r.status == "ok" and closed == ["cudnn_graph"] and r.cudnn_graph_ms is None
+    assert "cudnn_graph: RuntimeError: capture failed" in r.baseline_notes
+    assert r.best_baseline != "cudnn_graph" and r.speedup_vs_best is not None
+
+
+def test_the_kernel_failing_parity_in_a_graph_is_a_mismatch(fake_cuda, monkeypatch):
+    """fused_graph is the kernel itself: a wrong answer under capture fails the case, and
+    its error goes to the case's reason, not the baselines' notes."""
+    fr = _fake_fused_rnn()
+
+    class Wrong(baselines.FusedGraph):
+        def outputs(self, x):
+            got = super().outputs(x)
+            got["output"] = got["output"] + 1
+            return got
+
+    monkeypatch.setitem(baselines.REGISTRY, "fused_graph", Wrong)
+    r = _run_one(fr)
+    assert r.fused_parity == "ok" and r.fused_graph_parity.startswith("FAIL: output error")
+    assert r.status == "mismatch" and r.speedup_vs_best is None and r.speedup_vs_cudnn is None
+    assert r.reason.startswith("fused kernel in a CUDA graph against the float64 reference: FAIL")
+
+
+def test_flashrnn_builds_with_the_hung_case_timer_off(fake_cuda, monkeypatch):
+    events = []
+    monkeypatch.setattr(sweep.faulthandler, "cancel_dump_traceback_later", lambda: events.append("off"))
+    monkeypatch.setattr(sweep.faulthandler, "dump_traceback_later",
+                        lambda t, **k: events.append(("on", t)))
+    fr = _fake_fused_rnn()
+    monkeypatch.setattr(baselines, "load_flashrnn", lambda: (_fake_flashrnn(), None))
+    args = cli.parse_args(["--runs", "2", "--reference", "off", "--skip-baselines",
+                           "cudnn_graph,fused_graph,cudnn_persist"])
+    runner = sweep.Runner(args, fr)
+    runner.case_timeout = 30.0
+    r = runner.run_case(cases.Case("LSTM", 2, 8, 2, 4, "tf32", "infer"))
+    assert r.flashrnn_ms > 0 and r.flashrnn_parity == "ok" and r.flashrnn_build_s is not None
+    assert events == ["off", ("on", 30.0)]

@@ -247,6 +247,23 @@ def test_decision_traces_under_torch_compile(ext):
     assert all(c[1][7:9] == (1, 1) for c in ext.calls), ext.calls
 
 
+def test_compile_tracing_never_asks_whether_a_capture_is_under_way(ext, monkeypatch):
+    """torch.compile decides while tracing, before any capture: the eager crossover, and
+    is_current_stream_capturing is never traced."""
+    def capturing():
+        raise AssertionError("asked while tracing")
+    monkeypatch.setattr(dispatch, "capturing", capturing)
+
+    def f(x):
+        d = dispatch.decide("LSTM", CUDA, torch.bfloat16, x.shape[0], x.shape[1], 512, 512,
+                            num_layers=4)
+        return x + (1 if d.path == "fused" else 2)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    assert compiled(torch.ones(3, 8))[0, 0].item() == 2.0
+
+
 def test_decision_with_a_batch_the_trace_cannot_know(ext):
     """A PackedSequence's batch is batch_sizes[0], a value inside torch.compile: the batch
     limit cannot be a guard on it, so the call takes native (never slower than cuDNN)

@@ -63,14 +63,19 @@ def case_flops(c: "Case") -> int:
 
 
 def persist_static(cell: str, dtype: str, layers: int, hidden: int, input_size: int, batch: int,
-                   capability: tuple[int, int], bidirectional: bool = False,
+                   capability: tuple[int, int], sm_count: int = 132, bidirectional: bool = False,
                    proj_size: int = 0) -> tuple[bool | None, str]:
     """Whether PyTorch's cuDNN binding picks CUDNN_RNN_ALGO_PERSIST_STATIC for one call
     (aten/src/ATen/native/cudnn/RNN.cpp: get_algo, use_persist_common_heuristics,
     use_persist_device_heuristics), and why. Only fp16, no projection, unpacked input;
     one layer, unidirectional, H <= 1024, H and the input size multiples of 128; on
-    capability >= 8.0: LSTM with B % 8 == 0 and B <= 128, RNN also with B < 96 or H < 896,
-    never GRU. None: a capability whose rule is not modelled here (7.x)."""
+    capability >= 8.0 with >= 98 SMs, not x.6: LSTM with B % 8 == 0 and B <= 128, RNN also
+    with B < 96 or H < 896, never GRU. (An LSTM with H <= 192 takes cuDNN's persistent
+    small-H algorithm instead, in any dtype and eagerly too: no separate baseline.) None: a
+    capability whose rule is not modelled here (7.x)."""
+    if cell == "LSTM" and hidden <= 192:
+        return False, (f"H={hidden}: cuDNN's persistent small-H algorithm, which the nn module "
+                       "(cudnn, cudnn_graph) already runs")
     if dtype != "fp16":
         return False, f"PyTorch uses cuDNN's persistent kernel only in fp16 (this is {dtype})"
     if proj_size:
@@ -88,6 +93,9 @@ def persist_static(cell: str, dtype: str, layers: int, hidden: int, input_size: 
         return False, "not PERSIST_STATIC: " + ", ".join(why)
     if capability[0] < 8:
         return None, f"capability {capability[0]}.{capability[1]}: PyTorch's rule there is not modelled"
+    if sm_count < 98 or capability[1] == 6:
+        return False, (f"not PERSIST_STATIC: PyTorch excludes capability {capability[0]}."
+                       f"{capability[1]} with {sm_count} SMs (needs >= 98 SMs, not x.6)")
     if cell == "GRU":
         return False, "not PERSIST_STATIC: PyTorch never takes it for GRU on capability >= 8.0"
     ok = batch % 8 == 0 and batch <= 128
@@ -96,7 +104,8 @@ def persist_static(cell: str, dtype: str, layers: int, hidden: int, input_size: 
     if not ok:
         return False, f"not PERSIST_STATIC: batch {batch} (needs B % 8 == 0 and B <= 128" + (
             ", and B < 96 or H < 896" if cell == "RNN" else "") + ")"
-    return True, "PERSIST_STATIC (PyTorch's rule: fp16, 1 layer, H and input % 128 == 0, B % 8 == 0, B <= 128)"
+    return True, ("PERSIST_STATIC (PyTorch's rule: fp16, 1 layer, H and input % 128 == 0, "
+                  "B % 8 == 0, B <= 128)")
 
 
 # ----------------------------------------------------------------- the cases
@@ -280,9 +289,10 @@ def estimate_bytes(c: Case, buffers: int) -> int:
     io = c.seq * c.batch * c.hidden * e
     params = c.layers * 2 * GATES[c.cell] * c.hidden * c.hidden * e * 2  # two modules
     acts = c.layers * c.seq * c.batch * c.hidden * (GATES[c.cell] + 3) * e
+    graphs = buffers * (io + (params // 2 if c.mode == "train" else 0))  # a graph's static outputs
     if c.mode == "train":
-        return params * 2 + io * (2 * buffers + 4) + 2 * acts + acts * 8 // e
-    return params + io * (buffers + 4) + 2 * c.layers * c.batch * c.hidden * e + io * 8 // e
+        return params * 2 + io * (2 * buffers + 4) + 2 * acts + acts * 8 // e + 2 * graphs
+    return params + io * (buffers + 4) + 2 * c.layers * c.batch * c.hidden * e + io * 8 // e + 2 * graphs
 
 
 def set_precision(dtype_name: str) -> torch.dtype:

@@ -8,7 +8,7 @@ import os
 import common
 import report
 
-from .cases import FULL, DTYPES, Result
+from .cases import BASELINES, DTYPES, FULL, Result
 
 
 def _save_figure(plt, fig, out_dir: str, name: str) -> str:
@@ -139,7 +139,14 @@ def best_summary(results: list[Result]) -> str:
     for r in rows:
         wins[r.best_baseline] = wins.get(r.best_baseline, 0) + 1
     slower = sum(x < 1 for x in s)
-    return (f"speedup vs the best baseline (fastest of {', '.join(sorted(wins))} that passed "
-            f"parity, against the faster of fused / fused_graph): {s[0]:.2f}x to {s[-1]:.2f}x over "
-            f"{len(rows)} cases, slower in {slower}; best baseline: "
-            + ", ".join(f"{k} {v}x" for k, v in sorted(wins.items())))
+    failed = {}
+    for r in results:
+        for name in BASELINES:
+            if str(getattr(r, f"{name}_parity", "")).startswith("FAIL"):
+                failed[name] = failed.get(name, 0) + 1
+    return (f"speedup vs the best baseline (the fastest baseline that passed parity, against "
+            f"the faster of fused / fused_graph): {s[0]:.2f}x to {s[-1]:.2f}x over {len(rows)} "
+            f"cases, slower in {slower}; best baseline: "
+            + ", ".join(f"{k} {v}x" for k, v in sorted(wins.items()))
+            + ("; left out for failing parity: " + ", ".join(f"{k} {v}x" for k, v in sorted(failed.items()))
+               if failed else ""))

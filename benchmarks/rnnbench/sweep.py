@@ -3,6 +3,7 @@ process; the parity of each against the float64 reference; the derived numbers."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import functools
@@ -138,7 +139,8 @@ class Runner:
         self.deadline = None
         fn, why = (None, "--no-flashrnn") if args.no_flashrnn else bl.load_flashrnn()
         p = torch.cuda.get_device_properties(torch.cuda.current_device())
-        self.env = bl.Env(fused_rnn, fn, why or "", (p.major, p.minor))
+        self.env = bl.Env(fused_rnn, fn, why or "", (p.major, p.minor), p.multi_processor_count)
+        self.case_timeout = 0.0  # run_sweep's hung-case limit, off while FlashRNN builds
         self.flashrnn = fn
         skip = set(args.skip_baselines or ())
         self.extra = [n for n in ("cudnn_graph", "cudnn_persist", "flashrnn", "fused_graph") if n not in skip]
@@ -312,6 +314,8 @@ class Runner:
                     res.max_abs_diff_vs_cudnn = max_abs_diff(fused.call(ci.xs[0]), cudnn.call(ci.xs[0]))
                 if want is not None:
                     res.fused_err, res.fused_parity = bl.parity(fused, ci.xs[0], want, anchor, c.dtype)
+            else:
+                res.fused_parity = bl.finite(fused, ci.xs[0])
 
         fused_ok = self.guarded("fused", fused_parity, res, notes) and \
             self.guarded("fused", lambda: self.time_baseline(fused, res), res, notes)
@@ -323,7 +327,8 @@ class Runner:
         for name in self.extra:
             if name == "fused_graph" and not fused_ok:
                 continue
-            self.run_baseline(name, ci, res, want, anchor, bnotes)
+            # ours in a graph is the kernel itself: its failures belong to the case's reason
+            self.run_baseline(name, ci, res, want, anchor, notes if name in cases.OURS else bnotes)
         if self.use_reference(c):
             ref = bl.Reference(self.env)
             self.guarded("reference", lambda: (ref.prepare(ci), self.time_baseline(ref, res)), res, notes)
@@ -339,13 +344,18 @@ class Runner:
             return
 
         def run():
-            b.prepare(ci)
-            if name == "flashrnn":
+            if name == "flashrnn":  # its JIT build (minutes, per shape) is not a hung case
+                with self.build_window():
+                    b.prepare(ci)
                 res.flashrnn_build_s = b.build_s
+            else:
+                b.prepare(ci)
             if want is not None:
                 err, verdict = bl.parity(b, ci.xs[0], want, anchor, ci.case.dtype)
                 setattr(res, f"{name}_err", err)
                 setattr(res, f"{name}_parity", verdict)
+            elif ci.case.dropout:
+                setattr(res, f"{name}_parity", bl.finite(b, ci.xs[0]))
             self.time_baseline(b, res)
 
         try:
@@ -353,6 +363,19 @@ class Runner:
         finally:
             b.close()
             torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def build_window(self):
+        """The hung-case timer (run_sweep's faulthandler) off inside, re-armed after for
+        what is left of the case."""
+        if not self.case_timeout:
+            yield
+            return
+        faulthandler.cancel_dump_traceback_later()
+        try:
+            yield
+        finally:
+            faulthandler.dump_traceback_later(self.case_timeout, exit=True, file=sys.__stderr__)
 
     def finish(self, c: Case, res: Result, fused_ok: bool, notes: list) -> None:
         """Status and the derived numbers; the kernel's ratios only where it ran and matched."""
@@ -367,6 +390,10 @@ class Runner:
         elif res.fused_parity.startswith("FAIL"):
             res.status = "mismatch"
             notes.insert(0, f"fused kernel against the float64 reference: {res.fused_parity}")
+        elif res.fused_graph_parity.startswith("FAIL"):
+            res.status = "mismatch"
+            notes.insert(0, f"fused kernel in a CUDA graph against the float64 reference: "
+                         f"{res.fused_graph_parity}")
         elif diff is not None and not diff <= 0.1:
             res.status = "mismatch"
             notes.insert(0, f"fused output differs from cuDNN by {diff:.3g}")
@@ -495,6 +522,7 @@ def run_sweep(runner: Runner, cases_: list[Case], checkpoint=None, case_timeout:
     tqdm = common.optional("tqdm")
     bar = tqdm.tqdm(total=len(cases_), unit="case", dynamic_ncols=True) if tqdm else None
     out = []
+    runner.case_timeout = case_timeout
     try:
         for i, c in enumerate(cases_, 1):
             if bar:
