@@ -118,7 +118,7 @@ def module_call(m, hx):
 
 class Baseline:
     name = ""
-    graphed = False
+    jit_build = False  # prepare() may compile for minutes (timed apart: build_s)
 
     def __init__(self, env: Env):
         self.env = env
@@ -204,7 +204,6 @@ class Graphed(Baseline):
     """A call captured in a CUDA graph per input buffer (timing.GraphedSteps): inference
     under no_grad; training forward + backward with the gradients of the input and of
     every parameter returned into static tensors, as make_graphed_callables does."""
-    graphed = True
 
     def function(self, ci: Inputs):
         """(call(x) -> (output, state), {nn name: parameter}) of what is captured."""
@@ -335,6 +334,7 @@ class FlashRNN(Baseline):
     W_hh viewed (4, 1, H, H) (gate-major i, f, g, o like torch; row = output unit), b =
     b_ih + b_hh viewed (4, 1, H); their gradients map back to nn's names for parity."""
     name = "flashrnn"
+    jit_build = True
 
     def skip_reason(self, c: Case) -> str | None:
         if self.env.flashrnn is None:
