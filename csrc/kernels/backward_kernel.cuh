@@ -107,6 +107,17 @@ template <> struct MmaTypes<float, true> {  // fp32 storage, TF32 math
 
 // (async copies: async_copy.cuh, through forward_kernel.cuh)
 
+// The dynamic shared memory as the kernel's code addresses it: `smem` itself,
+// or (FRNN_BISECT & kBisectGenericSmem) the same address passed through an
+// empty inline asm, so that the compiler can not tell that it points into
+// shared memory and every access becomes a generic LD / ST.
+FRNN_DEVICE unsigned char* smem_base(unsigned char* smem) {
+#if !defined(FRNN_EMULATION)
+  if constexpr (bisect_on(kBisectGenericSmem)) asm volatile("" : "+l"(smem));
+#endif
+  return smem;
+}
+
 // ------------------------------------------------------------ the GEMM
 
 // K of one step, in 16-element tiles. The weight tile's K is a row of
@@ -507,7 +518,8 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   constexpr int G = kGates<CELL>;
   constexpr int kK = Block<T>::kK;
   constexpr int kPre = 2;  // (unit, row) pairs per thread whose inputs are prefetched
-  FRNN_DECLARE_DYNAMIC_SMEM(smem);
+  FRNN_DECLARE_DYNAMIC_SMEM(smem_decl);
+  unsigned char* const smem = smem_base(smem_decl);
   const BackwardConfig& c = p.cfg;
   const BackwardSmemLayout lay = backward_smem_layout(c);
   T* const sw = reinterpret_cast<T*>(smem + lay.w);
@@ -545,34 +557,65 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   PhaseRecorder rec(p.phase_buf, p.phase_cap, slice == 0 && bslice == 0 ? ld_id : -1,
                     kPhaseKindBackward, L, D, T_len);
 
-  // ---- prologue: zero the weight tile (K padding, rows past uc, slack), then
-  // load this CTA's weight columns once for the whole launch.
+  // ---- prologue: zero the weight tile (K padding, rows past uc, slack), the
+  // staging buffers (the rows past a partial batch tile are never written, and
+  // their MMA columns are discarded: zeros rather than whatever was there) and
+  // the partial sums; then load this CTA's weight columns once for the launch.
+  // In a cluster the staging buffers are left alone: peers' bulk copies (the
+  // async proxy) write them, ordered with this CTA's generic stores only by
+  // the cluster barrier below.
   {
-    uint4* z = reinterpret_cast<uint4*>(smem + lay.w);
-    const int64_t n16 = (lay.stage - lay.w) / 16;
-    for (int64_t i = threadIdx.x; i < n16; i += kBackwardThreads) z[i] = make_uint4(0, 0, 0, 0);
+    const bool zero_stage = c.cluster <= 1 && !bisect_on(kBisectPoisonSmem);
+    auto fill = [&](int64_t from, int64_t to, unsigned v) {
+      uint4* z = reinterpret_cast<uint4*>(smem + from);
+      for (int64_t i = threadIdx.x; i < (to - from) / 16; i += kBackwardThreads)
+        z[i] = make_uint4(v, v, v, v);
+    };
+    if constexpr (bisect_on(kBisectPoisonSmem)) {
+      // (FRNN_BISECT: every byte this CTA may touch, but a cluster's staging buffers)
+      fill(lay.w, c.cluster <= 1 ? lay.bar : lay.stage, 0xFFFFFFFFu);
+      if (c.cluster > 1) fill(lay.part, lay.bar, 0xFFFFFFFFu);
+      __syncthreads();
+    }
+    fill(lay.w, zero_stage ? lay.part : lay.stage, 0u);
+    fill(lay.part, lay.bar, 0u);
   }
   __syncthreads();
   {
-    auto put = [&](int k, int u, T v) {
-      if constexpr (TF32) v = from_f<T>(round_tf32(to_f(v)));
-      sw[(static_cast<int64_t>(k / kK) * U + u) * kK + k % kK] = v;
+    // (k, u) of the K-blocked weight tile (backward_params.h)
+    auto at = [&](int k, int u) { return (static_cast<int64_t>(k / kK) * U + u) * kK + k % kK; };
+    // rows [0, GH) of the column block starting at K row k0 (a multiple of 16),
+    // units u0 + [0, uc): element (row, u) = src[row * ld + u]
+    auto put_rows = [&](int k0, const T* src, int64_t ld) {
+      if constexpr (sizeof(T) == 2 && bisect_on(kBisectWideWeightStores)) {
+        // (FRNN_BISECT) K rows 2r and 2r + 1 of a unit are adjacent: one 32-bit
+        // store; row GH (odd GH) is K padding, zero
+        for (int i = threadIdx.x; i < (GH + 1) / 2 * uc; i += kBackwardThreads) {
+          const int pr = i / uc, u = i - pr * uc, row = 2 * pr;
+          const T lo = src[static_cast<int64_t>(row) * ld + u];
+          const T hi = row + 1 < GH ? src[static_cast<int64_t>(row + 1) * ld + u] : from_f<T>(0.0f);
+          uint16_t blo, bhi;
+          memcpy(&blo, &lo, 2);
+          memcpy(&bhi, &hi, 2);
+          *reinterpret_cast<uint32_t*>(sw + at(k0 + row, u)) =
+              static_cast<uint32_t>(blo) | (static_cast<uint32_t>(bhi) << 16);
+        }
+      } else {
+        for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
+          const int row = i / uc, u = i - row * uc;
+          T v = src[static_cast<int64_t>(row) * ld + u];
+          if constexpr (TF32) v = from_f<T>(round_tf32(to_f(v)));
+          sw[at(k0 + row, u)] = v;
+        }
+      }
     };
     if (!top) {
       const int in_next = D * H;  // input width of layer l + 1
-      for (int d2 = 0; d2 < D; ++d2) {
-        const T* w = static_cast<const T*>(p.w_ih[(layer + 1) * D + d2]);
-        for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
-          const int row = i / uc, u = i - row * uc;
-          put(d2 * GHp + row, u, w[static_cast<int64_t>(row) * in_next + dir * H + u0 + u]);
-        }
-      }
+      for (int d2 = 0; d2 < D; ++d2)
+        put_rows(d2 * GHp, static_cast<const T*>(p.w_ih[(layer + 1) * D + d2]) + dir * H + u0,
+                 in_next);
     }
-    const T* w = static_cast<const T*>(p.w_hh[ld_id]);
-    for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
-      const int row = i / uc, u = i - row * uc;
-      put(c.ka + row, u, w[static_cast<int64_t>(row) * H + u0 + u]);
-    }
+    put_rows(c.ka, static_cast<const T*>(p.w_hh[ld_id]) + u0, H);
   }
   __syncthreads();
 
@@ -735,7 +778,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         // gradients that generic stores wrote; this thread has waited for
         // them -- above, or at the previous step's grid.sync -- once per step)
         if (c.cluster > 1 && b0 == b_lo) fence_proxy_async_global();
-        if (sk.seg_hi > sk.seg_lo) {
+        if (sk.seg_hi > sk.seg_lo && !bisect_on(kBisectNoGemm)) {
           const int nt = warp / c.k_splits;
           const int rows = min(16, nbv - nt * 16);
           if (rows > 0)
@@ -754,7 +797,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           const int64_t sidx = ld_id * BH + b * H + j;
           const int nt = bl / 16, n = bl % 16;
           float rec = 0.0f, above = 0.0f;
-          for (int q = 0; q < c.k_splits; ++q) {
+          for (int q = 0; q < (bisect_on(kBisectNoPartRead) ? 0 : c.k_splits); ++q) {
             const float* pw = part + static_cast<int64_t>(nt * c.k_splits + q) * 2 * 16 * c.m_pad;
             if (sk.has_rec) rec += pw[(16 + n) * c.m_pad + u];
             if (sk.na) above += pw[n * c.m_pad + u];

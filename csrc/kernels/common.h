@@ -34,7 +34,38 @@
 #error "FRNN_EMU_BREAK builds a deliberately broken kernel: emulation builds only"
 #endif
 
+// FRNN_BISECT: diagnostic builds of the backward kernel, for narrowing down a
+// compute-sanitizer report (scripts/sanitize_target.cu builds them; 0, the
+// kernel as shipped, in every other build). A sum of:
+//   1   the prologue stores the weight tile as 32-bit words (two adjacent
+//       16-bit K elements each) instead of 16-bit stores; same bytes
+//   2   every shared-memory access of the kernel's own code through a generic
+//       address the compiler can not trace to shared memory (LD / ST instead
+//       of LDS / STS; cp.async and the mbarriers convert it back); same bytes
+//   4   the per-step GEMM is skipped: the partial sums stay zero, so dh gets
+//       no recurrent and no above contribution (different results)
+//   8   the epilogue does not read the partial sums (zero instead; the same
+//       results as 4, with the GEMM still run)
+//   16  all of a CTA's shared memory is filled with 0xFF (NaN in every float
+//       type) at launch, and the never-written staging rows are left so (not
+//       zeroed): a result that depends on them is no longer finite
+// 1, 2 and 16 leave every result bit-identical (tests/test_sanitize_target.py).
+#ifndef FRNN_BISECT
+#define FRNN_BISECT 0
+#endif
+#if FRNN_BISECT < 0 || FRNN_BISECT > 31
+#error "FRNN_BISECT: a sum of 1, 2, 4, 8, 16"
+#endif
+
 namespace fused_rnn {
+
+constexpr int kBisectWideWeightStores = 1;
+constexpr int kBisectGenericSmem = 2;
+constexpr int kBisectNoGemm = 4;
+constexpr int kBisectNoPartRead = 8;
+constexpr int kBisectPoisonSmem = 16;
+// Is switch `s` of FRNN_BISECT on in this build?
+constexpr bool bisect_on(int s) { return (FRNN_BISECT & s) != 0; }
 
 // Element types of the tensors (input, weights, states, outputs).
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
