@@ -18,9 +18,15 @@
 #              break (grid barrier, ring slots, tensor-core fragments, cp.async ring, dropout,
 #              lengths, bidirectional; the backward fed the reference's reserve)
 #   tests      the full GPU tests (forward, then backward) -- only if smoke passed
-#   sanitizer  compute-sanitizer memcheck / racecheck / synccheck over scripts/gpu_sanitize.py
-#              (one tiny bf16 forward + backward) -- whenever the build is there; "skipped"
-#              where the tool or the device does not support it
+#   sanitizer  compute-sanitizer memcheck / synccheck over scripts/gpu_sanitize.py (one tiny bf16
+#              forward + backward through the op); racecheck over scripts/sanitize_target.cu
+#              (the same problem without torch or cuBLAS: the two kernels alone) per dtype, and
+#              over a cuBLAS-only control (gpu_sanitize.py --cublas-only: the backward's weight
+#              GEMMs, no extension); with --only sanitizer also the bisection (racecheck over
+#              the bf16 target built with each FRNN_BISECT switch, csrc/kernels/common.h, and
+#              its outputs against the plain build's) -- whenever the build is there; "skipped"
+#              where the tool or the device does not support it. The targets build in the
+#              background (scripts/sanitize_build.py) while smoke and tests run.
 #   bench      benchmarks/bench.py --quick (time-boxed) -- only if the GPU tests passed
 #   floors     benchmarks/floors.py (barrier and cuDNN floors), then --phases (time per
 #              kernel phase beside the model) -- only if the GPU tests passed
@@ -74,15 +80,20 @@ fi
 # under 6 minutes: a second call still fits in a 15-minute device budget.
 KILL_AFTER=1       # SIGKILL this long after the SIGTERM of a limit
 L_SMI=5            # nvidia-smi
-L_PROBE=15         # Python: versions, CUDA visible (the first torch import may be slow)
+L_PROBE=12         # Python: versions, CUDA visible (the first torch import may be slow)
 L_BUILD=75         # the extension, 16 parallel jobs (13 translation units; 48 s on an H200 machine)
 L_HASH=10          # import the extension, check its source hash
-L_SMOKE=29         # whole smoke stage, Python and CUDA start included (19 s on an H200)
+L_SMOKE=26         # whole smoke stage, Python and CUDA start included (19 s on an H200)
 T_SMOKE=15         # per smoke test
-L_TESTS=100        # the full GPU tests (79 s on an H200, one xdist worker)
+L_TESTS=90         # the full GPU tests (33-79 s on an H200, one xdist worker)
 T_TESTS=30         # per test
-L_SANITIZER=12     # per tool (memcheck, racecheck, synccheck)
-SAN_TOOLS="memcheck racecheck synccheck"
+L_SANITIZER=10     # per tool over the op (memcheck, synccheck: ~6 s each on an H200)
+SAN_TOOLS="memcheck synccheck"
+L_SAN_BUILD=60     # the sanitizer targets, in the background (4 dtypes + 5 bisection builds)
+L_SAN_TARGET=5     # racecheck over one target run (no torch: a tiny program)
+SAN_DTYPES="bf16 fp16 tf32 fp32"
+SAN_BISECT="1 2 4 8 16"  # FRNN_BISECT switches (csrc/kernels/common.h), bf16, --only sanitizer
+L_SAN_CONTROL=8    # racecheck over the cuBLAS-only control (torch, no extension)
 L_BENCH=40         # bench.py --quick --time-budget (L_BENCH - 17): Python, CUDA, the writes
                    # (11 s beyond the budget on an H200)
 L_FLOORS=24        # floors.py and floors.py --phases together (15-21 s on an H200)
@@ -106,7 +117,14 @@ if [ "$DRY" = 1 ]; then
   gated=""; [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && gated=1
   want smoke && line smoke "$L_SMOKE" "tests/gpu/test_smoke_gpu.py, ${T_SMOKE} s per test"
   want tests && line tests "$L_TESTS" "tests/gpu/test_forward_gpu.py + test_backward_gpu.py, ${T_TESTS} s per test${gated:+; only if smoke passed}"
-  want sanitizer && line sanitizer $((L_SANITIZER * n_san)) "$SAN_TOOLS, ${L_SANITIZER} s each (a retry without the filter options in the same time)" $((2 * n_san))
+  if want sanitizer; then
+    n_dt=$(echo $SAN_DTYPES | wc -w); n_bi=$(echo $SAN_BISECT | wc -w)
+    line sanitizer $((L_SANITIZER * n_san + L_SAN_TARGET * n_dt + L_SAN_CONTROL)) "$SAN_TOOLS over the op, ${L_SANITIZER} s each (a retry without the filter options in the same time); racecheck over the torch-free target per dtype ($SAN_DTYPES), ${L_SAN_TARGET} s each; racecheck over the cuBLAS-only control, ${L_SAN_CONTROL} s" $((2 * n_san + n_dt + 1))
+    if [ "$ONLY" = sanitizer ]; then
+      line targets "$L_SAN_BUILD" "waiting for scripts/sanitize_build.py (started after the build, in the background)"
+      line bisection $((L_SAN_TARGET * (n_bi + 1))) "racecheck over the bf16 target with FRNN_BISECT=$SAN_BISECT, plus one plain run for the outputs, ${L_SAN_TARGET} s each" $((n_bi + 1))
+    fi
+  fi
   want bench && line bench "$L_BENCH" "benchmarks/bench.py --quick${gated:+; only if the GPU tests passed}"
   want floors && line floors "$L_FLOORS" "benchmarks/floors.py, then --phases${gated:+; only if the GPU tests passed}"
   echo "worst case: $total s (every limit reached, plus ${KILL_AFTER} s kill delay each)"
@@ -281,6 +299,18 @@ if [ "$build_ready" = 0 ]; then
 fi
 [ -f "$SCRATCH/backend_info" ] && { echo "backend_info:"; cat "$SCRATCH/backend_info"; } >> "$SCRATCH/env"
 
+# The torch-free sanitizer targets (no extension needed), in the background while the
+# pytest stages run; the sanitizer stage waits for them.
+SAN_DIR="$SCRATCH/san" SAN_PID=""
+if want sanitizer && [ "$build_ready" = 1 ]; then
+  san_bisect=""; [ "$ONLY" = sanitizer ] && san_bisect=$(echo $SAN_BISECT | tr ' ' ',')
+  ( limited "$L_SAN_BUILD" "$SCRATCH/san_build.log" "$PY" scripts/sanitize_build.py --out "$SAN_DIR" \
+      --dtypes "$(echo $SAN_DTYPES | tr ' ' ',')" --bisect "$san_bisect" \
+      --arch "${TORCH_CUDA_ARCH_LIST%%;*}" ) &
+  SAN_PID=$!
+  BG_PIDS="$BG_PIDS $SAN_PID"
+fi
+
 # ---------------------------------------------------------------- pytest stages
 pytest_stage() {  # pytest_stage NAME LIMIT PER_TEST FILES...
   local name=$1 secs=$2 per=$3; shift 3
@@ -337,53 +367,106 @@ else pytest_stage tests "$L_TESTS" "$T_TESTS" tests/gpu/test_forward_gpu.py test
 fi
 
 # ---------------------------------------------------------------- sanitizer
+# san_run LABEL LIMIT CMD...: one compute-sanitizer run into sanitizer.log under "==== LABEL";
+# sets SAN_RC and SAN_SAID (unsupported | TIMEOUT | FAULT (the tool's hardware exception) |
+# N errors (exit RC)).
+san_run() {
+  local label=$1 secs=$2; shift 2
+  echo "==== $label" >> "$SAN_LOG"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$secs" "$SAN_LOG" "$@"
+  SAN_RC=$?
+  SAN_PART=$(awk -v t="==== $label" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
+  local errs
+  errs=$(echo "$SAN_PART" | grep -E "SUMMARY" | grep -oE "[0-9]+ errors?" | grep -oE "[0-9]+" | tail -1)
+  if echo "$SAN_PART" | grep -qiE "device not supported|not supported on this|unsupported (device|gpu)"; then
+    SAN_SAID=unsupported
+  elif [ "$SAN_RC" = 124 ] || [ "$SAN_RC" = 137 ]; then SAN_SAID=TIMEOUT
+  elif echo "$SAN_PART" | grep -q "failed to handle a hardware exception"; then
+    SAN_SAID="FAULT (exit $SAN_RC)"
+  else SAN_SAID="${errs:-?} errors (exit $SAN_RC)"; fi
+}
 if ! want sanitizer; then :
 elif [ "$build_ready" = 0 ]; then skip sanitizer "no extension"
 elif ! command -v compute-sanitizer >/dev/null 2>&1; then skip sanitizer "compute-sanitizer not found"
 else
   SAN_LOG="$OUT_DIR/sanitizer.log"
   : > "$SAN_LOG"
+  { echo "==== version"; compute-sanitizer --version 2>&1 | head -5; } >> "$SAN_LOG"
   # only our kernels are instrumented (substring of the kernel name), and torch's own
   # checked API errors (probes it expects to fail) are not counted, where the tool has the options
   filter=()
   san_help=$(compute-sanitizer --help 2>/dev/null)
   echo "$san_help" | grep -q -- '--kernel-name' && filter+=(--kernel-name kns=rnn_)
-  echo "$san_help" | grep -q -- '--report-api-errors' && filter+=(--report-api-errors no)
+  api=()
+  echo "$san_help" | grep -q -- '--report-api-errors' && api=(--report-api-errors no)
+  filter+=("${api[@]}")
+  echo "options: over the op: ${filter[*]} --error-exitcode 9 (caching allocator off); over the targets: --error-exitcode 9; over the control: ${api[*]} --error-exitcode 9" >> "$SAN_LOG"
   t0=$SECONDS
-  san_v=ok notes=""
+  san_v=ok notes="" n_unsup=0 n_runs=0
+  gate() {  # gate SAID: a gating run's verdict into san_v
+    n_runs=$((n_runs + 1))
+    case "$1" in
+      unsupported) n_unsup=$((n_unsup + 1)) ;;
+      TIMEOUT) san_v=timeout ;;
+      *"(exit 0)") ;;
+      *) [ "$san_v" != timeout ] && san_v=failed ;;
+    esac
+  }
+  # 1. memcheck and synccheck over the op (torch, the extension, cuBLAS)
   for tool in $SAN_TOOLS; do
-    echo "==== $tool" >> "$SAN_LOG"
-    # no caching allocator: every tensor its own cudaMalloc, so an overrun is seen
     t1=$SECONDS
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$L_SANITIZER" "$SAN_LOG" compute-sanitizer \
-      --tool "$tool" "${filter[@]}" --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
-    rc=$?
-    part=$(awk -v t="==== $tool" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
-    if [ "$rc" != 0 ] && [ ${#filter[@]} -gt 0 ] && ! echo "$part" | grep -q "gpu_sanitize"; then
+    san_run "$tool" "$L_SANITIZER" compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 9 \
+      "$PY" scripts/gpu_sanitize.py
+    if [ "$SAN_RC" != 0 ] && [ ${#filter[@]} -gt 0 ] && ! echo "$SAN_PART" | grep -q "gpu_sanitize"; then
       # the target never ran: the tool refused an option; once more without them, in
       # what is left of this tool's limit
-      echo "==== $tool (again, without: ${filter[*]})" >> "$SAN_LOG"
       left=$((L_SANITIZER - (SECONDS - t1))); [ "$left" -lt 1 ] && left=1
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 limited "$left" "$SAN_LOG" compute-sanitizer \
-        --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
-      rc=$?
-      part=$(awk -v t="==== $tool (again, without: ${filter[*]})" '$0==t{on=1; next} /^==== /{on=0} on' "$SAN_LOG")
+      san_run "$tool (again, without: ${filter[*]})" "$left" compute-sanitizer --tool "$tool" \
+        --error-exitcode 9 "$PY" scripts/gpu_sanitize.py
     fi
-    if echo "$part" | grep -qiE "device not supported|not supported on this|unsupported (device|gpu)"; then
-      notes="$notes $tool: unsupported;"; [ "$san_v" = ok ] && san_v=unsupported
-    elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then notes="$notes $tool: TIMEOUT;"; san_v=timeout
-    else
-      errs=$(echo "$part" | grep -E "SUMMARY" | grep -oE "[0-9]+ errors?" | grep -oE "[0-9]+" | tail -1)
-      notes="$notes $tool: ${errs:-?} errors (exit $rc);"
-      [ "$rc" != 0 ] && [ "$san_v" != timeout ] && san_v=failed
-    fi
+    notes="$notes $tool: $SAN_SAID;"; gate "$SAN_SAID"
   done
-  if [ "$san_v" = unsupported ]; then
-    record sanitizer skipped $((SECONDS - t0))s "$((L_SANITIZER * $(echo $SAN_TOOLS | wc -w)))s" "skipped: sanitizer unsupported here;$notes"
+  # 2. racecheck over the torch-free target, per dtype
+  if [ -n "$SAN_PID" ]; then wait "$SAN_PID" 2>/dev/null; fi
+  { echo "==== targets built (scripts/sanitize_build.py)"; cat "$SCRATCH/san_build.log" 2>/dev/null; } >> "$SAN_LOG"
+  for d in $SAN_DTYPES; do
+    if [ ! -x "$SAN_DIR/target_$d" ]; then
+      notes="$notes racecheck target $d: NOT BUILT;"; san_v=failed; continue
+    fi
+    san_run "racecheck target $d" "$L_SAN_TARGET" compute-sanitizer --tool racecheck --error-exitcode 9 \
+      "$SAN_DIR/target_$d"
+    notes="$notes racecheck target $d: $SAN_SAID;"; gate "$SAN_SAID"
+  done
+  # 3. the control: the backward's cuBLAS GEMMs alone (reported, not gating)
+  san_run "racecheck cuBLAS control" "$L_SAN_CONTROL" compute-sanitizer --tool racecheck "${api[@]}" \
+    --error-exitcode 9 "$PY" scripts/gpu_sanitize.py --cublas-only
+  notes="$notes racecheck cuBLAS control (not gating): $SAN_SAID;"
+  # 4. --only sanitizer: the bisection (reported, not gating)
+  if [ "$ONLY" = sanitizer ] && [ -x "$SAN_DIR/target_bf16" ]; then
+    echo "==== plain run of target_bf16 (the outputs the switches 1, 2, 16 must reproduce)" >> "$SAN_LOG"
+    limited "$L_SAN_TARGET" "$SAN_LOG" "$SAN_DIR/target_bf16" --out "$SAN_DIR/plain.bin"
+    for b in $SAN_BISECT; do
+      exe="$SAN_DIR/target_bf16_b$b"
+      if [ ! -x "$exe" ]; then notes="$notes bisect $b: NOT BUILT;"; continue; fi
+      san_run "racecheck target bf16 FRNN_BISECT=$b" "$L_SAN_TARGET" compute-sanitizer --tool racecheck \
+        --error-exitcode 9 "$exe" --out "$SAN_DIR/b$b.bin"
+      same=""
+      case "$b" in 1|2|16)
+        if [ -f "$SAN_DIR/b$b.bin" ] && [ -f "$SAN_DIR/plain.bin" ]; then
+          if cmp -s "$SAN_DIR/plain.bin" "$SAN_DIR/b$b.bin"; then same=", outputs identical"
+          else same=", OUTPUTS DIFFER"; fi
+        fi ;;
+      esac
+      notes="$notes bisect $b: $SAN_SAID$same;"
+    done
+  fi
+  limit_s=$((L_SANITIZER * $(echo $SAN_TOOLS | wc -w) + L_SAN_TARGET * $(echo $SAN_DTYPES | wc -w) + L_SAN_CONTROL))
+  if [ "$n_unsup" -gt 0 ] && [ "$n_unsup" = "$n_runs" ]; then
+    record sanitizer skipped $((SECONDS - t0))s "${limit_s}s" "skipped: sanitizer unsupported here;$notes"
   else
-    record sanitizer "$san_v" $((SECONDS - t0))s "$((L_SANITIZER * $(echo $SAN_TOOLS | wc -w)))s" "${notes# }"
-    [ "$san_v" != ok ] && grep -E "^=+ (Invalid|Race|Barrier|Error|ERROR|Program hit|Saved host|    at )" "$SAN_LOG" \
-      | head -30 | detail "sanitizer: first reports"
+    record sanitizer "$san_v" $((SECONDS - t0))s "${limit_s}s" "${notes# }"
+    [ "$san_v" != ok ] && grep -E "^=+ (Invalid|Race|Barrier|Error|ERROR|Program hit|Saved host|Internal|    at )|^==== " "$SAN_LOG" \
+      | head -40 | detail "sanitizer: first reports"
   fi
 fi
 

@@ -83,6 +83,17 @@ case "$*" in
   *floors.py*--phases*) out=${@: -1}; echo '{}' > "$out/phases.json"; exit 0 ;;
   *floors.py*) out=${@: -1}; echo '{}' > "$out/floors.json"; exit 0 ;;
   *gpu_sanitize.py*) exit 0 ;;
+  *sanitize_build.py*)  # fake targets: each writes its --out file and says it finished
+    out=""; dtypes=""; bisect=""
+    while [ $# -gt 0 ]; do case "$1" in --out) out=$2; shift ;; --dtypes) dtypes=$2; shift ;;
+      --bisect) bisect=$2; shift ;; esac; shift; done
+    [ "${FAKE_SANBUILD:-ok}" = ok ] || { echo "target_bf16: FAILED"; exit 1; }
+    mkdir -p "$out"
+    for name in $(echo "$dtypes" | tr ',' ' ' | sed 's/[^ ]*/target_&/g') \
+                $(echo "$bisect" | tr ',' ' ' | sed 's/[^ ]*/target_bf16_b&/g'); do
+      printf '#!/usr/bin/env bash\n[ "$1" = --out ] && echo same > "$2"\necho "sanitize_target: all outputs finite"\n' > "$out/$name"
+      chmod +x "$out/$name"; echo "$name: built"
+    done; exit 0 ;;
   *) echo "fake python: unexpected call: $*" >&2; exit 99 ;;
 esac
 printf 'start\t%s\n' "$test" >> "$FUSED_RNN_TEST_TRACE"
@@ -106,6 +117,11 @@ case "${FAKE_SAN:-clean}" in
   clean) echo "gpu_sanitize: fused forward + backward ran"
          echo "========= ERROR SUMMARY: 0 errors"; exit 0 ;;
   unsupported) echo "========= Error: Device not supported"; exit 1 ;;
+  fault16) case "${@: -1}" in */target_bf16|*/target_fp16)  # the plain targets, not the bisection
+             echo "========= Internal Sanitizer Error: The Sanitizer failed to handle a hardware exception."
+             echo "========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)"; exit 1 ;; esac
+           [ "${*: -2:1}" = --out ] && "${@: -3}"  # a bisection run: the target itself
+           echo "========= ERROR SUMMARY: 0 errors"; exit 0 ;;
   race) echo "gpu_sanitize: fused forward + backward ran"
         echo "========= Race reported between Write access at 0x10 in rnn_forward_kernel"
         echo "========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)"; exit 9 ;;
@@ -252,6 +268,36 @@ def test_sanitizer_unsupported_is_skipped_and_a_race_fails(fake_tree):
     assert calls.count("--tool memcheck --error-exitcode 9") == 1
 
 
+def test_racecheck_runs_per_dtype_over_the_torch_free_target(fake_tree):
+    """racecheck over scripts/sanitize_target.cu per dtype (not over the op), memcheck and
+    synccheck over the op, the cuBLAS control reported; a fault in the 16-bit targets fails
+    the stage and is named; --only sanitizer adds the bisection."""
+    proc, summary, calls, _ = fake_tree()
+    assert stage(summary, "sanitizer") == "ok", summary
+    for d in ("bf16", "fp16", "tf32", "fp32"):
+        assert f"racecheck target {d}: 0 errors (exit 0)" in summary
+        assert re.search(rf"--tool racecheck --error-exitcode 9 \S+/target_{d}$", calls, re.M), calls
+    assert "--tool racecheck --kernel-name" not in calls  # racecheck no longer over the op
+    assert "--tool racecheck --report-api-errors no --error-exitcode 9 python3 scripts/gpu_sanitize.py " \
+        "--cublas-only" in calls
+    assert "cuBLAS control (not gating): 0 errors" in summary and "bisect" not in summary
+    proc, summary, calls, _ = fake_tree(san="fault16")
+    assert proc.returncode == 1 and stage(summary, "sanitizer") == "FAILED"
+    assert "racecheck target bf16: FAULT" in summary and "racecheck target fp16: FAULT" in summary
+    assert "racecheck target tf32: 0 errors (exit 0)" in summary
+    log = (fake_tree.out / "sanitizer.log").read_text()
+    assert "==== version" in log and "options: over the op" in log
+    proc, summary, calls, _ = fake_tree("--only", "sanitizer", san="fault16")
+    for b in (1, 2, 16):
+        assert f"bisect {b}: 0 errors (exit 0), outputs identical;" in summary, summary
+    for b in (4, 8):
+        assert f"bisect {b}: 0 errors (exit 0);" in summary
+    assert "--bisect 1,2,4,8,16" in calls
+    # targets that did not build fail the stage, named
+    proc, summary, _, _ = fake_tree("--only", "sanitizer", sanbuild="fail")
+    assert stage(summary, "sanitizer") == "FAILED" and "racecheck target bf16: NOT BUILT" in summary
+
+
 def test_no_gpu_is_said_and_nothing_runs(tmp_path):
     if shutil.which("python3") is None:
         pytest.skip("no python3")
@@ -323,6 +369,26 @@ def test_sanitizer_target_options_change_its_problem(monkeypatch):
         with pytest.raises(SystemExit) as e:
             gpu_sanitize.configure(bad)
         assert e.value.code == 2, bad
+
+
+def test_the_cublas_control_makes_the_backward_grads_calls_on_the_problem_shapes():
+    """gpu_sanitize.py --cublas-only: csrc/torch/backward_grads.h's GEMMs on random tensors,
+    with the shapes of the gradients the real op returns (run here on the CPU)."""
+    import torch
+
+    import fused_rnn  # noqa: F401
+
+    gpu_sanitize = _import_gpu_sanitize()
+    named = gpu_sanitize.run(torch.ops.fused_rnn.rnn_forward, torch.ops.fused_rnn.rnn_backward, "cpu")
+    control = gpu_sanitize.cublas_control("cpu")
+    assert control["grad_input"].shape == (gpu_sanitize.T, gpu_sanitize.B, gpu_sanitize.I)
+    weights = [named[f"grad_w{i}"] for i in range(4 * gpu_sanitize.L)]
+    mine = [control[f"grad_{n}_l{l}"] for l in range(gpu_sanitize.L)
+            for n in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    assert [t.shape for t in mine] == [t.shape for t in weights]
+    assert all(t.dtype == gpu_sanitize.DTYPE and torch.isfinite(t.float()).all() for t in mine)
+    src = open(os.path.join(ROOT, "scripts", "gpu_sanitize.py")).read()
+    assert "load_extension" not in src.split("def cublas_control")[1].split("def configure")[0]
 
 
 def test_a_crashing_test_ends_only_itself_where_xdist_is_installed(fake_tree):
