@@ -31,7 +31,8 @@ SDIST_NEEDS = ["tests/conftest.py", "tests/helpers.py", "tests/compile_helpers.p
                "tests/gpu/conftest.py", "tests/gpu/gpu_helpers.py", "tests/gpu/test_smoke_gpu.py",
                "benchmarks/bench.py", "benchmarks/common.py", "benchmarks/rnnbench/cli.py",
                "benchmarks/rnnbench/baselines.py", "examples/char_lm.py",
-               "scripts/gpu_check.sh", "scripts/readme_commands.py", "README.md", "setup.py",
+               "scripts/gpu_check.sh", "scripts/readme_commands.py", "scripts/sanitize_target.cu",
+               "scripts/sanitize_build.py", "README.md", "setup.py",
                "pyproject.toml", "MANIFEST.in", ".ci/run"]
 
 
