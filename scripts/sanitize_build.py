@@ -47,6 +47,12 @@ def name_of(dtype: str, bisect: int = 0) -> str:
     return f"target_{dtype}" + (f"_b{bisect}" if bisect else "")
 
 
+def programs(dtypes, bisect, bisect_dtypes) -> list[tuple[str, int]]:
+    """(dtype, FRNN_BISECT) of every program: each dtype plain, each bisection value of
+    each bisection dtype."""
+    return [(d, 0) for d in dtypes] + [(d, b) for d in bisect_dtypes for b in bisect if b]
+
+
 def nvcc_flags(archs: list[str]) -> list[str]:
     """The extension's nvcc flags for `archs`, without the phase-timing definition."""
     cfg = _build_config()
@@ -156,7 +162,7 @@ def build(out: str, dtypes=DTYPES, bisect=(), bisect_dtypes=("bf16",), archs=Non
           emulate: str | None = None, jobs: int | None = None) -> dict[str, tuple[bool, str]]:
     """Builds every program into `out`, in parallel: {name: (built, log path)}."""
     os.makedirs(out, exist_ok=True)
-    todo = [(d, 0) for d in dtypes] + [(d, b) for d in bisect_dtypes for b in bisect if b]
+    todo = programs(dtypes, bisect, bisect_dtypes)
     if archs is None:
         archs = _build_config().arch_list()
 
@@ -182,7 +188,7 @@ def print_sass(out, dtypes, values, bdtypes, arch) -> int:
               file=sys.stderr)
         return 1
     os.makedirs(out, exist_ok=True)
-    todo = [(d, 0) for d in dtypes] + [(d, b) for d in bdtypes for b in values if b]
+    todo = programs(dtypes, values, bdtypes)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda dv: kernel_sass(*dv, arch, out, nvdisasm), todo))
     print("program kernel: " + ", ".join(SASS_CLASSES))

@@ -46,6 +46,8 @@
 
 #if defined(FRNN_EMULATION)
 #include "emu/emu_launch.h"
+#else
+#include "kernels/dispatch_common.h"  // max_active_clusters, set_kernel_smem_attributes
 #endif
 
 #define SAN_FP32 0
@@ -161,31 +163,7 @@ int gpu_occupancy(const void* ctx, int64_t smem) {
 }
 int gpu_cluster_occupancy(const void* ctx, int64_t smem, int grid, int cluster) {
   const Occ* q = static_cast<const Occ*>(ctx);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(grid));
-  config.blockDim = dim3(static_cast<unsigned>(q->threads));
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = static_cast<unsigned>(cluster);
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, q->fn, &config) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return clusters;
-}
-void prepare_kernel(const void* fn, int64_t smem_optin) {
-  check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem_optin)),
-        "cudaFuncSetAttribute");
-  check(cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             cudaSharedmemCarveoutMaxShared),
-        "cudaFuncSetAttribute");
+  return max_active_clusters(q->fn, q->threads, smem, grid, cluster);
 }
 
 #endif
@@ -385,24 +363,20 @@ SyncPolicy planned_sync(const ForwardProblem& p) {
 
 #if defined(FRNN_EMULATION)
 // The emulation's cooperative launch of the kernel named by g_launching, with
-// the options of its own driver (forward_emu_main.cpp, backward_emu_main.cpp).
+// its kernel's options (emu_launch.h, as its own driver uses them).
 cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, void** args,
                                         size_t smem_bytes, cudaStream_t) {
-  emu::LaunchOptions opt;
-  opt.warp_barriers = true;
-  if (g_launching == Launching::kForward) {
-    opt.smem_slack = 128;
-    return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes, opt);
-  }
-  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
+  if (g_launching == Launching::kForward)
+    return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes,
+                                                  emu::forward_launch_options());
+  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes,
+                                                 emu::backward_launch_options());
 }
 
 cudaError_t emu::launch_cooperative_cluster(const void* fn, dim3 grid, dim3 block, void** args,
                                             size_t smem_bytes, cudaStream_t, int cluster) {
-  emu::LaunchOptions opt;
-  opt.warp_barriers = true;
-  opt.cluster = cluster;
-  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
+  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes,
+                                                 emu::backward_launch_options(cluster));
 }
 #endif
 
@@ -437,8 +411,8 @@ int main(int argc, char** argv) {
   check(cudaDeviceGetAttribute(&dev.cc_minor, cudaDevAttrComputeCapabilityMinor, device), "attr");
   dev.smem_optin_per_block = optin;
   dev.smem_per_sm = per_sm;
-  prepare_kernel(fwd_fn, optin);
-  prepare_kernel(bwd_fn, optin);
+  check(set_kernel_smem_attributes(fwd_fn, device), "cudaFuncSetAttribute");
+  check(set_kernel_smem_attributes(bwd_fn, device), "cudaFuncSetAttribute");
   const Occ fq{fwd_fn, kForwardThreads}, bq{bwd_fn, kBackwardThreads};
   const PlanResult fplan = plan_forward(p, dev, &gpu_occupancy, &fq);
   const BackwardPlanResult bplan =

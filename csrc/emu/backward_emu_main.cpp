@@ -37,18 +37,15 @@ using namespace fused_rnn;
 // and exactly the shared memory the kernel may use.
 cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, void** args,
                                         size_t smem_bytes, cudaStream_t) {
-  emu::LaunchOptions opt;
-  opt.warp_barriers = true;
-  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
+  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes,
+                                                 emu::backward_launch_options());
 }
 
 // The same in thread-block clusters (the kernel's cudaLaunchKernelEx path).
 cudaError_t emu::launch_cooperative_cluster(const void* fn, dim3 grid, dim3 block, void** args,
                                             size_t smem_bytes, cudaStream_t, int cluster) {
-  emu::LaunchOptions opt;
-  opt.warp_barriers = true;
-  opt.cluster = cluster;
-  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes, opt);
+  return emu::cooperative_launch<BackwardParams>(fn, grid, block, args, smem_bytes,
+                                                 emu::backward_launch_options(cluster));
 }
 
 int main(int argc, char** argv) {

@@ -45,6 +45,23 @@ struct LaunchOptions {
   int cluster = 1;
 };
 
+// The options of each kernel's launch: warp barriers for the warp-collective
+// operations (__syncwarp, ldmatrix, mma.sync) of both; the forward with 128
+// bytes of shared-memory slack per CTA, the backward with exactly its shared
+// memory (ASan sees any overrun) and its clusters.
+inline LaunchOptions forward_launch_options() {
+  LaunchOptions opt;
+  opt.smem_slack = 128;
+  opt.warp_barriers = true;
+  return opt;
+}
+inline LaunchOptions backward_launch_options(int cluster = 1) {
+  LaunchOptions opt;
+  opt.warp_barriers = true;
+  opt.cluster = cluster;
+  return opt;
+}
+
 // The cooperative launch: every CTA's threads at once (all co-resident), with
 // per-CTA (and, if asked, per-warp) barriers and a grid barrier. Each driver's
 // cudaLaunchCooperativeKernel calls it with its kernel's parameter type.

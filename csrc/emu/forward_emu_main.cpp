@@ -38,10 +38,8 @@ using namespace fused_rnn;
 // per CTA, and warp barriers for the GEMM's warp-collective mma.sync / ldmatrix.
 cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, void** args,
                                         size_t smem_bytes, cudaStream_t) {
-  emu::LaunchOptions opt;
-  opt.smem_slack = 128;
-  opt.warp_barriers = true;
-  return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes, opt);
+  return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes,
+                                                emu::forward_launch_options());
 }
 
 int main(int argc, char** argv) {

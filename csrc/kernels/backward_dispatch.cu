@@ -29,28 +29,10 @@ struct BackwardDispatch : BackwardKernels {
                      const void* ctx) {
     return plan_backward(pr, dev, occupancy, ctx, &query_cluster_occupancy, ctx);
   }
-  // Clusters of `cluster` CTAs of this kernel that the device holds at once
-  // (cudaOccupancyMaxActiveClusters; 0 where it can not tell: then no cluster).
+  // Clusters of `cluster` CTAs of this kernel that the device holds at once.
   static int query_cluster_occupancy(const void* ctx, int64_t smem_bytes, int grid, int cluster) {
-    auto* q = static_cast<OccupancyQuery*>(const_cast<void*>(ctx));
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(grid));
-    config.blockDim = dim3(kBackwardThreads);
-    config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = static_cast<unsigned>(cluster);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    int clusters = 0;
-    const cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, q->fn, &config);
-    if (e != cudaSuccess) {
-      cudaGetLastError();  // a device or driver without clusters: no cluster, not an error
-      return 0;
-    }
-    return clusters;
+    const auto* q = static_cast<const OccupancyQuery*>(ctx);
+    return max_active_clusters(q->fn, kBackwardThreads, smem_bytes, grid, cluster);
   }
   static const char* planning() { return "planning the backward"; }
   static const char* kernel_name() { return "backward kernel"; }

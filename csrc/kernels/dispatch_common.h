@@ -75,13 +75,8 @@ std::string cuda_reason(const char* what, cudaError_t e) {
 }
 
 // Lets `fn` use the device's whole opt-in shared memory (the occupancy API and
-// launches need it above 48 KB) and prefer the largest carveout. Once per
-// (device, kernel); never lowered afterwards, so plans made for one shape stay
-// valid for another. Call with the state's mutex held.
-template <class D>
-cudaError_t prepare_kernel_locked(const void* fn, int device) {
-  auto& done = dispatch_state<D>().attr_set[{device, fn}];
-  if (done) return cudaSuccess;
+// launches need it above 48 KB) and prefer the largest carveout.
+inline cudaError_t set_kernel_smem_attributes(const void* fn, int device) {
   int smem_optin = 0;
   cudaError_t e;
   if ((e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) ||
@@ -91,6 +86,43 @@ cudaError_t prepare_kernel_locked(const void* fn, int device) {
     cudaGetLastError();
     return e;
   }
+  return cudaSuccess;
+}
+
+// Clusters of `cluster` CTAs of kernel `fn` (`threads` per CTA, `smem_bytes` of
+// dynamic shared memory each, a grid of `grid`) that the device holds at once
+// (cudaOccupancyMaxActiveClusters); 0 where it can not tell (a device or
+// driver without clusters: then no cluster, not an error).
+inline int max_active_clusters(const void* fn, int threads, int64_t smem_bytes, int grid,
+                               int cluster) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, fn, &config) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return clusters;
+}
+
+// set_kernel_smem_attributes once per (device, kernel); never lowered
+// afterwards, so plans made for one shape stay valid for another. Call with
+// the state's mutex held.
+template <class D>
+cudaError_t prepare_kernel_locked(const void* fn, int device) {
+  auto& done = dispatch_state<D>().attr_set[{device, fn}];
+  if (done) return cudaSuccess;
+  const cudaError_t e = set_kernel_smem_attributes(fn, device);
+  if (e != cudaSuccess) return e;
   done = true;
   return cudaSuccess;
 }
