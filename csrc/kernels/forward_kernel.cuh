@@ -601,6 +601,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   // grid: every CTA walks all wave steps (idle ones too: grid.sync is collective).
   // flags: a CTA walks its own T steps only.
   const int64_t n_iter = kFlags ? T_len : n_steps;
+  // [sass:setup]
   for (int64_t s = 0; s < n_iter; ++s) {
     const int64_t k = kFlags ? s : s - wave0;  // this layer's local step
     const bool active = k >= 0 && k < T_len;
@@ -636,9 +637,11 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         s_xp[bl * c.m_pad + g * U + u] = __ldg(xp + static_cast<int64_t>(bl) * G * H + g * H + u);
       }
     };
+    // [sass:gather]
     // Layer 0's input depends on no CTA: its first tile is read before the wait.
     const bool x_early = kFlags && layer == 0;
     if (x_early) gather_x(0, static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B)));
+    // [sass:sync]
     if constexpr (kFlags) {
       FlagRange own, below, above;
       if (k > 0) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
@@ -654,6 +657,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       wait_for_ranges(p.flags, own, below, above, kForwardThreads);
       rec.mark(kPhaseBarrier);
     }
+    // [sass:gather]
     if (active) {
       for (int64_t b0 = 0; b0 < B; b0 += c.batch_tile) {
         const int nbv = static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B - b0));
@@ -680,6 +684,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         cp_async_wait(0);
         __syncthreads();
         rec.mark(kPhaseGather);
+        // [sass:gemm]
         // 2. gate pre-activations
         if constexpr (kFrag) {
           gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h, nbv,
@@ -689,6 +694,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         }
         __syncthreads();
         rec.mark(kPhaseGemm);
+        // [sass:epilogue]
         // 3. epilogue: one thread per (unit, batch row), units fastest
         //    (coalesced stores of h rows). The next tile's gather writes sx
         //    (no one reads it after the GEMM) and the staged state (read
@@ -790,6 +796,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         rec.mark(kPhaseEpilogue);
       }
     }
+    // [sass:sync]
     if constexpr (kFlags) {
       // Every thread's writes of this step, then one release of the count.
       __syncthreads();
@@ -801,6 +808,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       rec.step_end(s, active, s + 1 < n_steps);
     }
   }
+  // [sass:end]
   rec.finish(n_steps);
 }
 
