@@ -26,14 +26,18 @@ def backend_info(load: bool = True) -> dict:
     two; None when it comes from an invalid ``FUSED_RNN_BACKEND``), ``backend_error`` (why
     ``FUSED_RNN_BACKEND`` is invalid, or None), ``sync`` (the forward and backward kernels'
     synchronisation policy asked for now: the ``FUSED_RNN_SYNC`` environment variable, "grid"
-    (one grid barrier per wave step), "flags" (point-to-point step counters) or "auto", which
+    (one grid barrier per wave step), "flags" (point-to-point step counters), "lean" (the
+    forward's opt-in lean protocol: one counter per layer-direction, relaxed polls, one fence;
+    the backward runs flags) or "auto", which
     it is when unset or empty and which runs flags; the extension reads the variable at every
     call, and a call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
     policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``cluster`` (the
     backward kernel's thread-block cluster size asked for now: ``FUSED_RNN_CLUSTER``, "auto"
     when unset or empty -- the planner's choice, clusters on sm_90 where the gate-gradient
     stream dominates -- or "1" (none), "2", "4", "8"; the backward's plan names the
-    clusters it uses: "..., K stream multicast in clusters of 8 CTAs, ..."),
+    clusters it uses: "..., K stream multicast in clusters of 8 CTAs, ..."), ``fast_tanh``
+    (``FUSED_RNN_FAST_TANH=1``: the bf16 forward's epilogue on the hardware tanh, opt-in; a
+    plan that uses it says "..., hardware tanh"),
     ``crossover_table`` (the calibrated table of this device, or None: the performance model's default) and
     ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
@@ -81,6 +85,7 @@ def backend_info(load: bool = True) -> dict:
         "backend_error": dispatch._ENV_ERROR,
         "sync": os.environ.get("FUSED_RNN_SYNC") or "auto",
         "cluster": os.environ.get("FUSED_RNN_CLUSTER") or "auto",
+        "fast_tanh": os.environ.get("FUSED_RNN_FAST_TANH") == "1",
         "crossover_table": table,
         "default_path": default,
     }

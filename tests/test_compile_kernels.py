@@ -450,11 +450,27 @@ EMU_CASES = [
     # bidirectional, 2 row tiles per item, a batch tile of two 8-column mma tiles, the
     # second with 3 real rows
     EmuCase("GRU", 2, True, True, 9, 40, 11, 3, "bfloat16", False, True, False, 0.3, 4),
+    # The lean GEMM (gemm_lean: one unrolled item per warp, 16 or 32 tiles), 1 and 2 row
+    # tiles per item, one column tile and pairs of them, every weight tile in registers or
+    # some in shared memory. bf16, 16 tiles all in registers, a pair of column tiles, dropout:
+    EmuCase("LSTM", 2, False, True, 40, 128, 9, 4, "bfloat16", False, True, False, 0.3, 8),
+    # TF32, 16 tiles (14 in registers + 2 in shared memory), one column tile; layer 0's
+    # 3-tile x items on the generic loop, layer 1's on the lean one
+    EmuCase("LSTM", 2, False, True, 40, 128, 3, 3, "float32", True, True, True, 0.0, 8),
+    # bf16, 32 tiles (26 + 6 in shared memory), a pair and a single column tile (B = 19)
+    EmuCase("GRU", 1, False, True, 16, 256, 19, 3, "bfloat16", False, True, False, 0.0, 4),
+    # TF32, 32 tiles (14 + 18 in shared memory), 2 row tiles per item
+    EmuCase("RNN_TANH", 2, False, True, 40, 256, 3, 3, "float32", True, True, False, 0.0, 4),
+    # bf16, 1 row tile per item, 16 tiles
+    EmuCase("GRU", 1, False, True, 16, 256, 9, 3, "bfloat16", False, True, True, 0.0, 12),
 ]
+# (16-20: the lean GEMM)
+LEAN_CASES = EMU_CASES[16:21]
 # (12, 13: weights split between registers and shared memory, 1 and 2 row tiles per item)
-TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6, 12, 13)]
-# Both synchronisation policies run every case (FUSED_RNN_SYNC, as in the extension).
-SYNCS = ["flags", "grid"]
+TSAN_CASES = [EMU_CASES[i] for i in (0, 1, 2, 6, 12, 13, 16, 18)]
+# Every synchronisation policy runs every case (FUSED_RNN_SYNC, as in the extension):
+# "lean" is the flags kernel's lean protocol (opt-in).
+SYNCS = ["flags", "grid", "lean"]
 # For the deliberately broken flag variants: one CTA per layer (every h element has
 # one reader per layer, so ThreadSanitizer's shadow cells keep each read), three
 # layers, and T well past the ring's 4 slots, so slots are overwritten many times.
@@ -477,7 +493,8 @@ def emu_tsan(tmp_path_factory):
     return _emu_build(tmp_path_factory, "thread")
 
 
-def _emu_process(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True):
+def _emu_process(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True,
+                 env=None):
     """Runs the emulated forward kernel on `case` with synchronisation policy `sync`
     (`extra_args`: the driver's optional trailing arguments, e.g. a phase buffer;
     `project`: the driver computes layer 0's input projection before the launch where
@@ -495,12 +512,13 @@ def _emu_process(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", proj
         case.B, case.T, EMU_DTYPES.index(case.dtype), int(case.tf32), int(case.reserve),
         int(case.lengths), case.dropout, case.sms)] + [str(src), str(dst)] + \
         [str(a) for a in extra_args]
-    env = dict(os.environ, FUSED_RNN_SYNC=sync, FRNN_EMU_NO_PROJECTION="0" if project else "1")
+    env = dict(os.environ, FUSED_RNN_SYNC=sync, FRNN_EMU_NO_PROJECTION="0" if project else "1",
+               **(env or {}))
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     return proc, inp, dst
 
 
-def _emu_run(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True):
+def _emu_run(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=True, env=None):
     """Runs the emulated forward kernel on `case` (see _emu_process) and returns its
     outputs and the reference's."""
     torch = pytest.importorskip("torch")
@@ -508,13 +526,13 @@ def _emu_run(exe, case: EmuCase, tmp_path, extra_args=(), sync="flags", project=
 
     dt = getattr(torch, case.dtype)
     D = 2 if case.bidir else 1
-    proc, inp, dst = _emu_process(exe, case, tmp_path, extra_args, sync, project)
+    proc, inp, dst = _emu_process(exe, case, tmp_path, extra_args, sync, project, env)
     x, weights, hx, cx = inp["x"], inp["w"], inp["hx"], inp["cx"]
     lengths, seed = inp["lengths"], inp["seed"]
     assert proc.returncode == 0, f"emulated kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused: "), proc.stdout
-    assert f", {sync} sync (ring {4 if sync == 'flags' else 2})" in proc.stdout, proc.stdout
+    assert f", {sync} sync (ring {2 if sync == 'grid' else 4})" in proc.stdout, proc.stdout
     # 16-bit: layer 0's input projection is one GEMM before the launch
     projected = project and case.dtype != "float32"
     assert ("layer-0 input projection before the loop" in proc.stdout) == projected, proc.stdout
@@ -591,6 +609,32 @@ def test_state_placement_is_planned(emu_asan, tmp_path):
         plans[case.B] = out["plan"]
     assert "state in shared memory" in plans[3] and "state in shared memory" in plans[70]
     assert "batch tile 64" in plans[70], plans[70]
+
+
+@pytest.mark.parametrize("case", LEAN_CASES, ids=lambda c: c.id)
+def test_lean_gemm_is_planned(emu_asan, case, tmp_path):
+    """The lean cases' plans give their warps unrolled items (forward_params.h, lean_item),
+    so the cases above run gemm_lean; the older cases' plans give none (the generic loop)."""
+    import re
+
+    proc, _, _ = _emu_process(emu_asan, case, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = re.search(r"(\d+) of (\d+) items unrolled", proc.stdout)
+    assert m and int(m.group(1)) > 0, proc.stdout
+    older, _, _ = _emu_process(emu_asan, EMU_CASES[13], tmp_path)
+    assert re.search(r", 0 of \d+ items unrolled", older.stdout), older.stdout
+
+
+@pytest.mark.parametrize("case", [EMU_CASES[16], EMU_CASES[18], EMU_CASES[17]], ids=lambda c: c.id)
+def test_emulated_fast_tanh(emu_asan, case, tmp_path):
+    """FUSED_RNN_FAST_TANH=1: the bf16 epilogue's hardware-tanh path (one thread per pair and
+    lane groups; the emulation's tanh is the exact one, so this checks the path's plumbing,
+    not the hardware's accuracy); other dtypes keep the accurate forms."""
+    out = _emu_run(emu_asan, case, tmp_path, env={"FUSED_RNN_FAST_TANH": "1"})
+    assert ("hardware tanh" in out["plan"]) == (case.dtype == "bfloat16"), out["plan"]
+    _check_emu(case, out)
+    plain = _emu_run(emu_asan, case, tmp_path)
+    assert "hardware tanh" not in plain["plan"]
 
 
 # The GEMM's mma.sync fragments: the emulation models the hardware's lane layouts from
@@ -698,9 +742,12 @@ def emu_broken(request, tmp_path_factory):
     return _emu_build(tmp_path_factory, "thread", defines=(f"FRNN_EMU_BREAK={request.param}",))
 
 
-def test_broken_flag_synchronisation_is_caught(emu_broken, tmp_path):
+@pytest.mark.parametrize("sync", ["flags", "lean"])
+def test_broken_flag_synchronisation_is_caught(emu_broken, sync, tmp_path):
+    """Both protocols of the flags kernel: per-CTA counters, and the lean one (one counter
+    per layer-direction, relaxed polls; break 1 leaves out its acquire fence)."""
     with pytest.raises(AssertionError) as caught:
-        out = _emu_run(emu_broken, BREAK_CASE, tmp_path, sync="flags")
+        out = _emu_run(emu_broken, BREAK_CASE, tmp_path, sync=sync)
         assert "1 per layer-direction" in out["plan"], out["plan"]  # one reader per layer
         _check_emu(BREAK_CASE, out)
     msg = str(caught.value)

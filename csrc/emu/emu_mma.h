@@ -22,11 +22,23 @@ struct WarpScratch {
   uint32_t a[32][4];             // mma: each lane's A, B and C registers
   uint32_t b[32][2];
   float c[32][4];
+  uint32_t shfl[32];             // __shfl_*_sync: each lane's value
 };
 
 inline WarpScratch& warp_scratch() {
   assert(tl_cta->scratch && tl_cta->warps && "emu: this driver has no warp scratch / barriers");
   return tl_cta->scratch[threadIdx.x / 32];
+}
+
+// __shfl_sync with the full mask and width 32: every lane of the warp takes part (as the
+// hardware requires of the lanes the mask names); lane l receives lane src's value.
+inline uint32_t shfl_u32(uint32_t v, int src) {
+  WarpScratch& s = warp_scratch();
+  s.shfl[threadIdx.x % 32] = v;
+  __syncwarp();
+  const uint32_t r = s.shfl[src & 31];
+  __syncwarp();
+  return r;
 }
 
 // ldmatrix.sync.aligned.m8n8.x{1,2,4}.shared.b16: lanes 8i .. 8i+7 give the
@@ -104,3 +116,13 @@ inline void mma(MmaKind kind, float* d, const uint32_t* a, const uint32_t* b) {
 }
 
 }  // namespace emu
+
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  return __uint_as_float(emu::shfl_u32(__float_as_uint(v), static_cast<int>(threadIdx.x % 32) ^ mask));
+}
+inline float __shfl_sync(unsigned, float v, int src) {
+  return __uint_as_float(emu::shfl_u32(__float_as_uint(v), src));
+}
+inline int __shfl_sync(unsigned, int v, int src) {
+  return static_cast<int>(emu::shfl_u32(static_cast<uint32_t>(v), src));
+}

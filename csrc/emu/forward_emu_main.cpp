@@ -68,6 +68,8 @@ int main(int argc, char** argv) {
     fprintf(stderr, "emu: bad FUSED_RNN_SYNC\n");
     return 2;
   }
+  const char* fast = getenv("FUSED_RNN_FAST_TANH");
+  p.fast_tanh = fast && strcmp(fast, "1") == 0;
   const DeviceLimits dev = emu::h100_like(atoi(argv[14]));
   const PlanResult plan = plan_forward(p, dev, &emu::occupancy, &dev);
   printf("%s\n", plan.reason.c_str());

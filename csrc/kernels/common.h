@@ -141,13 +141,50 @@ FRNN_HD int register_tiles(DType t, bool tf32) {
 //           (sync_flags.cuh). Layers run ahead of each other as far as the
 //           data allows.
 //   kAuto   (a request only) the planner's choice: kFlags.
+//   kLean   (a request only; opt-in until a GPU run verifies it) the forward's kFlags
+//           kernel with its lean protocol (ForwardConfig::lean_sync, sync_flags.cuh):
+//           one counter per (layer, direction) on its own 128-byte line, advanced
+//           by red.release adds, polled relaxed with one acquire fence after the
+//           wait. The backward runs kFlags.
 // Both are compiled (a template parameter of the kernel); the planner picks
-// one per call, FUSED_RNN_SYNC=grid|flags overrides it, for A/B runs.
-enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2 };
+// one per call, FUSED_RNN_SYNC=grid|flags|lean overrides it, for A/B runs.
+enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2, kLean = 3 };
 
 inline const char* sync_name(SyncPolicy s) {
-  return s == SyncPolicy::kGrid ? "grid" : s == SyncPolicy::kFlags ? "flags" : "auto";
+  return s == SyncPolicy::kGrid ? "grid" : s == SyncPolicy::kFlags ? "flags"
+       : s == SyncPolicy::kLean ? "lean" : "auto";
 }
+
+// Division by a divisor fixed for a whole launch, without a division in the step loop:
+// n / d = (umulhi(n, mul) + n) >> shift for 0 <= n < 2^31 and 1 <= d < 2^31
+// (Granlund & Montgomery; the form of CUTLASS's FastDivmod): shift = ceil(log2 d),
+// mul = floor(2^32 (2^shift - d) / d) + 1. Two integer instructions and a shift on a
+// GPU instead of the ~20 of a run-time division. Made once, before the step loop.
+struct FastDiv {
+  uint32_t d = 1, mul = 0, shift = 0;
+  FRNN_HD static FastDiv make(uint32_t divisor) {
+    FastDiv f;
+    f.d = divisor;
+    while ((uint64_t(1) << f.shift) < divisor) ++f.shift;
+    f.mul = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << f.shift) - divisor)) /
+                                  divisor + 1);
+    return f;
+  }
+  FRNN_HD uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t hi = __umulhi(n, mul);
+#else
+    const uint32_t hi = static_cast<uint32_t>((static_cast<uint64_t>(n) * mul) >> 32);
+#endif
+    return (hi + n) >> shift;
+  }
+  // n = q * d + r: returns q, sets r.
+  FRNN_HD uint32_t divmod(uint32_t n, uint32_t& r) const {
+    const uint32_t q = div(n);
+    r = n - q * d;
+    return q;
+  }
+};
 
 FRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FRNN_HD int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }

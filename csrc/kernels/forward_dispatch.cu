@@ -16,13 +16,13 @@ namespace {
 struct ForwardDispatch : ForwardKernels {
   using Result = PlanResult;
   using Key = std::tuple<int, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int, bool, bool, double, bool, int>;
+                         int, bool, bool, double, bool, int, bool>;
   // (device, every problem field)
   static Key key(const ForwardProblem& pr, int device) {
     return Key{device, static_cast<int>(pr.mode), pr.num_layers, pr.bidirectional,
                pr.has_biases, pr.proj_size, pr.input_size, pr.hidden_size, pr.batch,
                pr.seq_len, static_cast<int>(pr.dtype), pr.need_reserve, pr.has_lengths,
-               pr.dropout, pr.allow_tf32, static_cast<int>(pr.sync)};
+               pr.dropout, pr.allow_tf32, static_cast<int>(pr.sync), pr.fast_tanh};
   }
   static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
                      const void* ctx) {

@@ -53,6 +53,8 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <type_traits>
+
 #include "async_copy.cuh"
 #include "common.h"
 #include "forward_params.h"
@@ -112,36 +114,40 @@ FRNN_DEVICE uint4 round_tf32_4(uint4 v) {
 // rest), four loads in flight per thread before their stores. ROUND rounds
 // fp32 to TF32 on the way, so the TF32 MMA reads pre-rounded operands.
 // Must be called by the whole CTA; done on return.
+// `per_row` (optional): FastDiv by n / (16 / sizeof(T)), made before the step loop, so
+// that the vector path divides without a division instruction.
 template <typename T, bool ROUND>
-FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n) {
+FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n,
+                           const FastDiv* per_row = nullptr) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kBatch = 4;
   const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (src_ld % kVec == 0) &&
                    (n % kVec == 0);
   if (vec) {
-    const int per_row = n / kVec;
-    const int total = rows * per_row;
+    const FastDiv fd = per_row ? *per_row : FastDiv::make(n / kVec);
+    const int total = rows * static_cast<int>(fd.d);
+#pragma unroll 1
     for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * kForwardThreads) {
       uint4 v[kBatch];
+      int off[kBatch];
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
         const int i = i0 + q * kForwardThreads;
         if (i < total) {
-          const int r = i / per_row;
-          v[q] = __ldcg(reinterpret_cast<const uint4*>(src + r * src_ld) + (i - r * per_row));
+          uint32_t col;
+          const int r = static_cast<int>(fd.divmod(static_cast<uint32_t>(i), col));
+          v[q] = __ldcg(reinterpret_cast<const uint4*>(src + r * src_ld) + col);
+          off[q] = r * ldd + static_cast<int>(col) * kVec;
         }
       }
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
         const int i = i0 + q * kForwardThreads;
-        if (i < total) {
-          const int r = i / per_row;
-          *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ldd + (i - r * per_row) * kVec) =
-              ROUND ? round_tf32_4(v[q]) : v[q];
-        }
+        if (i < total) *reinterpret_cast<uint4*>(dst + off[q]) = ROUND ? round_tf32_4(v[q]) : v[q];
       }
     }
   } else {
+    // [sass-path:unaligned:begin] (rows that are not 16-byte vectors)
     const int total = rows * n;
     for (int i = threadIdx.x; i < total; i += kForwardThreads) {
       const int r = i / n;
@@ -150,6 +156,7 @@ FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int ro
       if (ROUND) v = from_f<T>(round_tf32(to_f(v)));
       dst[static_cast<int64_t>(r) * ldd + c] = v;
     }
+    // [sass-path:unaligned:end]
   }
 }
 
@@ -157,21 +164,29 @@ FRNN_DEVICE void load_rows(T* dst, int ldd, const T* src, int64_t src_ld, int ro
 // 16-byte copies when the source allows it and nothing is rounded -- they
 // land by the caller's cp_async_wait(0) -- else through registers (done on
 // return). The shared rows are 16-byte aligned (ForwardConfig::ld).
+// `per_row`: FastDiv by n / (16 / sizeof(T)) (the step loop's, made before it).
 template <typename T, bool ROUND>
-FRNN_DEVICE void issue_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n) {
+FRNN_DEVICE void issue_rows(T* dst, int ldd, const T* src, int64_t src_ld, int rows, int n,
+                            const FastDiv& per_row) {
   constexpr int kVec = 16 / sizeof(T);
   const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (src_ld % kVec == 0) &&
                    (n % kVec == 0);
-  if (ROUND || !vec) {
-    load_rows<T, ROUND>(dst, ldd, src, src_ld, rows, n);
+  if (ROUND) {  // (TF32: rounded on the way, through registers)
+    load_rows<T, ROUND>(dst, ldd, src, src_ld, rows, n, &per_row);
     return;
   }
-  const int per_row = n / kVec;
-  const int total = rows * per_row;
+  if (!vec) {
+    // [sass-path:unaligned:begin] (rows that are not 16-byte vectors)
+    load_rows<T, ROUND>(dst, ldd, src, src_ld, rows, n, &per_row);
+    return;
+    // [sass-path:unaligned:end]
+  }
+  const int total = rows * static_cast<int>(per_row.d);
+#pragma unroll 1
   for (int i = threadIdx.x; i < total; i += kForwardThreads) {
-    const int r = i / per_row;
-    const int c = i - r * per_row;
-    cp_async16(dst + static_cast<int64_t>(r) * ldd + c * kVec, src + r * src_ld + c * kVec);
+    uint32_t c;
+    const int r = static_cast<int>(per_row.divmod(static_cast<uint32_t>(i), c));
+    cp_async16(dst + r * ldd + static_cast<int>(c) * kVec, src + r * src_ld + c * kVec);
   }
 }
 
@@ -331,6 +346,7 @@ template <typename T, bool TF32, int NREG>
 FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, const T* sx,
                                 float* part, const ForwardConfig& c, int kt_x_layer, int kt_h,
                                 int nbv, int first_off) {
+  // [sass-path:generic-gemm:begin]
   constexpr int kRegs = kRegsPerTile<TF32>;
   constexpr int64_t kTileBytes = kTile * kTile * sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -409,6 +425,156 @@ FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, c
       }
     }
   }
+  // [sass-path:generic-gemm:end]
+}
+
+// ---- the lean GEMM: a warp's one work item with its trip counts known at compile time
+//
+// The plans the planner picks for the common shapes give every warp at most one work item
+// of NT weight tiles (frag_items <= 8; NT = k_chunk * m_group), the first NREG =
+// min(register tiles, NT) of them in registers. Where NT is one of kLeanTiles (16, 32:
+// bf16 / TF32 H=512 stacks on an H100 / H200 at every batch; H=256 at small batch) and
+// the item is full length in its layer, it runs fully unrolled, without a run-time
+// guard per tile:
+//   - the activations' B fragments of kPrefetch K tiles are loaded (ldmatrix) before the
+//     MMAs that use them, and the next group's while this group's MMAs run (two buffers);
+//   - a shared-memory weight tile is loaded one tile ahead of its MMA;
+//   - 4 independent accumulator chains: (row tile of the pair) x (column tile) x (K
+//     parity), as many parities as it takes to make 4;
+//   - one store of the partial sums per register; the sum over the K splits is the
+//     epilogue's one cross-warp reduction.
+// Any other item (more than 8 per CTA, another length) runs gemm_fragments.
+// (kLeanTilesLong / Short and lean_item(): forward_params.h)
+constexpr int lean_regs(int nreg, int nt) { return nreg < nt ? nreg : nt; }
+
+// One column-tile group (TWO: tiles n8, n8 + 1; else n8 only) of the warp's item.
+// `brow`: this lane's ldmatrix row address of K tile 0 (load_b's addressing, hoisted);
+// `ws`: this lane's 16 bytes of shared weight tile 0 of the item (tile j at j * kTileBytes).
+template <typename T, bool TF32, int NREG, int NT, int MG, bool TWO>
+FRNN_DEVICE void gemm_lean_columns(const uint32_t* wreg, const unsigned char* ws, const T* brow,
+                                   int ld, float* dst, int m_pad, int lane) {
+  // [sass-path:lean-gemm:begin] (benchmarks/sass_report.py counts each instantiation apart)
+  constexpr int kRegs = kRegsPerTile<TF32>;
+  constexpr int kTileBytes = kTile * kTile * sizeof(T);
+  constexpr int KT = NT / MG;             // K tiles
+  constexpr int NC = TWO ? 2 : 1;         // column tiles
+  // independent accumulator chains: 4 (TF32: 2, each MMA two dependent k8 steps; the
+  // registers are nearly all taken)
+  constexpr int kChains = TF32 ? 2 : 4;
+  constexpr int NPAR = kChains / (MG * NC) > 1 ? kChains / (MG * NC) : 1;  // K parities
+  constexpr int BR = TF32 ? 4 * NC : 2 * NC;                    // B registers per K tile
+  constexpr int PF = 2;                   // K tiles per prefetch group
+  constexpr int GROUPS = (KT + PF - 1) / PF;
+  static_assert(NT % MG == 0 && NREG <= NT, "a full item");
+  float acc[NPAR][MG][NC][4];
+#pragma unroll
+  for (int q = 0; q < NPAR * MG * NC * 4; ++q) (&acc[0][0][0][0])[q] = 0.0f;
+  uint32_t b[2][PF][BR];
+  auto load_group = [&](int g, uint32_t (&dstb)[PF][BR]) {
+#pragma unroll
+    for (int i = 0; i < PF; ++i) {
+      const int kt = g * PF + i;
+      if (kt < KT) {
+        const T* row = brow + kt * kTile;
+        if constexpr (TF32) {
+          ldmatrix_x4(dstb[i], row);
+          if (TWO) ldmatrix_x4(dstb[i] + 4, row + 8 * ld);
+        } else if (TWO) {
+          ldmatrix_x4(dstb[i], row);
+        } else {
+          ldmatrix_x2(dstb[i], row);
+        }
+      }
+    }
+  };
+  // a shared-memory A tile, one tile ahead of its MMA
+  uint32_t ash[2][kRegs];
+  auto load_shared = [&](int j, uint32_t (&a)[kRegs]) {
+#pragma unroll
+    for (int q = 0; q < kRegs / 4; ++q) {
+      const uint4 v = lds128(ws + j * kTileBytes + q * 512);
+      a[4 * q] = v.x;
+      a[4 * q + 1] = v.y;
+      a[4 * q + 2] = v.z;
+      a[4 * q + 3] = v.w;
+    }
+  };
+  if (NREG < NT && NREG == 0) load_shared(0, ash[0]);
+  load_group(0, b[0]);
+#pragma unroll
+  for (int g = 0; g < GROUPS; ++g) {
+    if (g + 1 < GROUPS) load_group(g + 1, b[(g + 1) % 2]);
+#pragma unroll
+    for (int i = 0; i < PF; ++i) {
+      const int kt = g * PF + i;
+      if (kt < KT) {
+#pragma unroll
+        for (int r = 0; r < MG; ++r) {
+          const int j = kt * MG + r;
+          if (j + 1 >= NREG && j + 1 < NT) load_shared(j + 1, ash[(j + 1) % 2]);
+          const uint32_t* a = j < NREG ? wreg + j * kRegs : ash[j % 2];
+          float (&c)[NC][4] = acc[kt % NPAR][r];
+          if constexpr (TF32) {
+#pragma unroll
+            for (int n = 0; n < NC; ++n) {
+              mma_1688_tf32(c[n], a, b[g % 2][i] + 4 * n);
+              mma_1688_tf32(c[n], a + 4, b[g % 2][i] + 4 * n + 2);
+            }
+          } else {
+#pragma unroll
+            for (int n = 0; n < NC; ++n) mma_16816<T>(c[n], a, b[g % 2][i] + 2 * n);
+          }
+        }
+      }
+    }
+  }
+  // partial sums part[split][n][m] (dst: this item's split, column tile n8, row tile mt)
+#pragma unroll
+  for (int r = 0; r < MG; ++r)
+#pragma unroll
+    for (int n = 0; n < NC; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float v = acc[0][r][n][i];
+#pragma unroll
+        for (int q = 1; q < NPAR; ++q) v += acc[q][r][n][i];
+        const FragCoord f = frag_c_coord(lane, i);
+        dst[(n * 8 + f.col) * m_pad + r * kTile + f.row] = v;
+      }
+  // [sass-path:lean-gemm:end]
+}
+
+// The warp's item (see above) over every column tile of the batch tile (nbv real rows).
+// `k0`: the item's first X column; `dst_off`: its partial sums' offset in `part` (split,
+// row tile); `first_off`: frag_tile_offset of the item (its shared tiles follow NREG
+// register ones).
+template <typename T, bool TF32, int NREG, int NT, int MG>
+FRNN_DEVICE void gemm_lean(const uint32_t* wreg, const unsigned char* sw, const T* sx,
+                           float* part, int ld, int m_pad, int k0, int dst_off, int first_off,
+                           int nbv) {
+  constexpr int kTileBytes = kTile * kTile * sizeof(T);
+  const int lane = threadIdx.x % 32;
+  // shared tile j (j >= NREG) of the item: tile first_off + j - NREG
+  const unsigned char* ws0 = sw + lane * 16 + (first_off - NREG) * kTileBytes;
+  float* const dst0 = part + dst_off;
+  const int n8_count = (nbv + 7) / 8;
+  // this lane's ldmatrix row (load_b's addressing): 16-bit, matrix i = lane / 8 is column
+  // tile i / 2 (i % 2 with one column tile), K half i % 2; TF32, K columns 4 i of column
+  // tile 0's row lane % 8 (column tile 1: 8 rows further)
+  const int i = lane / 8;
+  int n8 = 0;
+  for (; n8 + 1 < n8_count; n8 += 2) {
+    const T* brow = TF32 ? sx + (n8 * 8 + lane % 8) * ld + k0 + 4 * i
+                         : sx + ((n8 + i / 2) * 8 + lane % 8) * ld + k0 + 8 * (i % 2);
+    gemm_lean_columns<T, TF32, NREG, NT, MG, true>(wreg, ws0, brow, ld,
+                                                           dst0 + n8 * 8 * m_pad, m_pad, lane);
+  }
+  if (n8 < n8_count) {
+    const T* brow = TF32 ? sx + (n8 * 8 + lane % 8) * ld + k0 + 4 * i
+                         : sx + (n8 * 8 + lane % 8) * ld + k0 + 8 * (i % 2);
+    gemm_lean_columns<T, TF32, NREG, NT, MG, false>(wreg, ws0, brow, ld,
+                                                            dst0 + n8 * 8 * m_pad, m_pad, lane);
+  }
 }
 
 // Exact fp32 GEMM (float32 without TF32): same work items; lane -> row
@@ -458,6 +624,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   constexpr bool kFlags = SYNC == SyncPolicy::kFlags;
   constexpr int G = kGates<CELL>;
   constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
+  // bf16 with fast_tanh (opt-in): the hardware's tanh in the epilogue (gate_math.h)
+  constexpr bool kFastAct = std::is_same<T, __nv_bfloat16>::value;
+  const bool fast_act = kFastAct && p.cfg.fast_tanh;
   // Tensor cores: weights as mma.sync fragments, kNReg tiles per warp in
   // registers (the planner's cfg.reg_tiles; the launcher checks they agree).
   constexpr bool kFrag = !(sizeof(T) == 4 && !TF32);
@@ -483,7 +652,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   const int64_t T_len = p.seq_len;
   const int U = c.units_per_cta;
   const int C = c.ctas_per_dir;
-  const int R = c.ring;
+  // ring slots (the planner's c.ring; the launcher checks): a power of two
+  constexpr int R = kFlags ? kRingFlags : kRingGrid;
+  static_assert((R & (R - 1)) == 0, "ring slots: a power of two");
   const int ld_id = blockIdx.x / C;  // (layer, direction) row l * D + d
   const int slice = blockIdx.x - ld_id * C;
   const int layer = ld_id / D;
@@ -518,6 +689,13 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
 #pragma unroll
   for (int i = 0; i < (kNReg > 0 ? kNReg * kRegsPerTile<TF32> : 1); ++i) wreg[i] = 0;
   int first_off = 0;  // frag_tile_offset of the warp's first item (< 2^31: shared-memory tiles)
+  // This warp's GEMM per step: kGemmGeneric gemm_fragments, kGemmLean gemm_lean (its one
+  // item of lean_nt tiles), kGemmNone nothing (an x item of layer 0 whose input was
+  // projected before the launch: the epilogue reads no x part).
+  constexpr int kGemmGeneric = 0, kGemmLean = 1, kGemmNone = 2;
+  int gemm_kind = kGemmGeneric;
+  int lean_nt = 0;
+  int lean_k0 = 0, lean_dst = 0;  // gemm_lean's first X column and partial-sum offset
   if constexpr (kFrag) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const WeightRows<T> wr{static_cast<const T*>(p.w_ih[ld_id]),
@@ -527,6 +705,17 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       first_off = static_cast<int>(frag_tile_offset(c, warp));
       const FragItem w = frag_item(c, warp, kt_x_layer, kt_h);
       const int nreg = min(item_reg_tiles(c, warp), w.nk);
+      if (lean_item(c, warp)) {
+        // (a full-length item in this layer: its tiles in registers are min(kNReg, nk))
+        if (w.nk == item_tiles(c, warp)) {
+          gemm_kind = kGemmLean;
+          lean_nt = w.nk;
+          lean_k0 = w.col + w.kt0 * kTile;
+          lean_dst = (w.split * c.batch_tile) * c.m_pad + w.mt * kTile;
+        } else if (x_proj && w.split < c.x_splits) {
+          gemm_kind = kGemmNone;
+        }
+      }
 #pragma unroll
       for (int j = 0; j < kNReg; ++j)
         if (j < nreg)
@@ -570,6 +759,42 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       bias_h[r] = real && bhh ? to_f(bhh[w_row]) : 0.0f;
     }
   }
+  // The step loop's divisors (FastDiv), made once: in the 64 bytes after the phase
+  // recorder's state (smem_layout: the weights start at 128).
+  constexpr int kVec = 16 / sizeof(T);
+  FastDiv* const fdiv = reinterpret_cast<FastDiv*>(smem + kStepDivisorsOffset);
+  if (threadIdx.x == 0) {
+    fdiv[0] = FastDiv::make(static_cast<uint32_t>(uc));                    // units
+    fdiv[1] = FastDiv::make(static_cast<uint32_t>(G * uc));                // x_proj rows
+    fdiv[2] = FastDiv::make(static_cast<uint32_t>(in_l >= kVec ? in_l / kVec : 1));  // x row, 16 B
+    fdiv[3] = FastDiv::make(static_cast<uint32_t>(H >= kVec ? H / kVec : 1));     // h row, 16 B
+  }
+  // The epilogue's lanes per (unit, batch row) pair: as many as keep all 256 threads of
+  // one round busy. eg_lanes >= G (a power of two): lane q of a pair's group reads the
+  // partial sums of gate q / e_spl, splits q % e_spl (+ e_spl, ...), and the gate's
+  // lanes reduce them with shuffles (e_spl: a power of two <= 8); eg_lanes = 1 (when the
+  // pairs fill the CTA without help, from 256 / G pairs per tile on): one thread per pair.
+  const int e_xs = x_proj ? 0 : c.x_splits;  // x splits read (projected: none)
+  const int e_reads = e_xs + c.h_splits;
+  const int e_pairs = uc * static_cast<int>(min(B, static_cast<int64_t>(c.batch_tile)));
+  int e_spl = 1, eg_lanes = 1;
+  {
+    int full = 1;  // lanes for every (gate, split) of a pair
+    while (full < e_reads && full < 8) full *= 2;
+    for (int spl = full; spl >= 1; spl /= 2) {
+      int lanes = 1;
+      while (lanes < G * spl) lanes *= 2;
+      if (static_cast<int64_t>(lanes) * e_pairs <= kForwardThreads || spl == 1) {
+        e_spl = spl;
+        eg_lanes = lanes;
+        break;
+      }
+    }
+    if (static_cast<int64_t>(eg_lanes) * e_pairs > kForwardThreads) eg_lanes = 1;  // (e_spl unused)
+  }
+  int e_spl_log = 0, eg_log = 0;  // (powers of two: shifts, not divisions, per step)
+  while ((1 << e_spl_log) < e_spl) ++e_spl_log;
+  while ((1 << eg_log) < eg_lanes) ++eg_log;
   __syncthreads();
 
   const T* const x_in = static_cast<const T*>(p.x);
@@ -584,10 +809,17 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   // Bidirectional layer outputs ping-pong between y and layer_buf so that the
   // last layer lands in y: layer l writes y iff (L - 1 - l) is even.
   auto bidir_dest = [&](int l) -> T* { return ((L - 1 - l) % 2 == 0) ? y : layer_buf; };
-  // Ring slot of (layer-direction row r, local step k): (R, B, H) per row.
-  auto ring_slot = [&](T* ring, int64_t r, int64_t k) -> T* {
-    return ring + (r * R + k % R) * BH;
-  };
+  // Ring slot of (layer-direction row r, local step k): (R, B, H) per row. The rows this
+  // CTA reads and writes every step, made once: its own h ring, the ring it reads its
+  // input from (the layer below's h, or its dropped copy).
+  auto ring_row = [&](T* ring, int64_t r) -> T* { return ring + r * R * BH; };
+  T* const h_ring_own = ring_row(hring, ld_id);
+  const T* const x_ring_below =
+      layer > 0 && !bidir ? ring_row(p.dropout_active ? xring : hring, layer - 1) : nullptr;
+  auto slot_off = [&](int64_t k) -> int64_t { return (k & (R - 1)) * BH; };
+  // Without lengths every row is valid at every step: set once.
+  if (p.lengths == nullptr)
+    for (int bl = threadIdx.x; bl < c.batch_tile; bl += kForwardThreads) s_valid[bl] = 1;
 
   const int64_t n_steps = bidir ? static_cast<int64_t>(L) * T_len : T_len + L - 1;
   // The wave step of this CTA's local step 0 (phase records are per wave step).
@@ -616,178 +848,361 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       } else if (bidir) {
         xsrc = bidir_dest(layer - 1) + t * B * in_l;
       } else {
-        xsrc = ring_slot(p.dropout_active ? xring : hring, layer - 1, k);
+        xsrc = x_ring_below + slot_off(k);
       }
-      hsrc = k == 0 ? hx + ld_id * BH : ring_slot(hring, ld_id, k - 1);
-      hdst = ring_slot(hring, ld_id, k);
+      hsrc = k == 0 ? hx + ld_id * BH : h_ring_own + slot_off(k - 1);
+      hdst = h_ring_own + slot_off(k);
     }
     // The x part of a tile's gather: the rows of x_t, or (x_proj) this tile's
     // input pre-activations -- G * uc fp32 per row, written by a kernel that
     // ran before this launch, hence read-only here.
     auto gather_x = [&](int64_t b0, int nbv) {
       if (!x_proj) {
-        issue_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l);
+        issue_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l, fdiv[2]);
         return;
       }
+      // [sass-path:layer0:begin] (the report's plans are for layers >= 1)
       const float* xp = p.xproj[dir] + (t * B + b0) * G * H + u0;
+      const FastDiv fd_rows = fdiv[1], fd_u = fdiv[0];
       for (int pi = threadIdx.x; pi < nbv * G * uc; pi += kForwardThreads) {
-        const int bl = pi / (G * uc);
-        const int r = pi - bl * G * uc;
-        const int g = r / uc, u = r - g * uc;
-        s_xp[bl * c.m_pad + g * U + u] = __ldg(xp + static_cast<int64_t>(bl) * G * H + g * H + u);
+        uint32_t r, u;
+        const int bl = static_cast<int>(fd_rows.divmod(static_cast<uint32_t>(pi), r));
+        const int g = static_cast<int>(fd_u.divmod(r, u));
+        s_xp[bl * c.m_pad + g * U + static_cast<int>(u)] =
+            __ldg(xp + static_cast<int64_t>(bl) * G * H + g * H + u);
       }
+      // [sass-path:layer0:end]
     };
     // [sass:gather]
     // Layer 0's input depends on no CTA: its first tile is read before the wait.
+    // (lean: every layer's is, between the wait for the layer below and the wait for
+    // its own layer's h_{t-1})
     const bool x_early = kFlags && layer == 0;
-    if (x_early) gather_x(0, static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B)));
+    if (x_early) {
+      // [sass-path:layer0:begin]
+      gather_x(0, static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B)));
+      // [sass-path:layer0:end]
+    }
     // [sass:sync]
     if constexpr (kFlags) {
-      FlagRange own, below, above;
-      if (k > 0) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
-      if (layer > 0 && !bidir) below = FlagRange{(layer - 1) * C, C, static_cast<int>(k + 1)};
-      if (layer > 0 && bidir && k == 0)
-        below = FlagRange{(layer - 1) * D * C, D * C, static_cast<int>(T_len)};
       // The layer above reads ring slot k % R (hring, or xring with dropout)
       // at its step k - R; it must have finished that step before this one
       // overwrites the slot.
       const int64_t above_target = FRNN_EMU_BREAK == 3 ? k - R : k - R + 1;
-      if (!bidir && layer + 1 < L && above_target > 0 && FRNN_EMU_BREAK != 2)
-        above = FlagRange{(layer + 1) * C, C, static_cast<int>(above_target)};
-      wait_for_ranges(p.flags, own, below, above, kForwardThreads);
+      const bool wait_above = !bidir && layer + 1 < L && above_target > 0 && FRNN_EMU_BREAK != 2;
+      if (c.lean_sync) {
+        // [sass-path:sync-lean:begin]
+        // counters: (layer, direction) ld at [ld * kLeanCounterStride], C per step
+        // (slots 0, 1: the layer below, or both its directions; 2: the layer above)
+        LeanWait first, own;
+        if (layer > 0 && !bidir) {
+          first.idx0 = layer - 1;
+          first.tgt0 = static_cast<int>((k + 1) * C);
+        }
+        if (layer > 0 && bidir && k == 0) {
+          first.idx0 = (layer - 1) * D;
+          first.idx1 = (layer - 1) * D + 1;
+          first.tgt0 = first.tgt1 = static_cast<int>(T_len * C);
+        }
+        if (wait_above) {
+          first.idx2 = layer + 1;
+          first.tgt2 = static_cast<int>(above_target * C);
+        }
+        own.idx0 = ld_id;
+        own.tgt0 = static_cast<int>(k * C);  // (k = 0: nothing)
+        if (layer > 0) {
+          lean_wait(p.flags, first, kLeanCounterStride);
+          // [sass:gather]
+          gather_x(0, static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B)));
+          // [sass:sync]
+        } else {
+          own.idx2 = first.idx2;  // layer 0: one wait (its x was issued before it)
+          own.tgt2 = first.tgt2;
+        }
+        lean_wait(p.flags, own, kLeanCounterStride);
+        // [sass-path:sync-lean:end]
+      } else {
+        // [sass-path:sync-flags:begin]
+        FlagRange own, below, above;
+        if (k > 0) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
+        if (layer > 0 && !bidir) below = FlagRange{(layer - 1) * C, C, static_cast<int>(k + 1)};
+        if (layer > 0 && bidir && k == 0)
+          below = FlagRange{(layer - 1) * D * C, D * C, static_cast<int>(T_len)};
+        if (wait_above) above = FlagRange{(layer + 1) * C, C, static_cast<int>(above_target)};
+        wait_for_ranges(p.flags, own, below, above, kForwardThreads);
+        // [sass-path:sync-flags:end]
+      }
       rec.mark(kPhaseBarrier);
     }
     // [sass:gather]
+    // the x part issued before a wait (x_early; lean: every layer)
+    const bool x_issued = kFlags && (layer == 0 || c.lean_sync);
     if (active) {
       for (int64_t b0 = 0; b0 < B; b0 += c.batch_tile) {
         const int nbv = static_cast<int>(min(static_cast<int64_t>(c.batch_tile), B - b0));
         // 1. gather X: one batch of asynchronous copies (rows >= nbv keep
         //    stale data: they only feed discarded columns) ...
-        if (!(x_early && b0 == 0)) gather_x(b0, nbv);
-        issue_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H);
+        if (!(x_issued && b0 == 0)) gather_x(b0, nbv);
+        issue_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H, fdiv[3]);
         cp_async_commit();
         //    ... while this tile's exact fp32 state (owner-only data) is read:
         //    at k = 0 from hx / cx, later from the workspace unless resident.
         const int64_t srow0 = c.state_resident ? b0 : 0;
         if (k == 0 || !c.state_resident) {
+          // [sass-path:step0:begin] (resident state: step 0 only)
+          const FastDiv fd_u = fdiv[0];
           for (int pi = threadIdx.x; pi < uc * nbv; pi += kForwardThreads) {
-            const int u = pi % uc, bl = pi / uc;
+            uint32_t u;
+            const int bl = static_cast<int>(fd_u.divmod(static_cast<uint32_t>(pi), u));
             const int64_t sidx = ld_id * BH + (b0 + bl) * H + u0 + u;
             const int64_t si = (srow0 + bl) * U + u;
             s_h[si] = k == 0 ? to_f(hx[sidx]) : __ldcg(p.state_h + sidx);
             if constexpr (CELL == CellKind::kLSTM)
               s_c[si] = k == 0 ? to_f(cx[sidx]) : __ldcg(p.state_c + sidx);
           }
+          // [sass-path:step0:end]
         }
-        for (int bl = threadIdx.x; bl < nbv; bl += kForwardThreads)
-          s_valid[bl] = p.lengths == nullptr || t < __ldg(p.lengths + b0 + bl);
+        if (p.lengths != nullptr) {
+          // [sass-path:lengths:begin]
+          for (int bl = threadIdx.x; bl < nbv; bl += kForwardThreads)
+            s_valid[bl] = t < __ldg(p.lengths + b0 + bl);
+          // [sass-path:lengths:end]
+        }
         cp_async_wait(0);
         __syncthreads();
         rec.mark(kPhaseGather);
         // [sass:gemm]
         // 2. gate pre-activations
         if constexpr (kFrag) {
-          gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h, nbv,
-                                         first_off);
+          if (gemm_kind == kGemmLean) {
+            constexpr int kL = kLeanTilesLong, kS = kLeanTilesShort;
+            constexpr int kRL = lean_regs(kNReg, kL), kRS = lean_regs(kNReg, kS);
+            unsigned char* const sw8 = smem + lay.w;
+            if (lean_nt == kL) {
+              if (c.m_group == 2)
+                gemm_lean<T, TF32, kRL, kL, 2>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
+                                               lean_dst, first_off, nbv);
+              else
+                gemm_lean<T, TF32, kRL, kL, 1>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
+                                               lean_dst, first_off, nbv);
+            } else {
+              if (c.m_group == 2)
+                gemm_lean<T, TF32, kRS, kS, 2>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
+                                               lean_dst, first_off, nbv);
+              else
+                gemm_lean<T, TF32, kRS, kS, 1>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
+                                               lean_dst, first_off, nbv);
+            }
+          } else if (gemm_kind == kGemmGeneric) {
+            gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h,
+                                           nbv, first_off);
+          }
         } else {
           gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
         }
         __syncthreads();
         rec.mark(kPhaseGemm);
         // [sass:epilogue]
-        // 3. epilogue: one thread per (unit, batch row), units fastest
-        //    (coalesced stores of h rows). The next tile's gather writes sx
-        //    (no one reads it after the GEMM) and the staged state (read
-        //    here): hence the barrier at the end of the tile.
-        const int pairs = uc * nbv;
-        for (int pi = threadIdx.x; pi < pairs; pi += kForwardThreads) {
-          const int u = pi % uc;
-          const int bl = pi / uc;
-          const int64_t b = b0 + bl;
-          const int j = u0 + u;
-          float gx[G], gh[G];
-#pragma unroll
-          for (int g = 0; g < G; ++g) {
-            const int row = g * U + u;
-            float ax = bias_x[row], ah = bias_h[row];
-            if (x_proj) ax += s_xp[bl * c.m_pad + row];
-            for (int q = 0; q < c.x_splits; ++q)
-              ax += part[(static_cast<int64_t>(q) * c.batch_tile + bl) * c.m_pad + row];
-            for (int q = c.x_splits; q < c.x_splits + c.h_splits; ++q)
-              ah += part[(static_cast<int64_t>(q) * c.batch_tile + bl) * c.m_pad + row];
-            gx[g] = ax;
-            gh[g] = ah;
-          }
-          const int64_t sidx = ld_id * BH + b * H + j;  // (ld, b, j) in hx / cx / hy / cy / state
-          const int64_t si = (srow0 + bl) * U + u;     // the same in the shared state
-          const float h_prev = s_h[si];
-          const bool valid = s_valid[bl] != 0;
-          T* const rsv = reserve ? reserve + ((ld_id * T_len + t) * B + b) * p.reserve_width
-                                 : nullptr;
-          float h_new;
-          if constexpr (CELL == CellKind::kLSTM) {
-            const float c_prev = s_c[si];
-            float pre[4];
-#pragma unroll
-            for (int g = 0; g < 4; ++g) pre[g] = gx[g] + gh[g];
-            const LstmOut o = lstm_cell(pre, c_prev);
-            h_new = valid ? o.h : h_prev;
-            const float c_new = valid ? o.c : c_prev;
-            s_c[si] = c_new;
-            if (!c.state_resident) p.state_c[sidx] = c_new;
-            if (rsv) {
-              // Gates are written for frozen steps too (finite values from the
-              // frozen state): every reserve element is defined, so a backward
-              // that multiplies them by a zero mask never meets NaN garbage.
-              rsv[j] = from_f<T>(o.i);
-              rsv[H + j] = from_f<T>(o.f);
-              rsv[2 * H + j] = from_f<T>(o.g);
-              rsv[3 * H + j] = from_f<T>(o.o);
-              rsv[4 * H + j] = from_f<T>(c_new);
-              rsv[5 * H + j] = from_f<T>(h_new);
-            }
-            if (k == T_len - 1) static_cast<T*>(p.cy)[sidx] = from_f<T>(c_new);
-          } else if constexpr (CELL == CellKind::kGRU) {
-            const GruOut o = gru_cell(gx, gh, h_prev);
-            h_new = valid ? o.h : h_prev;
-            if (rsv) {
-              rsv[j] = from_f<T>(o.r);  // written for frozen steps too (see LSTM)
-              rsv[H + j] = from_f<T>(o.z);
-              rsv[2 * H + j] = from_f<T>(o.n);
-              rsv[3 * H + j] = from_f<T>(o.hn);
-              rsv[4 * H + j] = from_f<T>(h_new);
-            }
-          } else {
-            const float o = rnn_cell(gx[0] + gh[0], p.mode == static_cast<int>(Mode::kRnnRelu));
-            h_new = valid ? o : h_prev;
-            if (rsv) rsv[j] = from_f<T>(h_new);
-          }
-          s_h[si] = h_new;
-          if (!c.state_resident) p.state_h[sidx] = h_new;
-          const T h_t = from_f<T>(h_new);
-          hdst[b * H + j] = h_t;
-          if (k == T_len - 1) static_cast<T*>(p.hy)[sidx] = h_t;
-
-          // The layer's output at t: zero past the sequence's length; for
-          // every layer but the last, dropped (mask bit computed once, here).
-          T out = valid ? h_t : from_f<T>(0.0f);
+        // 3. epilogue, per (unit, batch row) pair, units fastest (coalesced stores
+        //    of h rows): the sum of the partial sums over the K splits (the GEMM's
+        //    one cross-warp reduction) and the biases, the gates' nonlinearities
+        //    and the cell update in fp32, the stores. eg_lanes > 1: a group of lanes
+        //    per pair (every lane of the CTA takes part in every round: the
+        //    shuffles need whole warps; those past the last pair read and write
+        //    nothing); lane q sums gate q / e_spl's splits q % e_spl, + e_spl, ...
+        //    (x and h apart: GRU's n gate needs them so), the gate's lanes reduce
+        //    them with shuffles, its first lane adds the biases and applies the
+        //    nonlinearity, the group's lane 0 gathers the gates and updates the
+        //    cell, and its last lane draws the dropout bit meanwhile. eg_lanes = 1:
+        //    one thread per pair does all of it.
+        //    The next tile's gather writes sx (no one reads it after the GEMM) and
+        //    the staged state (read here): hence the barrier at the end of the tile.
+        {
+          const int pairs = uc * nbv;
           const bool last = layer == L - 1;
-          if (!last && p.dropout_active && valid) {
-            // The seed is read on the device (no host sync, CUDA-graph safe),
-            // where it is used: no register holds it across the loop.
+          const bool drop = !last && p.dropout_active;
+          const FastDiv fd_u = fdiv[0];
+          // (x, h) partial-sum totals of gate row `row`, batch row bl, over the splits
+          // sp0, sp0 + step, ... of the e_reads read (x splits first)
+          auto split_sums = [&](int row, int bl, int sp0, int step, float& vx, float& vh) {
+            for (int sp = sp0; sp < e_reads; sp += step) {
+              const bool xpart = sp < e_xs;
+              const int slot = xpart ? sp : sp - e_xs + c.x_splits;
+              const float v = part[(slot * c.batch_tile + bl) * c.m_pad + row];
+              if (xpart) vx += v;
+              else vh += v;
+            }
+          };
+          auto keep_bit = [&](int64_t b, int j) {
+            // [sass-path:dropout:begin] (training with dropout only)
+            // The seed is read on the device (no host sync, CUDA-graph safe), where
+            // it is used: no register holds it across the loop.
             const uint64_t seed = static_cast<uint64_t>(__ldg(p.seed));
-            const bool keep = dropout_keep(seed, p.dropout_threshold, layer, dir,
-                                           static_cast<uint32_t>(t), static_cast<uint32_t>(b), j);
-            out = keep ? from_f<T>(to_f(h_t) * p.dropout_scale) : from_f<T>(0.0f);
+            return dropout_keep(seed, p.dropout_threshold, layer, dir, static_cast<uint32_t>(t),
+                                static_cast<uint32_t>(b), j);
+            // [sass-path:dropout:end]
+          };
+          // The pair's cell update and stores, from its activated gates gv (LSTM i f g
+          // o, GRU r z n, RNN h) and its dropout bit; `gates`: also store the gates
+          // (and GRU's hn) in the reserve (else their lanes did).
+          auto finish = [&](int u, int bl, const float (&gv)[G], float hn, bool keep,
+                            bool gates) {
+            const int64_t b = b0 + bl;
+            const int j = u0 + u;
+            const int64_t sidx = ld_id * BH + b * H + j;  // (ld, b, j) in hx / cx / hy / cy / state
+            const int64_t si = (srow0 + bl) * U + u;     // the same in the shared state
+            const float h_prev = s_h[si];
+            const bool valid = s_valid[bl] != 0;
+            T* const rsv = reserve ? reserve + ((ld_id * T_len + t) * B + b) * p.reserve_width
+                                   : nullptr;
+            // Gates are written for frozen steps too (finite values from the frozen
+            // state): every reserve element is defined, so a backward that multiplies
+            // them by a zero mask never meets NaN garbage.
+            if (CELL != CellKind::kRNN && rsv && gates) {
+              // [sass-path:reserve:begin] (training only)
+#pragma unroll
+              for (int g = 0; g < G; ++g) rsv[g * H + j] = from_f<T>(gv[g]);
+              if (CELL == CellKind::kGRU) rsv[3 * H + j] = from_f<T>(hn);
+              // [sass-path:reserve:end]
+            }
+            float h_new;
+            if constexpr (CELL == CellKind::kLSTM) {
+              const float c_prev = s_c[si];
+              // (lstm_cell's formulas, gate_math.h)
+              const float c_cell = gv[1] * c_prev + gv[0] * gv[2];
+              const float h_cell = gv[3] * act_tanh(fast_act, c_cell);
+              h_new = valid ? h_cell : h_prev;
+              const float c_new = valid ? c_cell : c_prev;
+              s_c[si] = c_new;
+              if (!c.state_resident) p.state_c[sidx] = c_new;
+              if (rsv) {
+                // [sass-path:reserve:begin]
+                rsv[4 * H + j] = from_f<T>(c_new);
+                rsv[5 * H + j] = from_f<T>(h_new);
+                // [sass-path:reserve:end]
+              }
+              if (k == T_len - 1) static_cast<T*>(p.cy)[sidx] = from_f<T>(c_new);
+            } else if constexpr (CELL == CellKind::kGRU) {
+              // (gru_cell's formulas)
+              const float h_cell = (1.0f - gv[1]) * gv[2] + gv[1] * h_prev;
+              h_new = valid ? h_cell : h_prev;
+              if (rsv) rsv[4 * H + j] = from_f<T>(h_new);
+            } else {
+              h_new = valid ? gv[0] : h_prev;
+              if (rsv) rsv[j] = from_f<T>(h_new);
+            }
+            s_h[si] = h_new;
+            if (!c.state_resident) p.state_h[sidx] = h_new;
+            const T h_t = from_f<T>(h_new);
+            hdst[b * H + j] = h_t;
+            if (k == T_len - 1) static_cast<T*>(p.hy)[sidx] = h_t;
+            // The layer's output at t: zero past the sequence's length; for every
+            // layer but the last, dropped (mask bit computed once per element).
+            T out = valid ? h_t : from_f<T>(0.0f);
+            if (drop && valid) out = keep ? from_f<T>(to_f(h_t) * p.dropout_scale) : from_f<T>(0.0f);
+            if (bidir) {
+              bidir_dest(layer)[(t * B + b) * (2 * H) + dir * H + j] = out;
+            } else if (last) {
+              y[(t * B + b) * H + j] = out;
+            } else if (p.dropout_active) {
+              ring_row(xring, layer)[slot_off(k) + b * H + j] = out;
+            }
+            // (unidirectional, no dropout: layer + 1 reads hring directly)
+          };
+          if (eg_lanes == 1) {
+            // [sass-path:epilogue-pairs:begin]
+            for (int pi = threadIdx.x; pi < pairs; pi += kForwardThreads) {
+              uint32_t u;
+              const int bl = static_cast<int>(fd_u.divmod(static_cast<uint32_t>(pi), u));
+              float gv[G];
+              float hn = 0.0f;
+#pragma unroll
+              for (int g = 0; g < G; ++g) {
+                const int row = g * U + static_cast<int>(u);
+                float ax = bias_x[row], ah = bias_h[row];
+                if (x_proj) ax += s_xp[bl * c.m_pad + row];
+                split_sums(row, bl, 0, 1, ax, ah);
+                if constexpr (CELL == CellKind::kLSTM) {
+                  gv[g] = g == 2 ? act_tanh(fast_act, ax + ah) : act_sigmoid(fast_act, ax + ah);
+                } else if constexpr (CELL == CellKind::kGRU) {
+                  if (g < 2) gv[g] = act_sigmoid(fast_act, ax + ah);
+                  else {
+                    gv[2] = act_tanh(fast_act, ax + gv[0] * ah);  // n (ah: hn)
+                    hn = ah;
+                  }
+                } else {
+                  gv[0] = p.mode == static_cast<int>(Mode::kRnnRelu) ? relu_f(ax + ah)
+                                                                     : act_tanh(fast_act, ax + ah);
+                }
+              }
+              const bool keep = drop && s_valid[bl] != 0 ? keep_bit(b0 + bl, u0 + static_cast<int>(u))
+                                                         : true;
+              finish(static_cast<int>(u), bl, gv, hn, keep, true);
+            }
+            // [sass-path:epilogue-pairs:end]
+          } else {
+            // [sass-path:epilogue-groups:begin]
+            const int per_round = kForwardThreads >> eg_log;  // groups
+            const int lane = threadIdx.x % 32;
+            const int q = threadIdx.x & (eg_lanes - 1);
+            const int group_lane0 = lane - q;
+            const int eg = q >> e_spl_log;   // this lane's gate
+            const int es = q & (e_spl - 1);  // its first split
+            for (int p0 = 0; p0 < pairs; p0 += per_round) {
+              const int pi = p0 + (static_cast<int>(threadIdx.x) >> eg_log);
+              const bool on = pi < pairs;
+              uint32_t u_ = 0;
+              const int bl = on ? static_cast<int>(fd_u.divmod(static_cast<uint32_t>(pi), u_)) : 0;
+              const int u = static_cast<int>(u_);
+              const int row = eg * U + u;
+              float vx = 0.0f, vh = 0.0f;
+              if (on && eg < G) split_sums(row, bl, es, e_spl, vx, vh);
+              for (int m = e_spl / 2; m >= 1; m /= 2) {
+                vx += __shfl_xor_sync(0xffffffffu, vx, m);
+                vh += __shfl_xor_sync(0xffffffffu, vh, m);
+              }
+              // the gate's first lane: biases, projected input, nonlinearity
+              const bool gate_lead = on && eg < G && es == 0;
+              float ax = 0.0f, ah = 0.0f;
+              if (gate_lead) {
+                ax = vx + bias_x[row];
+                ah = vh + bias_h[row];
+                if (x_proj) ax += s_xp[bl * c.m_pad + row];
+              }
+              float act = 0.0f;
+              if constexpr (CELL == CellKind::kLSTM) {
+                if (gate_lead) act = eg == 2 ? act_tanh(fast_act, ax + ah) : act_sigmoid(fast_act, ax + ah);
+              } else if constexpr (CELL == CellKind::kGRU) {
+                if (gate_lead && eg < 2) act = act_sigmoid(fast_act, ax + ah);
+                const float r = __shfl_sync(0xffffffffu, act, group_lane0);
+                if (gate_lead && eg == 2) act = act_tanh(fast_act, ax + r * ah);  // n (ah: hn)
+              } else {
+                if (gate_lead)
+                  act = p.mode == static_cast<int>(Mode::kRnnRelu) ? relu_f(ax + ah)
+                                                                   : act_tanh(fast_act, ax + ah);
+              }
+              // the dropout bit, drawn by the group's last lane meanwhile
+              bool keep = true;
+              if (drop) {
+                int kbit = 1;
+                if (q == eg_lanes - 1 && on && s_valid[bl] != 0) kbit = keep_bit(b0 + bl, u0 + u) ? 1 : 0;
+                keep = __shfl_sync(0xffffffffu, kbit, group_lane0 + eg_lanes - 1) != 0;
+              }
+              float gv[G];
+#pragma unroll
+              for (int g = 0; g < G; ++g) gv[g] = __shfl_sync(0xffffffffu, act, group_lane0 + g * e_spl);
+              // each gate's reserve entries by its own lane, the rest by lane 0
+              if (CELL != CellKind::kRNN && reserve && gate_lead) {
+                // [sass-path:reserve:begin]
+                T* const rsv = reserve + ((ld_id * T_len + t) * B + b0 + bl) * p.reserve_width;
+                rsv[eg * H + u0 + u] = from_f<T>(act);
+                if (CELL == CellKind::kGRU && eg == 2) rsv[3 * H + u0 + u] = from_f<T>(ah);
+                // [sass-path:reserve:end]
+              }
+              if (on && q == 0) finish(u, bl, gv, 0.0f, keep, false);
+            }
+            // [sass-path:epilogue-groups:end]
           }
-          if (bidir) {
-            bidir_dest(layer)[(t * B + b) * (2 * H) + dir * H + j] = out;
-          } else if (last) {
-            y[(t * B + b) * H + j] = out;
-          } else if (p.dropout_active) {
-            ring_slot(xring, layer, k)[b * H + j] = out;
-          }
-          // (unidirectional, no dropout: layer + 1 reads hring directly)
         }
         // (after the last tile: the step's synchronisation; a recorded CTA
         // waits here too, so that its epilogue phase ends when every thread's
@@ -800,7 +1215,17 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     if constexpr (kFlags) {
       // Every thread's writes of this step, then one release of the count.
       __syncthreads();
-      if (threadIdx.x == 0) flag_publish(p.flags + blockIdx.x, static_cast<int>(k + 1));
+      if (threadIdx.x == 0) {
+        if (c.lean_sync) {
+          // [sass-path:sync-lean:begin]
+          lean_publish(p.flags + ld_id * kLeanCounterStride, 1);
+          // [sass-path:sync-lean:end]
+        } else {
+          // [sass-path:sync-flags:begin]
+          flag_publish(p.flags + blockIdx.x, static_cast<int>(k + 1));
+          // [sass-path:sync-flags:end]
+        }
+      }
       rec.step_end(wave0 + k, true, true);
     } else {
       // (the grid handle is made here, not held in registers across the loop)
@@ -832,6 +1257,9 @@ template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
   // the plan's register tiles must be the ones this instantiation holds
   if (p.cfg.reg_tiles != (sizeof(T) == 2 ? kRegTiles16 : TF32 ? kRegTilesTf32 : 0))
+    return cudaErrorInvalidValue;
+  // ... and its ring the one the policy's kernel is compiled for
+  if (p.cfg.ring != (p.cfg.sync == SyncPolicy::kGrid ? kRingGrid : kRingFlags))
     return cudaErrorInvalidValue;
   const void* fn = forward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<ForwardParams*>(&p)};

@@ -37,6 +37,9 @@ struct ForwardProblem {
   double dropout = 0.0;
   bool allow_tf32 = false;  // float32 only: TF32 tensor cores instead of FP32 FMA
   SyncPolicy sync = SyncPolicy::kAuto;  // requested synchronisation (FUSED_RNN_SYNC)
+  // Requested hardware tanh in the forward's epilogue (FUSED_RNN_FAST_TANH=1; bf16 only,
+  // opt-in until the GPU tests' accuracy rule has been checked with it).
+  bool fast_tanh = false;
   // Requested thread-block cluster size of the backward (FUSED_RNN_CLUSTER):
   // 0 auto (the planner's rule, backward_plan.h), 1 none, 2 / 4 / 8 that size
   // where the plan allows it.
@@ -110,7 +113,14 @@ struct ForwardConfig {
   int blocks_per_sm = 0;  // occupancy at smem_bytes (from the CUDA occupancy API)
   int64_t smem_bytes = 0; // dynamic shared memory per CTA
   bool use_tf32 = false;
-  SyncPolicy sync = SyncPolicy::kFlags;  // kGrid or kFlags (never kAuto in a plan)
+  SyncPolicy sync = SyncPolicy::kFlags;  // kGrid or kFlags (never kAuto / kLean in a plan)
+  // kFlags only: the lean protocol (sync_flags.cuh, "lean"): one step counter per
+  // (layer, direction), on its own 128-byte line, counting its CTAs' steps (C per step).
+  // Opt-in (FUSED_RNN_SYNC=lean) until a GPU run verifies it.
+  bool lean_sync = false;
+  // bf16 only: the epilogue's tanh and sigmoid on the hardware tanh (gate_math.h,
+  // tanh_fast); the request ForwardProblem::fast_tanh.
+  bool fast_tanh = false;
   int ring = 2;           // R: slots of the h / dropped-x rings (step k writes slot k % R)
   // Layer 0 reads its input pre-activations x_t W_ih0^T (fp32, computed before
   // the launch: ForwardParams::xproj) instead of multiplying x_t itself.
@@ -127,6 +137,9 @@ struct ForwardConfig {
   int64_t w_tiles = 0;
   int m_group = 1;  // tensor cores: 16-row tiles per work item (1 or 2)
 };
+
+// int32 words between two (layer, direction) counters of the lean protocol: 128 bytes.
+constexpr int kLeanCounterStride = 32;
 
 // Ring slots per synchronisation policy. grid.sync: 2 (step k reads slot
 // (k-1) % 2 and writes k % 2; everyone has finished step k-1 at the barrier).
@@ -167,6 +180,20 @@ FRNN_HD int item_reg_tiles(const ForwardConfig& c, int it) {
   return n < c.reg_tiles ? n : c.reg_tiles;
 }
 
+// The lean GEMM (forward_kernel.cuh, gemm_lean): item tile counts it is compiled for.
+constexpr int kLeanTilesLong = 32, kLeanTilesShort = 16;
+
+// Does item `it` run the lean GEMM in a layer that multiplies all of its tiles? At most
+// one item per warp (frag_items <= 8), 1 or 2 row tiles per item, and kLeanTilesLong or
+// kLeanTilesShort tiles (sized for the widest layer: a layer with a narrower input has
+// shorter x items, which the kernel runs with the generic loop).
+FRNN_HD bool lean_item(const ForwardConfig& c, int it) {
+  if (c.reg_tiles <= 0 || frag_items(c) > kForwardWarps || c.m_group < 1 || c.m_group > 2)
+    return false;
+  const int n = item_tiles(c, it);
+  return n == kLeanTilesLong || n == kLeanTilesShort;
+}
+
 // The first shared-memory fragment tile of item `it` (items in order, each
 // with its tiles past its register ones); frag_tile_offset(c, frag_items(c))
 // is the total. Tile j of an item (j >= item_reg_tiles) is at
@@ -201,11 +228,17 @@ FRNN_HD int64_t frag_tile_offset(const ForwardConfig& c, int it) {
 //   phase 8 int64 (first, 128 bytes)  the per-phase timing recorder's state (thread
 //                                0; only FRNN_PHASE_TIMING builds use it, every build
 //                                has it so that plans do not depend on the build)
+//   divisors (at byte 64, in the phase region's second half) the step loop's FastDivs
+//                                (common.h), made in the prologue: no division per step
 struct SmemLayout {
   int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, phase = 0, total = 0;
 };
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+// Byte offset of the forward step loop's divisors (4 FastDiv, 48 bytes): the phase
+// region's second half (the recorder uses its first 64 bytes, the weights start at 128).
+constexpr int64_t kStepDivisorsOffset = 64;
 
 // Lays out the regions of a workspace one after the other, each 256-byte
 // aligned (forward_workspace, backward_workspace).
@@ -273,6 +306,8 @@ FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
 //   flags    (grid) int32          kFlags: steps completed per CTA; must be
 //                                  zero at launch (the caller clears
 //                                  [flags, flags + flags_bytes) on the stream)
+//            (LD, 32) int32        lean_sync: steps completed by the CTAs of each
+//                                  (layer, direction), at [ld * 32] (its own line)
 //   hring    (LD, R, B, H) dtype   h_t of every (layer, direction), ring of R
 //                                  steps: the recurrent input of the next step
 //                                  (and, unidirectional without dropout, the
@@ -294,7 +329,8 @@ inline WorkspaceLayout forward_workspace(const ForwardProblem& p, const ForwardC
   const int64_t BH = p.batch * p.hidden_size;
   WorkspaceCursor ws;
   if (c.sync == SyncPolicy::kFlags) {
-    w.flags_bytes = static_cast<int64_t>(c.grid) * 4;
+    w.flags_bytes = c.lean_sync ? static_cast<int64_t>(p.layer_dirs()) * kLeanCounterStride * 4
+                                : static_cast<int64_t>(c.grid) * 4;
     w.flags = ws.take(w.flags_bytes);
   }
   w.hring = ws.take(static_cast<int64_t>(p.layer_dirs()) * c.ring * BH * es);

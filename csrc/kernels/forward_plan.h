@@ -17,8 +17,9 @@
 //     (when that does not fit) the split that needs the least shared memory.
 //     Tensor cores: each warp's first item keeps register_tiles() weight
 //     tiles in registers (common.h); only the rest takes shared memory;
-//  5. synchronisation: the request (FUSED_RNN_SYNC), else point-to-point flags.
-//     It does not change the shared memory, so it never changes coverage.
+//  5. synchronisation: the request (FUSED_RNN_SYNC), else point-to-point flags
+//     ("lean": the flags kernel's lean protocol, where its counters cannot
+//     overflow). It does not change the shared memory, so it never changes coverage.
 // Rejection says why in words (the module reports it as the fallback reason).
 #pragma once
 
@@ -166,13 +167,14 @@ inline int64_t fill_smallest_split(ForwardConfig& c, int kt_x, int kt_h) {
 
 }  // namespace plan_detail
 
-// FUSED_RNN_SYNC's values: "grid", "flags", "auto" (or empty / unset: auto).
+// FUSED_RNN_SYNC's values: "grid", "flags", "lean", "auto" (or empty / unset: auto).
 // False for anything else (the caller reports it).
 inline bool parse_sync(const char* s, SyncPolicy* out) {
   const std::string v = s ? s : "";
   if (v.empty() || v == "auto") *out = SyncPolicy::kAuto;
   else if (v == "grid") *out = SyncPolicy::kGrid;
   else if (v == "flags") *out = SyncPolicy::kFlags;
+  else if (v == "lean") *out = SyncPolicy::kLean;
   else return false;
   return true;
 }
@@ -188,7 +190,7 @@ inline bool parse_cluster(const char* s, int* out) {
 
 // Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
 inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
-  char buf[640];
+  char buf[768];
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
@@ -198,25 +200,29 @@ inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
   int reg_used = 0;
   if (c.reg_tiles > 0)
     for (int it = 0; it < kForwardWarps && it < frag_items(c); ++it) reg_used += item_reg_tiles(c, it);
-  char regs[128] = "";
+  int lean = 0;
+  for (int it = 0; it < frag_items(c); ++it) lean += lean_item(c, it) ? 1 : 0;
+  char regs[192] = "";
   if (c.reg_tiles > 0)
     snprintf(regs, sizeof(regs),
-             ", weights %s in registers + %s in shared memory, %d row tile%s per warp item",
+             ", weights %s in registers + %s in shared memory, %d row tile%s per warp item, "
+             "%d of %d items unrolled (lean GEMM)",
              plan_detail::kb(static_cast<int64_t>(reg_used) * kTile * kTile * c.elem_bytes).c_str(),
              plan_detail::kb(c.w_tiles * kTile * kTile * c.elem_bytes).c_str(), c.m_group,
-             c.m_group > 1 ? "s" : "");
+             c.m_group > 1 ? "s" : "", lean, frag_items(c));
   snprintf(buf, sizeof(buf),
            "fused: %s %s L=%d D=%d H=%lld I=%lld B=%lld T=%lld; %d CTAs (%d per layer-direction, "
            "%d units each), batch tile %d, K chunk %d (%d+%d splits), smem %s/CTA, %d CTA/SM, "
-           "%s, %lld wave steps, %s sync (ring %d), state %s%s%s",
+           "%s, %lld wave steps, %s sync (ring %d), state %s%s%s%s",
            mode_name(p.mode), dtype_name(p.dtype), p.num_layers, p.num_dirs(),
            static_cast<long long>(p.hidden_size), static_cast<long long>(p.input_size),
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.units_per_cta, c.batch_tile, c.k_chunk, c.x_splits, c.h_splits,
            plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           static_cast<long long>(steps), sync_name(c.sync), c.ring,
+           static_cast<long long>(steps), c.lean_sync ? "lean" : sync_name(c.sync), c.ring,
            c.state_resident ? "in shared memory" : "staged per tile",
-           c.x_proj ? ", layer-0 input projection before the loop" : "", regs);
+           c.x_proj ? ", layer-0 input projection before the loop" : "", regs,
+           c.fast_tanh ? ", hardware tanh" : "");
   return buf;
 }
 
@@ -263,6 +269,7 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
   base.x_proj = p.projects_input();
   base.sync = p.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
   base.ring = base.sync == SyncPolicy::kGrid ? kRingGrid : kRingFlags;
+  base.fast_tanh = p.fast_tanh && p.dtype == DType::kBFloat16;
   base.reg_tiles = register_tiles(p.dtype, base.use_tf32);
   base.kx_pad = static_cast<int>(round_up(p.max_layer_input(), kTile));
   base.kh_pad = static_cast<int>(round_up(H, kTile));
@@ -332,6 +339,10 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
         if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cfg.grid) continue;
         cfg.smem_bytes = smem;
         cfg.blocks_per_sm = occ;
+        // The lean protocol's counters count the steps of a whole layer-direction
+        // (C per step): they must stay below 2^31.
+        cfg.lean_sync = p.sync == SyncPolicy::kLean &&
+                        static_cast<int64_t>(cfg.ctas_per_dir) * p.seq_len < (int64_t(1) << 31);
         r.ok = true;
         r.cfg = cfg;
         r.reason = describe(p, cfg);

@@ -42,11 +42,14 @@ FRNN_HD float frnn_expm1(float x) {
 }
 
 FRNN_HD float sigmoid_f(float x) {
+  // [sass-path:accurate-act:begin] (benchmarks/sass_report.py)
   // exp(-x) overflows to +inf for x < -88: 1 / inf = 0, the right limit.
   return 1.0f / (1.0f + frnn_exp(-x));
+  // [sass-path:accurate-act:end]
 }
 
 FRNN_HD float tanh_f(float x) {
+  // [sass-path:accurate-act:begin]
   const float ax = x < 0.0f ? -x : x;
   // tanh(9) = 1 - 3e-8: rounds to 1 in fp32, and expm1(18) stays finite.
   float r;
@@ -57,9 +60,38 @@ FRNN_HD float tanh_f(float x) {
     r = e / (e + 2.0f);
   }
   return x < 0.0f ? -r : r;
+  // [sass-path:accurate-act:end]
 }
 
 FRNN_HD float relu_f(float x) { return x > 0.0f ? x : 0.0f; }
+
+// The hardware's tanh (MUFU.TANH, tanh.approx.f32: max relative error ~2^-11), one
+// instruction instead of tanh_f's ~20; sigmoid from it: s(x) = 0.5 + 0.5 tanh(x / 2)
+// (absolute error <= 2^-12). For bf16 only (act_tanh below; opt-in): bf16 keeps 8 bits,
+// so its h carries a rounding error 8x the approximation's; fp16 (11 bits) and fp32 /
+// TF32 keep the accurate forms. On the host (the emulation, tests): the exact tanh.
+FRNN_HD float tanh_fast(float x) {
+  // [sass-path:fast-act:begin]
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::tanh(x);
+#endif
+  // [sass-path:fast-act:end]
+}
+
+FRNN_HD float sigmoid_fast(float x) {
+  // [sass-path:fast-act:begin]
+  return 0.5f + 0.5f * tanh_fast(0.5f * x);
+  // [sass-path:fast-act:end]
+}
+
+// The gate nonlinearities as the forward's epilogue applies them: the hardware tanh
+// where `fast` (ForwardConfig::fast_tanh: bf16, opt-in), else the accurate forms.
+FRNN_HD float act_tanh(bool fast, float x) { return fast ? tanh_fast(x) : tanh_f(x); }
+FRNN_HD float act_sigmoid(bool fast, float x) { return fast ? sigmoid_fast(x) : sigmoid_f(x); }
 
 // Activated gates and new state of one (unit, batch row).
 struct LstmOut {

@@ -124,4 +124,101 @@ FRNN_DEVICE void wait_for_ranges(const int* flags, FlagRange a, FlagRange b, Fla
   __syncthreads();
 }
 
+// ---------------------------------------------------------------- the lean protocol
+//
+// (ForwardConfig::lean_sync, FUSED_RNN_SYNC=lean; opt-in until a GPU run verifies it.)
+// One counter per (layer, direction), alone on its 128-byte line (kLeanCounterStride):
+// the steps completed by all C CTAs of that layer-direction together.
+//
+//   producer   all threads write the step's data; __syncthreads();
+//              thread 0: lean_publish(&counter, 1)    (red.release.gpu.add)
+//   consumer   one thread per counter waited on (at most 3: its own layer, the layer
+//              below (or both directions of it), the layer above) polls it with
+//              relaxed loads -- no acquire, no L1 invalidate per poll -- until it
+//              reaches C x the step it needs, then one fence.acq_rel.gpu;
+//              __syncthreads(); then everyone reads the data (through L2)
+//
+// Why a sum is enough: a CTA starts step k + 1 only when all C CTAs of its layer have
+// done k steps, so the C per-CTA counts of one layer-direction are always within one of
+// each other; C x k is reached only when each of them has reached k.
+// Why the order holds (PTX memory model): each red.release is a release pattern ordered
+// after its CTA's writes (the CTA barrier, cumulativity); the relaxed load that
+// observes the counter, then fence.acq_rel, is an acquire pattern; the adds of one
+// counter form a chain of atomic read-modify-writes that the load observes as a whole.
+// The emulation models the fence as an acquire re-load of the counter after the
+// relaxed spin (the same happens-before for ThreadSanitizer, which does not follow
+// stand-alone fences); FRNN_EMU_BREAK=1 leaves it out.
+
+FRNN_DEVICE void lean_publish(int* counter, int n) {
+#if defined(FRNN_EMULATION)
+  __atomic_fetch_add(counter, n, __ATOMIC_RELEASE);
+#elif defined(__CUDA_ARCH__)
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(counter), "r"(n) : "memory");
+#endif
+}
+
+FRNN_DEVICE int lean_read_relaxed(const int* counter) {
+#if defined(FRNN_EMULATION)
+  return __atomic_load_n(counter, __ATOMIC_RELAXED);
+#elif defined(__CUDA_ARCH__)
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  return v;
+#else
+  return *counter;
+#endif
+}
+
+// Spins (relaxed) until *counter >= target, then the acquire fence. Traps / aborts
+// after a long time without progress, as flag_wait_geq.
+FRNN_DEVICE void lean_wait_geq(const int* counter, int target) {
+  int seen = lean_read_relaxed(counter);
+#if defined(FRNN_EMULATION)
+  int64_t since = ::emu::globaltimer_ns();
+  while (seen < target) {
+    sched_yield();
+    const int now = lean_read_relaxed(counter);
+    if (now != seen) {
+      seen = now;
+      since = ::emu::globaltimer_ns();
+    } else if (::emu::globaltimer_ns() - since > 60000000000LL) {
+      fprintf(stderr, "emu: deadlock waiting for a lean counter (%d < %d)\n", seen, target);
+      abort();
+    }
+  }
+#if FRNN_EMU_BREAK != 1
+  (void)__atomic_load_n(counter, __ATOMIC_ACQUIRE);  // the fence (see above)
+#endif
+#else
+  uint32_t polls = 0;
+  while (seen < target) {
+    const int now = lean_read_relaxed(counter);
+    if (now != seen) {
+      seen = now;
+      polls = 0;
+    } else if (++polls == (1u << 26)) {
+      __trap();
+    }
+  }
+#if defined(__CUDA_ARCH__)
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+#endif
+#endif
+}
+
+// Up to 3 counters the CTA waits for (index in units of `stride` words, target; a
+// target <= 0 waits for nothing): thread i waits for counter i, then a CTA barrier.
+// Named slots, not an array: it stays in registers. Every thread calls it.
+struct LeanWait {
+  int idx0 = 0, tgt0 = 0, idx1 = 0, tgt1 = 0, idx2 = 0, tgt2 = 0;
+};
+
+FRNN_DEVICE void lean_wait(const int* counters, const LeanWait& w, int stride) {
+  const int i = threadIdx.x;
+  const int idx = i == 0 ? w.idx0 : i == 1 ? w.idx1 : w.idx2;
+  const int tgt = i == 0 ? w.tgt0 : i == 1 ? w.tgt1 : i == 2 ? w.tgt2 : 0;
+  if (tgt > 0) lean_wait_geq(counters + idx * stride, tgt);
+  __syncthreads();
+}
+
 }  // namespace fused_rnn

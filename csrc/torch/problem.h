@@ -111,14 +111,24 @@ inline at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // The synchronisation policy requested through FUSED_RNN_SYNC ("grid",
-// "flags", "auto" or unset), read at every call so that a benchmark can
+// "flags", "lean", "auto" or unset), read at every call so that a benchmark can
 // switch it between calls in one process (the plan cache keys on it).
 inline SyncPolicy requested_sync() {
   const char* v = std::getenv("FUSED_RNN_SYNC");
   SyncPolicy s = SyncPolicy::kAuto;
-  TORCH_CHECK(parse_sync(v, &s), "FUSED_RNN_SYNC must be 'grid', 'flags' or 'auto', got '",
+  TORCH_CHECK(parse_sync(v, &s), "FUSED_RNN_SYNC must be 'grid', 'flags', 'lean' or 'auto', got '",
               v ? v : "", "'");
   return s;
+}
+
+// Hardware tanh in the bf16 forward's epilogue, requested through FUSED_RNN_FAST_TANH
+// ("1"; unset, "" or "0": off), read at every call like FUSED_RNN_SYNC.
+inline bool requested_fast_tanh() {
+  const char* v = std::getenv("FUSED_RNN_FAST_TANH");
+  const std::string s = v ? v : "";
+  TORCH_CHECK(s.empty() || s == "0" || s == "1", "FUSED_RNN_FAST_TANH must be '0' or '1', got '",
+              s, "'");
+  return s == "1";
 }
 
 // The backward's thread-block cluster size requested through FUSED_RNN_CLUSTER
@@ -152,6 +162,7 @@ inline ForwardProblem make_problem(Mode mode, int64_t num_layers, bool bidirecti
   p.dropout = dropout;
   p.allow_tf32 = dtype == DType::kFloat32 && fp32_uses_tf32();
   p.sync = requested_sync();
+  p.fast_tanh = requested_fast_tanh();
   p.cluster = requested_cluster();
   p.can_project_input = can_project_input();
   return p;
