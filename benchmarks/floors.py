@@ -90,6 +90,7 @@ def load_library(path: str) -> ctypes.CDLL:
     lib.floors_sm_count.argtypes = [i, p_i]
     lib.floors_flag_pingpong.argtypes = [i, i, i, p_f, p_i, p_i]
     lib.floors_flag_wait_all.argtypes = [i, i, i, i, i, i, p_f, p_i]
+    lib.floors_flag_stores_pingpong.argtypes = [i, i, i, i, p_f, p_i, p_i]
     lib.floors_error_string.restype = ctypes.c_char_p
     return lib
 
@@ -177,15 +178,28 @@ def flag_pingpong(lib, threads: int = FLAG_THREADS, iters: int = 4000, repeats: 
     return row
 
 
+# flag_wait_all's variants: floors.cu's `mode` and the key of its µs in the row.
+#   us                per-CTA counters, acquire load per poll (SyncPolicy::kFlags)
+#   grid_sync_us      one grid.sync() per step (SyncPolicy::kGrid)
+#   relaxed_fence_us  per-CTA counters, relaxed polls and one fence.acq_rel after the wait
+#   one_counter_us    one counter per side advanced by red.release adds, relaxed polls,
+#                     one fence (the forward's lean protocol, FUSED_RNN_SYNC=lean)
+WAIT_ALL_MODES = ((0, "us"), (1, "grid_sync_us"), (2, "relaxed_fence_us"), (3, "one_counter_us"))
+# flag_stores_pingpong: global stores per thread before each publish
+PUBLISH_STORES = (0, 4, 16)
+
+
 def flag_wait_all(lib, producers: int, consumers: int = 1, threads: int = FLAG_THREADS,
                   iters: int = 2000, repeats: int = 5, device=None) -> dict:
     """µs per step of C = `producers` producer CTAs and `consumers` consumer CTAs synchronised
     by step counters (each consumer waits for all C, each producer for the consumers' previous
-    step), and of the same launch with one grid.sync() per step instead (grid_sync_us)."""
+    step), and of the same launch with one grid.sync() per step instead (grid_sync_us), with
+    relaxed polls and one fence (relaxed_fence_us), and with one counter per side advanced by
+    atomic adds (one_counter_us): WAIT_ALL_MODES."""
     dev = torch.cuda.current_device() if device is None else device
     blocks = producers + consumers
-    row = dict(producers=producers, consumers=consumers, threads=threads, blocks=blocks, us=None,
-               grid_sync_us=None, distinct_sms=None)
+    row = dict(producers=producers, consumers=consumers, threads=threads, blocks=blocks,
+               distinct_sms=None, **{key: None for _, key in WAIT_ALL_MODES})
     sms = ctypes.c_int()
     err = lib.floors_sm_count(dev, ctypes.byref(sms))
     if err:
@@ -195,10 +209,10 @@ def flag_wait_all(lib, producers: int, consumers: int = 1, threads: int = FLAG_T
         row["reason"] = (f"skipped: needs {blocks} co-resident CTAs, one per SM; this GPU has "
                          f"{sms.value} SMs")
         return row
-    for use_grid, key in ((0, "us"), (1, "grid_sync_us")):
+    for mode, key in WAIT_ALL_MODES:
         def launch(n):
             ms, distinct = ctypes.c_float(), ctypes.c_int()
-            err = lib.floors_flag_wait_all(dev, producers, consumers, threads, n, use_grid,
+            err = lib.floors_flag_wait_all(dev, producers, consumers, threads, n, mode,
                                            ctypes.byref(ms), ctypes.byref(distinct))
             if err:
                 raise RuntimeError(lib.floors_error_string(err).decode())
@@ -207,9 +221,34 @@ def flag_wait_all(lib, producers: int, consumers: int = 1, threads: int = FLAG_T
         try:
             row[key], row["distinct_sms"] = _per_barrier_us(launch, iters, repeats)
         except RuntimeError as e:
-            row["reason" if key == "us" else "grid_sync_reason"] = str(e)
+            row["reason" if key == "us" else key.replace("_us", "_reason")] = str(e)
     if row["distinct_sms"] is not None and row["distinct_sms"] != blocks:
         row["note"] = f"{blocks} CTAs ran on {row['distinct_sms']} SMs"
+    return row
+
+
+def flag_stores_pingpong(lib, stores: int, threads: int = FLAG_THREADS, iters: int = 4000,
+                         repeats: int = 5, device=None) -> dict:
+    """µs per flag hand-off (as flag_pingpong) when each thread has `stores` global stores
+    outstanding before the publish: what the release's memory barrier waits for behind an
+    epilogue's stores."""
+    dev = torch.cuda.current_device() if device is None else device
+    row = dict(threads=threads, stores=stores, sms=None, us=None)
+
+    def launch(n):
+        ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
+        err = lib.floors_flag_stores_pingpong(dev, threads, stores, n, ctypes.byref(ms),
+                                              ctypes.byref(sm0), ctypes.byref(sm1))
+        if err:
+            raise RuntimeError(lib.floors_error_string(err).decode())
+        return ms.value, [sm0.value, sm1.value]
+
+    try:
+        round_trip, row["sms"] = _per_barrier_us(launch, iters, repeats)
+    except RuntimeError as e:
+        row["reason"] = str(e)
+        return row
+    row["us"] = round_trip / 2
     return row
 
 
@@ -239,7 +278,8 @@ def cudnn_layer_step(hiddens=(128, 256, 512, 1024), batches=(1, 16), seq: int = 
 def run_all() -> dict:
     """Every floor on the current GPU, as a JSON-ready dict."""
     out = {"device": torch.cuda.get_device_name(), "grid_sync": [], "cluster_sync": [],
-           "cudnn_layer_step": cudnn_layer_step(), "flag_pingpong": [], "flag_wait_all": []}
+           "cudnn_layer_step": cudnn_layer_step(), "flag_pingpong": [], "flag_wait_all": [],
+           "flag_stores_pingpong": []}
     try:
         lib = build()
     except Exception as e:
@@ -256,6 +296,8 @@ def run_all() -> dict:
     out["flag_pingpong"].append(flag_pingpong(lib))
     for producers in FLAG_PRODUCERS:
         out["flag_wait_all"].append(flag_wait_all(lib, producers))
+    for stores in PUBLISH_STORES:
+        out["flag_stores_pingpong"].append(flag_stores_pingpong(lib, stores))
     return out
 
 

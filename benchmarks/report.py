@@ -175,6 +175,15 @@ def floors_table(floors: dict) -> str:
         if w.get("us") is not None or w.get("grid_sync_us") is not None or w.get("grid_sync_reason"):
             lines.append([f"grid.sync(), same loop, {cfg}, per step", num(w.get("grid_sync_us")),
                           w.get("grid_sync_reason", "")])
+        # (variants absent from runs made before them)
+        for key, what in (("relaxed_fence", "flags, relaxed polls + one fence"),
+                          ("one_counter", "one counter per side, red.release adds (lean)")):
+            if f"{key}_us" in w and (w.get("us") is not None or w.get(f"{key}_reason")):
+                lines.append([f"{what}, same loop, {cfg}, per step", num(w.get(f"{key}_us")),
+                              w.get(f"{key}_reason", "")])
+    for p in floors.get("flag_stores_pingpong", []):
+        lines.append([f"flag hand-off with {p['stores']} global stores per thread before the "
+                      f"publish, {p['threads']} threads", num(p.get("us")), p.get("reason", "")])
     return markdown_table(["floor", "µs", "note"], lines)
 
 

@@ -851,6 +851,8 @@ def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
         assert row["us"] is None and row["round_trip_us"] is None and row["reason"]
         row = floors.flag_wait_all(so, 32, iters=10, repeats=1, device=0)
         assert row["us"] is None and row["grid_sync_us"] is None and row["reason"]
+        row = floors.flag_stores_pingpong(so, 4, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["reason"]
     assert so.floors_error_string(-1).startswith(b"a step counter did not end")
 
 
@@ -886,12 +888,21 @@ class _FakeFlagLib:
         ms._obj.value, sm0._obj.value, sm1._obj.value = self.launch_ms + n * self.rt_us * 1e-3, 3, 70
         return 0
 
-    def floors_flag_wait_all(self, device, producers, consumers, threads, n, use_grid, ms, distinct):
-        self.calls.append(("wait_all", producers, consumers, threads, n, use_grid))
-        if use_grid and self.fail_grid:
+    def floors_flag_wait_all(self, device, producers, consumers, threads, n, mode, ms, distinct):
+        self.calls.append(("wait_all", producers, consumers, threads, n, mode))
+        if mode == 1 and self.fail_grid:
             return 720
-        ms._obj.value = self.launch_ms + n * (self.grid_us if use_grid else self.step_us) * 1e-3
+        # modes 2 and 3 (relaxed polls + fence; one counter): made-up fractions of a step
+        per_step = {0: self.step_us, 1: self.grid_us, 2: 0.75 * self.step_us,
+                    3: 0.5 * self.step_us}[mode]
+        ms._obj.value = self.launch_ms + n * per_step * 1e-3
         distinct._obj.value = producers + consumers if self.distinct is None else self.distinct
+        return 0
+
+    def floors_flag_stores_pingpong(self, device, threads, stores, n, ms, sm0, sm1):
+        self.calls.append(("stores", threads, stores, n))
+        ms._obj.value = self.launch_ms + n * (self.rt_us + 0.1 * stores) * 1e-3
+        sm0._obj.value, sm1._obj.value = 3, 70
         return 0
 
 
@@ -906,13 +917,21 @@ def test_flag_floors_logic_with_a_fake_library():
     lib = _FakeFlagLib()
     row = floors.flag_wait_all(lib, 32, iters=100, repeats=3, device=0)
     assert row["us"] == pytest.approx(2.0) and row["grid_sync_us"] == pytest.approx(1.5)
+    assert row["relaxed_fence_us"] == pytest.approx(1.5) and row["one_counter_us"] == pytest.approx(1.0)
     assert row["blocks"] == 33 and row["distinct_sms"] == 33 and "reason" not in row and "note" not in row
-    assert {c[5] for c in lib.calls} == {0, 1} and {c[1:4] for c in lib.calls} == {(32, 1, 256)}
+    assert {c[5] for c in lib.calls} == {0, 1, 2, 3} and {c[1:4] for c in lib.calls} == {(32, 1, 256)}
+
+    # the publish behind N outstanding stores per thread: half a round trip
+    lib = _FakeFlagLib()
+    row = floors.flag_stores_pingpong(lib, 16, iters=100, repeats=3, device=0)
+    assert row["us"] == pytest.approx((1.6 + 1.6) / 2) and row["stores"] == 16 and row["sms"] == [3, 70]
+    assert {c[2] for c in lib.calls} == {16}
 
     # C + 1 CTAs need C + 1 SMs: skipped with the reason, nothing launched
     lib = _FakeFlagLib(sms=114)
     row = floors.flag_wait_all(lib, 128, iters=100, repeats=3, device=0)
     assert row["us"] is None and row["grid_sync_us"] is None and not lib.calls
+    assert row["one_counter_us"] is None and row["relaxed_fence_us"] is None
     assert row["reason"] == "skipped: needs 129 co-resident CTAs, one per SM; this GPU has 114 SMs"
 
     # the grid.sync() launch failing leaves the flag number; CTAs sharing SMs are noted
@@ -928,13 +947,16 @@ def test_floors_table_with_flag_rows():
             "flag_pingpong": [dict(threads=256, sms=[3, 70], us=0.8, round_trip_us=1.6)],
             "flag_wait_all": [
                 dict(producers=32, consumers=1, threads=256, blocks=33, us=2.0, grid_sync_us=1.5,
-                     distinct_sms=33),
+                     relaxed_fence_us=1.25, one_counter_us=0.75, distinct_sms=33),
                 dict(producers=128, consumers=1, threads=256, blocks=129, us=None, grid_sync_us=None,
                      distinct_sms=None, reason="skipped: needs 129 co-resident CTAs, one per SM; "
                                                "this GPU has 114 SMs")]}
     text = report.floors_table(fake)
     lines = text.splitlines()
-    assert lines[0] == "| floor | µs | note |" and len(lines) == 2 + 1 + 1 + 2 + 1
+    assert lines[0] == "| floor | µs | note |" and len(lines) == 2 + 1 + 1 + 4 + 1
+    assert "| one counter per side, red.release adds (lean), same loop, 32 producers + 1 " \
+           "consumer, 33 CTAs × 256 threads, per step | 0.75 |  |" in text
+    assert "| flags, relaxed polls + one fence, same loop, 32 producers" in text
     assert "| flag hand-off (release store → acquire poll), SM 3 ↔ SM 70, 256 threads | 0.8 | " \
            "round trip 1.6 µs |" in text
     assert "| flags: consumers wait for all 32 slices, 32 producers + 1 consumer, 33 CTAs × 256 " \

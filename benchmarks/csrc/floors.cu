@@ -48,6 +48,8 @@
 namespace cg = cooperative_groups;
 using fused_rnn::flag_publish;
 using fused_rnn::FlagRange;
+using fused_rnn::lean_publish;
+using fused_rnn::lean_wait_geq;
 using fused_rnn::wait_for_ranges;
 
 constexpr int kWords = 32;  // words exchanged per CTA and step (one warp's worth)
@@ -110,33 +112,82 @@ __global__ void flag_pingpong_kernel(int iters, int* flags, int* smids) {
   }
 }
 
+// Per-CTA counters, polled relaxed with one acquire fence after the wait (the
+// variant between the kFlags protocol and the lean one; the lean protocol's
+// bounded wait, sync_flags.cuh, on each counter): thread i waits for counter
+// first + i; CTA barrier.
+__device__ void wait_relaxed_fence(const int* flags, int first, int count, int target) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) lean_wait_geq(flags + first + i, target);
+  __syncthreads();
+}
+
 // CTAs [0, producers) are producers, [producers, producers + consumers)
-// consumers; CTA b's counter is flags[b] (contiguous, as in the forward
-// kernel: a warp polls 32 producer counters in one 128-byte load).
-//   use_grid = 0: step k, producer: wait until every consumer counter >= k - 1
-//                 (the step before: pacing), barrier, publish k;
-//                 consumer: wait until every producer counter >= k (thread i
-//                 polls counter i), barrier, publish k.
-//   use_grid = 1: the same loop, the same CTAs, with one grid.sync() per step
-//                 as the only synchronisation (the kGrid policy's step).
-__global__ void flag_wait_all_kernel(int iters, int producers, int consumers, int use_grid, int* flags,
+// consumers.
+//   mode 0 (kWaitAcquire): CTA b's counter is flags[b] (contiguous, as in the
+//                 forward kernel: a warp polls 32 producer counters in one
+//                 128-byte load). Step k, producer: wait until every consumer
+//                 counter >= k - 1 (the step before: pacing), barrier, publish
+//                 k; consumer: wait until every producer counter >= k (thread
+//                 i polls counter i, acquire per poll), barrier, publish k.
+//   mode 1 (kWaitGrid): the same loop, the same CTAs, with one grid.sync() per
+//                 step as the only synchronisation (the kGrid policy's step).
+//   mode 2 (kWaitRelaxedFence): as mode 0, each poll relaxed and one
+//                 fence.acq_rel.gpu after it.
+//   mode 3 (kWaitOneCounter): the lean protocol (sync_flags.cuh): one counter
+//                 for all producers (flags[0]) and one for the consumers
+//                 (flags[kLine]), each on its own line, advanced by
+//                 red.release adds; one thread waits for producers x k
+//                 (consumers x (k - 1)), relaxed polls, one fence.
+__global__ void flag_wait_all_kernel(int iters, int producers, int consumers, int mode, int* flags,
                                      int* smids) {
   const int b = blockIdx.x;
   if (threadIdx.x == 0) smids[b] = sm_id();
-  if (use_grid) {
+  if (mode == 1) {
     cg::grid_group grid = cg::this_grid();
     for (int k = 1; k <= iters; ++k) grid.sync();
     return;
   }
   const bool consumer = b >= producers;  // uniform in the CTA
   for (int k = 1; k <= iters; ++k) {
-    if (consumer) {
+    if (mode == 3) {
+      if (threadIdx.x == 0) {
+        if (consumer) lean_wait_geq(flags, producers * k);
+        else lean_wait_geq(flags + kLine, consumers * (k - 1));
+      }
+      __syncthreads();
+      __syncthreads();  // (the data barrier before the publish, as below)
+      if (threadIdx.x == 0) lean_publish(flags + (consumer ? kLine : 0), 1);
+      continue;
+    }
+    if (mode == 2) {
+      if (consumer) wait_relaxed_fence(flags, 0, producers, k);
+      else wait_relaxed_fence(flags, producers, consumers, k - 1);
+    } else if (consumer) {
       wait_for_ranges(flags, FlagRange{0, producers, k}, FlagRange{}, FlagRange{}, blockDim.x);
     } else {
       wait_for_ranges(flags, FlagRange{producers, consumers, k - 1}, FlagRange{}, FlagRange{}, blockDim.x);
     }
     __syncthreads();
     if (threadIdx.x == 0) flag_publish(flags + b, k);
+  }
+}
+
+// The ping-pong (flag_pingpong_kernel) with `stores` global stores per thread
+// before each publish (distinct words of `scratch`, 256 threads x stores per
+// CTA): how long a publish (st.release: a memory barrier that waits for the
+// CTA's outstanding stores) takes behind the stores of an epilogue.
+__global__ void flag_stores_pingpong_kernel(int iters, int stores, int* flags, int* scratch,
+                                            int* smids) {
+  const int me = blockIdx.x;
+  if (threadIdx.x == 0) smids[me] = sm_id();
+  int* mine = scratch + (size_t)me * stores * blockDim.x;
+  for (int i = 1; i <= iters; ++i) {
+    const FlagRange other{(1 - me) * kLine, 1, i};
+    if (me == 1) wait_for_ranges(flags, other, FlagRange{}, FlagRange{}, blockDim.x);
+    for (int s = 0; s < stores; ++s) mine[(size_t)s * blockDim.x + threadIdx.x] = i;
+    __syncthreads();
+    if (threadIdx.x == 0) flag_publish(flags + me * kLine, i);
+    if (me == 0) wait_for_ranges(flags, other, FlagRange{}, FlagRange{}, blockDim.x);
   }
 }
 
@@ -325,13 +376,15 @@ int floors_flag_pingpong(int device, int threads, int iters, float* ms, int* sm0
 
 // Wait for all C slices: one cooperative launch of `producers` + `consumers`
 // CTAs of `threads` threads, one per SM, `iters` steps of flag_wait_all_kernel
-// (use_grid = 0: step counters; 1: one grid.sync() per step). Writes the
-// launch's time in ms and the number of distinct SMs the CTAs ran on.
-int floors_flag_wait_all(int device, int producers, int consumers, int threads, int iters, int use_grid,
+// (mode, see there: 0 step counters with acquire polls; 1 one grid.sync() per
+// step; 2 step counters, relaxed polls + one fence; 3 one counter per side,
+// red.release adds). Writes the launch's time in ms and the number of
+// distinct SMs the CTAs ran on.
+int floors_flag_wait_all(int device, int producers, int consumers, int threads, int iters, int mode,
                          float* ms, int* distinct_sms) {
   *distinct_sms = 0;
   FLOORS_CHECK(cudaSetDevice(device));
-  if (producers < 1 || consumers < 1) return (int)cudaErrorInvalidValue;
+  if (producers < 1 || consumers < 1 || mode < 0 || mode > 3) return (int)cudaErrorInvalidValue;
   const int blocks = producers + consumers;
   int coop = 0, sms = 0, smem = 0;
   FLOORS_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -340,18 +393,44 @@ int floors_flag_wait_all(int device, int producers, int consumers, int threads, 
   if (blocks > sms) return (int)cudaErrorCooperativeLaunchTooLarge;
   FLOORS_CHECK(one_cta_per_sm((const void*)flag_wait_all_kernel, device, threads, &smem));
   DeviceInts flags, smids;
-  FLOORS_CHECK(flags.alloc(blocks));
+  const int words = blocks > 2 * kLine ? blocks : 2 * kLine;
+  FLOORS_CHECK(flags.alloc(words));
   FLOORS_CHECK(smids.alloc(blocks));
-  void* args[] = {&iters, &producers, &consumers, &use_grid, &flags.p, &smids.p};
+  void* args[] = {&iters, &producers, &consumers, &mode, &flags.p, &smids.p};
   FLOORS_CHECK(timed_cooperative_launch((const void*)flag_wait_all_kernel, blocks, threads, smem, args, ms));
   std::vector<int> f, id;
-  FLOORS_CHECK(to_host(f, flags.p, blocks));
+  FLOORS_CHECK(to_host(f, flags.p, words));
   FLOORS_CHECK(to_host(id, smids.p, blocks));
   *distinct_sms = (int)std::set<int>(id.begin(), id.end()).size();
-  if (!use_grid)
+  if (mode == 3) {
+    if (f[0] != producers * iters || f[kLine] != consumers * iters) return kErrCounters;
+  } else if (mode != 1) {
     for (int b = 0; b < blocks; ++b)
       if (f[b] != iters) return kErrCounters;
+  }
   return 0;
+}
+
+// The ping-pong with `stores` global stores per thread before each publish
+// (flag_stores_pingpong_kernel): ms of the launch and the two CTAs' SMs.
+int floors_flag_stores_pingpong(int device, int threads, int stores, int iters, float* ms, int* sm0,
+                                int* sm1) {
+  FLOORS_CHECK(cudaSetDevice(device));
+  if (stores < 0) return (int)cudaErrorInvalidValue;
+  int smem = 0;
+  FLOORS_CHECK(one_cta_per_sm((const void*)flag_stores_pingpong_kernel, device, threads, &smem));
+  DeviceInts flags, scratch, smids;
+  FLOORS_CHECK(flags.alloc(2 * kLine));
+  FLOORS_CHECK(scratch.alloc(2 * threads * (stores > 0 ? stores : 1)));
+  FLOORS_CHECK(smids.alloc(2));
+  void* args[] = {&iters, &stores, &flags.p, &scratch.p, &smids.p};
+  FLOORS_CHECK(timed_cooperative_launch((const void*)flag_stores_pingpong_kernel, 2, threads, smem, args, ms));
+  std::vector<int> f, id;
+  FLOORS_CHECK(to_host(f, flags.p, 2 * kLine));
+  FLOORS_CHECK(to_host(id, smids.p, 2));
+  *sm0 = id[0];
+  *sm1 = id[1];
+  return f[0] == iters && f[kLine] == iters ? 0 : kErrCounters;
 }
 
 }  // extern "C"
