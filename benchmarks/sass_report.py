@@ -1,31 +1,42 @@
 """Static SASS report of the forward kernel's step loop (no GPU needed).
 
-    python benchmarks/sass_report.py [--arch 9.0a] [--out DIR] [--label NAME]
+    python benchmarks/sass_report.py [--arch 9.0a] [--out DIR] [--label NAME] [--root TREE]
 
 Compiles the forward kernel (csrc/kernels/forward_kernel.cuh) with the extension's own
-nvcc flags into a cubin per variant -- bf16 and TF32 LSTM, flag synchronisation, the
-variants of the bf16 / TF32 L=4 H=512 plans at B=1 and B=32 -- disassembles it with
-nvdisasm (line information, inlined frames included) and counts, per phase of the step
-loop, what a wave step executes: instructions, integer divisions, constant-bank reads,
-LDSM / HMMA, CTA barriers, memory barriers, acquire loads and L1 invalidates, global
-loads / stores, cp.async, shuffles, MUFU, branches.
+nvcc flags into a cubin per variant -- bf16 and TF32 LSTM, flag synchronisation --
+disassembles it with nvdisasm (line information, inlined frames included) and counts,
+for the planner's bf16 / TF32 L=4 H=I=512 plans at B=1 and B=32 (H200 numbers), the
+instructions of one wave step on the plan's path, per phase: instructions, integer
+divisions, constant-bank reads, LDSM / HMMA, CTA barriers, memory barriers, acquire
+loads (the flag polls) and L1 invalidates, global loads / stores, cp.async, atomics, shuffles, MUFU,
+branches.
 
-Where an instruction belongs: the kernel body's source is cut into regions by marker
-comments (`// [sass:NAME]`, forward_kernel.cuh); an instruction counts for the region
-of its outermost frame's line (the kernel body's line it was inlined into). `setup` is
-the step's own address arithmetic, `sync` the flag wait and the publish.
-
-Static counts are not executed counts: where the step loop has loops of its own (the
-GEMM's column-tile pairs, the epilogue's rounds when there are more (unit, batch row)
-pairs than threads) the report gives each plan's trip counts beside them, from the
-planner itself (forward_plan.h, compiled for the host with the H200's numbers).
+Where an instruction belongs:
+  - phase: the kernel body is cut into regions by marker comments (`// [sass:NAME]`);
+    an instruction counts for the region of its outermost frame's line (the kernel
+    body's line it was inlined into). `setup` is the step's own address arithmetic,
+    `sync` the flag wait and the publish.
+  - path: code between `// [sass-path:NAME:begin]` and `...:end]` (anywhere in the
+    file; an instruction is on a path if any frame of its inline chain is) runs only for
+    some plans: `unaligned` (rows that are not 16-byte vectors), `step0` (the state's
+    read at step 0), `layer0` (layer 0's projected input: the counts are for a layer >= 1)
+    and, since these are inference plans (as floors.py --phases measured them),
+    `lengths`, `reserve` and `dropout`, never per step of these plans; `generic-gemm` or the `lean-gemm`
+    bodies, `epilogue-pairs` or `epilogue-groups`, `sync-flags` (the default) or
+    `sync-lean` (FUSED_RNN_SYNC=lean) as the plan picks. The lean GEMM's instantiations
+    share their source lines, so each one a plan runs is compiled on its own (a kernel
+    that calls it once) and counted apart, times its calls per step.
+Loops inside a phase count once (their trip counts per plan are listed); the unrolled
+GEMM has none.
 
 The per-phase prediction scales the phases measured on the H200 (floors.py --phases,
-benchmarks/results/NVIDIA-H200/phases.json, the kernel of commit 5af3a93) by the ratio
-of instructions the critical warp issues per step, new over old, for the phases that
-are instruction-bound (gather, GEMM, epilogue); the barrier wait is the flag hop's floor
-(0.61 us, floors.json) plus the measured excess scaled by the same ratio as the work
-that causes it (the producers' step). Written to DIR/forward_sass_<label>.{json,md}.
+benchmarks/results/NVIDIA-H200/phases.json: bf16, the kernel of commit 5af3a93, the
+flags protocol) by the ratio of the step's instructions on the plan's path, new over
+this report's `--baseline` (the same count for that kernel), per phase (gather with
+setup, GEMM, epilogue), the gather no less than one L2 round trip (GATHER_FLOOR_US);
+the barrier wait is the flag hop's floor (0.61 us, floors.json) plus the measured excess
+scaled by the whole step's ratio (the wait is mostly for the slowest producer's step).
+TF32 has no measured phases: its rows are priced at bf16's rate per instruction. Written to DIR/forward_sass_<label>.{json,md}.
 """
 
 from __future__ import annotations
@@ -43,8 +54,17 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
-KERNEL = os.path.join(CSRC, "kernels", "forward_kernel.cuh")
+# The tree whose kernel is reported (--root: e.g. a worktree of an older commit); the
+# build flags are always this checkout's (fused_rnn/_build.py).
+TREE = ROOT
+
+
+def csrc() -> str:
+    return os.path.join(TREE, "csrc")
+
+
+def kernel_path() -> str:
+    return os.path.join(csrc(), "kernels", "forward_kernel.cuh")
 
 # (name, C++ type, cell, tf32)
 VARIANTS = [("bf16 LSTM", "__nv_bfloat16", "kLSTM", "false"),
@@ -75,7 +95,9 @@ COUNTERS = {
     "STS": _is("STS"),
     "BAR": _is("BAR"),
     "MEMBAR": _is("MEMBAR"),
-    "acquire loads": lambda op, args: op.startswith("LDG") and ".STRONG" in op,
+    # ld.relaxed / ld.acquire at .gpu scope (the flag polls): LDG...STRONG.GPU; an acquire
+    # is followed by an L1 invalidate (CCTL), a relaxed poll is not
+    "strong loads": lambda op, args: op.startswith("LDG") and ".STRONG" in op,
     "L1 invalidate": _is("CCTL"),
     "LDG": _is("LDG"),
     "STG": _is("STG"),
@@ -108,14 +130,41 @@ def find_nvdisasm() -> str | None:
 def regions() -> list[tuple[int, str]]:
     """[(first line, region name)] of the kernel body, from the `// [sass:NAME]` markers."""
     out = []
-    with open(KERNEL) as f:
+    with open(kernel_path()) as f:
         for no, line in enumerate(f, 1):
             m = re.match(r"\s*// \[sass:(\w+)\]", line)
-            if m:
+            if m and m.group(1) != "cold":
                 out.append((no, m.group(1)))
     names = [n for _, n in out]
     if not out or names[0] != "setup" or names[-1] != "end":
-        raise RuntimeError(f"{KERNEL}: the [sass:setup] ... [sass:end] markers are missing")
+        raise RuntimeError(f"{kernel_path()}: the [sass:setup] ... [sass:end] markers are missing")
+    return out
+
+
+# The files whose `// [sass-path:...]` spans the report follows (the kernel's own, and the
+# gate math's accurate / hardware nonlinearities).
+PATH_FILES = ("forward_kernel.cuh", "gate_math.h")
+
+
+def path_ranges() -> list[tuple[str, int, int, str]]:
+    """[(file, first, last line, path name)] of the `// [sass-path:NAME:begin]` ... `end]`
+    spans of PATH_FILES."""
+    out = []
+    for name in PATH_FILES:
+        path = os.path.realpath(os.path.join(csrc(), "kernels", name))
+        if not os.path.exists(path):
+            continue
+        open_ = {}
+        with open(path) as f:
+            for no, line in enumerate(f, 1):
+                m = re.search(r"// \[sass-path:([\w-]+):(begin|end)\]", line)
+                if not m:
+                    continue
+                pname, what = m.groups()
+                if what == "begin":
+                    open_[pname] = no
+                elif pname in open_:
+                    out.append((path, open_.pop(pname), no, pname))
     return out
 
 
@@ -139,7 +188,7 @@ def compile_variant(ctype: str, cell: str, tf32: str, arch: str, work: str) -> s
     flags = [f for f in build_config().nvcc_flags([arch]) if not f.startswith("-gencode")]
     code = arch.replace(".", "")
     cmd = ["nvcc", *flags, f"-gencode=arch=compute_{code},code=sm_{code}", "-Xptxas", "-v",
-           f"-I{CSRC}", "-cubin", src, "-o", cubin]
+           f"-I{csrc()}", "-cubin", src, "-o", cubin]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(" ".join(cmd) + "\n" + proc.stderr[-4000:])
@@ -167,40 +216,92 @@ _INSN = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([
 _FUNC = re.compile(r"\s*//-+ \.text\.(\S+) -+")
 
 
-def count_step_loop(sass: str, marks) -> dict[str, dict[str, dict[str, int]]]:
-    """{mangled kernel: {region: {counter: n}}} over the step loop's instructions."""
-    kernel_path = os.path.realpath(KERNEL)
-    funcs: dict[str, dict[str, dict[str, int]]] = {}
+def sass_groups(sass: str, marks, paths, function_filter=None):
+    """Per function of nvdisasm's output: a list of (region, paths, opcode, operands) for
+    the step loop's instructions (region None: outside the loop; paths: the path names
+    of the instruction's inline chain)."""
+    kpath = os.path.realpath(kernel_path())
+    funcs: dict[str, list] = {}
     cur = None
-    outer_line = None  # the kernel body's line of the current instruction group
+    outer_line, on_paths, frames = None, frozenset(), []
     for line in sass.splitlines():
         m = _FUNC.match(line)
         if m:
-            cur = funcs.setdefault(m.group(1), {})
-            outer_line = None
+            cur = funcs.setdefault(m.group(1), []) if (
+                function_filter is None or function_filter(m.group(1))) else None
+            outer_line, on_paths, frames = None, frozenset(), []
             continue
-        m = _FILE.match(line)
-        if m:
-            # the last frame of a group is the outermost: inlined-at chains end in the body
-            chain = re.findall(r'"([^"]+)", line (\d+)', line)
-            path, no = chain[-1]
-            outer_line = int(no) if os.path.realpath(path) == kernel_path else None
+        if _FILE.match(line):
+            # an instruction's frames: one `//## File` line per frame, innermost first,
+            # each "inlined at" its caller; the last line's last frame is the outermost
+            frames.append([(os.path.realpath(p), int(n))
+                           for p, n in re.findall(r'"([^"]+)", line (\d+)', line)])
             continue
         m = _INSN.match(line)
-        if not m or cur is None or (m.group(1) or "").strip() == "@!PT":
+        if not m:
+            continue
+        if frames:  # (an instruction without lines of its own keeps the previous ones)
+            path, no = frames[-1][-1]
+            outer_line = no if path == kpath else None
+            on_paths = frozenset(name for fr in frames for p, n in fr
+                                 for f, a, b, name in paths if p == f and a <= n <= b)
+            frames = []
+        if cur is None or (m.group(1) or "").strip() == "@!PT":
             continue
         region = region_of(outer_line, marks) if outer_line is not None else None
-        if region is None:
-            continue
-        op, args = m.group(2), m.group(3)
-        counts = cur.setdefault(region, {k: 0 for k in COUNTERS})
-        for k, pred in COUNTERS.items():
-            if pred(op, args):
-                counts[k] += 1
-    for regs in funcs.values():
-        total = {k: sum(r[k] for r in regs.values()) for k in COUNTERS}
-        regs["step loop"] = total
+        cur.append((region, on_paths, m.group(2), m.group(3)))
     return funcs
+
+
+def tally(insns, keep) -> dict[str, int]:
+    """Counter totals over the instructions `keep` accepts."""
+    out = {k: 0 for k in COUNTERS}
+    for insn in insns:
+        if keep(insn):
+            for k, pred in COUNTERS.items():
+                if pred(insn[2], insn[3]):
+                    out[k] += 1
+    return out
+
+
+_LEAN_PROGRAM = r"""
+#include "kernels/forward_kernel.cuh"
+using namespace fused_rnn;
+using namespace fused_rnn::fwd;
+// One call of the lean GEMM's instantiation, for its instruction count.
+__global__ void __launch_bounds__(256, 1) lean_body(const uint32_t* w, const void* sx, float* part,
+                                                   int ld, int m_pad) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint32_t wreg[%(nreg)d * kRegsPerTile<%(tf32)s> + 1];
+#pragma unroll
+  for (int i = 0; i < %(nreg)d * kRegsPerTile<%(tf32)s>; ++i) wreg[i] = w[i * 32 + threadIdx.x];
+  gemm_lean_columns<%(ctype)s, %(tf32)s, %(nreg)d, %(nt)d, %(mg)d, %(two)s>(
+      wreg, smem + threadIdx.x %% 32 * 16, reinterpret_cast<const %(ctype)s*>(smem) + ld * (threadIdx.x %% 8),
+      ld, reinterpret_cast<float*>(smem + 65536) + threadIdx.x / 32 * 64, m_pad, threadIdx.x %% 32);
+  if (threadIdx.x == 0) part[0] = 0.0f;  // (part: unused; the partial sums go to shared memory)
+}
+"""
+
+
+def lean_count(ctype, tf32, nt, mg, two, arch, work, nvdisasm, marks, paths) -> dict[str, int]:
+    """Counters of one gemm_lean_columns instantiation (its lean-gemm lines only)."""
+    nreg = min(26 if ctype != "float" else 14, nt)
+    tag = f"lean_{ctype.strip('_')}_{tf32}_{nt}_{mg}_{two}"
+    src, cubin = os.path.join(work, tag + ".cu"), os.path.join(work, tag + ".cubin")
+    with open(src, "w") as f:
+        f.write(_LEAN_PROGRAM % dict(ctype=ctype, tf32=tf32, nreg=nreg, nt=nt, mg=mg, two=two))
+    flags = [f for f in build_config().nvcc_flags([arch]) if not f.startswith("-gencode")]
+    code = arch.replace(".", "")
+    cmd = ["nvcc", *flags, f"-gencode=arch=compute_{code},code=sm_{code}", f"-I{csrc()}",
+           "-cubin", src, "-o", cubin]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(" ".join(cmd) + "\n" + proc.stderr[-4000:])
+    sass = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True, text=True,
+                          check=True).stdout
+    # the instructions with a lean-gemm frame (the region is none: not the kernel's body)
+    funcs = sass_groups(sass, marks, paths, lambda fn: "lean_body" in fn)
+    return tally(next(iter(funcs.values())), lambda i: "lean-gemm" in i[1])
 
 
 _PLAN_PROGRAM = r"""
@@ -244,25 +345,93 @@ def plans(work: str) -> list[dict]:
     src, exe = os.path.join(work, "plans.cpp"), os.path.join(work, "plans")
     with open(src, "w") as f:
         f.write(_PLAN_PROGRAM % dict(H200, batches=", ".join(map(str, PLAN_BATCHES))))
-    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", src, "-o", exe], check=True)
+    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{csrc()}", src, "-o", exe], check=True)
     return json.loads(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
 
 
-def trips(plan: dict) -> dict[str, int]:
-    """Per-step trip counts of the loops inside the step loop's phases, for one plan (the
-    critical warp / thread): the GEMM's column-tile pairs per item and items per warp, the
-    epilogue's rounds over (unit, batch row) pairs, and the batch tiles per step."""
+PHASES = ("setup", "sync", "gather", "gemm", "epilogue")
+# The H200 measurement the prediction is calibrated on (bf16 LSTM L=4 H=512 T=512, the
+# flags protocol; floors.py --phases) and the flag hop's floor (floors.json).
+PHASES_JSON = os.path.join(ROOT, "benchmarks", "results", "NVIDIA-H200", "phases.json")
+FLAG_HOP_US = 0.61
+# The gather waits for its copies from L2 (data another SM wrote): at least one L2 round
+# trip, however few its instructions. An assumption (below the flag hop's 0.61 us, which
+# is a store, a poll and a round trip).
+GATHER_FLOOR_US = 0.5
+
+
+def epilogue_lanes(plan: dict, gates: int) -> int:
+    """The kernel's eg_lanes for a layer >= 1 of the plan (forward_kernel.cuh prologue)."""
+    reads = plan["x_splits"] + plan["h_splits"]
+    pairs = plan["units"] * min(plan["batch"], plan["batch_tile"])
+    full = 1
+    while full < reads and full < 8:
+        full *= 2
+    spl = full
+    while True:
+        lanes = 1
+        while lanes < gates * spl:
+            lanes *= 2
+        if lanes * pairs <= 256 or spl == 1:
+            break
+        spl //= 2
+    return 1 if lanes * pairs > 256 else lanes
+
+
+def plan_path(plan: dict, paths: set[str], sync: str = "flags", fast: bool = False) -> dict:
+    """What one wave step of a layer >= 1 runs under `plan` (`fast`: FUSED_RNN_FAST_TANH=1):
+    the paths left out, the lean GEMM's calls per instantiation, the loop trip counts."""
     B, nb = plan["batch"], plan["batch_tile"]
     tiles = -(-B // nb)
     rows = min(B, nb)
     n8 = -(-rows // 8)
-    return dict(batch_tiles=tiles, gemm_column_pairs=-(-n8 // 2),
-                gemm_items_per_warp=-(-plan["items"] // 8),
-                epilogue_rounds=-(-plan["units"] * rows // 256))
+    # (inference, as floors.py --phases measured it: no reserve, no dropout, no lengths)
+    out = {"exclude": {"unaligned", "step0", "layer0", "lengths", "reserve", "dropout",
+                       "sync-lean" if sync == "flags" else "sync-flags",
+                       "accurate-act" if fast else "fast-act"},
+           "batch_tiles": tiles, "lean_calls": {}, "epilogue_lanes": None,
+           "epilogue_rounds": -(-plan["units"] * rows // 256)}
+    lean = (plan["items"] <= 8 and plan["m_group"] in (1, 2) and
+            plan["item_tiles"] in (16, 32) and "lean-gemm" in paths)
+    if lean:
+        out["exclude"] |= {"generic-gemm", "lean-gemm"}
+        for two, calls in ((True, n8 // 2), (False, n8 % 2)):
+            if calls:
+                out["lean_calls"][(plan["item_tiles"], plan["m_group"], two)] = calls * tiles
+    if "epilogue-groups" in paths:
+        lanes = epilogue_lanes(plan, 4)
+        out["epilogue_lanes"] = lanes
+        out["exclude"].add("epilogue-groups" if lanes == 1 else "epilogue-pairs")
+        out["epilogue_rounds"] = -(-plan["units"] * rows // (256 // lanes))
+    return out
+
+
+def step_counts(insns, path: dict, lean_counts) -> dict[str, dict[str, int]]:
+    """{phase: counters} of one wave step on the path (gather, GEMM and epilogue times
+    the batch tiles; the epilogue's loop body once per round; the lean GEMM's
+    instantiations times their calls)."""
+    ex = path["exclude"]
+    out = {}
+    for phase in PHASES:
+        c = tally(insns, lambda i: i[0] == phase and not (i[1] & ex))
+        mult = 1
+        if phase in ("gather", "gemm"):
+            mult = path["batch_tiles"]
+        if phase == "epilogue":
+            mult = path["epilogue_rounds"] * path["batch_tiles"]
+        c = {k: v * mult for k, v in c.items()}
+        if phase == "gemm":
+            for key, calls in path["lean_calls"].items():
+                for k, v in lean_counts[key].items():
+                    c[k] += v * calls
+        out[phase] = c
+    out["step"] = {k: sum(out[p][k] for p in PHASES) for k in COUNTERS}
+    return out
 
 
 def report(arch: str, label: str) -> dict:
-    marks = regions()
+    marks, paths = regions(), path_ranges()
+    names = {n for _, _, _, n in paths}
     nvdisasm = find_nvdisasm()
     if nvdisasm is None or shutil.which("nvcc") is None:
         raise RuntimeError("needs nvcc and nvdisasm (pip install nvidia-cuda-nvdisasm)")
@@ -271,18 +440,77 @@ def report(arch: str, label: str) -> dict:
             cubins = list(pool.map(lambda v: compile_variant(v[1], v[2], v[3], arch, work),
                                    VARIANTS))
         planned = plans(work)
-        out = {"meta": meta(arch, label), "regions": [n for _, n in marks], "variants": []}
-        for (name, *_), cubin in zip(VARIANTS, cubins):
+        out = {"meta": meta(arch, label), "paths": sorted(names), "variants": []}
+        for (name, ctype, cell, tf32), cubin in zip(VARIANTS, cubins):
             sass = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True,
                                   text=True, check=True).stdout
             regs = ptxas_registers(cubin)
-            for fn, counts in sorted(count_step_loop(sass, marks).items()):
-                if "rnn_forward_kernel" not in fn or "SyncPolicyE2E" not in fn:
-                    continue  # the flags variant: the planner's default
-                out["variants"].append(dict(
-                    variant=name, kernel=fn, registers=regs.get(fn), regions=counts,
-                    plans=[dict(p, trips=trips(p)) for p in planned if p["variant"] == name]))
+            funcs = sass_groups(sass, marks, paths,
+                                lambda fn: "rnn_forward_kernel" in fn and "SyncPolicyE2E" in fn)
+            (fn, insns), = funcs.items()  # the flags variant: the planner's default
+            rows = []
+            for plan in (p for p in planned if p["variant"] == name):
+                protocols = [("flags", False)]
+                if "sync-lean" in names:
+                    protocols.append(("lean", False))
+                if "fast-act" in names and ctype == "__nv_bfloat16":
+                    protocols.append(("flags", True))
+                for sync, fast in protocols:
+                    path = plan_path(plan, names, sync, fast)
+                    lean_counts = {key: lean_count(ctype, tf32, key[0], key[1],
+                                                   "true" if key[2] else "false", arch, work,
+                                                   nvdisasm, marks, paths)
+                                   for key in path["lean_calls"]}
+                    rows.append(dict(
+                        batch=plan["batch"], batch_tile=plan["batch_tile"], sync=sync,
+                        fast_tanh=fast, summary=plan["summary"],
+                        batch_tiles=path["batch_tiles"], epilogue_lanes=path["epilogue_lanes"],
+                        epilogue_rounds=path["epilogue_rounds"],
+                        lean_calls={f"NT={k[0]} MG={k[1]} {'pair' if k[2] else 'single'}": v
+                                    for k, v in path["lean_calls"].items()},
+                        counts=step_counts(insns, path, lean_counts)))
+            out["variants"].append(dict(
+                variant=name, kernel=fn, registers=regs.get(fn),
+                all_paths={ph: tally(insns, lambda i, ph=ph: i[0] == ph)["instructions"]
+                           for ph in PHASES},
+                plans=rows))
     return out
+
+
+def predict(rep: dict, base: dict | None) -> None:
+    """Adds each flags-protocol row's predicted µs per phase (see the module's doc) when a
+    baseline report and the H200's phases are at hand."""
+    if base is None or not os.path.exists(PHASES_JSON):
+        return
+    with open(PHASES_JSON) as f:
+        measured = {(r["kernel"], r["batch"]): r["phases_us"] for r in json.load(f)["phases"]
+                    if r["kernel"] == "forward"}
+    def rows(report, variant):
+        v = next((v for v in report["variants"] if v["variant"] == variant), None)
+        return {(r["batch"], r["sync"], r.get("fast_tanh", False)): r["counts"]
+                for r in v["plans"]} if v else {}
+    bf16_base = rows(base, "bf16 LSTM")
+    for v in rep["variants"]:
+        for r in v["plans"]:
+            m = measured.get(("forward", r["batch"]))
+            b = bf16_base.get((r["batch"], "flags", False))
+            if m is None or b is None:
+                continue
+            c = r["counts"]
+            def n(counts, *phases):
+                return sum(counts[p]["instructions"] for p in phases)
+            pred = {}
+            for phase, mine in (("gather", ("setup", "gather")), ("gemm", ("gemm",)),
+                                ("epilogue", ("epilogue",))):
+                pred[phase] = m[phase] * n(c, *mine) / n(b, *mine)
+            pred["gather"] = max(pred["gather"], GATHER_FLOOR_US)
+            ratio = n(c, *PHASES) / n(b, *PHASES)
+            pred["barrier"] = FLAG_HOP_US + max(0.0, m["barrier"] - FLAG_HOP_US) * ratio
+            pred["total"] = sum(pred.values())
+            r["predicted_us"] = pred
+            r["calibration"] = ("bf16 measured phases (H200) x instruction ratio vs the baseline "
+                                "bf16 flags row" + ("" if v["variant"] == "bf16 LSTM" else
+                                                    "; TF32 priced at bf16's rate per instruction"))
 
 
 def meta(arch: str, label: str) -> dict:
@@ -296,42 +524,82 @@ def meta(arch: str, label: str) -> dict:
     release = re.search(r"release ([\d.]+)", nvcc)
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "label": label, "arch": f"sm_{arch.replace('.', '')}",
-            "git_commit": git("rev-parse", "--short", "HEAD"),
-            "tree_dirty": bool(git("status", "--porcelain", "--", "csrc")),
+            "git_commit": git("-C", TREE, "rev-parse", "--short", "HEAD"),
+            "tree_dirty": bool(git("-C", TREE, "status", "--porcelain", "--", "csrc")),
             "nvcc": release.group(1) if release else None,
             "command": "python benchmarks/sass_report.py " + " ".join(sys.argv[1:])}
 
 
 SHOWN = ["instructions", "int div", "const reads", "LDSM", "HMMA", "LDS", "STS", "BAR",
-         "MEMBAR", "acquire loads", "L1 invalidate", "LDG", "STG", "cp.async", "atomics", "SHFL",
+         "MEMBAR", "strong loads", "L1 invalidate", "LDG", "STG", "cp.async", "atomics", "SHFL",
          "MUFU", "branches"]
 
 
-def markdown(rep: dict) -> str:
+def protocol(row: dict) -> str:
+    """'flags protocol', 'lean protocol', '... + hardware tanh'."""
+    return f"{row['sync']} protocol" + (" + hardware tanh" if row.get("fast_tanh") else "")
+
+
+def markdown(rep: dict, base: dict | None = None) -> str:
     m = rep["meta"]
     lines = [f"# Forward step loop, static SASS ({m['label']})", "",
              f"{m['arch']}, nvcc {m['nvcc']}, commit {m['git_commit']}"
-             f"{' (csrc/ modified)' if m['tree_dirty'] else ''}, {m['date']}; "
-             f"`{m['command']}`.", "",
-             "Static instruction counts of the flags variant's step loop, per region (the "
-             "kernel body's `// [sass:...]` markers); loops inside a region count once "
-             "(their trip counts per plan are below each table).", ""]
+             f"{' (csrc/ modified: ' + m['tree_note'] + ')' if m.get('tree_note') else ''}"
+             f"{' (csrc/ modified)' if m['tree_dirty'] and not m.get('tree_note') else ''}, "
+             f"{m['date']}; `{m['command']}`.", "",
+             "Instructions of one wave step of a layer >= 1 on the plan's path (see "
+             "benchmarks/sass_report.py: phases by the kernel body's `// [sass:...]` markers, "
+             "paths by `// [sass-path:...]`), per phase; gather, GEMM and epilogue times the "
+             "batch tiles, the epilogue's loop once per round, the unrolled GEMM counted per "
+             "instantiation and call. Static code: a loop inside a phase (the gather's copies, "
+             "the generic GEMM's shared-memory tiles) counts once.", ""]
+    if base:
+        lines += [f"Baseline: {base['meta']['label']} (commit {base['meta']['git_commit']}).", ""]
+    shown = SHOWN
     for v in rep["variants"]:
-        lines += [f"## {v['variant']} ({v['registers']} registers)", "",
-                  "| region | " + " | ".join(SHOWN) + " |",
-                  "| --- |" + " ---: |" * len(SHOWN)]
-        order = [r for r in ("setup", "sync", "gather", "gemm", "epilogue") if r in v["regions"]]
-        for r in order + ["step loop"]:
-            c = v["regions"][r]
-            name = f"**{r}**" if r == "step loop" else r
-            lines.append(f"| {name} | " + " | ".join(str(c[k]) for k in SHOWN) + " |")
-        lines.append("")
-        for p in v["plans"]:
-            t = p["trips"]
-            lines.append(f"- B={p['batch']}: {p['summary']}")
-            lines.append(f"  - per step: {t['batch_tiles']} batch tile(s); GEMM "
-                         f"{t['gemm_items_per_warp']} item(s) per warp x {t['gemm_column_pairs']} "
-                         f"column-tile pair(s); epilogue {t['epilogue_rounds']} round(s)")
+        allp = v["all_paths"]
+        lines += [f"## {v['variant']} ({v['registers']} registers; all paths of the step loop: "
+                  f"{sum(allp.values())} instructions)", ""]
+        for r in v["plans"]:
+            lean = ", ".join(f"{k} x{n}" for k, n in r["lean_calls"].items()) or "generic loop"
+            epi = (f"{r['epilogue_lanes']} lane(s) per pair" if r["epilogue_lanes"] else
+                   "one thread per pair")
+            lines += [f"### B={r['batch']}, {protocol(r)}", "",
+                      f"{r['summary']}", "",
+                      f"Per step: {r['batch_tiles']} batch tile(s); GEMM: {lean}; epilogue: "
+                      f"{epi}, {r['epilogue_rounds']} round(s).", "",
+                      "| phase | " + " | ".join(shown) + " |",
+                      "| --- |" + " ---: |" * len(shown)]
+            for ph in PHASES + ("step",):
+                c = r["counts"][ph]
+                name = "**step**" if ph == "step" else ph
+                lines.append(f"| {name} | " + " | ".join(str(c[k]) for k in shown) + " |")
+            lines.append("")
+            pred = r.get("predicted_us")
+            if pred:
+                lines += [f"Predicted on an H200 ({r['calibration']}): " +
+                          ", ".join(f"{k} {pred[k]:.2f}" for k in ("gather", "gemm", "epilogue",
+                                                                    "barrier")) +
+                          f"; **{pred['total']:.2f} us per wave step**.", ""]
+    if base:
+        lines += ["## Against the baseline", "", "| variant | B | protocol | step instructions "
+                  "(baseline -> this) | ratio | int div | const reads | barriers (BAR) |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for v in rep["variants"]:
+            bv = next((x for x in base["variants"] if x["variant"] == v["variant"]), None)
+            if bv is None:
+                continue
+            for r in v["plans"]:
+                br = next((x for x in bv["plans"] if x["batch"] == r["batch"] and
+                           x["sync"] == "flags" and not x.get("fast_tanh")), None)
+                if br is None:
+                    continue
+                a, b_ = br["counts"]["step"], r["counts"]["step"]
+                lines.append(
+                    f"| {v['variant']} | {r['batch']} | {protocol(r)} | {a['instructions']} -> "
+                    f"{b_['instructions']} | {a['instructions'] / b_['instructions']:.2f}x | "
+                    f"{a['int div']} -> {b_['int div']} | {a['const reads']} -> "
+                    f"{b_['const reads']} | {a['BAR']} -> {b_['BAR']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -341,15 +609,30 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="9.0a")
     ap.add_argument("--label", default="current")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sass"))
+    ap.add_argument("--root", default=ROOT,
+                    help="the tree whose csrc/ is reported (default: this checkout)")
+    ap.add_argument("--tree-note", default="",
+                    help="what was changed in --root's csrc/ (said in the report)")
+    ap.add_argument("--baseline", default=None,
+                    help="an earlier report's JSON: the comparison and the prediction's basis")
     a = ap.parse_args(argv)
+    global TREE
+    TREE = os.path.abspath(a.root)
     rep = report(a.arch, a.label)
+    if a.tree_note:
+        rep["meta"]["tree_note"] = a.tree_note
+    base = None
+    if a.baseline:
+        with open(a.baseline) as f:
+            base = json.load(f)
+    predict(rep, base if base is not None else rep)
     os.makedirs(a.out, exist_ok=True)
-    base = os.path.join(a.out, f"forward_sass_{a.label}")
-    with open(base + ".json", "w") as f:
+    path = os.path.join(a.out, f"forward_sass_{a.label}")
+    with open(path + ".json", "w") as f:
         json.dump(rep, f, indent=1)
         f.write("\n")
-    md = markdown(rep)
-    with open(base + ".md", "w") as f:
+    md = markdown(rep, base)
+    with open(path + ".md", "w") as f:
         f.write(md + "\n")
     print(md)
     return 0
