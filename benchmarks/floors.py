@@ -159,10 +159,23 @@ def flag_pingpong(lib, threads: int = FLAG_THREADS, iters: int = 4000, repeats: 
     dev = torch.cuda.current_device() if device is None else device
     row = dict(threads=threads, sms=None, us=None, round_trip_us=None)
 
+    round_trip = _handoff(lib, lambda n, ms, sm0, sm1: lib.floors_flag_pingpong(
+        dev, threads, n, ms, sm0, sm1), row, iters, repeats)
+    if round_trip is None:
+        return row
+    row["round_trip_us"] = round_trip
+    if row["sms"][0] == row["sms"][1]:  # the shared-memory request should make this impossible
+        row["note"] = f"both CTAs ran on SM {row['sms'][0]}"
+    return row
+
+
+def _handoff(lib, call, row: dict, iters: int, repeats: int) -> float | None:
+    """A ping-pong measurement: `call(n, ms, sm0, sm1)` launches n round trips. Sets
+    row["us"] (half a round trip) and row["sms"], or row["reason"]; returns the round
+    trip in µs, or None."""
     def launch(n):
         ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
-        err = lib.floors_flag_pingpong(dev, threads, n, ctypes.byref(ms), ctypes.byref(sm0),
-                                       ctypes.byref(sm1))
+        err = call(n, ctypes.byref(ms), ctypes.byref(sm0), ctypes.byref(sm1))
         if err:
             raise RuntimeError(lib.floors_error_string(err).decode())
         return ms.value, [sm0.value, sm1.value]
@@ -171,11 +184,9 @@ def flag_pingpong(lib, threads: int = FLAG_THREADS, iters: int = 4000, repeats: 
         round_trip, row["sms"] = _per_barrier_us(launch, iters, repeats)
     except RuntimeError as e:
         row["reason"] = str(e)
-        return row
-    row["round_trip_us"], row["us"] = round_trip, round_trip / 2
-    if row["sms"][0] == row["sms"][1]:  # the shared-memory request should make this impossible
-        row["note"] = f"both CTAs ran on SM {row['sms'][0]}"
-    return row
+        return None
+    row["us"] = round_trip / 2
+    return round_trip
 
 
 # flag_wait_all's variants: floors.cu's `mode` and the key of its µs in the row.
@@ -234,21 +245,8 @@ def flag_stores_pingpong(lib, stores: int, threads: int = FLAG_THREADS, iters: i
     epilogue's stores."""
     dev = torch.cuda.current_device() if device is None else device
     row = dict(threads=threads, stores=stores, sms=None, us=None)
-
-    def launch(n):
-        ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
-        err = lib.floors_flag_stores_pingpong(dev, threads, stores, n, ctypes.byref(ms),
-                                              ctypes.byref(sm0), ctypes.byref(sm1))
-        if err:
-            raise RuntimeError(lib.floors_error_string(err).decode())
-        return ms.value, [sm0.value, sm1.value]
-
-    try:
-        round_trip, row["sms"] = _per_barrier_us(launch, iters, repeats)
-    except RuntimeError as e:
-        row["reason"] = str(e)
-        return row
-    row["us"] = round_trip / 2
+    _handoff(lib, lambda n, ms, sm0, sm1: lib.floors_flag_stores_pingpong(
+        dev, threads, stores, n, ms, sm0, sm1), row, iters, repeats)
     return row
 
 

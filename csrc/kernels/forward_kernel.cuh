@@ -577,6 +577,17 @@ FRNN_DEVICE void gemm_lean(const uint32_t* wreg, const unsigned char* sw, const 
   }
 }
 
+// gemm_lean for the plan's row tiles per item (1 or 2).
+template <typename T, bool TF32, int NREG, int NT>
+FRNN_DEVICE void gemm_lean_any(int m_group, const uint32_t* wreg, const unsigned char* sw,
+                               const T* sx, float* part, int ld, int m_pad, int k0, int dst_off,
+                               int first_off, int nbv) {
+  if (m_group == 2)
+    gemm_lean<T, TF32, NREG, NT, 2>(wreg, sw, sx, part, ld, m_pad, k0, dst_off, first_off, nbv);
+  else
+    gemm_lean<T, TF32, NREG, NT, 1>(wreg, sw, sx, part, ld, m_pad, k0, dst_off, first_off, nbv);
+}
+
 // Exact fp32 GEMM (float32 without TF32): same work items; lane -> row
 // lane % 16 and 8 batch columns, float4 loads along K (conflict-free: rows
 // are 16 bytes apart modulo 128).
@@ -976,23 +987,14 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         if constexpr (kFrag) {
           if (gemm_kind == kGemmLean) {
             constexpr int kL = kLeanTilesLong, kS = kLeanTilesShort;
-            constexpr int kRL = lean_regs(kNReg, kL), kRS = lean_regs(kNReg, kS);
-            unsigned char* const sw8 = smem + lay.w;
-            if (lean_nt == kL) {
-              if (c.m_group == 2)
-                gemm_lean<T, TF32, kRL, kL, 2>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
-                                               lean_dst, first_off, nbv);
-              else
-                gemm_lean<T, TF32, kRL, kL, 1>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
-                                               lean_dst, first_off, nbv);
-            } else {
-              if (c.m_group == 2)
-                gemm_lean<T, TF32, kRS, kS, 2>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
-                                               lean_dst, first_off, nbv);
-              else
-                gemm_lean<T, TF32, kRS, kS, 1>(wreg, sw8, sx, part, c.ld, c.m_pad, lean_k0,
-                                               lean_dst, first_off, nbv);
-            }
+            if (lean_nt == kL)
+              gemm_lean_any<T, TF32, lean_regs(kNReg, kL), kL>(
+                  c.m_group, wreg, smem + lay.w, sx, part, c.ld, c.m_pad, lean_k0, lean_dst,
+                  first_off, nbv);
+            else
+              gemm_lean_any<T, TF32, lean_regs(kNReg, kS), kS>(
+                  c.m_group, wreg, smem + lay.w, sx, part, c.ld, c.m_pad, lean_k0, lean_dst,
+                  first_off, nbv);
           } else if (gemm_kind == kGemmGeneric) {
             gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h,
                                            nbv, first_off);

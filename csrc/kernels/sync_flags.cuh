@@ -64,31 +64,48 @@ FRNN_DEVICE int flag_read(const int* flag) {
 #endif
 }
 
-// Spins until *flag >= target. A counter that stops moving (a scheduling bug)
+// The lean protocol's poll (below): the counter's current value, no ordering.
+FRNN_DEVICE int lean_read_relaxed(const int* counter) {
+#if defined(FRNN_EMULATION)
+  return __atomic_load_n(counter, __ATOMIC_RELAXED);
+#elif defined(__CUDA_ARCH__)
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  return v;
+#else
+  return *counter;
+#endif
+}
+
+// Spins until *flag >= target, each poll an acquire load (flag_read) or, RELAXED, a
+// relaxed one (lean_read_relaxed). A counter that stops moving (a scheduling bug)
 // must not hang the machine: on a GPU the kernel traps after ~2^26 polls
 // (tens of seconds: an error the launch reports) *without progress* -- the
 // count restarts whenever the counter advances, since a legitimate wait can
 // last a whole layer (bidirectional: the layer below's T steps); in the
 // emulation it aborts with a message after 60 s without progress.
-FRNN_DEVICE void flag_wait_geq(const int* flag, int target) {
-  int seen = flag_read(flag);
+template <bool RELAXED>
+FRNN_DEVICE void spin_until_geq(const int* flag, int target) {
+  auto read = [](const int* f) { return RELAXED ? lean_read_relaxed(f) : flag_read(f); };
+  int seen = read(flag);
 #if defined(FRNN_EMULATION)
   int64_t since = ::emu::globaltimer_ns();
   while (seen < target) {
     sched_yield();
-    const int now = flag_read(flag);
+    const int now = read(flag);
     if (now != seen) {
       seen = now;
       since = ::emu::globaltimer_ns();
     } else if (::emu::globaltimer_ns() - since > 60000000000LL) {
-      fprintf(stderr, "emu: deadlock waiting for a step counter (%d < %d)\n", seen, target);
+      fprintf(stderr, "emu: deadlock waiting for a %s (%d < %d)\n",
+              RELAXED ? "lean counter" : "step counter", seen, target);
       abort();
     }
   }
 #else
   uint32_t polls = 0;
   while (seen < target) {
-    const int now = flag_read(flag);
+    const int now = read(flag);
     if (now != seen) {
       seen = now;
       polls = 0;
@@ -98,6 +115,8 @@ FRNN_DEVICE void flag_wait_geq(const int* flag, int target) {
   }
 #endif
 }
+
+FRNN_DEVICE void flag_wait_geq(const int* flag, int target) { spin_until_geq<false>(flag, target); }
 
 // A contiguous range of counters that must all reach `target`.
 struct FlagRange {
@@ -157,52 +176,16 @@ FRNN_DEVICE void lean_publish(int* counter, int n) {
 #endif
 }
 
-FRNN_DEVICE int lean_read_relaxed(const int* counter) {
-#if defined(FRNN_EMULATION)
-  return __atomic_load_n(counter, __ATOMIC_RELAXED);
-#elif defined(__CUDA_ARCH__)
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
-  return v;
-#else
-  return *counter;
-#endif
-}
-
-// Spins (relaxed) until *counter >= target, then the acquire fence. Traps / aborts
-// after a long time without progress, as flag_wait_geq.
+// Spins (relaxed polls) until *counter >= target, then the acquire fence. Traps /
+// aborts after a long time without progress, as flag_wait_geq.
 FRNN_DEVICE void lean_wait_geq(const int* counter, int target) {
-  int seen = lean_read_relaxed(counter);
+  spin_until_geq<true>(counter, target);
 #if defined(FRNN_EMULATION)
-  int64_t since = ::emu::globaltimer_ns();
-  while (seen < target) {
-    sched_yield();
-    const int now = lean_read_relaxed(counter);
-    if (now != seen) {
-      seen = now;
-      since = ::emu::globaltimer_ns();
-    } else if (::emu::globaltimer_ns() - since > 60000000000LL) {
-      fprintf(stderr, "emu: deadlock waiting for a lean counter (%d < %d)\n", seen, target);
-      abort();
-    }
-  }
 #if FRNN_EMU_BREAK != 1
   (void)__atomic_load_n(counter, __ATOMIC_ACQUIRE);  // the fence (see above)
 #endif
-#else
-  uint32_t polls = 0;
-  while (seen < target) {
-    const int now = lean_read_relaxed(counter);
-    if (now != seen) {
-      seen = now;
-      polls = 0;
-    } else if (++polls == (1u << 26)) {
-      __trap();
-    }
-  }
-#if defined(__CUDA_ARCH__)
+#elif defined(__CUDA_ARCH__)
   asm volatile("fence.acq_rel.gpu;" ::: "memory");
-#endif
 #endif
 }
 
