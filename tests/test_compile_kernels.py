@@ -625,7 +625,8 @@ def test_lean_gemm_is_planned(emu_asan, case, tmp_path):
     assert re.search(r", 0 of \d+ items unrolled", older.stdout), older.stdout
 
 
-@pytest.mark.parametrize("case", [EMU_CASES[16], EMU_CASES[18], EMU_CASES[17]], ids=lambda c: c.id)
+# bf16 LSTM with lane groups (B=2, dropout), bf16 LSTM and GRU with one thread per pair, TF32
+@pytest.mark.parametrize("case", [EMU_CASES[i] for i in (5, 16, 18, 17)], ids=lambda c: c.id)
 def test_emulated_fast_tanh(emu_asan, case, tmp_path):
     """FUSED_RNN_FAST_TANH=1: the bf16 epilogue's hardware-tanh path (one thread per pair and
     lane groups; the emulation's tanh is the exact one, so this checks the path's plumbing,
