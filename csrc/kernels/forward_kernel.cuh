@@ -436,11 +436,12 @@ FRNN_DEVICE void gemm_fragments(const uint32_t* wreg, const unsigned char* sw, c
 // bf16 / TF32 H=512 stacks on an H100 / H200 at every batch; H=256 at small batch) and
 // the item is full length in its layer, it runs fully unrolled, without a run-time
 // guard per tile:
-//   - the activations' B fragments of kPrefetch K tiles are loaded (ldmatrix) before the
-//     MMAs that use them, and the next group's while this group's MMAs run (two buffers);
+//   - the activations' B fragments of 2 K tiles are loaded (ldmatrix) before the MMAs
+//     that use them, and the next 2's while those MMAs run (two buffers): all of them
+//     at once would take 64-128 more registers than the weight tiles leave;
 //   - a shared-memory weight tile is loaded one tile ahead of its MMA;
-//   - 4 independent accumulator chains: (row tile of the pair) x (column tile) x (K
-//     parity), as many parities as it takes to make 4;
+//   - 4 independent accumulator chains (TF32: 2): (row tile of the pair) x (column
+//     tile) x (K parity), as many parities as it takes;
 //   - one store of the partial sums per register; the sum over the K splits is the
 //     epilogue's one cross-warp reduction.
 // Any other item (more than 8 per CTA, another length) runs gemm_fragments.
