@@ -1045,6 +1045,13 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
                                 static_cast<uint32_t>(b), j);
             // [sass-path:dropout:end]
           };
+          // Gate g's activation from its x and h parts (biases included); r: GRU's
+          // activated r gate, for its n gate (gate_math.h; fast_act: the hardware tanh)
+          auto gate_act = [&](int g, float ax, float ah, float r) -> float {
+            if constexpr (CELL == CellKind::kLSTM) return lstm_gate(g, ax + ah, fast_act);
+            else if constexpr (CELL == CellKind::kGRU) return gru_gate(g, ax, ah, r, fast_act);
+            else return rnn_gate(ax + ah, p.mode == static_cast<int>(Mode::kRnnRelu), fast_act);
+          };
           // The pair's cell update and stores, from its activated gates gv (LSTM i f g
           // o, GRU r z n, RNN h) and its dropout bit; `gates`: also store the gates
           // (and GRU's hn) in the reserve (else their lanes did).
@@ -1071,11 +1078,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             float h_new;
             if constexpr (CELL == CellKind::kLSTM) {
               const float c_prev = s_c[si];
-              // (lstm_cell's formulas, gate_math.h)
-              const float c_cell = gv[1] * c_prev + gv[0] * gv[2];
-              const float h_cell = gv[3] * act_tanh(fast_act, c_cell);
-              h_new = valid ? h_cell : h_prev;
-              const float c_new = valid ? c_cell : c_prev;
+              const LstmState cell = lstm_state(gv[0], gv[1], gv[2], gv[3], c_prev, fast_act);
+              h_new = valid ? cell.h : h_prev;
+              const float c_new = valid ? cell.c : c_prev;
               s_c[si] = c_new;
               if (!c.state_resident) p.state_c[sidx] = c_new;
               if (rsv) {
@@ -1086,9 +1091,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
               }
               if (k == T_len - 1) static_cast<T*>(p.cy)[sidx] = from_f<T>(c_new);
             } else if constexpr (CELL == CellKind::kGRU) {
-              // (gru_cell's formulas)
-              const float h_cell = (1.0f - gv[1]) * gv[2] + gv[1] * h_prev;
-              h_new = valid ? h_cell : h_prev;
+              h_new = valid ? gru_state(gv[1], gv[2], h_prev) : h_prev;
               if (rsv) rsv[4 * H + j] = from_f<T>(h_new);
             } else {
               h_new = valid ? gv[0] : h_prev;
@@ -1125,18 +1128,8 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
                 float ax = bias_x[row], ah = bias_h[row];
                 if (x_proj) ax += s_xp[bl * c.m_pad + row];
                 split_sums(row, bl, 0, 1, ax, ah);
-                if constexpr (CELL == CellKind::kLSTM) {
-                  gv[g] = g == 2 ? act_tanh(fast_act, ax + ah) : act_sigmoid(fast_act, ax + ah);
-                } else if constexpr (CELL == CellKind::kGRU) {
-                  if (g < 2) gv[g] = act_sigmoid(fast_act, ax + ah);
-                  else {
-                    gv[2] = act_tanh(fast_act, ax + gv[0] * ah);  // n (ah: hn)
-                    hn = ah;
-                  }
-                } else {
-                  gv[0] = p.mode == static_cast<int>(Mode::kRnnRelu) ? relu_f(ax + ah)
-                                                                     : act_tanh(fast_act, ax + ah);
-                }
+                gv[g] = gate_act(g, ax, ah, g == 2 ? gv[0] : 0.0f);
+                if (CELL == CellKind::kGRU && g == 2) hn = ah;  // (GRU's n: ah is hn)
               }
               const bool keep = drop && s_valid[bl] != 0 ? keep_bit(b0 + bl, u0 + static_cast<int>(u))
                                                          : true;
@@ -1173,16 +1166,13 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
                 if (x_proj) ax += s_xp[bl * c.m_pad + row];
               }
               float act = 0.0f;
-              if constexpr (CELL == CellKind::kLSTM) {
-                if (gate_lead) act = eg == 2 ? act_tanh(fast_act, ax + ah) : act_sigmoid(fast_act, ax + ah);
-              } else if constexpr (CELL == CellKind::kGRU) {
-                if (gate_lead && eg < 2) act = act_sigmoid(fast_act, ax + ah);
+              if constexpr (CELL == CellKind::kGRU) {
+                // (n needs r: the group's lane 0 has it)
+                if (gate_lead && eg < 2) act = gate_act(eg, ax, ah, 0.0f);
                 const float r = __shfl_sync(0xffffffffu, act, group_lane0);
-                if (gate_lead && eg == 2) act = act_tanh(fast_act, ax + r * ah);  // n (ah: hn)
-              } else {
-                if (gate_lead)
-                  act = p.mode == static_cast<int>(Mode::kRnnRelu) ? relu_f(ax + ah)
-                                                                   : act_tanh(fast_act, ax + ah);
+                if (gate_lead && eg == 2) act = gate_act(2, ax, ah, r);  // (ah: hn)
+              } else if (gate_lead) {
+                act = gate_act(eg, ax, ah, 0.0f);
               }
               // the dropout bit, drawn by the group's last lane meanwhile
               bool keep = true;

@@ -93,7 +93,29 @@ FRNN_HD float sigmoid_fast(float x) {
 FRNN_HD float act_tanh(bool fast, float x) { return fast ? tanh_fast(x) : tanh_f(x); }
 FRNN_HD float act_sigmoid(bool fast, float x) { return fast ? sigmoid_fast(x) : sigmoid_f(x); }
 
-// Activated gates and new state of one (unit, batch row).
+// One activated gate, as the forward's epilogue applies it (`fast`: act_tanh's hardware
+// tanh): pre = x-part + h-part (+ both biases); GRU's n gate: gx + r * gh.
+FRNN_HD float lstm_gate(int q, float pre, bool fast) {  // q = i, f, g, o
+  return q == 2 ? act_tanh(fast, pre) : act_sigmoid(fast, pre);
+}
+FRNN_HD float gru_gate(int q, float gx, float gh, float r, bool fast) {  // q = r, z, n
+  return q < 2 ? act_sigmoid(fast, gx + gh) : act_tanh(fast, gx + r * gh);
+}
+FRNN_HD float rnn_gate(float pre, bool relu, bool fast) {
+  return relu ? relu_f(pre) : act_tanh(fast, pre);
+}
+
+// The new state from the activated gates.
+struct LstmState {
+  float c, h;
+};
+FRNN_HD LstmState lstm_state(float i, float f, float g, float o, float c_prev, bool fast) {
+  const float c = f * c_prev + i * g;
+  return {c, o * act_tanh(fast, c)};
+}
+FRNN_HD float gru_state(float z, float n, float h_prev) { return (1.0f - z) * n + z * h_prev; }
+
+// Activated gates and new state of one (unit, batch row), accurate math.
 struct LstmOut {
   float i, f, g, o, c, h;
 };
@@ -101,12 +123,13 @@ struct LstmOut {
 // pre[q] = x-part + h-part (+ both biases) of gate q (i, f, g, o).
 FRNN_HD LstmOut lstm_cell(const float pre[4], float c_prev) {
   LstmOut r;
-  r.i = sigmoid_f(pre[0]);
-  r.f = sigmoid_f(pre[1]);
-  r.g = tanh_f(pre[2]);
-  r.o = sigmoid_f(pre[3]);
-  r.c = r.f * c_prev + r.i * r.g;
-  r.h = r.o * tanh_f(r.c);
+  r.i = lstm_gate(0, pre[0], false);
+  r.f = lstm_gate(1, pre[1], false);
+  r.g = lstm_gate(2, pre[2], false);
+  r.o = lstm_gate(3, pre[3], false);
+  const LstmState s = lstm_state(r.i, r.f, r.g, r.o, c_prev, false);
+  r.c = s.c;
+  r.h = s.h;
   return r;
 }
 
@@ -117,14 +140,14 @@ struct GruOut {
 // gx[q] = W_i? x + b_i?, gh[q] = W_h? h + b_h?, q = r, z, n.
 FRNN_HD GruOut gru_cell(const float gx[3], const float gh[3], float h_prev) {
   GruOut r;
-  r.r = sigmoid_f(gx[0] + gh[0]);
-  r.z = sigmoid_f(gx[1] + gh[1]);
+  r.r = gru_gate(0, gx[0], gh[0], 0.0f, false);
+  r.z = gru_gate(1, gx[1], gh[1], 0.0f, false);
   r.hn = gh[2];
-  r.n = tanh_f(gx[2] + r.r * gh[2]);
-  r.h = (1.0f - r.z) * r.n + r.z * h_prev;
+  r.n = gru_gate(2, gx[2], gh[2], r.r, false);
+  r.h = gru_state(r.z, r.n, h_prev);
   return r;
 }
 
-FRNN_HD float rnn_cell(float pre, bool relu) { return relu ? relu_f(pre) : tanh_f(pre); }
+FRNN_HD float rnn_cell(float pre, bool relu) { return rnn_gate(pre, relu, false); }
 
 }  // namespace fused_rnn

@@ -50,35 +50,27 @@ FRNN_DEVICE void flag_publish(int* flag, int value) {
 #endif
 }
 
-// The counter's current value; later reads of this thread see at least what
-// the publisher wrote before publishing it.
-FRNN_DEVICE int flag_read(const int* flag) {
+// The counter's current value. Acquire (RELAXED false, the kFlags protocol's poll):
+// later reads of this thread see at least what the publisher wrote before publishing
+// it. RELAXED (the lean protocol's poll, below): no ordering; the wait's fence orders.
+template <bool RELAXED>
+FRNN_DEVICE int counter_load(const int* flag) {
 #if defined(FRNN_EMULATION)
-  return __atomic_load_n(flag, FRNN_EMU_BREAK == 1 ? __ATOMIC_RELAXED : __ATOMIC_ACQUIRE);
+  return __atomic_load_n(flag, RELAXED || FRNN_EMU_BREAK == 1 ? __ATOMIC_RELAXED : __ATOMIC_ACQUIRE);
 #elif defined(__CUDA_ARCH__)
   int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  if constexpr (RELAXED)
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  else
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
   return v;
 #else
   return *flag;
 #endif
 }
 
-// The lean protocol's poll (below): the counter's current value, no ordering.
-FRNN_DEVICE int lean_read_relaxed(const int* counter) {
-#if defined(FRNN_EMULATION)
-  return __atomic_load_n(counter, __ATOMIC_RELAXED);
-#elif defined(__CUDA_ARCH__)
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
-  return v;
-#else
-  return *counter;
-#endif
-}
-
-// Spins until *flag >= target, each poll an acquire load (flag_read) or, RELAXED, a
-// relaxed one (lean_read_relaxed). A counter that stops moving (a scheduling bug)
+// Spins until *flag >= target, each poll counter_load<RELAXED>: an acquire load or a
+// relaxed one. A counter that stops moving (a scheduling bug)
 // must not hang the machine: on a GPU the kernel traps after ~2^26 polls
 // (tens of seconds: an error the launch reports) *without progress* -- the
 // count restarts whenever the counter advances, since a legitimate wait can
@@ -86,7 +78,7 @@ FRNN_DEVICE int lean_read_relaxed(const int* counter) {
 // emulation it aborts with a message after 60 s without progress.
 template <bool RELAXED>
 FRNN_DEVICE void spin_until_geq(const int* flag, int target) {
-  auto read = [](const int* f) { return RELAXED ? lean_read_relaxed(f) : flag_read(f); };
+  auto read = [](const int* f) { return counter_load<RELAXED>(f); };
   int seen = read(flag);
 #if defined(FRNN_EMULATION)
   int64_t since = ::emu::globaltimer_ns();
