@@ -206,11 +206,18 @@ def coverage(mode: str, device_index: int, dtype: torch.dtype, T: int, B: int, I
     return True, why, why_b
 
 
+# What the backward planner's summary says of a plan that streams part of its weights
+# (backward_plan.h, describe_backward).
+STREAMED = "streamed from L2"
+
+
 @_constant_while_tracing
 def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: int, H: int,
-                bidirectional: bool, training: bool, graphed: bool = False) -> tuple[int, str]:
+                bidirectional: bool, training: bool, graphed: bool = False,
+                measured_only: bool = False) -> tuple[int, str]:
     """(largest batch ``auto`` runs fused, where the number comes from); ``graphed``: the
-    call is being captured in a CUDA graph (the table's graphed crossover, where it has one)."""
+    call is being captured in a CUDA graph (the table's graphed crossover, where it has one);
+    ``measured_only``: only a calibrated entry of this very shape (policy.max_batch_for)."""
     from ._build import load_extension
 
     ext = load_extension()
@@ -218,7 +225,8 @@ def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: in
             else torch.backends.cudnn.allow_tf32)
     key = policy.dtype_key(dtype, bool(tf32))
     return policy.max_batch_for(torch.cuda.get_device_name(device_index), key, mode, num_layers,
-                                H, bidirectional, training, graphed=graphed)
+                                H, bidirectional, training, graphed=graphed,
+                                measured_only=measured_only)
 
 
 # ------------------------------------------------------------------------ decide
@@ -293,6 +301,9 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         if want == "fused":
             raise _refuse(source, fwd)
         return Decision("native", f"native: {fwd}", native_bwd if need_grad else None)
+    # the backward streams part of its weights from L2 each step (the tile does not fit
+    # shared memory: fp32 L=4 H=512)
+    streams = need_grad and STREAMED in bwd
     if compiling:  # the configuration is planned when the op runs
         fwd = "fused: chosen while torch.compile traced the call"
         bwd = fwd
@@ -300,8 +311,9 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         # inside a CUDA-graph capture cuDNN pays no launch overhead: the graphed crossover
         # (while torch.compile traces, the capture has not begun: the eager one)
         graphed = not compiling and capturing()
+        # (a backward that streams weights: only a table's entry of this very shape counts)
         limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad,
-                                   graphed)
+                                   graphed, streams)
         if _above(B, limit, compiling):
             what = "training" if need_grad else "inference"
             batch = "the batch" if compiling else f"batch {B}"  # B may be symbolic when traced

@@ -175,17 +175,28 @@ def _nearest_entry(entries, dtype_key, mode, num_layers, hidden_size, bidirectio
 
 def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
                   hidden_size: int, bidirectional: bool, training: bool,
-                  directory: str | None = None, graphed: bool = False) -> tuple[int, str]:
+                  directory: str | None = None, graphed: bool = False,
+                  measured_only: bool = False) -> tuple[int, str]:
     """(largest batch that runs fused under ``auto``, where that number comes from).
     ``graphed``: the call is being captured in a CUDA graph, where cuDNN pays no launch
-    overhead: the entry's graphed crossover where the table measured one."""
+    overhead: the entry's graphed crossover where the table measured one.
+    ``measured_only``: a plan neither the model nor a neighbouring shape prices (a fused
+    backward that streams part of its weights from L2): only an entry of this very shape
+    (layers and hidden size) counts, else 0."""
     found = tables(directory or TABLE_DIR).get(device_name)
     if found is None:
+        if measured_only:
+            return 0, (f"no calibrated table for {device_name}, and the performance model does "
+                       "not price a fused backward that streams part of its weights from L2")
         n = default_max_batch(dtype_key, mode, num_layers, hidden_size, bidirectional, training)
         return n, (f"the performance model's default; no calibrated table for {device_name}"
                    + (" (the same inside a CUDA-graph capture)" if graphed else ""))
     table, path = found
     e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional)
+    if e is not None and measured_only and (e["num_layers"], e["hidden_size"]) != (
+            num_layers, hidden_size):
+        return 0, (f"{os.path.basename(path)} has not measured this shape, and a fused backward "
+                   "that streams part of its weights from L2 takes no neighbour's number")
     if e is None:
         return 0, f"no entry near this shape in {os.path.basename(path)}"
     key = "training_max_batch" if training else "forward_max_batch"

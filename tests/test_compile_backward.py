@@ -115,13 +115,14 @@ static ForwardProblem prob(Mode m, int L, bool bidir, int I, int H, int B, DType
 static void show(const char* name, const ForwardProblem& p, DeviceLimits d) {
   BackwardPlanResult r = plan_backward(p, d, &occ, &d);
   printf("\"%s\": {\"ok\": %s, \"reason\": \"%s\", \"grid\": %d, \"units\": %d, \"slices\": %d, "
-         "\"stages\": %d, \"smem\": %lld, \"cluster\": %d, \"reg_tiles\": %d},\n", name,
+         "\"stages\": %d, \"smem\": %lld, \"cluster\": %d, \"reg_tiles\": %d, \"kres\": %d, "
+         "\"kw\": %d},\n", name,
          r.ok ? "true" : "false", r.reason.c_str(), r.cfg.grid, r.cfg.units_per_cta,
          r.cfg.batch_slices, r.cfg.stages, (long long)r.cfg.smem_bytes, r.cfg.cluster,
-         r.cfg.reg_tiles);
+         r.cfg.reg_tiles, r.cfg.kres, r.cfg.kw);
 }
 static int sweep() {
-  int bad = 0, accepted = 0, clustered = 0, in_regs = 0;
+  int bad = 0, accepted = 0, clustered = 0, in_regs = 0, streamed = 0;
   const Mode modes[] = {Mode::kLSTM, Mode::kGRU, Mode::kRnnTanh};
   const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
   const int Hs[] = {1, 7, 16, 37, 100, 256, 512, 1024};
@@ -171,13 +172,21 @@ static int sweep() {
            c.reg_tiles <= backward_reg_tiles_max(c.elem_bytes, c.use_tf32)))
       && (c.reg_tiles > 0 ||  c.m_tiles > 1 || backward_warp_tiles(c) >
                                   backward_reg_tiles_max(c.elem_bytes, c.use_tf32))
-      && (c.reg_tiles > 0) == (r.reason.find("weights in registers") != std::string::npos);
+      && (c.reg_tiles > 0) == (r.reason.find("weights in registers") != std::string::npos)
+      // streamed weights: a resident prefix of whole tiles, only where the whole tile
+      // fits at no U (the grid co-resident), never with clusters, registers or slices
+      && c.kres % 16 == 0 && c.kres >= 0 && c.kres <= c.kw
+      && (c.kres == c.kw ||
+          (c.cluster == 1 && c.reg_tiles == 0 && c.batch_slices == 1 &&
+           c.smem_bytes + 16 * c.units_per_cta * c.elem_bytes > d.smem_optin_per_block))
+      && backward_streams(c) == (r.reason.find("streamed from L2") != std::string::npos);
     if (c.cluster > 1) ++clustered;
+    if (backward_streams(c)) ++streamed;
     if (c.reg_tiles > 0) ++in_regs;
     if (!ok) { ++bad; fprintf(stderr, "bad plan: %s\n", r.reason.c_str()); }
   }
-  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d, \"clustered\": %d, \"in_regs\": %d},\n",
-         accepted, bad, clustered, in_regs);
+  printf("\"sweep\": {\"accepted\": %d, \"bad\": %d, \"clustered\": %d, \"in_regs\": %d, "
+         "\"streamed\": %d},\n", accepted, bad, clustered, in_regs, streamed);
   return bad;
 }
 int main() {
@@ -192,6 +201,14 @@ int main() {
   show("lstm_tf32_L2_H256_B512", prob(Mode::kLSTM, 2, false, 256, 256, 512, DType::kFloat32), d);
   show("lstm_bf16_L1_H1024", prob(Mode::kLSTM, 1, false, 1024, 1024, 8, DType::kBFloat16), d);
   show("lstm_tf32_L4_H512", prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kFloat32), d);
+  show("lstm_tf32_L4_H512_B1", prob(Mode::kLSTM, 4, false, 512, 512, 1, DType::kFloat32), d);
+  ForwardProblem fma512 = prob(Mode::kLSTM, 4, false, 512, 512, 8, DType::kFloat32);
+  fma512.allow_tf32 = false;
+  show("lstm_fp32_L4_H512", fma512, d);
+  ForwardProblem s2 = prob(Mode::kLSTM, 4, false, 512, 512, 32, DType::kFloat32);
+  s2.cluster = 2;
+  show("lstm_tf32_L4_H512_cluster2", s2, d);
+  show("lstm_tf32_L4_H1024_bi", prob(Mode::kLSTM, 4, true, 1024, 1024, 8, DType::kFloat32), d);
   show("proj", prob(Mode::kLSTM, 2, false, 64, 64, 8, DType::kBFloat16, 32), d);
   show("too_many_layers", prob(Mode::kGRU, 17, true, 8, 8, 1, DType::kFloat16), d);
   show("odd_small", prob(Mode::kRnnRelu, 3, true, 13, 37, 1, DType::kFloat16), d);
@@ -271,16 +288,40 @@ def test_backward_planner_covers_the_targets(plans):
     assert plans["lstm_bf16_L2_H256_a100"]["cluster"] == 1
     assert "no cluster (2 requested: clusters need sm_90)" in plans["cluster2_a100"]["reason"]
     assert plans["lstm_bf16_L2_H256"]["slices"] == 2  # idle SMs take a share of the batch
-    # honest limits, in words (the forward rejects fp32 L=4 H=512 too)
-    assert not plans["lstm_tf32_L4_H512"]["ok"]
-    assert "shared memory" in plans["lstm_tf32_L4_H512"]["reason"]
+    # honest limits, in words
+    assert not plans["lstm_tf32_L4_H1024_bi"]["ok"]
+    assert "shared memory" in plans["lstm_tf32_L4_H1024_bi"]["reason"]
     assert not plans["proj"]["ok"] and "proj_size" in plans["proj"]["reason"]
     assert not plans["too_many_layers"]["ok"] and "32" in plans["too_many_layers"]["reason"]
     assert not plans["turing"]["ok"] and "compute capability" in plans["turing"]["reason"]
 
 
+def test_backward_planner_streams_what_does_not_fit(plans):
+    """fp32 L=4 H=512: 32 unit slices of 16 per layer on 132 SMs, each tile 16 units x K
+    4096 x 4 bytes = 256 KB, over the 227 KB a CTA may have. The planner keeps the
+    largest prefix that fits next to the staging (3 stages: 94 KB; the top layer's rec
+    segment, 128 KB, its first) and streams the rest; TF32 and exact FP32 alike."""
+    for name in ("lstm_tf32_L4_H512", "lstm_tf32_L4_H512_B1", "lstm_fp32_L4_H512"):
+        p = plans[name]
+        assert p["ok"], (name, p["reason"])
+        assert (p["units"], p["grid"], p["slices"], p["cluster"], p["reg_tiles"]) == \
+            (16, 128, 1, 1, 0), p
+        assert 0 < p["kres"] < p["kw"] == 4096 and p["kres"] % 16 == 0, p
+        assert p["smem"] <= 232448 < p["smem"] + 16 * 16 * 4, p  # the largest prefix
+        assert "streamed from L2" in p["reason"], p
+    assert plans["lstm_tf32_L4_H512"]["stages"] == 3
+    assert "fp32 FMA" in plans["lstm_fp32_L4_H512"]["reason"]
+    # a cluster request is refused in words
+    assert "no cluster (2 requested: part of the weights is streamed)" in \
+        plans["lstm_tf32_L4_H512_cluster2"]["reason"]
+    # whatever fits whole never streams
+    for name in ("lstm_bf16_L4_H512", "lstm_tf32_L2_H512", "lstm_tf32_L4_H256"):
+        assert plans[name]["kres"] == plans[name]["kw"], plans[name]
+
+
 def test_backward_planner_invariants_sweep(plans):
     assert plans["sweep"]["bad"] == 0
+    assert plans["sweep"]["streamed"] > 10, plans["sweep"]
     assert plans["sweep"]["accepted"] > 700
     assert plans["sweep"]["clustered"] > 50, plans["sweep"]
     assert plans["sweep"]["in_regs"] > 100, plans["sweep"]
@@ -461,12 +502,13 @@ def grads_op(tmp_path_factory):
 
 
 def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="flags",
-                   cluster="auto"):
+                   cluster="auto", smem=None):
     """Runs the emulated backward kernel on `case` under synchronisation policy `sync`
     (FUSED_RNN_SYNC, as in the extension) and cluster request `cluster`
     (FUSED_RNN_CLUSTER; `extra_args`: the driver's optional trailing arguments, e.g. a
     phase buffer), checks it against the reference, and returns the driver's stdout (the
-    plan)."""
+    plan). `smem`: the emulated device's shared memory per CTA (FRNN_EMU_SMEM), default
+    an H100's."""
     from fused_rnn import reference
 
     inp = random_stack(case, grads=True)
@@ -502,7 +544,8 @@ def _run_and_check(exe, grads_op, case: Case, tmp_path, extra_args=(), sync="fla
         DTYPES.index(case.dtype), int(case.tf32), int(case.lengths), case.dropout, case.sms)] + \
         [str(src), str(dst)] + [str(a) for a in extra_args]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, FUSED_RNN_SYNC=sync, FUSED_RNN_CLUSTER=cluster))
+                          env=dict(os.environ, FUSED_RNN_SYNC=sync, FUSED_RNN_CLUSTER=cluster,
+                                   **({"FRNN_EMU_SMEM": str(smem)} if smem else {})))
     assert proc.returncode == 0, f"emulated backward kernel failed ({proc.returncode}):\n" \
         f"{proc.stdout}\n{proc.stderr[-8000:]}"
     assert proc.stdout.startswith("fused backward: "), proc.stdout
@@ -565,6 +608,52 @@ def test_emulated_backward_matches_reference(emu_asan, grads_op, case, sync, tmp
     plan = _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync)
     if case in WEIGHTS:
         assert WEIGHTS[case] in plan, plan
+
+
+# Streamed weights (BackwardConfig::kres < kw): an emulated device with less shared memory
+# per CTA (FRNN_EMU_SMEM) gives these small problems the plans fp32 L=4 H=512 gets on an
+# H100 -- a resident prefix of the weight tile, the rest copied from the workspace with
+# each chunk. (case, shared memory per CTA, what the plan says)
+STREAM_CASES = [
+    # FP32 FMA, 2 m-tiles (32 units), lengths: 24 of 128 KB resident; the top layer's tile
+    # starts with its rec segment (64 KB): 24 KB of it resident
+    (Case("LSTM", 2, False, True, 13, 128, 3, 4, "float32", False, True, 0.0, 8), 170000,
+     "weights in shared memory (24.0 KB of 128.0 KB, the rest, 104.0 KB per CTA per step, "
+     "streamed from L2)"),
+    # nothing resident: every chunk streamed
+    (Case("LSTM", 2, False, True, 13, 128, 3, 4, "float32", False, True, 0.0, 8), 144896,
+     "(0.0 KB of 128.0 KB"),
+    # TF32, 30 units (the last slice 28), K padding (GH = 472 of 480), dropout
+    (Case("LSTM", 2, False, True, 7, 118, 5, 3, "float32", True, False, 0.3, 8), 160000,
+     "(18.8 KB of 112.5 KB"),
+    # bf16, 32 units (the last slice 30), 2 batch tiles per pass, the resident prefix ends
+    # inside a chunk of 4 tiles (5 KB: 2.5 tiles); GRU bidirectional below
+    (Case("LSTM", 2, False, True, 8, 190, 40, 3, "bfloat16", False, True, 0.0, 12), 150000,
+     "(5.0 KB of 96.0 KB"),
+    (Case("GRU", 2, True, True, 5, 160, 3, 3, "float16", False, False, 0.2, 20), 150000,
+     "(5.0 KB of 90.0 KB"),
+]
+
+
+def _stream_id(value):
+    return value.id if isinstance(value, Case) else (f"smem{value}" if isinstance(value, int)
+                                                     else "")
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("case,smem,says", STREAM_CASES, ids=_stream_id)
+def test_emulated_backward_with_streamed_weights(emu_asan, grads_op, case, smem, says, sync,
+                                                 tmp_path):
+    plan = _run_and_check(emu_asan, grads_op, case, tmp_path, sync=sync, smem=smem)
+    assert says in plan, plan
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("case,smem,says", STREAM_CASES[2:4], ids=_stream_id)
+def test_emulated_streamed_weights_have_no_data_races(emu_tsan, grads_op, case, smem, says, sync,
+                                                      tmp_path):
+    plan = _run_and_check(emu_tsan, grads_op, case, tmp_path, sync=sync, smem=smem)
+    assert says in plan, plan
 
 
 @pytest.mark.parametrize("sync", SYNCS)

@@ -277,3 +277,39 @@ def test_decision_with_a_batch_the_trace_cannot_know(ext):
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     assert compiled(torch.ones(3), torch.tensor([4, 2]))[0].item() == 3.0
+
+
+def test_streamed_backward_runs_fused_under_auto_only_where_measured(monkeypatch, ext, tmp_path):
+    """A backward plan that streams part of its weights from L2 (fp32 L=4 H=512) is not
+    what the performance model prices: auto keeps cuDNN for its training calls until a
+    calibrated table measured the shape; asked for, the kernel runs it; inference and
+    plans that hold their weights are unchanged."""
+    streamed = "fused backward: fake; weights in shared memory (96.0 KB of 256.0 KB, the " \
+        "rest, 160.0 KB per CTA per step, streamed from L2)"
+    ext.plan_backward = lambda *a: (True, streamed)
+    kw = dict(dtype=torch.float32, B=4)
+    assert decide(**kw).path == "fused"  # the model's TF32 L=4 default (16) for inference
+    d = decide(need_grad=True, **kw)
+    assert d.path == "native", d
+    assert "the performance model does not price a fused backward that streams" in d.forward
+    monkeypatch.setattr(dispatch, "_ENV_VALUE", "fused")
+    d = decide(need_grad=True, **kw)
+    assert d.path == "fused" and d.backward == streamed
+    monkeypatch.setattr(dispatch, "_ENV_VALUE", None)
+    # a calibrated table's number stands: it measured the kernel on the device
+    tables = tmp_path / "tables"
+    _write_table(tables, [_entry(4, 512, 32, 8, dtype="tf32"), _entry(2, 512, 32, 8, dtype="tf32")])
+    monkeypatch.setattr(policy, "TABLE_DIR", str(tables))
+    policy.tables.cache_clear()
+    assert decide(need_grad=True, **kw).path == "fused"
+    assert decide(need_grad=True, dtype=torch.float32, B=9).path == "native"
+    # ... of this very shape: L=3 would take L=2's entry, H=384 H=512's -- not when streamed
+    for other in (dict(num_layers=3), dict(H=384, I=384)):
+        assert decide(**other, **kw).path == "fused"  # inference: the neighbour's number
+        d = decide(need_grad=True, **other, **kw)
+        assert d.path == "native" and "takes no neighbour's number" in d.forward, d
+    # without streaming, the model's default as before
+    monkeypatch.setattr(policy, "TABLE_DIR", str(tmp_path / "none"))
+    policy.tables.cache_clear()
+    ext.plan_backward = FakeExt().plan_backward
+    assert decide(need_grad=True, **kw).path == "fused"

@@ -472,7 +472,9 @@ def test_smoke_cases_cover_what_the_smoke_stage_must_reach():
     # all but the ring and the weights-split cases are small shapes, which every sm_80+ GPU
     # must cover (no skips)
     assert all(s.case.H <= 256 and s.case.I <= 256
-               for s in smoke.FORWARD + smoke.BACKWARD if not (s.ring_wraps or s.smem_weights))
+               for s in smoke.FORWARD + smoke.BACKWARD
+               if not (s.ring_wraps or s.smem_weights or s.streamed))
+    assert any(s.streamed for s in smoke.BACKWARD)
     assert [s.smem_weights for s in smoke.FORWARD][-1], "the weights-split case runs last"
     assert any(s.multi_cta for s in smoke.FORWARD) and any(s.multi_cta for s in smoke.BACKWARD)
     assert [s.ring_wraps for s in smoke.BACKWARD][-1], "the ring case runs last"

@@ -75,7 +75,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "emu: bad FUSED_RNN_CLUSTER\n");
     return 2;
   }
-  const DeviceLimits dev = emu::h100_like(atoi(argv[12]));
+  DeviceLimits dev = emu::h100_like(atoi(argv[12]));
+  // FRNN_EMU_SMEM: shared memory per CTA (bytes) of the emulated device, so
+  // that a small problem takes the plans of a big one (streamed weights)
+  if (const char* v = getenv("FRNN_EMU_SMEM")) {
+    dev.smem_optin_per_block = atoll(v);
+    dev.smem_per_sm = dev.smem_optin_per_block + 1024;
+  }
   const BackwardPlanResult plan = plan_backward(p, dev, &emu::occupancy, &dev);
   printf("%s\n", plan.reason.c_str());
   if (!plan.ok) return 3;

@@ -124,7 +124,10 @@ FRNN_DEVICE unsigned char* smem_base(unsigned char* smem) {
 // segments of gt = GHp / 16 tiles each: the above segments d' = 0..nseg_a-1
 // (weight K tile s * gt + i), then the rec segment (index nseg_a). A step
 // multiplies the present ones, [seg_lo, seg_hi): all of them; above only at
-// k = 0; rec only in the top layer and at k = T.
+// k = 0; rec only in the top layer and at k = T. The top layer has no above
+// part: its tile starts with the rec segment (w0 = nseg_a * gt: segment s at
+// weight K tile s * gt - w0), so that where the tile is partly streamed
+// (BackwardConfig::kres) its shared-memory prefix holds rec.
 struct StepK {
   const void* above;   // dg_ih^{l+1, 0}[t] row 0 (direction d' adds d' * dir_stride)
   const void* rec;     // dg_hh^{l, d}[t_prev] row 0
@@ -134,6 +137,7 @@ struct StepK {
   int gt;              // tiles per segment
   int nseg_a;          // above segments of the weight tile: ka / GHp (D, or 0 when L = 1)
   int seg_lo, seg_hi;  // the segments multiplied this step (empty: seg_hi <= seg_lo)
+  int w0;              // the weight K tile of segment 0 is -w0 (top layer: nseg_a * gt; else 0)
 };
 
 template <typename T> struct Block {
@@ -183,7 +187,7 @@ FRNN_DEVICE KSplit k_split_of(const BackwardConfig& c, int ks) {
 // This warp's register tiles (WeightRegs) from the CTA's weight tile `sw`.
 template <typename T, bool TF32>
 FRNN_DEVICE void load_weight_regs(WeightRegs<T, TF32>& wr, const BackwardConfig& c, const T* sw,
-                                  const KSplit& ks, int U) {
+                                  const KSplit& ks, int U, int w0) {
   if constexpr (WeightRegs<T, TF32>::kTiles > 0) {
     constexpr int kK = Block<T>::kK;
     const int gt = c.gh_pad / 16;
@@ -191,8 +195,9 @@ FRNN_DEVICE void load_weight_regs(WeightRegs<T, TF32>& wr, const BackwardConfig&
     int seg = 0, i = 0;  // tile j = seg * wlen + i
 #pragma unroll
     for (int j = 0; j < WeightRegs<T, TF32>::kTiles; ++j) {
-      if (seg < nseg && i < ks.wlen) {
-        const int kt = seg * gt + ks.s0 + i;
+      // (the top layer's above segments, never multiplied: kt < 0)
+      if (seg < nseg && i < ks.wlen && seg * gt + ks.s0 + i >= w0) {
+        const int kt = seg * gt + ks.s0 + i - w0;
 #pragma unroll
         for (int sub = 0; sub < WeightRegs<T, TF32>::kSubs; ++sub)
           wmma::load_matrix_sync(wr.a[j][sub],
@@ -227,10 +232,17 @@ FRNN_DEVICE void load_weight_regs(WeightRegs<T, TF32>& wr, const BackwardConfig&
 // modulo 2 x stages -- the same in every CTA of the cluster (they run the
 // same items in the same order) -- from which each chunk's stage and barrier
 // parity follow; advanced by the item's chunks.
+// Streamed weights (c.kres < c.kw; never clustered, never in registers): the
+// weight K tiles from kres / 16 on are not in `sw` but in `wst` (the CTA's
+// share of the workspace, the same K-blocked layout from K = kres on); a
+// chunk never straddles kres, and a streamed chunk's A tiles are copied with
+// its B rows, by the same cp.async group, into the warp's A staging buffer of
+// the same stage (`astage0`, backward_astage_elems each).
 template <typename T, bool TF32>
 FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, float* part_w,
                            const StepK& sk, int64_t row0, int rows, const KSplit& ks, int U,
-                           const ClusterPipe& cp, int& seq, const WeightRegs<T, TF32>& wr) {
+                           const ClusterPipe& cp, int& seq, const WeightRegs<T, TF32>& wr,
+                           const T* wst, T* astage0) {
   constexpr int kK = Block<T>::kK;
   constexpr int kPiece = 16 / sizeof(T);           // elements per 16-byte copy
   constexpr bool kFma = sizeof(T) == 4 && !TF32;   // exact FP32 path
@@ -244,13 +256,33 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
   const int64_t stage_elems = 16 * static_cast<int64_t>(c.stage_ld);
   const bool clustered = cp.size > 1;
   const int nv = sk.seg_hi > sk.seg_lo ? (sk.seg_hi - sk.seg_lo) * wlen : 0;  // tiles
+  const int kres_t = c.kres / 16;  // weight K tiles resident in shared memory
+  const int64_t astage_elems = backward_astage_elems(c);
 
-  // (v < nv, so wlen > 0) the chunk at tile v: to the end of the segment's range
+  auto seg_of = [&](int v) { return sk.seg_lo + v / wlen; };
+  // the weight K tile of the item's tile v
+  auto wtile_of = [&](int v) { return seg_of(v) * gt + s0 + v % wlen - sk.w0; };
+  // (v < nv, so wlen > 0) the chunk at tile v: to the end of the segment's
+  // range, and not across the resident prefix's end
   auto chunk_len = [&](int v) {
     const int left = wlen - v % wlen;
-    return chunk_tiles < left ? chunk_tiles : left;
+    int n = chunk_tiles < left ? chunk_tiles : left;
+    const int wk = wtile_of(v);
+    if (wk < kres_t && kres_t - wk < n) n = kres_t - wk;
+    return n;
   };
-  auto seg_of = [&](int v) { return sk.seg_lo + v / wlen; };
+  // A of the chunk at tile v in stage `stage`: (base, its first K block) --
+  // the resident tile, or the streamed chunk's staging buffer
+  auto a_src = [&](int v, int stage, const T*& base, int& kb0) {
+    const int wk = wtile_of(v);
+    if (wk < kres_t) {
+      base = sw;
+      kb0 = wk * (16 / kK);
+    } else {
+      base = astage0 + stage * astage_elems;
+      kb0 = 0;
+    }
+  };
   auto chunk_src = [&](int v) {
     const int seg = seg_of(v);
     const T* src = seg < sk.nseg_a
@@ -287,6 +319,13 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       const int r = i / per_row;
       const int q = i - r * per_row;
       cp_async16(dst + r * c.stage_ld + q * kPiece, src + static_cast<int64_t>(r) * GHp + q * kPiece);
+    }
+    const int wk = wtile_of(v);
+    if (wk >= kres_t) {  // streamed weights: the chunk's n tiles of 16 K x U, contiguous
+      const T* wsrc = wst + static_cast<int64_t>(wk - kres_t) * 16 * U;
+      T* adst = astage0 + stage * astage_elems;
+      for (int i = lane; i < n * 16 * U / kPiece; i += 32)
+        cp_async16(adst + i * kPiece, wsrc + i * kPiece);
     }
   };
   // The pipeline: begin(); per chunk in order: stage = acquire(), multiply
@@ -360,12 +399,14 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         for (int q = 0; q < 8; ++q) acc[a][mt][q] = 0.0f;
     auto compute = [&](int v, int stage, float (&ac)[kBackwardMaxMTiles][8]) {
       const int n = chunk_len(v);
-      const int wk0 = seg_of(v) * gt + s0 + v % wlen;
+      const T* wa;
+      int kb0;
+      a_src(v, stage, wa, kb0);
       const float* bst = reinterpret_cast<const float*>(stage0 + stage * stage_elems);
       for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
         for (int kk = 0; kk < 16; kk += 4) {
-          const int kb = (wk0 + kt) * (16 / kK) + kk / kK;
+          const int kb = kb0 + kt * (16 / kK) + kk / kK;
           float4 bv[8];
 #pragma unroll
           for (int q = 0; q < 8; ++q)
@@ -374,7 +415,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
           for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
             if (mt < MT) {
               const float4 av = *reinterpret_cast<const float4*>(
-                  reinterpret_cast<const float*>(sw) +
+                  reinterpret_cast<const float*>(wa) +
                   (static_cast<int64_t>(kb) * U + mt * 16 + m) * kK + kk % kK);
 #pragma unroll
               for (int q = 0; q < 8; ++q) {
@@ -459,19 +500,21 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) wmma::fill_fragment(acc[a][mt], 0.0f);
       auto compute = [&](int v, int stage, typename M::C (&ac)[kBackwardMaxMTiles]) {
         const int n = chunk_len(v);
-        const int wk0 = seg_of(v) * gt + s0 + v % wlen;
+        const T* wa;
+        int kb0;
+        a_src(v, stage, wa, kb0);
         const T* bst = stage0 + stage * stage_elems;
         for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
           for (int sub = 0; sub < 16 / kK; ++sub) {
             typename M::B fb;
             load_b(fb, bst, kt, sub);
-            const int kb = (wk0 + kt) * (16 / kK) + sub;
+            const int kb = kb0 + kt * (16 / kK) + sub;
 #pragma unroll
             for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
               if (mt < MT) {
                 typename M::A fa;
-                wmma::load_matrix_sync(fa, sw + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
+                wmma::load_matrix_sync(fa, wa + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
                 wmma::mma_sync(ac[mt], fa, fb, ac[mt]);
               }
             }
@@ -524,6 +567,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const BackwardSmemLayout lay = backward_smem_layout(c);
   T* const sw = reinterpret_cast<T*>(smem + lay.w);
   T* const sstage = reinterpret_cast<T*>(smem + lay.stage);
+  T* const sastage = reinterpret_cast<T*>(smem + lay.astage);
   float* const part = reinterpret_cast<float*>(smem + lay.part);
 
   const int H = p.hidden;
@@ -552,6 +596,10 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   const int warp = threadIdx.x / 32;
   const int64_t BH = B * H;
   const int64_t TBG = T_len * B * GHp;  // elements per (layer, direction) of dg_ih / dg_hh
+  // streamed weights: this CTA's share of the workspace, K [kres, kw) of its tile
+  const int64_t wst_elems = static_cast<int64_t>(U) * (c.kw - c.kres);
+  T* const wst = backward_streams(c) ? static_cast<T*>(p.wstream) + blockIdx.x * wst_elems
+                                     : nullptr;
   // Per-phase timing (FRNN_PHASE_TIMING builds only; otherwise every rec.*
   // call is empty): unit slice 0, batch slice 0 of each layer-direction records.
   PhaseRecorder rec(p.phase_buf, p.phase_cap, slice == 0 && bslice == 0 ? ld_id : -1,
@@ -580,10 +628,17 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
     fill(lay.w, zero_stage ? lay.part : lay.stage, 0u);
     fill(lay.part, lay.bar, 0u);
   }
+  // streamed weights: zeros where put_rows below writes nothing (K padding,
+  // units past uc), ordered before its stores by the barrier
+  for (int64_t i = threadIdx.x; i < wst_elems; i += kBackwardThreads) wst[i] = from_f<T>(0.0f);
   __syncthreads();
   {
-    // (k, u) of the K-blocked weight tile (backward_params.h)
-    auto at = [&](int k, int u) { return (static_cast<int64_t>(k / kK) * U + u) * kK + k % kK; };
+    // (k, u) of the K-blocked weight tile (backward_params.h): in shared
+    // memory below kres, else in the streamed share (the same layout from kres)
+    auto at = [&](int k, int u) -> T* {
+      const int64_t i = (static_cast<int64_t>(k / kK) * U + u) * kK + k % kK;
+      return k < c.kres ? sw + i : wst + (i - static_cast<int64_t>(c.kres) * U);
+    };
     // rows [0, GH) of the column block starting at K row k0 (a multiple of 16),
     // units u0 + [0, uc): element (row, u) = src[row * ld + u]
     auto put_rows = [&](int k0, const T* src, int64_t ld) {
@@ -597,7 +652,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           uint16_t blo, bhi;
           memcpy(&blo, &lo, 2);
           memcpy(&bhi, &hi, 2);
-          *reinterpret_cast<uint32_t*>(sw + at(k0 + row, u)) =
+          *reinterpret_cast<uint32_t*>(at(k0 + row, u)) =
               static_cast<uint32_t>(blo) | (static_cast<uint32_t>(bhi) << 16);
         }
       } else {
@@ -605,7 +660,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           const int row = i / uc, u = i - row * uc;
           T v = src[static_cast<int64_t>(row) * ld + u];
           if constexpr (TF32) v = from_f<T>(round_tf32(to_f(v)));
-          sw[at(k0 + row, u)] = v;
+          *at(k0 + row, u) = v;
         }
       }
     };
@@ -615,7 +670,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         put_rows(d2 * GHp, static_cast<const T*>(p.w_ih[(layer + 1) * D + d2]) + dir * H + u0,
                  in_next);
     }
-    put_rows(c.ka, static_cast<const T*>(p.w_hh[ld_id]) + u0, H);
+    put_rows(top ? 0 : c.ka, static_cast<const T*>(p.w_hh[ld_id]) + u0, H);  // (StepK::w0)
   }
   __syncthreads();
 
@@ -623,7 +678,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   // ks) and, where they fit (c.reg_tiles > 0), its weight tiles in registers.
   const KSplit wsplit = k_split_of(c, warp % c.k_splits);
   WeightRegs<T, TF32> wregs;
-  if (c.reg_tiles > 0) load_weight_regs<T, TF32>(wregs, c, sw, wsplit, U);
+  if (c.reg_tiles > 0) load_weight_regs<T, TF32>(wregs, c, sw, wsplit, U, top ? c.ka / 16 : 0);
 
   // Clusters (cluster_copy.cuh): each warp's full / empty barrier per stage,
   // initialised by this CTA and visible to the cluster before any use.
@@ -690,6 +745,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
       sk.na = (has_t && !top) ? D : 0;
       sk.has_rec = k >= 1;
       sk.nseg_a = c.ka / GHp;
+      sk.w0 = top ? c.ka / 16 : 0;
       sk.dir_stride = TBG;
       // (na > 0: not the top layer, so nseg_a == D == na: the segments are contiguous)
       sk.seg_lo = sk.na > 0 ? 0 : sk.nseg_a;
@@ -784,7 +840,8 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           if (rows > 0)
             warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
                                part + static_cast<int64_t>(warp) * 2 * 16 * c.m_pad, sk,
-                               b0 + nt * 16, rows, wsplit, U, cpipe, chunk_seq, wregs);
+                               b0 + nt * 16, rows, wsplit, U, cpipe, chunk_seq, wregs, wst,
+                               sastage + warp * c.stages * backward_astage_elems(c));
         }
         __syncthreads();
         rec.mark(kPhaseGemm);  // (with the prefetch issue: no clean boundary, see phase_timing.h)
@@ -938,6 +995,10 @@ template <typename T, CellKind CELL, bool TF32>
 cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream) {
   // the plan's register tiles must fit the ones this instantiation holds
   if (p.cfg.reg_tiles > WeightRegs<T, TF32>::kTiles || (p.cfg.reg_tiles > 0 && p.cfg.m_tiles != 1))
+    return cudaErrorInvalidValue;
+  // streamed weights: cp.async only (no cluster), none in registers, and their share
+  if (backward_streams(p.cfg) &&
+      (p.cfg.cluster > 1 || p.cfg.reg_tiles > 0 || p.cfg.kres % 16 != 0 || p.wstream == nullptr))
     return cudaErrorInvalidValue;
   const void* fn = backward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
   void* args[] = {const_cast<BackwardParams*>(&p)};

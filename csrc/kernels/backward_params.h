@@ -104,7 +104,27 @@ struct BackwardConfig {
   // Weight tiles per warp held in registers (backward_reg_tiles): every tile
   // of a warp's K split, or 0 (all read from shared memory).
   int reg_tiles = 0;
+  // K of the weight tile resident in shared memory: the K-blocked prefix
+  // [0, kres), a multiple of 16 (kw: the whole tile). Where the whole tile
+  // does not fit (fp32 L=4 H=512: 256 KB per CTA), the suffix [kres, kw) is
+  // streamed: the prologue writes it, in the same K-blocked layout, to the
+  // CTA's own slice of the workspace (BackwardWorkspaceLayout::wstream), and
+  // each step a warp copies the streamed weight chunks it multiplies into its
+  // own A staging buffers with the gate-gradient chunks (cp.async; never in
+  // clusters or with weights in registers).
+  int kres = 0;
 };
+
+// Whether configuration c streams part of its weight tile from the workspace.
+FRNN_HD bool backward_streams(const BackwardConfig& c) { return c.kres < c.kw; }
+
+// Elements of one A staging buffer (streamed weights): one chunk of
+// stage_k / 16 tiles of 16 K x U units in the weight tile's K-blocked layout
+// (contiguous: 16 * U elements per tile), + 16 * kblock elements of slack that
+// the last block's rows past U read (they feed discarded output rows only).
+FRNN_HD int64_t backward_astage_elems(const BackwardConfig& c) {
+  return static_cast<int64_t>(c.stage_k / 16) * 16 * c.units_per_cta + 16 * c.kblock;
+}
 
 // The K tiles of one warp's K split: ceil(gt / k_splits) of each of the
 // kw / GHp segments (gt = GHp / 16 tiles each; backward_kernel.cuh, k_split_of).
@@ -132,25 +152,31 @@ FRNN_HD int backward_flag_index(const BackwardConfig& c, int layer_dirs, int bsl
 }
 
 // Byte offsets of the shared-memory regions of one CTA.
-//   w      U x kw elements, K-blocked (above), + 16 * kblock elements of zeroed slack
+//   w      U x kres elements, K-blocked (above), + 16 * kblock elements of zeroed slack
 //   stage  kBackwardWarps x stages x 16 x stage_ld elements: per-warp staging
 //          of the B operand (16 batch rows x one K chunk)
+//   astage streamed weights only: kBackwardWarps x stages x
+//          backward_astage_elems elements: per-warp staging of the A operand
 //   part   kBackwardWarps x 2 x 16 x m_pad fp32: per-warp partial sums
 //          [warp][above | rec][row n][unit m]
 //   bar    clusters only: kBackwardWarps x stages mbarriers "full", then as
 //          many "empty" (8 bytes each; cluster_copy.cuh)
 struct BackwardSmemLayout {
-  int64_t w = 0, stage = 0, part = 0, bar = 0, total = 0;
+  int64_t w = 0, stage = 0, astage = 0, part = 0, bar = 0, total = 0;
 };
 
 FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
   BackwardSmemLayout s;
   const int64_t e = c.elem_bytes;
   s.w = 0;
-  s.stage = align_to(s.w + (static_cast<int64_t>(c.units_per_cta) * c.kw + 16 * c.kblock) * e,
+  s.stage = align_to(s.w + (static_cast<int64_t>(c.units_per_cta) * c.kres + 16 * c.kblock) * e,
                      128);
-  s.part = align_to(
+  s.astage = align_to(
       s.stage + static_cast<int64_t>(kBackwardWarps) * c.stages * 16 * c.stage_ld * e, 128);
+  s.part = align_to(s.astage + (backward_streams(c) ? static_cast<int64_t>(kBackwardWarps) *
+                                                          c.stages * backward_astage_elems(c) * e
+                                                    : 0),
+                    128);
   s.bar = align_to(s.part + static_cast<int64_t>(kBackwardWarps) * 2 * 16 * c.m_pad * 4, 128);
   s.total = align_to(
       s.bar + (c.cluster > 1 ? static_cast<int64_t>(kBackwardWarps) * c.stages * 2 * 8 : 0), 128);
@@ -162,9 +188,12 @@ FRNN_HD BackwardSmemLayout backward_smem_layout(const BackwardConfig& c) {
 //                         zero at launch (the caller clears [flags, flags +
 //                         flags_bytes) on the stream); the rest is written by
 //                         the kernel before it is read
+//   wstream (grid) x U x (kw - kres) dtype: streamed weights only, each CTA's
+//                         streamed share of its weight tile (written by its
+//                         prologue, read by its steps; BackwardConfig::kres)
 struct BackwardWorkspaceLayout {
   int64_t flags = -1, flags_bytes = 0, dg_ih = -1, dg_hh = -1, xdrop = -1, state_dh = -1,
-          state_dc = -1, total = 0;
+          state_dc = -1, wstream = -1, total = 0;
 };
 
 inline int64_t backward_gh_pad(const ForwardProblem& p) {
@@ -189,6 +218,8 @@ inline BackwardWorkspaceLayout backward_workspace(const ForwardProblem& p,
     w.xdrop = ws.take(static_cast<int64_t>(p.num_layers - 1) * p.seq_len * p.num_dirs() * BH * es);
   w.state_dh = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
   if (p.mode == Mode::kLSTM) w.state_dc = ws.take(static_cast<int64_t>(p.layer_dirs()) * BH * 4);
+  if (backward_streams(c))
+    w.wstream = ws.take(static_cast<int64_t>(c.grid) * c.units_per_cta * (c.kw - c.kres) * es);
   w.total = ws.total();
   return w;
 }
@@ -225,6 +256,7 @@ struct BackwardParams {
   float* state_dh = nullptr;
   float* state_dc = nullptr;
   int* flags = nullptr;  // kFlags: steps completed per CTA (zero at launch)
+  void* wstream = nullptr;  // streamed weights (BackwardConfig::kres < kw), else null
 
   bool dropout_active = false;
   uint64_t dropout_threshold = 0;
@@ -252,6 +284,7 @@ inline void init_backward_params(BackwardParams& bp, const ForwardProblem& p,
   bp.xdrop = workspace_at(workspace, w.xdrop);
   bp.state_dh = static_cast<float*>(workspace_at(workspace, w.state_dh));
   bp.state_dc = static_cast<float*>(workspace_at(workspace, w.state_dc));
+  bp.wstream = workspace_at(workspace, w.wstream);
 }
 
 }  // namespace fused_rnn

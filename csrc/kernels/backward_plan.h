@@ -50,16 +50,22 @@ struct BackwardPlanResult {
 
 inline std::string describe_backward(const ForwardProblem& p, const BackwardConfig& c,
                                      const std::string& cluster_note = "") {
-  char buf[768];
+  char buf[1024];
   const std::string cluster =
       c.cluster > 1 ? "K stream multicast in clusters of " + std::to_string(c.cluster) + " CTAs, "
                     : cluster_note;
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
-  const std::string weights =
+  std::string weights =
       c.reg_tiles > 0 ? "weights in registers (" + std::to_string(c.reg_tiles) + " tiles per warp)"
                       : "weights in shared memory";
+  if (backward_streams(c)) {
+    const int64_t tile = static_cast<int64_t>(c.units_per_cta) * c.elem_bytes;
+    weights += " (" + plan_detail::kb(tile * c.kres) + " of " + plan_detail::kb(tile * c.kw) +
+               ", the rest, " + plan_detail::kb(tile * (c.kw - c.kres)) +
+               " per CTA per step, streamed from L2)";
+  }
   const int64_t steps = p.bidirectional ? p.num_layers * p.seq_len + 1
                                         : p.seq_len + p.num_layers;
   snprintf(buf, sizeof(buf),
@@ -148,6 +154,7 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
   // (3 tiles -> 2 per pass + 1: keeps K split evenly over 8 warps)
   c.k_splits = kBackwardWarps / c.n_tiles;
   c.grid = p.layer_dirs() * c.ctas_per_dir * c.batch_slices;
+  c.kres = c.kw;
   c.reg_tiles = backward_reg_tiles(c);
   for (int st = 4; st >= min_stages; --st) {
     c.stages = st;
@@ -159,6 +166,35 @@ inline bool backward_try(const ForwardProblem& p, const DeviceLimits& dev, int U
     }
   }
   *out = c;  // (the shallowest pipeline tried, for messages)
+  return false;
+}
+
+// Where no configuration holds its whole weight tile (fp32 L=4 H=512: U=16
+// units x K=4096 x 4 bytes = 256 KB per CTA for the grid to be co-resident):
+// U units per CTA, one batch slice, `stages` deep, and the largest resident
+// prefix kres (a multiple of 16) that fits shared memory next to the B and A
+// staging; the rest of the tile is streamed (BackwardConfig::kres). False
+// when not even the staging fits.
+inline bool backward_try_streamed(const ForwardProblem& p, const DeviceLimits& dev, int U,
+                                  int stages, BackwardConfig* out) {
+  BackwardConfig c;
+  backward_try(p, dev, U, 1, 2, &c);
+  c.stages = stages;
+  c.reg_tiles = 0;
+  const int64_t per_tile = 16 * static_cast<int64_t>(U) * c.elem_bytes;  // bytes of 16 K
+  c.kres = 0;
+  const int64_t base = backward_smem_layout(c).total;
+  if (base > dev.smem_optin_per_block) return false;
+  int64_t tiles = (dev.smem_optin_per_block - base) / per_tile;
+  if (tiles >= c.kw / 16) return false;  // (it would fit whole: not a streamed plan)
+  for (; tiles >= 0; --tiles) {  // (alignment: at most a step or two down)
+    c.kres = static_cast<int>(16 * tiles);
+    c.smem_bytes = backward_smem_layout(c).total;
+    if (c.smem_bytes <= dev.smem_optin_per_block) {
+      *out = c;
+      return true;
+    }
+  }
   return false;
 }
 
@@ -193,6 +229,7 @@ inline std::string choose_cluster(const ForwardProblem& p, const DeviceLimits& d
     return note;
   };
   if (dev.cc_major < 9) return refuse("clusters need sm_90");
+  if (backward_streams(*c)) return refuse("part of the weights is streamed");
   if (!cluster_wanted(p, dev, *c)) return "";
   const int sizes[] = {8, 4, 2};
   for (int cs : sizes) {
@@ -290,6 +327,29 @@ inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLim
       }
     }
   }
+  // Nothing holds its whole weight tile: stream a share of it. The most unit
+  // slices whose grid is co-resident (more SMs hold more of the weights), 3
+  // stages where they fit (a streamed chunk is an L2 round trip), else 2.
+  bool streamed = false;
+  if (!found) {
+    for (int st = 3; st >= 2 && !found; --st) {
+      int prev_u = -1;
+      const int64_t c_hi = static_cast<int64_t>(dev.sm_count) * 4 / LD;
+      for (int64_t C = c_hi < H ? c_hi : H; C >= 1 && !found; --C) {
+        const int U = static_cast<int>(ceil_div(H, C));
+        if (U == prev_u) continue;
+        prev_u = U;
+        if (U > u_max) break;
+        BackwardConfig cand;
+        if (!backward_try_streamed(p, dev, U, st, &cand)) continue;
+        const int occ = occupancy(occ_ctx, cand.smem_bytes);
+        if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cand.grid) continue;
+        cand.blocks_per_sm = occ;
+        best = cand;
+        found = streamed = true;
+      }
+    }
+  }
   if (!found) {
     // Report the fewest units per CTA for which the grid fits (one CTA per SM)
     // and what that needs.
@@ -316,8 +376,9 @@ inline BackwardPlanResult plan_backward(const ForwardProblem& p, const DeviceLim
     r.reason = buf;
     return r;
   }
-  // Batch slices: spread idle SMs over the batch (16-row slices).
-  {
+  // Batch slices: spread idle SMs over the batch (16-row slices); not with
+  // streamed weights (their SMs are taken by the unit slices).
+  if (!streamed) {
     const int64_t resident = static_cast<int64_t>(best.blocks_per_sm) * dev.sm_count;
     const int64_t max_slices = ceil_div(p.batch, 16);
     int64_t slices = resident / best.grid;

@@ -71,6 +71,9 @@ CASES = [
     Case("LSTM", 1, False, 1024, 1024, 3, 5, True, "bf16", False),    # H = 1024
     Case("LSTM", 2, False, 512, 512, 32, 16, True, "bf16", False),    # speed-target shapes
     Case("LSTM", 2, False, 512, 512, 32, 16, True, "tf32", False),
+    # fp32 L=4 H=512: the weight tile (256 KB) does not fit; a share streamed from L2
+    Case("LSTM", 4, False, 512, 512, 9, 5, True, "tf32", False),
+    Case("LSTM", 4, False, 512, 512, 3, 4, True, "fp32", True),
     Case("LSTM", 4, False, 256, 256, 200, 8, True, "fp16", False),    # batch slices, passes
     Case("LSTM", 2, True, 33, 129, 1, 12, True, "fp32", True),
     Case("GRU", 1, False, 5, 8, 1, 1, True, "bf16", False),
@@ -157,6 +160,10 @@ def test_plan_backward_covers_targets_and_explains_rejections(ext, precision):
             ok, why = p(mode, L, H, dt, B=B)
             assert ok, (mode, L, H, dt, B, why)
             assert why.startswith("fused backward: ")
+            assert "streamed from L2" not in why, why
+        # fp32 L=4 H=512 (256 KB of weights per CTA): planned, a share streamed
+        ok, why = p("LSTM", 4, 512, torch.float32, B=32)
+        assert ok and "streamed from L2" in why, why
     ok, why = p("LSTM", 2, 64, torch.bfloat16, proj=32)
     assert not ok and "proj_size" in why
     ok, why = p("LSTM", 2, 64, torch.float64)

@@ -84,6 +84,8 @@ class Smoke(NamedTuple):
     smem_weights: bool = False
     # backward: run with FUSED_RNN_CLUSTER=<cluster>; on sm_90 its plan must use it
     cluster: int = 0
+    # backward: its plan must stream part of its weights (BackwardConfig::kres)
+    streamed: bool = False
 
 
 # L=1, T=1, fp32 (moved here from test_forward_gpu.py / test_backward_gpu.py)
@@ -142,6 +144,10 @@ BACKWARD = [
     Smoke(Case("GRU", 2, False, 9, 64, 6, 3, True, "bf16", False),
           "thread-block clusters of 2 (sm_90; forced): bulk copies multicast to both CTAs, "
           "full / empty mbarriers, cluster barriers", multi_cta=True, cluster=2),
+    Smoke(Case("LSTM", 4, False, 512, 512, 2, 3, True, "tf32", False),
+          "streamed weights: TF32 L=4 H=512's 256 KB tile per CTA, a prefix in shared memory "
+          "and the rest copied from the workspace with each chunk (cp.async)",
+          multi_cta=True, streamed=True),
     Smoke(Case("LSTM", 2, False, 40, 512, 8, 3, True, "bf16", False),
           "cp.async stage ring wraps: more 128-byte K chunks per warp than stages",
           multi_cta=True, ring_wraps=True),
@@ -370,6 +376,10 @@ def check_backward_plan(smoke: Smoke, why):
             f"{smoke.case.id}: a warp streams only {min(chunks)} K chunks per step (per warp: "
             f"{chunks}) through a {p['stages']}-stage cp.async ring, so the ring never wraps "
             f"and the case no longer covers '{smoke.path}': make H larger ({why})")
+    if smoke.streamed:
+        assert "streamed from L2" in why, (
+            f"{smoke.case.id}: the backward plan holds all its weights in shared memory; the "
+            f"case no longer covers '{smoke.path}' ({why})")
     return p
 
 
@@ -451,7 +461,7 @@ def test_smoke_backward(ext_bwd, precision, smoke, sync, monkeypatch):
     precision(smoke.case.prec)
     if smoke.cluster:
         monkeypatch.setenv("FUSED_RNN_CLUSTER", str(smoke.cluster))
-    if smoke.ring_wraps:  # a speed-target shape: an H100/H200 must cover it
+    if smoke.ring_wraps or smoke.streamed:  # big shapes: an H100/H200 must cover them
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         if props.major >= 9 and props.multi_processor_count >= 128:
             ok, why = ext_bwd.plan_backward(
