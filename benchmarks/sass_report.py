@@ -226,20 +226,21 @@ _FUNC = re.compile(r"\s*//-+ \.text\.(\S+) -+")
 
 
 def sass_groups(sass: str, marks, paths, function_filter=None, kernel: str | None = None):
-    """Per function of nvdisasm's output: a list of (region, paths, opcode, operands) for
-    the step loop's instructions (region None: outside the loop; paths: the path names
-    of the instruction's inline chain). `kernel`: the file of the marked kernel body
+    """Per function of nvdisasm's output: a list of (region, paths, opcode, operands,
+    source) for the step loop's instructions (region None: outside the loop; paths: the
+    path names of the instruction's inline chain; source: (file, line) of its innermost
+    frame, None without line information). `kernel`: the file of the marked kernel body
     (default: the forward kernel's)."""
     kpath = os.path.realpath(kernel or kernel_path())
     funcs: dict[str, list] = {}
     cur = None
-    outer_line, on_paths, frames = None, frozenset(), []
+    outer_line, on_paths, frames, inner = None, frozenset(), [], None
     for line in sass.splitlines():
         m = _FUNC.match(line)
         if m:
             cur = funcs.setdefault(m.group(1), []) if (
                 function_filter is None or function_filter(m.group(1))) else None
-            outer_line, on_paths, frames = None, frozenset(), []
+            outer_line, on_paths, frames, inner = None, frozenset(), [], None
             continue
         if _FILE.match(line):
             # an instruction's frames: one `//## File` line per frame, innermost first,
@@ -253,13 +254,14 @@ def sass_groups(sass: str, marks, paths, function_filter=None, kernel: str | Non
         if frames:  # (an instruction without lines of its own keeps the previous ones)
             path, no = frames[-1][-1]
             outer_line = no if path == kpath else None
+            inner = frames[0][0]
             on_paths = frozenset(name for fr in frames for p, n in fr
                                  for f, a, b, name in paths if p == f and a <= n <= b)
             frames = []
         if cur is None or (m.group(1) or "").strip() == "@!PT":
             continue
         region = region_of(outer_line, marks) if outer_line is not None else None
-        cur.append((region, on_paths, m.group(2), m.group(3)))
+        cur.append((region, on_paths, m.group(2), m.group(3), inner))
     return funcs
 
 

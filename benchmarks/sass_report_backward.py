@@ -40,8 +40,10 @@ shape the planner rejects is reported as not planned, with its reason.
 
 Static code: a loop counts once. Each plan row lists the trip counts of the loops inside
 the step (passes, K chunks per warp item, K tiles per chunk, copies per lane, K-split
-reads and remainder pairs of the epilogue); nothing is multiplied by them. Written to
-DIR/backward_sass_<label>.{json,md}.
+reads and remainder pairs of the epilogue); nothing is multiplied by them. The integer
+divisions and the generic loads / stores on the plan's path are also listed by the source
+line of their innermost frame (the `%` or `/` they compute, the wmma load they come from).
+Written to DIR/backward_sass_<label>.{json,md}.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ COUNTERS = {
     "branches": _is("BRA", "BRX", "JMP"),
 }
 SHOWN = list(COUNTERS)
+# the counters whose instructions are also listed by source line (innermost frame)
+SOURCED = ("int div", "generic LD", "generic ST")
 
 
 def kernel_path() -> str:
@@ -307,6 +311,32 @@ def plan_path(plan: dict) -> dict:
     }
 
 
+def by_source(insns, keep, top: int = 8) -> dict[str, list]:
+    """{counter: [[file:line, the line's text, instructions]]} of the SOURCED counters over
+    the instructions `keep` accepts, by their innermost frame (most first, `top` of them)."""
+    texts: dict[str, list[str]] = {}
+
+    def text(path, no):
+        if path not in texts:
+            try:
+                with open(path, errors="replace") as f:
+                    texts[path] = f.read().split("\n")
+            except OSError:
+                texts[path] = []
+        lines = texts[path]
+        return lines[no - 1].strip() if 0 < no <= len(lines) else ""
+    out = {}
+    for k in SOURCED:
+        pred, seen = COUNTERS[k], {}
+        for i in insns:
+            if keep(i) and pred(i[2], i[3]):
+                seen[i[4]] = seen.get(i[4], 0) + 1
+        ranked = sorted(seen.items(), key=lambda kv: (-kv[1], str(kv[0])))[:top]
+        out[k] = [[f"{os.path.basename(src[0])}:{src[1]}" if src else "?",
+                   text(*src) if src else "", n] for src, n in ranked]
+    return out
+
+
 def report(arch: str, label: str) -> dict:
     marks, paths = phase_marks(), all_paths()
     kernel = kernel_path()
@@ -354,7 +384,9 @@ def report(arch: str, label: str) -> dict:
                     config={k: plan[k] for k in ("units", "n_tiles", "k_splits", "stages",
                                                  "cluster", "reg_tiles")},
                     excluded=sorted(ex), trips=path["trips"],
-                    counts=per_phase(lambda i, ex=ex: not (i[1] & ex))))
+                    counts=per_phase(lambda i, ex=ex: not (i[1] & ex)),
+                    sources=by_source(insns, lambda i, ex=ex: i[0] is not None and
+                                      not (i[1] & ex))))
             out["variants"].append(dict(
                 variant=name, kernel=fn, registers=regs.get(fn),
                 kernel_total=count(lambda i: True),
@@ -406,6 +438,10 @@ def markdown(rep: dict) -> str:
                       ", ".join(r["excluded"]) + ". Loop trips: " +
                       "; ".join(f"{k} {n}" for k, n in t.items()) + ".", ""]
             lines += _table(r["counts"], PHASES + ("step",))
+            for k, rows in r["sources"].items():
+                if rows:
+                    lines += [f"{k} by source line (innermost frame): " + "; ".join(
+                        f"{where} `{txt}` x{n}" for where, txt, n in rows) + ".", ""]
     return "\n".join(lines)
 
 

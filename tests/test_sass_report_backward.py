@@ -115,6 +115,8 @@ def test_report_of_this_tree(rep):
             c = r["counts"]
             assert c["gemm"]["HMMA"] > 0 and c["sync"]["strong loads"] > 0
             assert c["step"]["instructions"] < ap["step"]["instructions"]
+            for k, rows in r["sources"].items():  # (the most frequent lines: a subset)
+                assert sum(n for *_, n in rows) <= c["step"][k] and all(w for w, *_ in rows)
             if r["config"]["cluster"] > 1:  # bulk copies and mbarriers, no cp.async
                 assert c["gemm"]["bulk copies"] > 0 and c["gemm"]["cp.async"] == 0
             else:
