@@ -127,17 +127,19 @@ def find_nvdisasm() -> str | None:
     return find()
 
 
-def regions() -> list[tuple[int, str]]:
-    """[(first line, region name)] of the kernel body, from the `// [sass:NAME]` markers."""
+def regions(kernel: str | None = None) -> list[tuple[int, str]]:
+    """[(first line, region name)] of the kernel body, from the `// [sass:NAME]` markers
+    of `kernel` (default: the forward kernel's file)."""
+    kernel = kernel or kernel_path()
     out = []
-    with open(kernel_path()) as f:
+    with open(kernel) as f:
         for no, line in enumerate(f, 1):
             m = re.match(r"\s*// \[sass:(\w+)\]", line)
             if m and m.group(1) != "cold":
                 out.append((no, m.group(1)))
     names = [n for _, n in out]
     if not out or names[0] != "setup" or names[-1] != "end":
-        raise RuntimeError(f"{kernel_path()}: the [sass:setup] ... [sass:end] markers are missing")
+        raise RuntimeError(f"{kernel}: the [sass:setup] ... [sass:end] markers are missing")
     return out
 
 
@@ -146,11 +148,11 @@ def regions() -> list[tuple[int, str]]:
 PATH_FILES = ("forward_kernel.cuh", "gate_math.h")
 
 
-def path_ranges() -> list[tuple[str, int, int, str]]:
+def path_ranges(files=PATH_FILES) -> list[tuple[str, int, int, str]]:
     """[(file, first, last line, path name)] of the `// [sass-path:NAME:begin]` ... `end]`
-    spans of PATH_FILES."""
+    spans of `files` (names in csrc/kernels/)."""
     out = []
-    for name in PATH_FILES:
+    for name in files:
         path = os.path.realpath(os.path.join(csrc(), "kernels", name))
         if not os.path.exists(path):
             continue
@@ -180,11 +182,18 @@ def region_of(line: int, marks: list[tuple[int, str]]) -> str | None:
 def compile_variant(ctype: str, cell: str, tf32: str, arch: str, work: str) -> str:
     """nvcc -cubin of one forward variant with the extension's flags; the cubin's path."""
     tag = f"{ctype.strip('_')}_{cell}_{tf32}"
-    src = os.path.join(work, f"fwd_{tag}.cu")
+    text = ('#include "kernels/forward_kernel.cuh"\n'
+            f"FRNN_INSTANTIATE_FORWARD({ctype}, fused_rnn::CellKind::{cell}, {tf32})\n")
+    return compile_source(text, f"fwd_{tag}", arch, work)
+
+
+def compile_source(text: str, tag: str, arch: str, work: str) -> str:
+    """nvcc -cubin of a translation unit `text` (work/tag.cu) with the extension's flags and
+    csrc/ on the include path; the cubin's path (ptxas -v's report beside it, .ptxas)."""
+    src = os.path.join(work, f"{tag}.cu")
     with open(src, "w") as f:
-        f.write('#include "kernels/forward_kernel.cuh"\n'
-                f"FRNN_INSTANTIATE_FORWARD({ctype}, fused_rnn::CellKind::{cell}, {tf32})\n")
-    cubin = os.path.join(work, f"fwd_{tag}.cubin")
+        f.write(text)
+    cubin = os.path.join(work, f"{tag}.cubin")
     flags = [f for f in build_config().nvcc_flags([arch]) if not f.startswith("-gencode")]
     code = arch.replace(".", "")
     cmd = ["nvcc", *flags, f"-gencode=arch=compute_{code},code=sm_{code}", "-Xptxas", "-v",
@@ -216,20 +225,22 @@ _INSN = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([
 _FUNC = re.compile(r"\s*//-+ \.text\.(\S+) -+")
 
 
-def sass_groups(sass: str, marks, paths, function_filter=None):
-    """Per function of nvdisasm's output: a list of (region, paths, opcode, operands) for
-    the step loop's instructions (region None: outside the loop; paths: the path names
-    of the instruction's inline chain)."""
-    kpath = os.path.realpath(kernel_path())
+def sass_groups(sass: str, marks, paths, function_filter=None, kernel: str | None = None):
+    """Per function of nvdisasm's output: a list of (region, paths, opcode, operands,
+    source) for the step loop's instructions (region None: outside the loop; paths: the
+    path names of the instruction's inline chain; source: (file, line) of its innermost
+    frame, None without line information). `kernel`: the file of the marked kernel body
+    (default: the forward kernel's)."""
+    kpath = os.path.realpath(kernel or kernel_path())
     funcs: dict[str, list] = {}
     cur = None
-    outer_line, on_paths, frames = None, frozenset(), []
+    outer_line, on_paths, frames, inner = None, frozenset(), [], None
     for line in sass.splitlines():
         m = _FUNC.match(line)
         if m:
             cur = funcs.setdefault(m.group(1), []) if (
                 function_filter is None or function_filter(m.group(1))) else None
-            outer_line, on_paths, frames = None, frozenset(), []
+            outer_line, on_paths, frames, inner = None, frozenset(), [], None
             continue
         if _FILE.match(line):
             # an instruction's frames: one `//## File` line per frame, innermost first,
@@ -243,22 +254,24 @@ def sass_groups(sass: str, marks, paths, function_filter=None):
         if frames:  # (an instruction without lines of its own keeps the previous ones)
             path, no = frames[-1][-1]
             outer_line = no if path == kpath else None
+            inner = frames[0][0]
             on_paths = frozenset(name for fr in frames for p, n in fr
                                  for f, a, b, name in paths if p == f and a <= n <= b)
             frames = []
         if cur is None or (m.group(1) or "").strip() == "@!PT":
             continue
         region = region_of(outer_line, marks) if outer_line is not None else None
-        cur.append((region, on_paths, m.group(2), m.group(3)))
+        cur.append((region, on_paths, m.group(2), m.group(3), inner))
     return funcs
 
 
-def tally(insns, keep) -> dict[str, int]:
-    """Counter totals over the instructions `keep` accepts."""
-    out = {k: 0 for k in COUNTERS}
+def tally(insns, keep, counters=None) -> dict[str, int]:
+    """Counter totals (`counters`, default COUNTERS) over the instructions `keep` accepts."""
+    counters = COUNTERS if counters is None else counters
+    out = {k: 0 for k in counters}
     for insn in insns:
         if keep(insn):
-            for k, pred in COUNTERS.items():
+            for k, pred in counters.items():
                 if pred(insn[2], insn[3]):
                     out[k] += 1
     return out
@@ -287,16 +300,8 @@ def lean_count(ctype, tf32, nt, mg, two, arch, work, nvdisasm, marks, paths) -> 
     """Counters of one gemm_lean_columns instantiation (its lean-gemm lines only)."""
     nreg = min(26 if ctype != "float" else 14, nt)
     tag = f"lean_{ctype.strip('_')}_{tf32}_{nt}_{mg}_{two}"
-    src, cubin = os.path.join(work, tag + ".cu"), os.path.join(work, tag + ".cubin")
-    with open(src, "w") as f:
-        f.write(_LEAN_PROGRAM % dict(ctype=ctype, tf32=tf32, nreg=nreg, nt=nt, mg=mg, two=two))
-    flags = [f for f in build_config().nvcc_flags([arch]) if not f.startswith("-gencode")]
-    code = arch.replace(".", "")
-    cmd = ["nvcc", *flags, f"-gencode=arch=compute_{code},code=sm_{code}", f"-I{csrc()}",
-           "-cubin", src, "-o", cubin]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(" ".join(cmd) + "\n" + proc.stderr[-4000:])
+    cubin = compile_source(_LEAN_PROGRAM % dict(ctype=ctype, tf32=tf32, nreg=nreg, nt=nt, mg=mg,
+                                                two=two), tag, arch, work)
     sass = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True, text=True,
                           check=True).stdout
     # the instructions with a lean-gemm frame (the region is none: not the kernel's body)
@@ -513,7 +518,7 @@ def predict(rep: dict, base: dict | None) -> None:
                                                     "; TF32 priced at bf16's rate per instruction"))
 
 
-def meta(arch: str, label: str) -> dict:
+def meta(arch: str, label: str, script: str = "sass_report.py") -> dict:
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
@@ -527,7 +532,7 @@ def meta(arch: str, label: str) -> dict:
             "git_commit": git("-C", TREE, "rev-parse", "--short", "HEAD"),
             "tree_dirty": bool(git("-C", TREE, "status", "--porcelain", "--", "csrc")),
             "nvcc": release.group(1) if release else None,
-            "command": "python benchmarks/sass_report.py " + " ".join(sys.argv[1:])}
+            "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])}
 
 
 SHOWN = ["instructions", "int div", "const reads", "LDSM", "HMMA", "LDS", "STS", "BAR",

@@ -725,6 +725,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
       if (w < wave0 || w > wave0 + T_len) rec.idle_step(w);
   }
 
+  // [sass:setup] the step's own arithmetic (k, t, the GEMM's K segments, the passes)
   rec.loop_start();
   // grid: every CTA walks all wave steps (idle ones too: grid.sync is
   // collective). flags: a CTA walks its own T + 1 steps only.
@@ -759,6 +760,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         const int nbv = static_cast<int>(min(static_cast<int64_t>(pass_rows), b_hi - b0));
         const int pairs = uc * nbv;
 
+        // [sass:prefetch] the epilogue's inputs (loads in flight during the wait and the GEMM)
         // 0. the epilogue's inputs, in flight during the GEMM
         auto load_in = [&](int pi) {
           EpiIn in;
@@ -767,15 +769,19 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           const int j = u0 + u;
           const int64_t sidx = ld_id * BH + b * H + j;
           if (k == 0) {
+            // [sass-path:step0:begin] (the carries from grad_hy / grad_cy at k = 0)
             in.carry = to_f(ghy[sidx]);
             if constexpr (CELL == CellKind::kLSTM) in.dcarry = to_f(gcy[sidx]);
+            // [sass-path:step0:end]
           } else {
             in.carry = __ldcg(p.state_dh + sidx);
             if constexpr (CELL == CellKind::kLSTM) in.dcarry = __ldcg(p.state_dc + sidx);
           }
           if (has_t) {
             in.valid = p.lengths == nullptr || t < __ldg(p.lengths + b);
+            // [sass-path:top:begin] (grad_output: the top layer)
             if (top) in.dy = to_f(gout[(t * B + b) * (D * H) + dir * H + j]);
+            // [sass-path:top:end]
             const T* rsv = reserve + ((ld_id * T_len + t) * B + b) * S;
             const T* rsv_prev = tf_in ? reserve + ((ld_id * T_len + tf) * B + b) * S : rsv;
             if constexpr (CELL == CellKind::kLSTM) {
@@ -806,6 +812,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           const int pi = threadIdx.x + q * kBackwardThreads;
           if (pi < pairs) pre[q] = load_in(pi);
         }
+        // [sass:sync] the wait for the producers
         if constexpr (kFlags) {
           // Before the step's first pass (its loads above depend on no other
           // CTA and fly during the wait): the producers of what the GEMM reads.
@@ -834,6 +841,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         // gradients that generic stores wrote; this thread has waited for
         // them -- above, or at the previous step's grid.sync -- once per step)
         if (c.cluster > 1 && b0 == b_lo) fence_proxy_async_global();
+        // [sass:gemm] the warp items (everything inlined from warp_item), the CTA barrier
         if (sk.seg_hi > sk.seg_lo && !bisect_on(kBisectNoGemm)) {
           const int nt = warp / c.k_splits;
           const int rows = min(16, nbv - nt * 16);
@@ -846,6 +854,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         __syncthreads();
         rec.mark(kPhaseGemm);  // (with the prefetch issue: no clean boundary, see phase_timing.h)
 
+        // [sass:epilogue] the partial sums' reduction, the cell's derivative, the stores
         // 2. epilogue: one thread per (unit, row), units fastest
         auto finish = [&](int pi, const EpiIn& in) {
           const int u = pi % uc, bl = pi / uc;
@@ -861,28 +870,36 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           }
           const float dh_in = rec + in.carry;
           if (!has_t) {  // k = T: the gradient w.r.t. the initial state
+            // [sass-path:final:begin] (k = T: grad_hx / grad_cx)
             static_cast<T*>(p.grad_hx)[sidx] = from_f<T>(dh_in);
             if constexpr (CELL == CellKind::kLSTM)
               static_cast<T*>(p.grad_cx)[sidx] = from_f<T>(in.dcarry);
             return;
+            // [sass-path:final:end]
           }
           float dy;
           if (top) {
+            // [sass-path:top:begin]
             dy = in.dy;
+            // [sass-path:top:end]
           } else if (p.dropout_active) {
+            // [sass-path:dropout:begin] (the mask of the layer above's input)
             const bool keep = dropout_keep(seed, p.dropout_threshold, layer, dir,
                                            static_cast<uint32_t>(t), static_cast<uint32_t>(b), j);
             dy = keep ? above * p.dropout_scale : 0.0f;
+            // [sass-path:dropout:end]
           } else {
             dy = above;
           }
           if (drop_here) {  // the input of layer + 1 at (t, b), exactly as the forward dropped it
+            // [sass-path:dropout:begin] (this layer's dropped output)
             T out = from_f<T>(0.0f);
             if (in.valid &&
                 dropout_keep(seed, p.dropout_threshold, layer, dir, static_cast<uint32_t>(t),
                              static_cast<uint32_t>(b), j))
               out = from_f<T>(in.hout * p.dropout_scale);
             xdrop[((static_cast<int64_t>(layer) * T_len + t) * B + b) * (D * H) + dir * H + j] = out;
+            // [sass-path:dropout:end]
           }
           T* const gi = dg_ih + ld_id * TBG + (t * B + b) * GHp;
           const bool v = in.valid;
@@ -955,6 +972,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         if (b0 + pass_rows < b_hi || rec.cta_on()) __syncthreads();
         rec.mark(kPhaseEpilogue);
       }
+      // [sass:sync] the cluster's fence, the publish
       // (cluster: this step's gate gradients will be read by bulk copies)
       if (c.cluster > 1) fence_proxy_async_global();
     }
@@ -971,6 +989,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
       rec.step_end(s, active, s + 1 < n_steps);
     }
   }
+  // [sass:end]
   // no CTA leaves while a peer may still arrive on its barriers
   if (c.cluster > 1) cluster_sync();
   rec.finish(n_steps);
