@@ -73,6 +73,7 @@
 #include "common.h"
 #include "forward_kernel.cuh"  // element helpers, the dynamic smem hook
 #include "gate_math.h"
+#include "mma_frag.cuh"
 #include "phase_timing.h"
 #include "philox.cuh"
 #include "sync_flags.cuh"
@@ -245,6 +246,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
                            const T* wst, T* astage0) {
   constexpr int kK = Block<T>::kK;
   constexpr int kPiece = 16 / sizeof(T);           // elements per 16-byte copy
+  constexpr int kRowPieces = kStageRowBytes / 16;  // 16-byte pieces of a full chunk row (8)
   constexpr bool kFma = sizeof(T) == 4 && !TF32;   // exact FP32 path
   const int lane = threadIdx.x % 32;
   const int GHp = c.gh_pad;
@@ -253,28 +255,38 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
   const int wlen = ks.wlen;
   const int chunk_tiles = c.stage_k / 16;          // 4 (16-bit) or 2 (fp32)
   const int MT = c.m_tiles;
+  const int stages = c.stages;
   const int64_t stage_elems = 16 * static_cast<int64_t>(c.stage_ld);
   const bool clustered = cp.size > 1;
-  const int nv = sk.seg_hi > sk.seg_lo ? (sk.seg_hi - sk.seg_lo) * wlen : 0;  // tiles
+  const bool any = sk.seg_hi > sk.seg_lo && wlen > 0;  // a tile to multiply
   const int kres_t = c.kres / 16;  // weight K tiles resident in shared memory
   const int64_t astage_elems = backward_astage_elems(c);
 
-  auto seg_of = [&](int v) { return sk.seg_lo + v / wlen; };
-  // the weight K tile of the item's tile v
-  auto wtile_of = [&](int v) { return seg_of(v) * gt + s0 + v % wlen - sk.w0; };
-  // (v < nv, so wlen > 0) the chunk at tile v: to the end of the segment's
-  // range, and not across the resident prefix's end
-  auto chunk_len = [&](int v) {
-    const int left = wlen - v % wlen;
+  // A chunk is named by its cursor: segment `seg` and tile `off` of the
+  // warp's range [s0, s0 + wlen) in it; chunks walk the range segment by
+  // segment, no division anywhere.
+  // the weight K tile of (seg, off)
+  auto wtile_of = [&](int seg, int off) { return seg * gt + s0 + off - sk.w0; };
+  // the chunk at (seg, off): to the end of the segment's range, and not
+  // across the resident prefix's end
+  auto chunk_len = [&](int seg, int off) {
+    const int left = wlen - off;
     int n = chunk_tiles < left ? chunk_tiles : left;
-    const int wk = wtile_of(v);
+    const int wk = wtile_of(seg, off);
     if (wk < kres_t && kres_t - wk < n) n = kres_t - wk;
     return n;
   };
-  // A of the chunk at tile v in stage `stage`: (base, its first K block) --
-  // the resident tile, or the streamed chunk's staging buffer
-  auto a_src = [&](int v, int stage, const T*& base, int& kb0) {
-    const int wk = wtile_of(v);
+  auto advance = [&](int& seg, int& off, int n) {
+    off += n;
+    if (off == wlen) {
+      off = 0;
+      ++seg;
+    }
+  };
+  // A of the chunk at (seg, off) in stage `stage`: (base, its first K block)
+  // -- the resident tile, or the streamed chunk's staging buffer
+  auto a_src = [&](int seg, int off, int stage, const T*& base, int& kb0) {
+    const int wk = wtile_of(seg, off);
     if (wk < kres_t) {
       base = sw;
       kb0 = wk * (16 / kK);
@@ -283,26 +295,20 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       kb0 = 0;
     }
   };
-  auto chunk_src = [&](int v) {
-    const int seg = seg_of(v);
-    const T* src = seg < sk.nseg_a
-        ? static_cast<const T*>(sk.above) + seg * sk.dir_stride
-        : static_cast<const T*>(sk.rec);
-    return src + row0 * GHp + (s0 + v % wlen) * 16;
-  };
-  // the chunk at `v` into stage `stage` (cluster only: of the stage's fills,
-  // one of parity `use & 1`)
-  auto issue = [&](int v, int stage, int use) {
-    const int n = chunk_len(v);
-    const T* src = chunk_src(v);
+  // the chunk (seg, off, n tiles) into stage `stage` (cluster only: of the
+  // stage's fills, one of parity `par`)
+  auto issue = [&](int seg, int off, int n, int stage, int par) {
+    const T* src = (seg < sk.nseg_a ? static_cast<const T*>(sk.above) + seg * sk.dir_stride
+                                    : static_cast<const T*>(sk.rec)) +
+                   row0 * GHp + (s0 + off) * 16;
     T* dst = stage0 + stage * stage_elems;
     if (clustered) {
       uint64_t* const full = cp.full + stage;
       if (lane == 0) {
-        // the consumption of the stage's previous fill (use - 1); for the first
-        // fill the parity of the phase "before" the first, which a fresh
-        // barrier reports as complete
-        if (FRNN_EMU_BREAK != 8) mbar_wait(cp.empty + stage, (use & 1) ^ 1);
+        // the consumption of the stage's previous fill; for the first fill
+        // the parity of the phase "before" the first, which a fresh barrier
+        // reports as complete
+        if (FRNN_EMU_BREAK != 8) mbar_wait(cp.empty + stage, par ^ 1);
         mbar_arrive_expect_tx(full, rows * n * 16 * static_cast<int>(sizeof(T)));
       }
       __syncwarp();  // the stage is free in every CTA of the cluster
@@ -313,14 +319,16 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
                             static_cast<uint16_t>((1u << cp.size) - 1));
       return;
     }
+    // row r, piece q of the row: a full row has kRowPieces, this chunk's n * 16 / kPiece
     const int per_row = n * 16 / kPiece;
-    const int pieces = rows * per_row;
-    for (int i = lane; i < pieces; i += 32) {
-      const int r = i / per_row;
-      const int q = i - r * per_row;
-      cp_async16(dst + r * c.stage_ld + q * kPiece, src + static_cast<int64_t>(r) * GHp + q * kPiece);
+    for (int i = lane; i < rows * kRowPieces; i += 32) {
+      const int r = i / kRowPieces;  // (a power of two: a shift)
+      const int q = i % kRowPieces;
+      if (q < per_row)
+        cp_async16(dst + r * c.stage_ld + q * kPiece,
+                   src + static_cast<int64_t>(r) * GHp + q * kPiece);
     }
-    const int wk = wtile_of(v);
+    const int wk = wtile_of(seg, off);
     if (wk >= kres_t) {  // streamed weights: the chunk's n tiles of 16 K x U, contiguous
       const T* wsrc = wst + static_cast<int64_t>(wk - kres_t) * 16 * U;
       T* adst = astage0 + stage * astage_elems;
@@ -329,30 +337,42 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
     }
   };
   // The pipeline: begin(); per chunk in order: stage = acquire(), multiply
-  // it, release(stage); finish().
-  const int seq0 = clustered ? seq : 0;
-  int ipos = 0, issued = 0, done = 0;
-  auto stage_of = [&](int k) { return (seq0 + k) % c.stages; };
-  auto use_of = [&](int k) { return (seq0 + k) / c.stages; };
+  // it, release(); finish(). Stages and (cluster) parities are counters
+  // (stage, parity) advanced with a wrap: for the next chunk to issue and the
+  // next to consume. `seq` (cluster) is stage + stages * parity.
+  int iseg = sk.seg_lo, ioff = 0;  // the next chunk to issue
+  int ist = seq, ipar = 0;
+  if (ist >= stages) {
+    ist -= stages;
+    ipar = 1;
+  }
+  int ast = ist, apar = ipar;      // the next chunk to consume
+  auto bump = [&](int& st, int& par) {
+    if (++st == stages) {
+      st = 0;
+      par ^= 1;
+    }
+  };
   auto issue_next = [&]() {
-    if (ipos < nv) {
-      issue(ipos, stage_of(issued), use_of(issued));
-      ipos += chunk_len(ipos);
-      ++issued;
+    if (any && iseg < sk.seg_hi) {
+      const int n = chunk_len(iseg, ioff);
+      issue(iseg, ioff, n, ist, ipar);
+      advance(iseg, ioff, n);
+      bump(ist, ipar);
     }
     if (!clustered) cp_async_commit();  // (empty groups keep the wait counts uniform)
   };
   auto begin = [&]() {
-    for (int q = 0; q < c.stages - 1; ++q) issue_next();
+    for (int q = 0; q < stages - 1; ++q) issue_next();
   };
   // the next chunk has landed in the stage returned; the one after the
   // pipeline's depth is issued
   auto acquire = [&]() {
-    const int stage = stage_of(done);
+    const int stage = ast;
     if (clustered) {
-      if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, use_of(done) & 1);
+      if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, apar);
     } else {
-      cp_async_wait(c.stages - 2);
+      cp_async_wait(stages - 2);
       __syncwarp();  // every lane's copies of the chunk landed
     }
     // (cp.async: the stage refilled now was read by the whole warp before the
@@ -365,22 +385,26 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       __syncwarp();  // every lane has read the stage
       if (lane < cp.size) mbar_arrive_remote(cp.empty + stage, lane);
     }
-    ++done;
+    bump(ast, apar);
   };
   auto finish = [&]() {
     if (clustered) {
-      seq = (seq0 + done) % (2 * c.stages);
+      seq = ast + (apar ? stages : 0);
     } else {
       cp_async_wait(0);
     }
   };
-  // every chunk through `multiply(v, stage)`, in order
+  // every chunk through `multiply(seg, off, n, stage)`, in order
   auto pipeline = [&](auto&& multiply) {
     begin();
-    for (int v = 0; v < nv; v += chunk_len(v)) {
-      const int stage = acquire();
-      multiply(v, stage);
-      release(stage);
+    if (any) {
+      for (int seg = sk.seg_lo, off = 0; seg < sk.seg_hi;) {
+        const int n = chunk_len(seg, off);
+        const int stage = acquire();
+        multiply(seg, off, n, stage);
+        release(stage);
+        advance(seg, off, n);
+      }
     }
     finish();
   };
@@ -397,11 +421,11 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[a][mt][q] = 0.0f;
-    auto compute = [&](int v, int stage, float (&ac)[kBackwardMaxMTiles][8]) {
-      const int n = chunk_len(v);
+    auto compute = [&](int seg, int off, int n, int stage,
+                       float (&ac)[kBackwardMaxMTiles][8]) {
       const T* wa;
       int kb0;
-      a_src(v, stage, wa, kb0);
+      a_src(seg, off, stage, wa, kb0);
       const float* bst = reinterpret_cast<const float*>(stage0 + stage * stage_elems);
       for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
@@ -429,9 +453,9 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
         }
       }
     };
-    pipeline([&](int v, int stage) {
-      if (seg_of(v) >= sk.nseg_a) compute(v, stage, acc[1]);
-      else compute(v, stage, acc[0]);
+    pipeline([&](int seg, int off, int n, int stage) {
+      if (seg >= sk.nseg_a) compute(seg, off, n, stage, acc[1]);
+      else compute(seg, off, n, stage, acc[0]);
     });
 #pragma unroll
     for (int a = 0; a < 2; ++a)
@@ -441,98 +465,127 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
 #pragma unroll
           for (int q = 0; q < 8; ++q)
             part_w[(a * 16 + n0 + q) * c.m_pad + mt * 16 + m] = acc[a][mt][q];
-  } else {
+  } else if (c.reg_tiles > 0) {
+    // Every weight tile of the item is in registers (one m-tile, wmma A
+    // fragments): walk the register tiles j = seg * wlen + i in order
+    // (compile-time indices), multiplying those of the present segments --
+    // the chunks of the pipeline, in its order.
     using M = MmaTypes<T, TF32>;
     using WR = WeightRegs<T, TF32>;
-    // B of K step `sub` of tile kt of a stage
-    auto load_b = [&](typename M::B& fb, const T* bst, int kt, int sub) {
-      wmma::load_matrix_sync(fb, bst + kt * 16 + sub * kK, c.stage_ld);
-      if constexpr (TF32) {
+    typename M::C acc[2];  // [above | rec], m-tile 0
+    wmma::fill_fragment(acc[0], 0.0f);
+    wmma::fill_fragment(acc[1], 0.0f);
+    begin();
+    int stage = 0;
+    int seg = 0, i = 0;
+    int kt = 0;  // the tile's place in its chunk (chunks restart with each segment)
 #pragma unroll
-        for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = round_tf32(fb.x[i]);
-      }
-    };
-    if (c.reg_tiles > 0) {
-      // Every weight tile of the item is in registers (one m-tile): walk the
-      // register tiles j = seg * wlen + i in order (compile-time indices),
-      // multiplying those of the present segments -- the chunks of the
-      // pipeline below, in its order.
-      typename M::C acc[2];  // [above | rec], m-tile 0
-      wmma::fill_fragment(acc[0], 0.0f);
-      wmma::fill_fragment(acc[1], 0.0f);
-      begin();
-      int stage = 0;
-      int seg = 0, i = 0;
-      int kt = 0;  // the tile's place in its chunk (chunks restart with each segment)
-#pragma unroll
-      for (int j = 0; j < WR::kTiles; ++j) {
-        if (seg >= sk.seg_lo && seg < sk.seg_hi && i < wlen) {
-          if (kt == 0) stage = acquire();
-          const T* bst = stage0 + stage * stage_elems;
-#pragma unroll
-          for (int sub = 0; sub < WR::kSubs; ++sub) {
-            typename M::B fb;
-            load_b(fb, bst, kt, sub);
-            if (seg >= sk.nseg_a) wmma::mma_sync(acc[1], wr.a[j][sub], fb, acc[1]);
-            else wmma::mma_sync(acc[0], wr.a[j][sub], fb, acc[0]);
-          }
-          if (kt == chunk_tiles - 1 || i == wlen - 1) {
-            release(stage);
-            kt = 0;
-          } else {
-            ++kt;
-          }
-        }
-        if (++i == wlen) {
-          i = 0;
-          ++seg;
-        }
-      }
-      finish();
-#pragma unroll
-      for (int a = 0; a < 2; ++a)
-        wmma::store_matrix_sync(part_w + a * 16 * c.m_pad, acc[a], c.m_pad, wmma::mem_col_major);
-    } else {
-      typename M::C acc[2][kBackwardMaxMTiles];
-#pragma unroll
-      for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) wmma::fill_fragment(acc[a][mt], 0.0f);
-      auto compute = [&](int v, int stage, typename M::C (&ac)[kBackwardMaxMTiles]) {
-        const int n = chunk_len(v);
-        const T* wa;
-        int kb0;
-        a_src(v, stage, wa, kb0);
+    for (int j = 0; j < WR::kTiles; ++j) {
+      if (seg >= sk.seg_lo && seg < sk.seg_hi && i < wlen) {
+        if (kt == 0) stage = acquire();
         const T* bst = stage0 + stage * stage_elems;
-        for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
-          for (int sub = 0; sub < 16 / kK; ++sub) {
-            typename M::B fb;
-            load_b(fb, bst, kt, sub);
-            const int kb = kb0 + kt * (16 / kK) + sub;
+        for (int sub = 0; sub < WR::kSubs; ++sub) {
+          typename M::B fb;
+          wmma::load_matrix_sync(fb, bst + kt * 16 + sub * kK, c.stage_ld);
+          if constexpr (TF32) {
 #pragma unroll
-            for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
-              if (mt < MT) {
-                typename M::A fa;
-                wmma::load_matrix_sync(fa, wa + (static_cast<int64_t>(kb) * U + mt * 16) * kK, kK);
-                wmma::mma_sync(ac[mt], fa, fb, ac[mt]);
+            for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = round_tf32(fb.x[e]);
+          }
+          if (seg >= sk.nseg_a) wmma::mma_sync(acc[1], wr.a[j][sub], fb, acc[1]);
+          else wmma::mma_sync(acc[0], wr.a[j][sub], fb, acc[0]);
+        }
+        if (kt == chunk_tiles - 1 || i == wlen - 1) {
+          release(stage);
+          kt = 0;
+        } else {
+          ++kt;
+        }
+      }
+      if (++i == wlen) {
+        i = 0;
+        ++seg;
+      }
+    }
+    finish();
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+      wmma::store_matrix_sync(part_w + a * 16 * c.m_pad, acc[a], c.m_pad, wmma::mem_col_major);
+  } else {
+    // Weights in shared memory (or streamed): mma.sync on fragments loaded
+    // with ldmatrix from shared-space addresses (mma_frag.cuh). Per 16-element
+    // K tile (16-bit: one k16 step; TF32: two k8 steps, `sub`), one
+    // ldmatrix.x4 gives the B fragments of the item's two n8 halves (batch
+    // rows 0-7, 8-15: matrices (rows, K low / high half) of a stage row) and
+    // one per m-tile the A fragment (matrices (units 0-7 / 8-15, K low /
+    // high half) of the K-blocked tile, rows 16 * kK * e bytes apart).
+    // TF32: the 32-bit elements load as pairs of b16, the layouts of the
+    // m16n8k8 .tf32 fragments; B rounded to TF32 (A was, when stored).
+    constexpr int kRowElems = 16 / sizeof(T);  // one ldmatrix row: 8 (16-bit) / 4 (fp32)
+    static_assert(2 * kRowElems == kK, "a K block is two ldmatrix rows wide");
+    // this lane's row address offsets: B, matrix lane / 8 = (batch half, K half);
+    // A, matrix lane / 8 = (K half, unit half)
+    const int b_off = ((lane / 16) * 8 + lane % 8) * c.stage_ld + ((lane / 8) % 2) * kRowElems;
+    const int a_row = lane % 8 + ((lane / 8) % 2) * 8;
+    const int a_off = a_row * kK + (lane / 16) * kRowElems;
+    float acc[2][kBackwardMaxMTiles][2][4];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[a][mt][h][q] = 0.0f;
+    auto compute = [&](int seg, int off, int n, int stage,
+                       float (&ac)[kBackwardMaxMTiles][2][4]) {
+      const T* wa;
+      int kb0;
+      a_src(seg, off, stage, wa, kb0);
+      const T* bst = stage0 + stage * stage_elems + b_off;
+      const T* ast = wa + static_cast<int64_t>(kb0) * U * kK + a_off;
+      for (int kt = 0; kt < n; ++kt) {
+#pragma unroll
+        for (int sub = 0; sub < 16 / kK; ++sub) {
+          uint32_t b[4];
+          ldmatrix_x4(b, bst + kt * 16 + sub * kK);
+          if constexpr (TF32) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) b[q] = __float_as_uint(round_tf32(__uint_as_float(b[q])));
+          }
+          const T* at = ast + static_cast<int64_t>(kt * (16 / kK) + sub) * U * kK;
+#pragma unroll
+          for (int mt = 0; mt < kBackwardMaxMTiles; ++mt) {
+            if (mt < MT) {
+              uint32_t a[4];
+              ldmatrix_x4(a, at + mt * 16 * kK);
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                if constexpr (TF32) mma_1688_tf32(ac[mt][h], a, b + 2 * h);
+                else mma_16816<T>(ac[mt][h], a, b + 2 * h);
               }
             }
           }
         }
-      };
-      pipeline([&](int v, int stage) {
-        if (seg_of(v) >= sk.nseg_a) compute(v, stage, acc[1]);
-        else compute(v, stage, acc[0]);
-      });
+      }
+    };
+    pipeline([&](int seg, int off, int n, int stage) {
+      if (seg >= sk.nseg_a) compute(seg, off, n, stage, acc[1]);
+      else compute(seg, off, n, stage, acc[0]);
+    });
+    // part_w[sum][row n][unit m]: register q of half h holds (m, n) of frag_c_coord
 #pragma unroll
-      for (int a = 0; a < 2; ++a)
+    for (int a = 0; a < 2; ++a)
 #pragma unroll
-        for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
-          if (mt < MT)
-            wmma::store_matrix_sync(part_w + a * 16 * c.m_pad + mt * 16, acc[a][mt], c.m_pad,
-                                    wmma::mem_col_major);
-    }
+      for (int mt = 0; mt < kBackwardMaxMTiles; ++mt)
+        if (mt < MT)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const FragCoord fc = frag_c_coord(lane, q);
+              part_w[(a * 16 + h * 8 + fc.col) * c.m_pad + mt * 16 + fc.row] = acc[a][mt][h][q];
+            }
   }
 }
 
@@ -677,6 +730,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   // This warp's K split (the same for all its items: warp = nt * k_splits +
   // ks) and, where they fit (c.reg_tiles > 0), its weight tiles in registers.
   const KSplit wsplit = k_split_of(c, warp % c.k_splits);
+  const int warp_nt = warp / c.k_splits;  // this warp's batch tile of a pass
+  // (unit, row) pair pi -> (pi % uc, pi / uc) in the epilogue, without a division
+  const FastDiv uc_div = FastDiv::make(static_cast<uint32_t>(uc));
   WeightRegs<T, TF32> wregs;
   if (c.reg_tiles > 0) load_weight_regs<T, TF32>(wregs, c, sw, wsplit, U, top ? c.ka / 16 : 0);
 
@@ -764,7 +820,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         // 0. the epilogue's inputs, in flight during the GEMM
         auto load_in = [&](int pi) {
           EpiIn in;
-          const int u = pi % uc, bl = pi / uc;
+          uint32_t u_;
+          const int bl = static_cast<int>(uc_div.divmod(static_cast<uint32_t>(pi), u_));
+          const int u = static_cast<int>(u_);
           const int64_t b = b0 + bl;
           const int j = u0 + u;
           const int64_t sidx = ld_id * BH + b * H + j;
@@ -843,7 +901,7 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         if (c.cluster > 1 && b0 == b_lo) fence_proxy_async_global();
         // [sass:gemm] the warp items (everything inlined from warp_item), the CTA barrier
         if (sk.seg_hi > sk.seg_lo && !bisect_on(kBisectNoGemm)) {
-          const int nt = warp / c.k_splits;
+          const int nt = warp_nt;
           const int rows = min(16, nbv - nt * 16);
           if (rows > 0)
             warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
@@ -857,7 +915,9 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
         // [sass:epilogue] the partial sums' reduction, the cell's derivative, the stores
         // 2. epilogue: one thread per (unit, row), units fastest
         auto finish = [&](int pi, const EpiIn& in) {
-          const int u = pi % uc, bl = pi / uc;
+          uint32_t u_;
+          const int bl = static_cast<int>(uc_div.divmod(static_cast<uint32_t>(pi), u_));
+          const int u = static_cast<int>(u_);
           const int64_t b = b0 + bl;
           const int j = u0 + u;
           const int64_t sidx = ld_id * BH + b * H + j;
