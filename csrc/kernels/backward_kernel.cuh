@@ -260,7 +260,7 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
   const bool clustered = cp.size > 1;
   const bool any = sk.seg_hi > sk.seg_lo && wlen > 0;  // a tile to multiply
   const int kres_t = c.kres / 16;  // weight K tiles resident in shared memory
-  const int64_t astage_elems = backward_astage_elems(c);
+  const int astage_elems = static_cast<int>(backward_astage_elems(c));
 
   // A chunk is named by its cursor: segment `seg` and tile `off` of the
   // warp's range [s0, s0 + wlen) in it; chunks walk the range segment by
@@ -337,28 +337,21 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
     }
   };
   // The pipeline: begin(); per chunk in order: stage = acquire(), multiply
-  // it, release(); finish(). Stages and (cluster) parities are counters
-  // (stage, parity) advanced with a wrap: for the next chunk to issue and the
-  // next to consume. `seq` (cluster) is stage + stages * parity.
+  // it, release(); finish(). The next chunk to issue and the next to consume
+  // are counted modulo 2 x stages by a wrap (no division): stage = q or
+  // q - stages, (cluster) parity = q >= stages; `seq` is the consumer's.
   int iseg = sk.seg_lo, ioff = 0;  // the next chunk to issue
-  int ist = seq, ipar = 0;
-  if (ist >= stages) {
-    ist -= stages;
-    ipar = 1;
-  }
-  int ast = ist, apar = ipar;      // the next chunk to consume
-  auto bump = [&](int& st, int& par) {
-    if (++st == stages) {
-      st = 0;
-      par ^= 1;
-    }
+  int iq = seq, aq = seq;
+  auto stage_of = [&](int q) { return q >= stages ? q - stages : q; };
+  auto bump = [&](int& q) {
+    if (++q == 2 * stages) q = 0;
   };
   auto issue_next = [&]() {
     if (any && iseg < sk.seg_hi) {
       const int n = chunk_len(iseg, ioff);
-      issue(iseg, ioff, n, ist, ipar);
+      issue(iseg, ioff, n, stage_of(iq), iq >= stages ? 1 : 0);
       advance(iseg, ioff, n);
-      bump(ist, ipar);
+      bump(iq);
     }
     if (!clustered) cp_async_commit();  // (empty groups keep the wait counts uniform)
   };
@@ -368,9 +361,9 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
   // the next chunk has landed in the stage returned; the one after the
   // pipeline's depth is issued
   auto acquire = [&]() {
-    const int stage = ast;
+    const int stage = stage_of(aq);
     if (clustered) {
-      if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, apar);
+      if (FRNN_EMU_BREAK != 9) mbar_wait(cp.full + stage, aq >= stages ? 1 : 0);
     } else {
       cp_async_wait(stages - 2);
       __syncwarp();  // every lane's copies of the chunk landed
@@ -385,11 +378,11 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       __syncwarp();  // every lane has read the stage
       if (lane < cp.size) mbar_arrive_remote(cp.empty + stage, lane);
     }
-    bump(ast, apar);
+    bump(aq);
   };
   auto finish = [&]() {
     if (clustered) {
-      seq = ast + (apar ? stages : 0);
+      seq = aq;
     } else {
       cp_async_wait(0);
     }
@@ -544,6 +537,9 @@ FRNN_DEVICE void warp_item(const BackwardConfig& c, const T* sw, T* stage0, floa
       a_src(seg, off, stage, wa, kb0);
       const T* bst = stage0 + stage * stage_elems + b_off;
       const T* ast = wa + static_cast<int64_t>(kb0) * U * kK + a_off;
+      // (two tiles per trip: fully unrolled, the LSTM kernels' phase-timing
+      // builds reach 255 registers and spill)
+#pragma unroll 2
       for (int kt = 0; kt < n; ++kt) {
 #pragma unroll
         for (int sub = 0; sub < 16 / kK; ++sub) {
@@ -906,7 +902,11 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           if (rows > 0)
             warp_item<T, TF32>(c, sw, sstage + static_cast<int64_t>(warp) * c.stages * 16 * c.stage_ld,
                                part + static_cast<int64_t>(warp) * 2 * 16 * c.m_pad, sk,
-                               b0 + nt * 16, rows, wsplit, U, cpipe, chunk_seq, wregs, wst,
+                               b0 + nt * 16, rows, wsplit, U, cpipe, chunk_seq, wregs,
+                               // (made here from the parameters: no registers held across the loop)
+                               backward_streams(c) ? static_cast<const T*>(p.wstream) +
+                                                         blockIdx.x * wst_elems
+                                                   : nullptr,
                                sastage + warp * c.stages * backward_astage_elems(c));
         }
         __syncthreads();
