@@ -1,6 +1,7 @@
 """Static SASS report of the backward kernel's step loop (no GPU needed).
 
     python benchmarks/sass_report_backward.py [--arch 9.0a] [--out DIR] [--label NAME] [--root TREE]
+        [--baseline OLD.json]
 
 Compiles rnn_backward_kernel<T, LSTM, TF32, SyncPolicy::kFlags> (csrc/kernels/
 backward_kernel.cuh) with the extension's own nvcc flags into a cubin per variant -- bf16
@@ -38,11 +39,50 @@ layer below the top at 0 < k < T without dropout: the paths step0, final, top an
 are left out, and `plain` or `cluster`, `reg-tiles` or `smem-tiles` as the plan picks. A
 shape the planner rejects is reported as not planned, with its reason.
 
-Static code: a loop counts once. Each plan row lists the trip counts of the loops inside
-the step (passes, K chunks per warp item, K tiles per chunk, copies per lane, K-split
-reads and remainder pairs of the epilogue); nothing is multiplied by them. The integer
+Static code (`counts`): a loop counts once. Each plan row lists the trip counts of the loops
+inside the step (passes, K chunks per warp item, K tiles per chunk, copies per lane, K-split
+reads and remainder pairs of the epilogue); the static counts are not multiplied by them. The integer
 divisions and the generic loads / stores on the plan's path are also listed by the source
 line of their innermost frame (the `%` or `/` they compute, the wmma load they come from).
+
+Dynamic estimate (each plan row's `dynamic`): the instructions of one wave step on the plan's
+path, each static instruction times how often its loop levels run per step. The levels are
+found in the source text when the report runs (loop_spans; the same for the kernel before the
+lean GEMM, whose lambdas took a tile index v): in warp_item the chunk loop of `pipeline`
+(and what it inlines: acquire, issue_next / issue, the `multiply` call, release) runs once per
+K chunk of the warp item, the loop of `begin` stages - 1 times, the issue under issue_next's
+`if` once per chunk issued (begin's the first stages - 1, the acquires' the rest), the arms of
+`if (seg >= sk.nseg_a)` for the rec / above segment's share of the chunks, the K-tile loop of
+`compute` (`for (int kt`) once per K tile, the copy loops of `issue` their per-lane trips
+(the streamed weights' under the `if` on kres, for the streamed chunks); in the kernel body
+the pass loop once per pass, the prefetched pairs' unrolled loop (`q < kPre`) for the pairs
+thread 0 has, the remainder pairs' loop its trips, the epilogue's K-split reads k_splits
+times. A level the compiler unrolls or duplicates with a runtime trip count (the K tiles,
+the K-split reads, the copies) is scaled by its marker instruction (HMMA, LDS, cp.async):
+the marker's runs per step (predicated-off m-tiles included) over its static count in the
+same context. Trip counts are the plan's: the chunk cursor walked per K split as the kernel
+walks it (chunk_walk: never across kres), for the slowest warp (the K split with the most
+streamed tiles, then the most chunks) of the first batch tile, thread 0 of the epilogue.
+Assumed: each instruction of a run issues once (predicated-off instructions counted, no
+scheduling across trips, no dual issue); a poll loop or an mbarrier wait runs once; the
+sync phase once per step; a branch skipped by every lane of the warp (the remainder pairs,
+the second prefetched pair at small batch) not counted.
+
+Prediction (`predicted_us`, with a baseline report: `--baseline`, else the report itself):
+the bf16 LSTM backward phases measured on the H200 (floors.py --phases,
+benchmarks/results/NVIDIA-H200/phases.json, the kernel of commit 5af3a93; the baseline
+report of the kernel before the lean GEMM, bf7395a, is taken as that kernel's instruction
+stream: the commits between added compile-time bisection switches, off by default, and
+comments to the step loop -- not checked instruction for instruction) scaled per measured phase by
+dynamic instructions, this row over the baseline's bf16 row of the same batch: gemm (setup,
+prefetch and GEMM: the prefetch and the step's arithmetic count with the GEMM there),
+epilogue, barrier (the sync phase). The GEMM no less than its floor: the bytes a CTA receives
+per step (rows x K x element bytes of gate gradients, plus the streamed weights the plan's
+summary states) at 64 B/clk x 1.8 GHz, and ceil(chunks / (stages - 1)) dependent L2 round
+trips of sass_report.GATHER_FLOOR_US; the barrier the flag hop's floor (FLAG_HOP_US, 0.61 us,
+floors.json) plus the measured excess scaled by the whole step's ratio. TF32 has no measured
+phases: priced at bf16's rate per instruction, with its own floor. Targets: <= 3 us per
+backward step at B=1, <= 7 us at B=32.
 Written to DIR/backward_sass_<label>.{json,md}.
 """
 
@@ -255,11 +295,12 @@ int main() {
              "\"ctas_per_dir\": %%d, \"batch_slices\": %%d, \"rows_per_slice\": %%d, "
              "\"n_tiles\": %%d, \"k_splits\": %%d, \"stages\": %%d, \"stage_k\": %%d, "
              "\"cluster\": %%d, \"reg_tiles\": %%d, \"m_tiles\": %%d, \"gh_pad\": %%d, "
-             "\"ka\": %%d, \"kw\": %%d, \"elem_bytes\": %%d, \"summary\": \"%%s\"}",
+             "\"ka\": %%d, \"kw\": %%d, \"kres\": %%d, \"elem_bytes\": %%d, "
+             "\"summary\": \"%%s\"}",
              dt + bi ? ", " : "", dt == 0 ? "bf16 LSTM" : "tf32 LSTM", batches[bi], r.ok,
              c.units_per_cta, c.ctas_per_dir, c.batch_slices, c.rows_per_slice, c.n_tiles,
              c.k_splits, c.stages, c.stage_k, c.cluster, c.reg_tiles, c.m_tiles, c.gh_pad,
-             c.ka, c.kw, c.elem_bytes, why.c_str());
+             c.ka, c.kw, %(kres)s, c.elem_bytes, why.c_str());
     }
   printf("]\n");
 }
@@ -273,7 +314,8 @@ def plans(work: str) -> list[dict]:
         raise RuntimeError("a host C++ compiler is needed for the plans")
     src, exe = os.path.join(work, "bwd_plans.cpp"), os.path.join(work, "bwd_plans")
     with open(src, "w") as f:
-        f.write(_PLAN_PROGRAM % dict(sr.H200, batches=", ".join(map(str, PLAN_BATCHES))))
+        f.write(_PLAN_PROGRAM % dict(sr.H200, batches=", ".join(map(str, PLAN_BATCHES)),
+                                     kres="c.kres" if _has_kres() else "c.kw"))
     subprocess.run([cxx, "-std=c++17", "-O1", f"-I{sr.csrc()}", src, "-o", exe], check=True)
     return json.loads(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
 
@@ -311,6 +353,367 @@ def plan_path(plan: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------ the dynamic estimate
+
+# Loop levels of the step (found in the source text when the report runs, for the old and
+# the new kernel alike; see loop_spans): their names as pseudo-paths of sass_groups.
+LOOP = "loop:"
+# required in every tree; stream-if / stream-copy only where the weights may be streamed
+LOOPS = ("pass", "chunk", "fill", "issue-if", "arm-rec", "arm-above", "tile", "copy",
+         "pair-pre", "pair-rest", "ksplit")
+# loops whose body the compiler may unroll or duplicate (a runtime trip count): their
+# instructions are scaled by how often the loop's marker instruction runs per step over how
+# often it appears in the static code, per context (the loop level around it that tells
+# its inlined copies apart): {loop: (marker counter, context levels)}
+MARKERS = {"tile": ("HMMA", ("arm-rec", "arm-above")),
+           "ksplit": ("LDS", ("pair-pre", "pair-rest")),
+           "copy": ("cp.async", ("fill", "chunk")),
+           "stream-copy": ("cp.async", ("fill", "chunk"))}
+# the H200's numbers the prediction's floors use
+SM_CLOCK_GHZ = 1.8
+L2_BYTES_PER_CLK = 64  # one SM's share of L2 bandwidth
+STEP_TARGET_US = {1: 3.0, 32: 7.0}  # the backward step's targets per batch
+
+
+def _has_kres() -> bool:
+    with open(os.path.join(sr.csrc(), "kernels", "backward_params.h")) as f:
+        return re.search(r"\bint kres\b", f.read()) is not None
+
+
+def _source_int(pattern: str, path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            m = re.search(pattern, f.read())
+    except OSError:
+        return default
+    return int(m.group(1)) if m else default
+
+
+def _lambdas(text: str, name: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """[(start, end)] of the bodies of the lambdas `auto name = [..](..) {..}` in text[lo:hi]."""
+    out = []
+    for m in re.finditer(r"\bauto\s+" + re.escape(name) + r"\s*=\s*\[[^\]]*\]\s*\(", text[lo:hi]):
+        close = _close(text, lo + m.end() - 1)
+        body = text.index("{", close)
+        out.append((body + 1, _close(text, body) - 1))
+    return out
+
+
+def _fors(text: str, lo: int, hi: int, header: str = r".*") -> list[tuple[int, int, str]]:
+    """[(start, end, header)] of the `for` statements in text[lo:hi] whose header (the text in
+    its parentheses, whitespace collapsed) matches `header`: from the keyword to the body's end."""
+    out = []
+    for m in re.finditer(r"\bfor\s*\(", text[lo:hi]):
+        close = _close(text, lo + m.end() - 1)
+        head = " ".join(text[lo + m.end():close].split())
+        if re.search(header, head):
+            a, b, _ = _statement(text, close + 1)
+            out.append((lo + m.start(), b + 1 if text[b + 1:b + 2] == "}" else b, head))
+    return out
+
+
+def _ifs(text: str, lo: int, hi: int, cond: str = r".*"):
+    """[(cond, then (start, end), else (start, end) or None)] of the `if`s in text[lo:hi]."""
+    out = []
+    for m in re.finditer(r"\bif\s*\(", text[lo:hi]):
+        close = _close(text, lo + m.end() - 1)
+        c = " ".join(text[lo + m.end():close].split())
+        if not re.fullmatch(cond, c):
+            continue
+        a, b, block = _statement(text, close + 1)
+        after = b + 2 if block else b + 1
+        rest = re.match(r"\s*else\b", text[after:])
+        els = _statement(text, after + rest.end())[:2] if rest else None
+        out.append((c, (a, b), els))
+    return out
+
+
+def _function(text: str, name: str) -> tuple[int, int]:
+    """The body of the function definition `name(...) {...}` (the first not followed by `;`)."""
+    for m in re.finditer(r"^[^\n;]*?\b" + re.escape(name) + r"\(", text, re.M):
+        close = _close(text, m.end() - 1)
+        nxt = re.match(r"[^;{]*\{", text[close + 1:])
+        if nxt:
+            body = close + 1 + nxt.end() - 1
+            return body + 1, _close(text, body) - 1
+    raise RuntimeError(f"no definition of {name}")
+
+
+def loop_spans(path: str | None = None) -> list[tuple[str, int, int, str]]:
+    """[(file, first, last line, 'loop:NAME')] of the step's loop levels in the kernel's source:
+    in warp_item, the `for` of the `pipeline` lambda (chunk: once per K chunk), the `for` of
+    `begin` (fill: the pipeline's first stages - 1 issues), the first `if` of `issue_next`
+    (issue-if: a chunk issued), the arms of the `if (seg >= sk.nseg_a)` in the calls of
+    `pipeline(...)` (arm-rec / arm-above: a chunk of the rec / above segment), the
+    `for (int kt` loops of the `compute` lambdas (tile: once per K tile), in `issue` the
+    `for (int i = lane` copy loops (copy) and, inside an `if` on `kres`, the streamed
+    weights' (stream-if, stream-copy); in the kernel body the pass loop `for (int64_t b0`
+    (pass), the `for (... q < kPre ...)` loops (pair-pre: the prefetched pairs), the
+    remainder pairs' loop (pair-rest) and the K-split reads' loop on `c.k_splits` (ksplit)."""
+    path = os.path.realpath(path or kernel_path())
+    with open(path) as f:
+        text = _blank_comments(f.read())
+    spans: list[tuple[int, int, str]] = []
+    lo, hi = _function(text, "warp_item")
+    for a, b in _lambdas(text, "pipeline", lo, hi):
+        spans += [(s, e, "chunk") for s, e, _ in _fors(text, a, b)[:1]]
+    for a, b in _lambdas(text, "begin", lo, hi):
+        spans += [(s, e, "fill") for s, e, _ in _fors(text, a, b)[:1]]
+    for a, b in _lambdas(text, "issue_next", lo, hi):
+        spans += [(*then, "issue-if") for _, then, _ in _ifs(text, a, b)[:1]]
+    for a, b in _lambdas(text, "compute", lo, hi):
+        spans += [(s, e, "tile") for s, e, _ in _fors(text, a, b, r"^int kt\b")]
+    for a, b in _lambdas(text, "issue", lo, hi):
+        streamed = [then for c, then, _ in _ifs(text, a, b) if re.search(r"\bkres", c)]
+        spans += [(*t, "stream-if") for t in streamed]
+        for s, e, _ in _fors(text, a, b, r"^int i = lane\b"):
+            inside = any(t[0] <= s <= t[1] for t in streamed)
+            spans.append((s, e, "stream-copy" if inside else "copy"))
+    for m in re.finditer(r"\bpipeline\s*\(\s*\[", text[lo:hi]):
+        open_ = lo + m.end() - 2
+        while text[open_] != "(":
+            open_ -= 1
+        a, b = open_ + 1, _close(text, open_) - 1
+        for _, then, els in _ifs(text, a, b, r"(seg|seg_of\(v\)) >= sk\.nseg_a"):
+            spans.append((*then, "arm-rec"))
+            if els:
+                spans.append((*els, "arm-above"))
+    lo, hi = _function(text, "rnn_backward_kernel")
+    spans += [(s, e, "pass") for s, e, _ in _fors(text, lo, hi, r"^int64_t b0 = ")]
+    spans += [(s, e, "pair-pre") for s, e, _ in _fors(text, lo, hi, r"^int q = 0; q < kPre;")]
+    spans += [(s, e, "pair-rest") for s, e, _ in _fors(text, lo, hi, r"^int pi = .*\bkPre\b")]
+    spans += [(s, e, "ksplit") for s, e, _ in _fors(text, lo, hi, r"^int q = 0; q < .*c\.k_splits")]
+    found = {n for *_, n in spans}
+    missing = [n for n in LOOPS if n not in found]
+    if missing:
+        raise RuntimeError(f"{path}: no loop level(s) {', '.join(missing)} found in the source")
+
+    def line(i):
+        return text.count("\n", 0, i) + 1
+    return [(path, line(a), line(b), LOOP + n) for a, b, n in spans]
+
+
+def chunk_walk(plan: dict) -> dict:
+    """The K chunks of the warp item of every K split (the kernel's chunk cursor: to the end of
+    the segment's range, never across the resident prefix's end, kres) of a layer below the
+    top; the split picked is the one with the most streamed tiles, then the most chunks (the
+    slowest warp). Chunks: [(segment, tiles, streamed)]."""
+    gt = plan["gh_pad"] // 16
+    segs = plan["kw"] // plan["gh_pad"]          # above (D) + rec
+    nseg_a = plan["ka"] // plan["gh_pad"]
+    chunk_tiles = plan["stage_k"] // 16
+    kres_t = plan.get("kres", plan["kw"]) // 16
+    best = None
+    for ks in range(plan["k_splits"]):
+        s0 = gt * ks // plan["k_splits"]
+        wlen = gt * (ks + 1) // plan["k_splits"] - s0
+        chunks = []
+        for seg in range(segs):
+            off = 0
+            while off < wlen:
+                n = min(chunk_tiles, wlen - off)
+                wk = seg * gt + s0 + off
+                if wk < kres_t and kres_t - wk < n:
+                    n = kres_t - wk
+                chunks.append((seg, n, wk >= kres_t))
+                off += n
+        key = (sum(n for _, n, st in chunks if st), len(chunks))
+        if best is None or key > best[0]:
+            best = (key, ks, chunks)
+    _, ks, chunks = best
+    return {"k_split": ks, "chunks": chunks, "nseg_a": nseg_a}
+
+
+def loop_trips(plan: dict, k_pre: int = K_PRE, max_m: int = 2, fixed_pieces: bool = True) -> dict:
+    """Per wave step (a layer below the top, 0 < k < T, the slowest warp of the first batch
+    tile, thread 0 of the epilogue): `factors`, the runs of each loop level per run of the
+    level around it (`LEVEL@CONTEXT`: where it depends on the context, e.g. the chunks the
+    pipeline's first stages - 1 issues fill vs those issued per acquired chunk), and
+    `markers`, the marker instructions (MARKERS) each marker loop issues per step, per context.
+    `fixed_pieces`: the B copy loop walks a fixed 8 pieces per row (else the chunk's)."""
+    walk = chunk_walk(plan)
+    ch = walk["chunks"]
+    rows = min(plan["rows_per_slice"], plan["batch"])
+    pass_rows = plan["n_tiles"] * 16
+    nbv = min(rows, pass_rows)
+    tile_rows = min(16, nbv)
+    passes = -(-rows // pass_rows)
+    eb = plan["elem_bytes"]
+    piece = 16 // eb                                  # elements per 16-byte copy
+    stages = plan["stages"]
+    n_ch = len(ch)
+    first = min(stages - 1, n_ch)                     # the chunks begin() issues
+    tiles = sum(n for _, n, _ in ch)
+    rec = [n for seg, n, _ in ch if seg >= walk["nseg_a"]]
+    pairs = plan["units"] * nbv
+    pre_run = min(k_pre, -(-pairs // THREADS))
+    rest = max(0, -(-(pairs - k_pre * THREADS) // THREADS))
+    clustered = plan["cluster"] > 1
+    lanes = [0 if clustered else -(-tile_rows * (8 if fixed_pieces else n * 16 // piece) // 32)
+             for _, n, _ in ch]
+    s_lanes = [-(-(n * 16 * plan["units"] // piece) // 32) if st else 0 for _, n, st in ch]
+    n_st = [1 if st else 0 for _, _, st in ch]
+    subs = 2 if eb == 4 else 1                        # k8 (TF32) or k16 steps per K tile
+    per_tile = 2 * max_m * subs     # HMMAs per K tile: n8 halves x m-tiles (predicated too)
+
+    def ratio(a, b):
+        return a / b if b else 0.0
+    factors = {
+        "pass": passes,
+        "chunk": n_ch,
+        "fill": stages - 1,
+        # begin()'s stages - 1 calls issue the first chunks, the acquires the rest
+        "issue-if@fill": ratio(first, stages - 1),
+        "issue-if@chunk": ratio(n_ch - first, n_ch),
+        "arm-rec": ratio(len(rec), n_ch),
+        "arm-above": ratio(n_ch - len(rec), n_ch),
+        "tile": ratio(tiles, n_ch),
+        "copy": ratio(sum(lanes), n_ch),
+        "stream-if@fill": ratio(sum(n_st[:first]), first),
+        "stream-if@chunk": ratio(sum(n_st[first:]), n_ch - first),
+        "stream-copy": ratio(sum(s_lanes), sum(n_st)),
+        "pair-pre": pre_run / k_pre,
+        "pair-rest": rest,
+        "ksplit": plan["k_splits"],
+    }
+    markers = {
+        "tile@arm-rec": passes * sum(rec) * per_tile,
+        "tile@arm-above": passes * (tiles - sum(rec)) * per_tile,
+        # two partial sums (rec, above) per K split per pair
+        "ksplit@pair-pre": passes * pre_run * plan["k_splits"] * 2,
+        "ksplit@pair-rest": passes * rest * plan["k_splits"] * 2,
+        "copy@fill": passes * sum(lanes[:first]),
+        "copy@chunk": passes * sum(lanes[first:]),
+        "stream-copy@fill": passes * sum(s_lanes[:first]),
+        "stream-copy@chunk": passes * sum(s_lanes[first:]),
+    }
+    return {"factors": factors, "markers": markers, "k_split": walk["k_split"],
+            "chunks": n_ch, "tiles": tiles, "streamed_chunks": sum(n_st),
+            "streamed_tiles": sum(n for _, n, st in ch if st), "passes": passes}
+
+
+def _context(loop: str, loops) -> str | None:
+    """The context level of a marker loop in an instruction's chain."""
+    return next((c for c in MARKERS[loop][1] if c in loops), None)
+
+
+def multipliers(insns, keep, trips: dict) -> list[float]:
+    """Each instruction's runs per step: in a marker loop, the marker's runs in its context
+    over its static count there (on the path `keep` accepts); elsewhere the product of the
+    factors of the loop levels of its inline chain (`LEVEL@CONTEXT` where there is one;
+    none: once)."""
+    def levels(i):
+        return {n[len(LOOP):] for n in i[1] if n.startswith(LOOP)}
+    static: dict[str, int] = {}
+    for i in insns:
+        if keep(i):
+            ls = levels(i)
+            for L, (ctr, _) in MARKERS.items():
+                if L in ls and COUNTERS[ctr](i[2], i[3]):
+                    key = f"{L}@{_context(L, ls)}"
+                    static[key] = static.get(key, 0) + 1
+    f = trips["factors"]
+    out = []
+    for i in insns:
+        ls = levels(i)
+        m = None
+        for L in MARKERS:
+            key = f"{L}@{_context(L, ls)}"
+            if L in ls and static.get(key) and key in trips["markers"]:
+                m = trips["markers"][key] / static[key]
+                break
+        if m is None:
+            m = 1.0
+            for L in ls:
+                m *= next((f[f"{L}@{c}"] for c in ls if f"{L}@{c}" in f), f.get(L, 1.0))
+        out.append(m)
+    return out
+
+
+def dynamic_counts(insns, keep, trips: dict) -> dict:
+    """{phase: counters} per step: each instruction times its multiplier (rounded)."""
+    mult = multipliers(insns, keep, trips)
+    out = {ph: {k: 0.0 for k in COUNTERS} for ph in PHASES}
+    for i, m in zip(insns, mult):
+        if keep(i) and i[0] in out and m:
+            c = out[i[0]]
+            for k, pred in COUNTERS.items():
+                if pred(i[2], i[3]):
+                    c[k] += m
+    out = {ph: {k: round(v) for k, v in c.items()} for ph, c in out.items()}
+    out["step"] = {k: sum(out[ph][k] for ph in PHASES) for k in COUNTERS}
+    return out
+
+
+def streamed_bytes(plan: dict) -> int:
+    """The streamed weights' bytes per CTA per step, as the plan's summary says them."""
+    m = re.search(r"the rest, ([\d.]+) KB per CTA per step", plan.get("summary", ""))
+    return int(round(float(m.group(1)) * 1024)) if m else 0
+
+
+def gemm_floor_us(plan: dict, trips: dict) -> dict:
+    """The GEMM's floor: the bytes a CTA receives per step (its rows x K gate gradients, and
+    the streamed weights) at one SM's share of L2 bandwidth, and the pipeline's dependent L2
+    round trips (ceil(chunks / (stages - 1)), GATHER_FLOOR_US each)."""
+    rows = min(plan["rows_per_slice"], plan["batch"])
+    grads = rows * plan["kw"] * plan["elem_bytes"]
+    stream = streamed_bytes(plan)
+    bw = (grads + stream) / (L2_BYTES_PER_CLK * SM_CLOCK_GHZ * 1e3)
+    trips_ = -(-trips["chunks"] // max(1, plan["stages"] - 1)) * trips["passes"]
+    lat = trips_ * sr.GATHER_FLOOR_US
+    return {"bytes": grads + stream, "streamed_bytes": stream, "bandwidth_us": bw,
+            "round_trips": trips_, "latency_us": lat, "floor_us": max(bw, lat)}
+
+
+# the measured phases (floors.py --phases) and the report's phases they cover: the prefetch
+# and the step's arithmetic count with the GEMM there (phase_timing.h), the wait with the
+# barrier
+MEASURED = (("gemm", ("setup", "prefetch", "gemm")), ("epilogue", ("epilogue",)),
+            ("barrier", ("sync",)))
+
+
+def predict(rep: dict, base: dict | None) -> None:
+    """Adds each planned row's predicted µs per phase on the H200 (see the module's doc): the
+    measured bf16 backward phases of the same batch times the ratio of dynamic instructions,
+    this row over the baseline's bf16 row; the GEMM no less than gemm_floor_us, the barrier
+    the flag hop's floor plus the measured excess scaled by the whole step's ratio."""
+    if base is None or not os.path.exists(sr.PHASES_JSON):
+        return
+    with open(sr.PHASES_JSON) as f:
+        measured = {r["batch"]: r["phases_us"] for r in json.load(f)["phases"]
+                    if r["kernel"] == "backward" and r.get("dtype") == "bf16"
+                    and r.get("cell") == "LSTM"}
+    bv = next((v for v in base["variants"] if v["variant"] == "bf16 LSTM"), None)
+    if bv is None:
+        return
+    bases = {r["batch"]: r["dynamic"] for r in bv["plans"] if r.get("planned") and "dynamic" in r}
+
+    def n(counts, phases):
+        return sum(counts[p]["instructions"] for p in phases)
+    for v in rep["variants"]:
+        for r in v["plans"]:
+            m, b = measured.get(r["batch"]), bases.get(r["batch"])
+            if not r.get("planned") or m is None or b is None or "dynamic" not in r:
+                continue
+            d = r["dynamic"]
+            pred = {}
+            for name, phases in MEASURED[:2]:
+                pred[name] = m[name] * n(d, phases) / n(b, phases)
+            pred["gemm"] = max(pred["gemm"], r["floor"]["floor_us"])
+            ratio = n(d, PHASES) / n(b, PHASES)
+            hop = sr.FLAG_HOP_US
+            pred["barrier"] = hop + max(0.0, m["barrier"] - hop) * ratio
+            pred["total"] = pred["gemm"] + pred["epilogue"] + pred["barrier"]
+            r["predicted_us"] = pred
+            r["target_us"] = STEP_TARGET_US.get(r["batch"])
+            r["calibration"] = (
+                f"bf16 backward phases measured on the H200 at B={r['batch']} (floors.py "
+                "--phases, the kernel of commit 5af3a93) x dynamic instructions over "
+                f"{base['meta']['label']}'s bf16 row" +
+                ("" if v["variant"] == "bf16 LSTM" else
+                 "; TF32: no measured phases, priced at bf16's rate per instruction"))
+
+
 def by_source(insns, keep, top: int = 8) -> dict[str, list]:
     """{counter: [[file:line, the line's text, instructions]]} of the SOURCED counters over
     the instructions `keep` accepts, by their innermost frame (most first, `top` of them)."""
@@ -340,6 +743,13 @@ def by_source(insns, keep, top: int = 8) -> dict[str, list]:
 def report(arch: str, label: str) -> dict:
     marks, paths = phase_marks(), all_paths()
     kernel = kernel_path()
+    loops = loop_spans()
+    with open(kernel) as f:
+        ktext = f.read()
+    k_pre = _source_int(r"constexpr int kPre = (\d+);", kernel, K_PRE)
+    max_m = _source_int(r"constexpr int kBackwardMaxMTiles = (\d+);",
+                        os.path.join(sr.csrc(), "kernels", "backward_params.h"), 2)
+    fixed_pieces = re.search(r"for \(int i = lane; i < rows \* kRowPieces;", ktext) is not None
     nvdisasm = sr.find_nvdisasm()
     if nvdisasm is None or shutil.which("nvcc") is None:
         raise RuntimeError("needs nvcc and nvdisasm (pip install nvidia-cuda-nvdisasm)")
@@ -361,8 +771,8 @@ def report(arch: str, label: str) -> dict:
             sass = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True,
                                   text=True, check=True).stdout
             regs = sr.ptxas_registers(cubin)
-            funcs = sr.sass_groups(sass, marks, paths, lambda fn: "rnn_backward_kernel" in fn,
-                                   kernel)
+            funcs = sr.sass_groups(sass, marks, paths + loops,
+                                   lambda fn: "rnn_backward_kernel" in fn, kernel)
             (fn, insns), = funcs.items()
 
             def count(keep):
@@ -379,12 +789,19 @@ def report(arch: str, label: str) -> dict:
                     continue
                 path = plan_path(plan)
                 ex = path["exclude"]
+                trips = loop_trips(plan, k_pre, max_m, fixed_pieces)
                 rows.append(dict(
                     batch=plan["batch"], planned=True, summary=plan["summary"],
                     config={k: plan[k] for k in ("units", "n_tiles", "k_splits", "stages",
                                                  "cluster", "reg_tiles")},
                     excluded=sorted(ex), trips=path["trips"],
                     counts=per_phase(lambda i, ex=ex: not (i[1] & ex)),
+                    loops={k: trips[k] for k in ("k_split", "chunks", "tiles",
+                                                  "streamed_chunks", "streamed_tiles",
+                                                  "passes", "factors", "markers")},
+                    dynamic=dynamic_counts(insns, lambda i, ex=ex: i[0] is not None and
+                                           not (i[1] & ex), trips),
+                    floor=gemm_floor_us(plan, trips),
                     sources=by_source(insns, lambda i, ex=ex: i[0] is not None and
                                       not (i[1] & ex))))
             out["variants"].append(dict(
@@ -405,7 +822,7 @@ def _table(counts: dict, rows) -> list[str]:
     return lines + [""]
 
 
-def markdown(rep: dict) -> str:
+def markdown(rep: dict, base: dict | None = None) -> str:
     m = rep["meta"]
     lines = [f"# Backward step loop, static SASS ({m['label']})", "",
              f"{m['arch']}, nvcc {m['nvcc']}, commit {m['git_commit']}"
@@ -418,7 +835,20 @@ def markdown(rep: dict) -> str:
              "the body's `// [sass-path:...]` spans and the GEMM's branches on the cluster and "
              "the register tiles). A loop counts once: its trip counts are listed per plan, "
              "not multiplied in. Generic LD / ST: loads / stores without a state space; "
-             "guards: BSSY / BSYNC / WARPSYNC.", ""]
+             "guards: BSSY / BSYNC / WARPSYNC.", "",
+             "Dynamic estimate per step (per plan, `dynamic`): each static instruction of the "
+             "plan's path times the runs of the loop levels of its inline chain (loop_spans: "
+             "the chunk loop of `pipeline`, the fills of `begin`, the K-tile loop of `compute`, "
+             "the copy loops of `issue`, the epilogue's prefetched / remainder pairs and K-split "
+             "reads), for the slowest warp (the K split with the most streamed tiles) and "
+             "thread 0; the loops a compiler unrolls (K tiles, K-split reads, copies) scaled by "
+             "their marker instruction's runs (HMMA, LDS, cp.async) over its static count. "
+             "Assumed: every instruction of a run issues once (predicated-off ones counted, no "
+             "scheduling across trips, a poll or mbarrier wait once), the remainder pairs' "
+             "branch never taken where the plan has none.", ""]
+    if base:
+        lines += [f"Baseline: {base['meta']['label']} (commit {base['meta']['git_commit']}).",
+                  ""]
     for v in rep["variants"]:
         ap = v["all_paths"]
         lines += [f"## {v['variant']} ({v['registers']} registers; the whole kernel "
@@ -438,11 +868,93 @@ def markdown(rep: dict) -> str:
                       ", ".join(r["excluded"]) + ". Loop trips: " +
                       "; ".join(f"{k} {n}" for k, n in t.items()) + ".", ""]
             lines += _table(r["counts"], PHASES + ("step",))
+            if "dynamic" in r:
+                lp = r["loops"]
+                fl = r["floor"]
+                lines += [f"Dynamic estimate per step (K split {lp['k_split']}: {lp['chunks']} "
+                          f"chunks, {lp['tiles']} K tiles, {lp['streamed_chunks']} chunks "
+                          f"streamed; factors: " + "; ".join(
+                              f"{k} {x:.3g}" for k, x in lp["factors"].items()) + "):", ""]
+                lines += _table(r["dynamic"], PHASES + ("step",))
+                lines += [f"GEMM floor: {fl['bytes'] / 1024:.1f} KB per CTA per step "
+                          f"({fl['streamed_bytes'] / 1024:.1f} KB streamed weights) at "
+                          f"{L2_BYTES_PER_CLK} B/clk x {SM_CLOCK_GHZ} GHz = "
+                          f"{fl['bandwidth_us']:.2f} us; {fl['round_trips']} dependent L2 round "
+                          f"trips x {sr.GATHER_FLOOR_US} us = {fl['latency_us']:.2f} us.", ""]
+            pred = r.get("predicted_us")
+            if pred:
+                tgt = r.get("target_us")
+                lines += [f"Predicted on an H200 ({r['calibration']}): " +
+                          ", ".join(f"{k} {pred[k]:.2f}" for k in ("gemm", "epilogue",
+                                                                    "barrier")) +
+                          f"; **{pred['total']:.2f} us per wave step**" +
+                          (f" (target <= {tgt:g} us)" if tgt else "") + ".", ""]
             for k, rows in r["sources"].items():
                 if rows:
                     lines += [f"{k} by source line (innermost frame): " + "; ".join(
                         f"{where} `{txt}` x{n}" for where, txt, n in rows) + ".", ""]
+    if base:
+        lines += _comparison(rep, base)
     return "\n".join(lines)
+
+
+COMPARED = ("instructions", "int div", "generic LD", "generic ST", "LDSM", "HMMA", "guards")
+
+
+def _comparison(rep: dict, base: dict) -> list[str]:
+    """Before -> after per plan and phase: the static and dynamic counts, the predictions."""
+    lines = [f"## Against the baseline ({base['meta']['label']} -> {rep['meta']['label']})", "",
+             "Per plan and phase: static instructions, dynamic (estimated per step), and the "
+             "static integer divisions, generic LD / ST, LDSM, HMMA and guards on the plan's "
+             "path (a plan the baseline did not plan: - ).", ""]
+    head = ["static", "dynamic"] + [k for k in COMPARED if k != "instructions"]
+    for v in rep["variants"]:
+        bv = next((x for x in base["variants"] if x["variant"] == v["variant"]), None)
+        for r in v["plans"]:
+            if not r.get("planned"):
+                continue
+            br = next((x for x in (bv or {}).get("plans", []) if x["batch"] == r["batch"]
+                       and x.get("planned")), None)
+            lines += [f"### {v['variant']}, B={r['batch']}", "",
+                      "| phase | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
+
+            def cell(get, ph, k):
+                a = get(r, ph, k)
+                b = get(br, ph, k) if br else None
+                return f"{a}" if b is None else f"{b} -> {a}"
+            for ph in PHASES + ("step",):
+                cells = [cell(lambda x, p, k: x["counts"][p][k], ph, "instructions"),
+                         cell(lambda x, p, k: x.get("dynamic", {}).get(p, {}).get(k), ph,
+                              "instructions")]
+                cells += [cell(lambda x, p, k: x["counts"][p][k], ph, k) for k in head[2:]]
+                name = "**step**" if ph == "step" else ph
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    rows = []
+    for v in rep["variants"]:
+        bv = next((x for x in base["variants"] if x["variant"] == v["variant"]), None)
+        for r in v["plans"]:
+            pred = r.get("predicted_us")
+            if not pred:
+                continue
+            br = next((x for x in (bv or {}).get("plans", []) if x["batch"] == r["batch"]
+                       and x.get("predicted_us")), None)
+
+            def us(k):
+                b = br["predicted_us"][k] if br else None
+                return f"{pred[k]:.2f}" if b is None else f"{b:.2f} -> {pred[k]:.2f}"
+            tgt = r.get("target_us")
+            rows.append(f"| {v['variant']} | {r['batch']} | {us('gemm')} | {us('epilogue')} | "
+                        f"{us('barrier')} | **{us('total')}** | {r['floor']['floor_us']:.2f} | "
+                        f"{'<= %g' % tgt if tgt else '-'} |")
+    if rows:
+        lines += ["### Predicted us per wave step on an H200", "",
+                  "The measured phases' split: gemm (the step's arithmetic, the prefetch and "
+                  "the GEMM), epilogue, barrier (the wait). The baseline's rows are the "
+                  "measurement itself, floors applied.", "",
+                  "| variant | B | gemm | epilogue | barrier | step | GEMM floor | target |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"] + rows + [""]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -454,17 +966,24 @@ def main(argv=None) -> int:
                     help="the tree whose csrc/ is reported (default: this checkout)")
     ap.add_argument("--tree-note", default="",
                     help="what was changed in --root's csrc/ (said in the report)")
+    ap.add_argument("--baseline", default=None,
+                    help="an earlier report's JSON: the comparison and the prediction's basis")
     a = ap.parse_args(argv)
     sr.TREE = os.path.abspath(a.root)
     rep = report(a.arch, a.label)
     if a.tree_note:
         rep["meta"]["tree_note"] = a.tree_note
+    base = None
+    if a.baseline:
+        with open(a.baseline) as f:
+            base = json.load(f)
+    predict(rep, base if base is not None else rep)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"backward_sass_{a.label}")
     with open(path + ".json", "w") as f:
         json.dump(rep, f, indent=1)
         f.write("\n")
-    md = markdown(rep)
+    md = markdown(rep, base)
     with open(path + ".md", "w") as f:
         f.write(md + "\n")
     print(md)

@@ -8,6 +8,7 @@ plan its copy mechanism.
 
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -133,3 +134,89 @@ def test_markdown_renders(rep):
         for r in v["plans"]:
             if not r["planned"]:
                 assert f"### B={r['batch']}: not planned" in md
+
+
+def _plan(**kw):
+    plan = dict(batch=1, rows_per_slice=1, n_tiles=1, gh_pad=2048, k_splits=8, stage_k=64,
+                ka=2048, kw=4096, kres=4096, elem_bytes=2, units=16, cluster=1, reg_tiles=0,
+                stages=4)
+    plan.update(kw)
+    return plan
+
+
+def test_loop_levels_of_both_kernels(tmp_path):
+    names = {n for *_, n in bsr.loop_spans()}
+    assert {bsr.LOOP + n for n in bsr.LOOPS} <= names
+    # the kernel before the lean GEMM (lambdas on a tile index v): the same levels
+    old = tmp_path / "backward_kernel.cuh"
+    try:
+        text = subprocess.run(["git", "-C", ROOT, "show", "bf7395a:csrc/kernels/backward_kernel.cuh"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("the old kernel's commit is not in this checkout")
+    old.write_text(text)
+    assert {bsr.LOOP + n for n in bsr.LOOPS} <= {n for *_, n in bsr.loop_spans(str(old))}
+
+
+def test_trips_follow_the_plan():
+    t = bsr.loop_trips(_plan())
+    # K split 0: 16 tiles of each of 2 segments in chunks of 4
+    assert (t["chunks"], t["tiles"], t["streamed_chunks"]) == (8, 32, 0)
+    assert t["markers"]["tile@arm-rec"] == t["markers"]["tile@arm-above"] == 16 * 4
+    f = t["factors"]
+    # begin() issues 3 chunks, the acquires the other 5: 8 in all
+    assert f["fill"] * f["issue-if@fill"] + f["chunk"] * f["issue-if@chunk"] == 8
+    assert f["pair-pre"] == 0.5 and f["pair-rest"] == 0  # 16 pairs: one per thread, warp 0
+    # streamed (the second half of the tile from L2): the slowest split streams its rec chunks
+    s = bsr.loop_trips(_plan(kres=2048))
+    assert s["streamed_chunks"] == 4 and s["markers"]["stream-copy@chunk"] > 0
+    assert bsr.loop_trips(_plan(k_splits=4))["chunks"] == 16
+
+
+def _insn(phase, loops, op="IADD3"):
+    return (phase, frozenset(bsr.LOOP + n for n in loops), op, " R0, R1, R2", None)
+
+
+def test_dynamic_estimate_multiplies_the_loops():
+    insns = ([_insn("gemm", ("pass", "chunk"))] * 10 +
+             [_insn("gemm", ("pass", "chunk", "arm-rec", "tile"), "HMMA.16816.F32.BF16")] * 12 +
+             [_insn("gemm", ("pass", "chunk", "arm-rec", "tile"))] * 30 +
+             [_insn("setup", ())] * 5)
+
+    def dyn(plan):
+        return bsr.dynamic_counts(insns, lambda i: True, bsr.loop_trips(plan))
+    d = dyn(_plan())
+    assert d["setup"]["instructions"] == 5
+    # 10 per chunk x 8 chunks; the K-tile loop by its HMMAs: 64 issued over 12 static
+    assert d["gemm"]["HMMA"] == 64
+    assert d["gemm"]["instructions"] == 80 + round(42 * 64 / 12)
+    assert d["step"]["instructions"] > len(insns)
+    d4 = dyn(_plan(k_splits=4))  # twice the chunks and tiles per warp
+    assert d4["gemm"]["instructions"] > d["gemm"]["instructions"]
+    assert d4["gemm"]["HMMA"] == 128
+
+
+def test_prediction_and_baseline(rep):
+    import copy
+    base = copy.deepcopy(rep)
+    bsr.predict(base, base)
+    bsr.predict(rep, base)
+    if not os.path.exists(sass_report.PHASES_JSON):
+        pytest.skip("no measured phases")
+    for v in rep["variants"]:
+        for r in v["plans"]:
+            if not r["planned"]:
+                continue
+            assert r["dynamic"]["gemm"]["instructions"] > r["counts"]["gemm"]["instructions"]
+            p = r["predicted_us"]
+            assert all(x > 0 for x in p.values())
+            assert p["gemm"] >= r["floor"]["floor_us"] > 0
+            assert p["barrier"] >= sass_report.FLAG_HOP_US
+            assert p["total"] == pytest.approx(p["gemm"] + p["epilogue"] + p["barrier"])
+            if v["variant"] == "bf16 LSTM":  # against itself: the measurement, floors applied
+                assert p["epilogue"] == pytest.approx(
+                    {1: 0.789, 32: 1.603}[r["batch"]], abs=0.01)
+    md = bsr.markdown(rep, base)
+    assert "## Against the baseline (test -> test)" in md
+    assert "### Predicted us per wave step on an H200" in md and "<= 3" in md
+    assert "Dynamic estimate per step" in md
