@@ -609,8 +609,10 @@ def markdown(rep: dict, base: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(argv, description: str, name: str, report_fn, predict_fn, markdown_fn) -> int:
+    """The command line of a SASS report (this one and sass_report_backward.py): report
+    --root's kernel, predict from --baseline (or itself), write DIR/<name>_<label>.{json,md}."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--arch", default="9.0a")
     ap.add_argument("--label", default="current")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sass"))
@@ -623,24 +625,28 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     global TREE
     TREE = os.path.abspath(a.root)
-    rep = report(a.arch, a.label)
+    rep = report_fn(a.arch, a.label)
     if a.tree_note:
         rep["meta"]["tree_note"] = a.tree_note
     base = None
     if a.baseline:
         with open(a.baseline) as f:
             base = json.load(f)
-    predict(rep, base if base is not None else rep)
+    predict_fn(rep, base if base is not None else rep)
     os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, f"forward_sass_{a.label}")
+    path = os.path.join(a.out, f"{name}_{a.label}")
     with open(path + ".json", "w") as f:
         json.dump(rep, f, indent=1)
         f.write("\n")
-    md = markdown(rep, base)
+    md = markdown_fn(rep, base)
     with open(path + ".md", "w") as f:
         f.write(md + "\n")
     print(md)
     return 0
+
+
+def main(argv=None) -> int:
+    return cli(argv, __doc__.split("\n\n")[0], "forward_sass", report, predict, markdown)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,6 @@ Written to DIR/backward_sass_<label>.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -958,36 +957,7 @@ def _comparison(rep: dict, base: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="9.0a")
-    ap.add_argument("--label", default="current")
-    ap.add_argument("--out", default=os.path.join(sr.ROOT, "benchmarks", "results", "sass"))
-    ap.add_argument("--root", default=sr.ROOT,
-                    help="the tree whose csrc/ is reported (default: this checkout)")
-    ap.add_argument("--tree-note", default="",
-                    help="what was changed in --root's csrc/ (said in the report)")
-    ap.add_argument("--baseline", default=None,
-                    help="an earlier report's JSON: the comparison and the prediction's basis")
-    a = ap.parse_args(argv)
-    sr.TREE = os.path.abspath(a.root)
-    rep = report(a.arch, a.label)
-    if a.tree_note:
-        rep["meta"]["tree_note"] = a.tree_note
-    base = None
-    if a.baseline:
-        with open(a.baseline) as f:
-            base = json.load(f)
-    predict(rep, base if base is not None else rep)
-    os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, f"backward_sass_{a.label}")
-    with open(path + ".json", "w") as f:
-        json.dump(rep, f, indent=1)
-        f.write("\n")
-    md = markdown(rep, base)
-    with open(path + ".md", "w") as f:
-        f.write(md + "\n")
-    print(md)
-    return 0
+    return sr.cli(argv, __doc__.split("\n\n")[0], "backward_sass", report, predict, markdown)
 
 
 if __name__ == "__main__":
