@@ -172,6 +172,7 @@ template <typename T> inline T __ldcg(const T* p) {
   return *p;
 }
 template <typename T> inline T __ldg(const T* p) { return *p; }
+template <typename T> inline void __stcg(T* p, T v) { *p = v; }
 
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }

@@ -68,6 +68,8 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <type_traits>
+
 #include "backward_params.h"
 #include "cluster_copy.cuh"
 #include "common.h"
@@ -684,9 +686,21 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
   {
     // (k, u) of the K-blocked weight tile (backward_params.h): in shared
     // memory below kres, else in the streamed share (the same layout from kres)
-    auto at = [&](int k, int u) -> T* {
-      const int64_t i = (static_cast<int64_t>(k / kK) * U + u) * kK + k % kK;
-      return k < c.kres ? sw + i : wst + (i - static_cast<int64_t>(c.kres) * U);
+    // (the streamed share by st.global.cg: two distinct stores, so that the
+    // shared-memory one stays a shared store, 16-bit where it was)
+    auto at = [&](int k, int u) { return (static_cast<int64_t>(k / kK) * U + u) * kK + k % kK; };
+    auto put = [&](int k, int u, auto v) {  // v: one element (T) or two (uint32_t)
+      using V = decltype(v);
+      using Bits = std::conditional_t<sizeof(V) == 2, unsigned short, unsigned int>;
+      static_assert(sizeof(V) == sizeof(Bits), "2- or 4-byte stores");
+      const int64_t i = at(k, u);
+      if (k < c.kres) {
+        *reinterpret_cast<V*>(sw + i) = v;
+      } else {
+        Bits bits;
+        memcpy(&bits, &v, sizeof(V));
+        __stcg(reinterpret_cast<Bits*>(wst + (i - static_cast<int64_t>(c.kres) * U)), bits);
+      }
     };
     // rows [0, GH) of the column block starting at K row k0 (a multiple of 16),
     // units u0 + [0, uc): element (row, u) = src[row * ld + u]
@@ -701,15 +715,14 @@ rnn_backward_kernel(const __grid_constant__ BackwardParams p) {
           uint16_t blo, bhi;
           memcpy(&blo, &lo, 2);
           memcpy(&bhi, &hi, 2);
-          *reinterpret_cast<uint32_t*>(at(k0 + row, u)) =
-              static_cast<uint32_t>(blo) | (static_cast<uint32_t>(bhi) << 16);
+          put(k0 + row, u, static_cast<uint32_t>(blo) | (static_cast<uint32_t>(bhi) << 16));
         }
       } else {
         for (int i = threadIdx.x; i < GH * uc; i += kBackwardThreads) {
           const int row = i / uc, u = i - row * uc;
           T v = src[static_cast<int64_t>(row) * ld + u];
           if constexpr (TF32) v = from_f<T>(round_tf32(to_f(v)));
-          *at(k0 + row, u) = v;
+          put(k0 + row, u, v);
         }
       }
     };
