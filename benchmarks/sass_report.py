@@ -316,9 +316,7 @@ using namespace fused_rnn;
 static DeviceLimits dev;
 static int occ(const void*, int64_t smem) { return estimate_occupancy(dev, smem); }
 int main(int argc, char** argv) {
-  dev.sm_count = %(sm_count)d; dev.smem_optin_per_block = %(smem_optin)d;
-  dev.smem_per_sm = %(smem_per_sm)d; dev.cc_major = %(cc_major)d; dev.cc_minor = %(cc_minor)d;
-  const int batches[] = {%(batches)s};
+%(device_setup)s
   printf("[");
   for (int dt = 0; dt < 2; ++dt)
     for (int bi = 0; bi < (int)(sizeof(batches) / sizeof(int)); ++bi) {
@@ -342,16 +340,30 @@ int main(int argc, char** argv) {
 """
 
 
-def plans(work: str) -> list[dict]:
-    """The planner's choices for the report's shapes (host build of forward_plan.h)."""
+# The start of a plan program's main(): `dev` holds the H200's limits, `batches` the
+# report's batch sizes.
+_DEVICE_SETUP = """\
+  dev.sm_count = %(sm_count)d; dev.smem_optin_per_block = %(smem_optin)d;
+  dev.smem_per_sm = %(smem_per_sm)d; dev.cc_major = %(cc_major)d; dev.cc_minor = %(cc_minor)d;
+  const int batches[] = {%(batches)s};""" % dict(H200, batches=", ".join(map(str, PLAN_BATCHES)))
+
+
+def run_plan_program(program: str, work: str, name: str, **fields) -> list[dict]:
+    """Build and run a host plan program (`program` % device_setup and `fields`) in
+    `work`; its stdout, a JSON list, parsed."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("a host C++ compiler is needed for the plans")
-    src, exe = os.path.join(work, "plans.cpp"), os.path.join(work, "plans")
+    src, exe = os.path.join(work, name + ".cpp"), os.path.join(work, name)
     with open(src, "w") as f:
-        f.write(_PLAN_PROGRAM % dict(H200, batches=", ".join(map(str, PLAN_BATCHES))))
+        f.write(program % dict(fields, device_setup=_DEVICE_SETUP))
     subprocess.run([cxx, "-std=c++17", "-O1", f"-I{csrc()}", src, "-o", exe], check=True)
     return json.loads(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
+
+
+def plans(work: str) -> list[dict]:
+    """The planner's choices for the report's shapes (host build of forward_plan.h)."""
+    return run_plan_program(_PLAN_PROGRAM, work, "plans")
 
 
 PHASES = ("setup", "sync", "gather", "gemm", "epilogue")

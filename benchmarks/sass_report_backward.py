@@ -105,7 +105,7 @@ _is = sr._is
 # (name, C++ type, cell, tf32): the flags-synchronised instantiation of each
 VARIANTS = [("bf16 LSTM", "__nv_bfloat16", "kLSTM", "false"),
             ("tf32 LSTM", "float", "kLSTM", "true")]
-PLAN_BATCHES = (1, 32)
+PLAN_BATCHES = sr.PLAN_BATCHES  # (the plan program's batches: sass_report._DEVICE_SETUP)
 PHASES = ("setup", "prefetch", "sync", "gemm", "epilogue")
 # the kernel body's path spans (marker comments) and those found in the GEMM's source
 BODY_PATHS = ("step0", "final", "top", "dropout")
@@ -276,9 +276,7 @@ static DeviceLimits dev;
 // (ptxas: about 250 registers: one CTA per SM by the register file, as the smoke harness)
 static int occ(const void*, int64_t smem) { return estimate_occupancy(dev, smem, 250); }
 int main() {
-  dev.sm_count = %(sm_count)d; dev.smem_optin_per_block = %(smem_optin)d;
-  dev.smem_per_sm = %(smem_per_sm)d; dev.cc_major = %(cc_major)d; dev.cc_minor = %(cc_minor)d;
-  const int batches[] = {%(batches)s};
+%(device_setup)s
   printf("[");
   for (int dt = 0; dt < 2; ++dt)
     for (int bi = 0; bi < (int)(sizeof(batches) / sizeof(int)); ++bi) {
@@ -308,15 +306,8 @@ int main() {
 
 def plans(work: str) -> list[dict]:
     """The backward planner's choices for the report's shapes (host build of backward_plan.h)."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise RuntimeError("a host C++ compiler is needed for the plans")
-    src, exe = os.path.join(work, "bwd_plans.cpp"), os.path.join(work, "bwd_plans")
-    with open(src, "w") as f:
-        f.write(_PLAN_PROGRAM % dict(sr.H200, batches=", ".join(map(str, PLAN_BATCHES)),
-                                     kres="c.kres" if _has_kres() else "c.kw"))
-    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{sr.csrc()}", src, "-o", exe], check=True)
-    return json.loads(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
+    return sr.run_plan_program(_PLAN_PROGRAM, work, "bwd_plans",
+                               kres="c.kres" if _has_kres() else "c.kw")
 
 
 def plan_path(plan: dict) -> dict:
