@@ -13,6 +13,9 @@ Where the numbers come from:
   with the same dtype, mode and direction with the most layers ``<= L`` and
   the smallest hidden size ``>= H`` (fewer layers and wider layers only make
   the fused kernel's advantage smaller), or never fused when there is none.
+* a **prior**: a device without a table of its own takes the table of a device with the
+  same compute capability and SM count (an H100 SXM the H200's), until autotuning
+  (:mod:`fused_rnn.tuning`) has measured the call's shape on it;
 * otherwise the **default from the performance model** in
   ``csrc/kernels/README.md`` (section "Dispatch default"): fused only where
   the model gives it a 1.5x margin over cuDNN's ~2 us per layer-step.
@@ -25,6 +28,10 @@ Table format (``format`` 1)::
      "entries": [{"dtype": "bf16", "mode": "LSTM", "num_layers": 4, "hidden_size": 512,
                   "bidirectional": false, "forward_max_batch": 64, "training_max_batch": 16,
                   "measured": {...}}, ...]}
+
+An entry may carry its own ``seq_len`` (``--calibrate`` measures T = 64, 256 and 1024): of
+the entries of one shape, the one nearest the call's T (by ratio) applies; an entry
+without one has the table's.
 
 ``dtype`` is one of ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 on, as
 cuDNN's RNN setting says) and ``fp32``; ``*_max_batch`` 0 means never fused.
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import warnings
@@ -88,11 +96,13 @@ def check_table(table: dict, where: str = "table") -> None:
               and _count(e.get("training_max_batch"), 0)
               and isinstance(e.get("bidirectional"), bool))
         ok = ok and all(_count(e[k], 0) for k in GRAPHED_KEYS if k in e)
+        ok = ok and ("seq_len" not in e or _count(e["seq_len"], 1))
         if not ok:
             raise ValueError(f"{where}: entry {i} is malformed (needs dtype, mode, num_layers "
                              ">= 1, hidden_size >= 1, bidirectional (bool), forward_max_batch "
                              "and training_max_batch (ints >= 0); graphed_forward_max_batch and "
-                             f"graphed_training_max_batch, where present, ints >= 0): {e!r}")
+                             "graphed_training_max_batch, where present, ints >= 0; seq_len, "
+                             f"where present, an int >= 1): {e!r}")
 
 
 def tables(directory: str | None = None) -> dict:
@@ -160,30 +170,63 @@ def default_max_batch(dtype_key: str, mode: str, num_layers: int, hidden_size: i
     return train if training else fwd
 
 
-def _nearest_entry(entries, dtype_key, mode, num_layers, hidden_size, bidirectional):
+def _nearest_entry(entries, dtype_key, mode, num_layers, hidden_size, bidirectional,
+                   seq_len=None, table_seq_len=None):
+    """The conservative neighbour (most layers <= L, then the smallest hidden size >= H);
+    among its entries for several sequence lengths, the one nearest `seq_len` (by ratio;
+    a tie: the longer; no `seq_len`: the table's). An entry without seq_len has the
+    table's."""
     best = None
+    seq_len = seq_len or table_seq_len  # no T (a trace): the table's own
     for e in entries:
         if (e["dtype"], e["mode"], e["bidirectional"]) != (dtype_key, mode, bidirectional):
             continue
         if e["num_layers"] > num_layers or e["hidden_size"] < hidden_size:
             continue
         key = (e["num_layers"], -e["hidden_size"])
+        if seq_len is not None:
+            t = e.get("seq_len", table_seq_len)
+            key += ((-abs(math.log2(t / seq_len)), t) if type(t) is int and t > 0
+                    else (-math.inf, 0))
         if best is None or key > best[0]:
             best = (key, e)
     return None if best is None else best[1]
 
 
+def _prior(device_name: str, capability, sm_count, directory: str):
+    """(table, file) of another device with the same compute capability and SM count (the
+    first by name), or None."""
+    if capability is None or sm_count is None:
+        return None
+    for name, (table, path) in sorted(tables(directory).items()):
+        if name != device_name and table.get("capability") == list(capability) \
+                and table.get("sm_count") == sm_count:
+            return table, path
+    return None
+
+
 def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
                   hidden_size: int, bidirectional: bool, training: bool,
                   directory: str | None = None, graphed: bool = False,
-                  measured_only: bool = False) -> tuple[int, str]:
+                  measured_only: bool = False, seq_len: int | None = None,
+                  capability=None, sm_count: int | None = None) -> tuple[int, str]:
     """(largest batch that runs fused under ``auto``, where that number comes from).
     ``graphed``: the call is being captured in a CUDA graph, where cuDNN pays no launch
     overhead: the entry's graphed crossover where the table measured one.
     ``measured_only``: a plan neither the model nor a neighbouring shape prices (a fused
     backward that streams part of its weights from L2): only an entry of this very shape
-    (layers and hidden size) counts, else 0."""
-    found = tables(directory or TABLE_DIR).get(device_name)
+    (layers and hidden size) counts, else 0. ``seq_len``: the call's T (the entry measured
+    nearest to it, where the table holds several). ``capability`` ((major, minor)) and
+    ``sm_count``: a device without a table of its own takes the table of a device with the
+    same two as a prior (until autotuning measures it, :mod:`fused_rnn.tuning`)."""
+    directory = directory or TABLE_DIR
+    found = tables(directory).get(device_name)
+    prior = ""
+    if found is None:
+        found = _prior(device_name, capability, sm_count, directory)
+        if found is not None:
+            prior = (f"; a prior: {device_name} has no table, {found[0]['device']} has the same "
+                     f"compute capability {capability[0]}.{capability[1]} and {sm_count} SMs")
     if found is None:
         if measured_only:
             return 0, (f"no calibrated table for {device_name}, and the performance model does "
@@ -192,16 +235,20 @@ def max_batch_for(device_name: str, dtype_key: str, mode: str, num_layers: int,
         return n, (f"the performance model's default; no calibrated table for {device_name}"
                    + (" (the same inside a CUDA-graph capture)" if graphed else ""))
     table, path = found
-    e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional)
+    e = _nearest_entry(table["entries"], dtype_key, mode, num_layers, hidden_size, bidirectional,
+                       seq_len, table.get("seq_len"))
     if e is not None and measured_only and (e["num_layers"], e["hidden_size"]) != (
             num_layers, hidden_size):
         return 0, (f"{os.path.basename(path)} has not measured this shape, and a fused backward "
-                   "that streams part of its weights from L2 takes no neighbour's number")
+                   f"that streams part of its weights from L2 takes no neighbour's number{prior}")
     if e is None:
-        return 0, f"no entry near this shape in {os.path.basename(path)}"
+        return 0, f"no entry near this shape in {os.path.basename(path)}{prior}"
     key = "training_max_batch" if training else "forward_max_batch"
     shape = f"{e['dtype']} {e['mode']} L={e['num_layers']} H={e['hidden_size']}"
-    where = f"calibrated on {device_name}, {shape} ({os.path.basename(path)})"
+    t = e.get("seq_len", table.get("seq_len"))
+    if "seq_len" in e and type(t) is int:
+        shape += f" T={t}"
+    where = f"calibrated on {table['device']}, {shape} ({os.path.basename(path)}){prior}"
     if not graphed:
         return e[key], where
     if "graphed_" + key in e:
