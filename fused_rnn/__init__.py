@@ -11,18 +11,22 @@ Drop-in replacements for torch.nn.LSTM / GRU / RNN::
 
     with fused_rnn.backend("reference"):   # or "fused", "native", "auto"
         out, _ = lstm(x)
+
+    fused_rnn.autotune("on")           # measure fused vs cuDNN per shape on this GPU
 """
 
-from . import _dynamo_compat, dispatch, functional, ops, policy, reference
+from . import _dynamo_compat, dispatch, functional, ops, policy, reference, tuning
 from ._build import ExtensionUnavailableWarning
 from .dispatch import backend
 from ._info import backend_info
 from .modules import GRU, LSTM, RNN, ConversionWarning, convert, unconvert
 from .policy import CrossoverTableWarning
+from .tuning import AutotuneCacheWarning, FusedMismatchWarning, autotune
 
 _dynamo_compat.install()
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "convert", "unconvert", "backend", "backend_info",
+__all__ = ["LSTM", "GRU", "RNN", "convert", "unconvert", "backend", "backend_info", "autotune",
            "ExtensionUnavailableWarning", "ConversionWarning", "CrossoverTableWarning",
-           "dispatch", "functional", "policy", "reference", "ops"]
+           "AutotuneCacheWarning", "FusedMismatchWarning",
+           "dispatch", "functional", "policy", "reference", "ops", "tuning"]

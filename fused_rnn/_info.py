@@ -8,7 +8,7 @@ import torch
 
 from . import policy
 from ._build import CSRC, FIX, extension_status, load_extension
-from . import dispatch
+from . import dispatch, tuning
 
 
 def backend_info(load: bool = True) -> dict:
@@ -38,7 +38,14 @@ def backend_info(load: bool = True) -> dict:
     clusters it uses: "..., K stream multicast in clusters of 8 CTAs, ..."), ``fast_tanh``
     (``FUSED_RNN_FAST_TANH=1``: the bf16 forward's epilogue on the hardware tanh, opt-in; a
     plan that uses it says "..., hardware tanh"),
-    ``crossover_table`` (the calibrated table of this device, or None: the performance model's default) and
+    ``crossover_table`` (the calibrated table of this device, or None: the performance model's default),
+    ``crossover_prior`` (a device without a table of its own: the table of a device with the
+    same compute capability and SM count, which ``auto`` uses until it measures, or None),
+    ``autotune`` (:func:`fused_rnn.tuning.info`: the autotuning mode ("auto", "on", "off"),
+    whether it is ``active`` on this device and why, ``graphs``, ``cache_dir``, the
+    ``cache_file`` and its ``entries`` (key -> the decision, the two times, the first-use
+    check), the keys whose fused path a failed check ``disabled``, and the ``recent``
+    measurements of this process) and
     ``default_path`` (what ``auto`` runs here).
     With ``load=True`` (default) a CUDA machine loads (or JIT-builds) the
     extension first; a CPU machine never tries to build anything.
@@ -53,7 +60,8 @@ def backend_info(load: bool = True) -> dict:
     # per-phase timing recorder (a diagnostics build: FUSED_RNN_PHASE_TIMING=1)
     source_hash = getattr(ext, "source_hash", None) if ext is not None else None
     phase_timing = bool(getattr(ext, "phase_timing_compiled", False)) if ext is not None else None
-    table = None
+    table = prior = None
+    tune = tuning.info(None)
     if not cuda:
         reason = ("torch is a CPU-only build" if torch.version.cuda is None
                   else "no CUDA device visible")
@@ -61,12 +69,20 @@ def backend_info(load: bool = True) -> dict:
                    "(the custom op) inside torch.compile")
     else:
         reason = status["reason"] if ext is None else None
-        found = policy.tables().get(torch.cuda.get_device_name())
+        facts = tuning.device_facts(None)  # the current device
+        found = policy.tables().get(facts.name)
         table = found[1] if found else None
-        default = ("fused CUDA kernel where the planners cover the call and the batch is at "
-                   "most the crossover batch ("
-                   + ("calibrated table" if table else "performance-model default")
-                   + "); native (cuDNN) otherwise" if ext is not None
+        if found is None:
+            near = policy._prior(facts.name, facts.capability, facts.sm_count, policy.TABLE_DIR)
+            prior = near[1] if near else None
+        tune = tuning.info(facts)
+        source = ("calibrated table" if table else
+                  "a prior table" if prior else "performance-model default")
+        default = ("fused CUDA kernel where the planners cover the call and "
+                   + ("autotuning measured it faster than cuDNN on this device (else the "
+                      + source + ")" if tune["active"] else
+                      "the batch is at most the crossover batch (" + source + ")")
+                   + "; native (cuDNN) otherwise" if ext is not None
                    else "native (cuDNN): the extension is unavailable")
     return {
         "torch": torch.__version__,
@@ -87,6 +103,8 @@ def backend_info(load: bool = True) -> dict:
         "cluster": os.environ.get("FUSED_RNN_CLUSTER") or "auto",
         "fast_tanh": os.environ.get("FUSED_RNN_FAST_TANH") == "1",
         "crossover_table": table,
+        "crossover_prior": prior,
+        "autotune": tune,
         "default_path": default,
     }
 

@@ -21,8 +21,10 @@ user asked for. What the user asks for, innermost first:
 4. ``"auto"``.
 
 ``auto`` runs the fused kernel on a CUDA call when the planners cover it
-(forward, and backward when a gradient is needed) and the batch is at most the
-crossover batch for that shape; every other CUDA call runs ``native``. On a CPU
+(forward, and backward when a gradient is needed) and autotuning
+(:mod:`fused_rnn.tuning`) measured it faster on this device for the call's key, or, where
+nothing was measured, the batch is at most the crossover batch for that shape (a
+calibrated table, its prior, or the model); every other CUDA call runs ``native``. On a CPU
 it runs ``native`` in eager mode and ``reference`` (the custom op) inside
 ``torch.compile``. Asking for ``fused`` where the kernel cannot run raises a
 RuntimeError naming the reason: never a silent fallback.
@@ -38,7 +40,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import policy
+from . import policy, tuning
 
 BACKENDS = ("auto", "fused", "native", "reference")
 ENV = "FUSED_RNN_BACKEND"
@@ -211,22 +213,77 @@ def coverage(mode: str, device_index: int, dtype: torch.dtype, T: int, B: int, I
 STREAMED = "streamed from L2"
 
 
-@_constant_while_tracing
-def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: int, H: int,
-                bidirectional: bool, training: bool, graphed: bool = False,
-                measured_only: bool = False) -> tuple[int, str]:
-    """(largest batch ``auto`` runs fused, where the number comes from); ``graphed``: the
-    call is being captured in a CUDA graph (the table's graphed crossover, where it has one);
-    ``measured_only``: only a calibrated entry of this very shape (policy.max_batch_for)."""
+def _dtype_key(dtype: torch.dtype) -> str:
+    """The table's and the autotune cache's dtype: bf16, fp16, tf32 (float32 with TF32 on, as
+    the extension reads cuDNN's setting) or fp32."""
     from ._build import load_extension
 
     ext = load_extension()
     tf32 = (ext.fp32_uses_tf32() if ext is not None and hasattr(ext, "fp32_uses_tf32")
             else torch.backends.cudnn.allow_tf32)
-    key = policy.dtype_key(dtype, bool(tf32))
-    return policy.max_batch_for(torch.cuda.get_device_name(device_index), key, mode, num_layers,
-                                H, bidirectional, training, graphed=graphed,
-                                measured_only=measured_only)
+    return policy.dtype_key(dtype, bool(tf32))
+
+
+@_constant_while_tracing
+def batch_limit(mode: str, device_index: int, dtype: torch.dtype, num_layers: int, H: int,
+                bidirectional: bool, training: bool, graphed: bool = False,
+                measured_only: bool = False, seq_len: int | None = None) -> tuple[int, str]:
+    """(largest batch ``auto`` runs fused, where the number comes from); ``graphed``: the
+    call is being captured in a CUDA graph (the table's graphed crossover, where it has one);
+    ``measured_only``: only a calibrated entry of this very shape (policy.max_batch_for);
+    ``seq_len``: the call's T (None while torch.compile traces). A device without a table
+    of its own takes one of the same capability and SM count as a prior."""
+    facts = tuning.device_facts(device_index)
+    return policy.max_batch_for(facts.name, _dtype_key(dtype), mode, num_layers, H,
+                                bidirectional, training, graphed=graphed,
+                                measured_only=measured_only, seq_len=seq_len,
+                                capability=facts.capability, sm_count=facts.sm_count)
+
+
+@_constant_while_tracing
+def autotuned(mode: str, device_index: int, dtype: torch.dtype, T: int, B: int, I: int, H: int,
+              num_layers: int, bidirectional: bool, has_biases: bool, dropout: float,
+              training: bool, graphed: bool, may_measure: bool) -> tuple[str, str] | None:
+    """("fused" | "native", why) measured on this device (:mod:`fused_rnn.tuning`: from its
+    cache, or measured now when `may_measure`), or None: the table or the model decides."""
+    key = tuning.make_key(mode, _dtype_key(dtype), training, num_layers, H, I, bidirectional,
+                          T, B, graphed)
+    spec = tuning.Spec(mode, torch.device("cuda", device_index), dtype, T, B, I, H, num_layers,
+                       bidirectional, has_biases, dropout, training)
+    return tuning.choose(spec, key, may_measure)
+
+
+@_constant_while_tracing
+def cached_decisions(mode: str, device_index: int, dtype: torch.dtype, I: int, H: int,
+                     num_layers: int, bidirectional: bool, training: bool) -> tuple:
+    """The autotune cache's decisions for this shape, per (T bucket, B bucket), for a
+    torch.compile trace (tuning.cached_for_shape); never measures."""
+    key = tuning.make_key(mode, _dtype_key(dtype), training, num_layers, H, I, bidirectional,
+                          1, 1, False)
+    return tuning.cached_for_shape(device_index, key)
+
+
+def _in_bucket(n, top: int, last: bool) -> bool:
+    """top / 2 < n <= top (n > top / 2 for the last T bucket, which holds every longer
+    sequence), where a trace can tell; a size it cannot tell (a PackedSequence's batch)
+    is in no bucket."""
+    try:
+        from torch.fx.experimental.symbolic_shapes import guard_or_false
+    except ImportError:  # torch < 2.7
+        def guard_or_false(x):
+            return bool(x)
+    return guard_or_false(n > top // 2) and (last or guard_or_false(n <= top))
+
+
+def _traced_autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional, training):
+    """Inside torch.compile: the cached decision of the call's buckets, if any (the sizes may
+    be symbolic: compared with each bucket's bounds, a guard each)."""
+    for seq_bucket, batch_bucket, choice, why in cached_decisions(
+            mode, index, dtype, I, H, num_layers, bidirectional, training):
+        if _in_bucket(T, seq_bucket, seq_bucket == tuning.T_MAX) \
+                and _in_bucket(B, batch_bucket, False):
+            return choice, why
+    return None
 
 
 # ------------------------------------------------------------------------ decide
@@ -311,9 +368,26 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         # inside a CUDA-graph capture cuDNN pays no launch overhead: the graphed crossover
         # (while torch.compile traces, the capture has not begun: the eager one)
         graphed = not compiling and capturing()
+        # measured on this device (autotuning): never during a capture or a trace; a trace
+        # reads the cache only where it knows the sizes (a symbolic size is not an int)
+        if compiling:
+            tuned = _traced_autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
+                                      need_grad)
+        else:
+            # (nor under torch.jit.trace, which would record the scratch runs, nor inside
+            # torch.func transforms)
+            may_measure = not (graphed or torch.jit.is_tracing()
+                               or torch._C._are_functorch_transforms_active())
+            tuned = autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
+                              has_biases, float(dropout), need_grad, graphed, may_measure)
+        if tuned is not None:
+            path, why = tuned
+            if path == "native":
+                return Decision("native", f"native: {why}", native_bwd if need_grad else None)
+            return Decision("fused", f"{fwd} [{why}]", f"{bwd} [{why}]" if need_grad else None)
         # (a backward that streams weights: only a table's entry of this very shape counts)
         limit, where = batch_limit(mode, index, dtype, num_layers, H, bidirectional, need_grad,
-                                   graphed, streams)
+                                   graphed, streams, None if compiling else T)
         if _above(B, limit, compiling):
             what = "training" if need_grad else "inference"
             batch = "the batch" if compiling else f"batch {B}"  # B may be symbolic when traced

@@ -57,3 +57,20 @@ def pytest_runtest_logfinish(nodeid, location):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _autotune_isolated(monkeypatch):
+    """Autotuning off and its cache in memory only, unless a test turns them on
+    (tests/test_autotune.py): no test measures by surprise or reads another's cache, and
+    nothing is written to the user's ~/.cache."""
+    from fused_rnn import tuning
+
+    monkeypatch.setenv(tuning.ENV, "off")
+    monkeypatch.setenv(tuning.CACHE_ENV, "off")
+    monkeypatch.delenv(tuning.GRAPHS_ENV, raising=False)
+    tuning._SETTINGS.clear()
+    tuning.clear()
+    yield
+    tuning._SETTINGS.clear()
+    tuning.clear()
