@@ -674,10 +674,13 @@ def test_calibrate_needs_a_gpu(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["--calibrate"]) == 2
     assert "--calibrate needs a CUDA GPU" in capsys.readouterr().err
-    for clash in (["--quick"], ["--mode", "train"], ["--seq", "128,256"], ["--margin", "1.2"]):
+    for clash in (["--quick"], ["--mode", "train"], ["--margin", "1.2"], ["--direction", "up"]):
         with pytest.raises(SystemExit):
             cli.parse_args(["--calibrate"] + clash)
     assert cli.parse_args(["--calibrate"]).runs == 10 and cli.parse_args([]).runs == 20
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--direction", "bi"])  # the sweep's cases are unidirectional
+    assert cli.parse_args(["--calibrate", "--seq", "64,1024", "--direction", "bi"]).seq == [64, 1024]
 
 
 def _timings(table):
@@ -754,7 +757,7 @@ def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypa
     monkeypatch.setattr(calibrate.Calibrator, "point", lambda self, *a, **k: _fake_point(*a, **k))
     fr = _fake_fused_rnn()
     args = cli.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "LSTM,GRU", "--layers", "2",
-                             "--hidden", "256", "--out", str(tmp_path)])
+                             "--hidden", "256", "--seq", "256", "--direction", "uni", "--out", str(tmp_path)])
     assert calibrate.calibrate_main(args, fr) == 0
     path = tmp_path / "nvidia-h100-80gb-hbm3.json"
     table = common.read_json(path)
@@ -780,9 +783,46 @@ def test_calibrate_writes_a_table_the_policy_reads(fake_cuda, tmp_path, monkeypa
     finally:
         fr.policy.tables.cache_clear()
     out = capsys.readouterr().out
-    assert "| bf16 | LSTM | 2 | 256 | 8 | 2 | 4 | 1 |" in out and "wrote " in out
+    assert "| bf16 | LSTM | 2 | 256 | uni | 256 | 8 | 2 | 4 | 1 |" in out and "wrote " in out
     assert "eagerly and with both captured in CUDA graphs" in out
     assert "under FUSED_RNN_SYNC=auto (the default policy)" in out
+
+
+def test_calibrate_default_grid_covers_layers_directions_cells_and_lengths(fake_cuda, tmp_path, monkeypatch):
+    """The default grid: L = 1..4, uni- and bidirectional, LSTM, GRU, RNN (tanh) and RNN_RELU,
+    H up to 1024, T in {64, 256, 1024}; each entry names its direction and seq_len, and the
+    policy reads the nearest T."""
+    g = calibrate.CALIBRATE
+    assert g["layers"] == [1, 2, 3, 4] and g["direction"] == ["uni", "bi"] and max(g["hidden"]) == 1024
+    assert set(g["cell"]) == {"LSTM", "GRU", "RNN", "RNN_RELU"} and g["seq"] == [64, 256, 1024]
+    seen = []
+
+    def point(self, shape, train, B, graphed=False):
+        seen.append(shape)
+        # fused wins up to B = 2 at T = 64, up to B = 8 at T >= 256; bidirectional never
+        return (2.0 if shape.bidirectional else (0.4 if shape.seq == 64 else 0.1) * B), 1.0
+    monkeypatch.setattr(calibrate.Calibrator, "point", point)
+    fr = _fake_fused_rnn()
+    args = cli.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "RNN_RELU", "--layers", "1",
+                             "--hidden", "256", "--no-graphed", "--out", str(tmp_path)])
+    assert calibrate.calibrate_main(args, fr) == 0
+    table = common.read_json(tmp_path / "nvidia-h100-80gb-hbm3.json")
+    fr.policy.check_table(table)
+    got = {(e["bidirectional"], e["seq_len"]): e["forward_max_batch"] for e in table["entries"]}
+    assert got == {(False, 64): 2, (False, 256): 8, (False, 1024): 8, (True, 64): 0, (True, 256): 0,
+                   (True, 1024): 0}
+    assert {e["mode"] for e in table["entries"]} == {"RNN_RELU"} and table["seq_len"] == 256
+    assert {(s.bidirectional, s.seq) for s in seen} == set(got)
+    fr.policy.tables.cache_clear()
+    try:
+        look = functools.partial(fr.policy.max_batch_for, "NVIDIA H100 80GB HBM3", "bf16", "RNN_RELU", 1,
+                                 256, False, False, directory=str(tmp_path))
+        assert look(seq_len=50)[0] == 2 and look(seq_len=300)[0] == 8 and look()[0] == 8
+    finally:
+        fr.policy.tables.cache_clear()
+    # the modules: RNN_RELU is nn.RNN with relu, bidirectional where asked
+    ref, fused = sweep.make_modules(fr, "RNN_RELU", 1, 8, 8, 0.0, "cpu", torch.float32, bidirectional=True)
+    assert ref.nonlinearity == fused.nonlinearity == "relu" and ref.bidirectional and fused.bidirectional
 
 
 def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, monkeypatch, capsys):
@@ -795,7 +835,8 @@ def test_calibrate_out_of_time_writes_an_incomplete_table(fake_cuda, tmp_path, m
     monkeypatch.setattr(calibrate, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     fr = _fake_fused_rnn()
     args = cli.parse_args(["--calibrate", "--dtype", "bf16", "--cell", "GRU,LSTM", "--layers", "2",
-                             "--hidden", "256", "--time-budget", "5", "--out", str(tmp_path)])
+                             "--hidden", "256", "--seq", "256", "--direction", "uni", "--time-budget", "5",
+                             "--out", str(tmp_path)])
     assert calibrate.calibrate_main(args, fr) == 0
     table = common.read_json(tmp_path / "nvidia-h100-80gb-hbm3.json")
     fr.policy.check_table(table)
@@ -811,6 +852,9 @@ def test_calibrator_point_times_the_forced_kernel_or_reports_its_refusal(fake_cu
     for train in (False, True):
         fused_ms, cudnn_ms = cal.point(calibrate.Shape("tf32", "LSTM", 2, 8), train, 2)
         assert fused_ms > 0 and cudnn_ms > 0
+        # bidirectional, its own T (the output gradient 2 H wide)
+        fused_ms, cudnn_ms = cal.point(calibrate.Shape("tf32", "LSTM", 2, 8, True, 4), train, 2)
+        assert fused_ms > 0 and cudnn_ms > 0 and cal.modules[0].bidirectional
     s = calibrate.walk_series([1, 2], functools.partial(cal.point, calibrate.Shape("tf32", "GRU", 2, 8), False),
                           0.95, lambda: False)
     assert s.max_batch == 0 and s.points == [] and "cannot run it" in s.stop and "CUDA-only" in s.stop

@@ -302,7 +302,7 @@ class CudnnPersist(Graphed):
         for layer in range(c.layers):
             m = type(ref)(ref.input_size if layer == 0 else ref.hidden_size, ref.hidden_size,
                           num_layers=1, bias=ref.bias, device=ref.weight_hh_l0.device, dtype=ci.dtype,
-                          **({"nonlinearity": ref.nonlinearity} if c.cell == "RNN" else {}))
+                          **({"nonlinearity": ref.nonlinearity} if c.cell in ("RNN", "RNN_RELU") else {}))
             with torch.no_grad():
                 for n, p in m.named_parameters():
                     p.copy_(getattr(ref, n.replace("_l0", f"_l{layer}")))

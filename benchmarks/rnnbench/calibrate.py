@@ -1,6 +1,9 @@
 """--calibrate: the crossover table `auto` reads (fused_rnn/policy.py), measured on this GPU:
-per shape, inference and training, eagerly (fused kernel vs the nn module) and inside a CUDA
-graph (fused_graph vs cudnn_graph: what `auto` compares against when a call is captured)."""
+per shape (dtype, cell, layers, hidden size, direction, sequence length), inference and
+training, eagerly (fused kernel vs the nn module) and inside a CUDA graph (fused_graph vs
+cudnn_graph: what `auto` compares against when a call is captured). The default grid covers
+L = 1..4, both directions, LSTM, GRU and both RNNs, H up to 1024, T in {64, 256, 1024}: many
+hours; --time-budget keeps the complete shapes measured so far."""
 
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from . import cases, timing
 from .cases import OP_MODE
 from .sweep import UNCOVERED, make_modules, one_line, uncovered_reason
 
-CALIBRATE = dict(dtype=["bf16", "fp16", "tf32"], cell=["LSTM", "GRU"], layers=[2, 4], hidden=[256, 512],
-                 batch=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512], seq=[256])
+CALIBRATE = dict(dtype=["bf16", "fp16", "tf32"], cell=["LSTM", "GRU", "RNN", "RNN_RELU"],
+                 layers=[1, 2, 3, 4], hidden=[128, 256, 512, 1024],
+                 batch=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512], seq=[64, 256, 1024],
+                 direction=["uni", "bi"])
+TABLE_SEQ = 256  # the table's own seq_len (entries without one; a trace that cannot know T)
 CALIBRATE_RUNS = 10  # per implementation and batch: a crossover needs a ranking, not a 1% figure
 
 
@@ -33,9 +39,13 @@ class Shape:
     cell: str
     layers: int
     hidden: int
+    bidirectional: bool = False
+    seq: int | None = None  # None: the Calibrator's
 
     def label(self) -> str:
-        return f"{self.dtype} {self.cell} L={self.layers} H={self.hidden}"
+        return (f"{self.dtype} {self.cell} L={self.layers} H={self.hidden}"
+                + (" bidirectional" if self.bidirectional else "")
+                + (f" T={self.seq}" if self.seq else ""))
 
 
 @dataclasses.dataclass
@@ -79,7 +89,9 @@ def table_entry(s: Shape, series: dict) -> dict:
     """One format-1 entry (fused_rnn/policy.py) from a shape's series, keyed (train, graphed);
     the graphed fields only where those series were measured."""
     e = {"dtype": s.dtype, "mode": OP_MODE[s.cell], "num_layers": s.layers, "hidden_size": s.hidden,
-         "bidirectional": False, "measured": {}}
+         "bidirectional": s.bidirectional, "measured": {}}
+    if s.seq:
+        e["seq_len"] = s.seq
     for (train, graphed), r in series.items():
         key = series_key(train, graphed)
         e[f"{key}_max_batch"] = r.max_batch
@@ -132,16 +144,17 @@ class Calibrator:
             torch.cuda.empty_cache()
             torch.manual_seed(0)
             self.modules = make_modules(self.fused_rnn, s.cell, s.layers, s.hidden, s.hidden, 0.0,
-                                        cases.DEVICE, dtype)
+                                        cases.DEVICE, dtype, bidirectional=s.bidirectional)
             self.shape = s
         ref, fused = self.modules
         ref.train(train)
         fused.train(train)
-        T, H = self.seq, s.hidden
+        T, H = s.seq or self.seq, s.hidden
+        D = 2 if s.bidirectional else 1
         n_buf = timing.buffer_count(T * batch * H * torch.empty((), dtype=dtype).element_size())
         xs = [torch.randn(T, batch, H, device=cases.DEVICE, dtype=dtype, requires_grad=train)
               for _ in range(n_buf)]
-        gout = torch.randn(T, batch, H, device=cases.DEVICE, dtype=dtype) if train else None
+        gout = torch.randn(T, batch, D * H, device=cases.DEVICE, dtype=dtype) if train else None
         c = cases.Case(s.cell, s.layers, H, batch, T, s.dtype, "train" if train else "infer")
         ci = bl.Inputs(c, dtype, ref, fused, xs, gout)
         pair = (bl.FusedGraph, bl.CudnnGraph) if graphed else (bl.Fused, bl.Cudnn)
@@ -182,10 +195,11 @@ def crossover_table(policy, device: str, entries: list, seq: int, args, incomple
 
 
 def calibration_summary(entries: list) -> str:
-    header = ["dtype", "cell", "L", "H", "inference max B", "training max B",
+    header = ["dtype", "cell", "L", "H", "direction", "T", "inference max B", "training max B",
               "graphed inference max B", "graphed training max B", "inference stop", "training stop"]
     cell = {v: k for k, v in OP_MODE.items()}
-    lines = [[e["dtype"], cell[e["mode"]], e["num_layers"], e["hidden_size"], e["forward_max_batch"],
+    lines = [[e["dtype"], cell[e["mode"]], e["num_layers"], e["hidden_size"],
+              "bi" if e["bidirectional"] else "uni", e.get("seq_len", "—"), e["forward_max_batch"],
               e["training_max_batch"], e.get("graphed_forward_max_batch", "—"),
               e.get("graphed_training_max_batch", "—"), e["measured"]["forward_stop"],
               e["measured"]["training_stop"]]
@@ -202,13 +216,15 @@ def calibrate_main(args, fused_rnn) -> int:
               "calibrate (a table of zeros would only record that).", file=sys.stderr)
         return 1
     grid = {k: getattr(args, k) or v for k, v in CALIBRATE.items()}
-    seq = grid["seq"][0]
-    shapes = [Shape(dt, cell, L, H) for dt in grid["dtype"] for cell in grid["cell"]
-              for L in grid["layers"] for H in grid["hidden"]]
+    seq = TABLE_SEQ if TABLE_SEQ in grid["seq"] else grid["seq"][0]
+    shapes = [Shape(dt, cell, L, H, d == "bi", T) for dt in grid["dtype"] for cell in grid["cell"]
+              for L in grid["layers"] for H in grid["hidden"] for d in grid["direction"]
+              for T in grid["seq"]]
     deadline = time.monotonic() + args.time_budget if args.time_budget else None
     asked = common.requested_sync()
     print(f"calibrating on {device}: {len(shapes)} shapes x (inference, training), B in "
-          f"{sorted(grid['batch'])}, T={seq}; a batch counts as a win when the forced fused kernel "
+          f"{sorted(grid['batch'])}, T in {sorted(grid['seq'])}, {'/'.join(grid['direction'])}"
+          f"directional; a batch counts as a win when the forced fused kernel "
           f"takes <= {args.margin:g} x cuDNN's time (median of {args.runs} runs each), eagerly"
           + ("" if args.no_graphed else " and with both captured in CUDA graphs") + ", under "
           f"FUSED_RNN_SYNC={asked}" + (" (the default policy)" if asked == "auto" else

@@ -8,8 +8,8 @@ import itertools
 import torch
 
 DEVICE = "cuda"  # tests/test_bench.py points this at "cpu" to run the sweep logic with CUDA faked
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-OP_MODE = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH"}  # fused_rnn.reference's mode names
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "RNN_RELU": 1}  # RNN: tanh; RNN_RELU: nonlinearity="relu"
+OP_MODE = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH", "RNN_RELU": "RNN_RELU"}  # fused_rnn.reference's mode names
 DTYPES = {  # name -> (torch dtype, TF32 allowed for cuDNN and matmuls; None: not float32)
     "tf32": (torch.float32, True),
     "fp32": (torch.float32, False),
@@ -99,11 +99,12 @@ def persist_static(cell: str, dtype: str, layers: int, hidden: int, input_size: 
     if cell == "GRU":
         return False, "not PERSIST_STATIC: PyTorch never takes it for GRU on capability >= 8.0"
     ok = batch % 8 == 0 and batch <= 128
-    if cell == "RNN":
+    rnn = cell in ("RNN", "RNN_RELU")
+    if rnn:
         ok = ok and (batch < 96 or hidden < 896)
     if not ok:
         return False, f"not PERSIST_STATIC: batch {batch} (needs B % 8 == 0 and B <= 128" + (
-            ", and B < 96 or H < 896" if cell == "RNN" else "") + ")"
+            ", and B < 96 or H < 896" if rnn else "") + ")"
     return True, ("PERSIST_STATIC (PyTorch's rule: fp16, 1 layer, H and input % 128 == 0, "
                   "B % 8 == 0, B <= 128)")
 

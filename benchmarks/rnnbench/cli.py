@@ -25,7 +25,7 @@ def parse_args(argv=None, doc: str = ""):
     ap = argparse.ArgumentParser(prog="bench.py", description=doc.strip().splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     ap.add_argument("--quick", action="store_true", help="acceptance shapes only (< 2 min on an H100)")
-    ap.add_argument("--cell", type=csv_of(upper), help="LSTM,GRU,RNN")
+    ap.add_argument("--cell", type=csv_of(upper), help="LSTM,GRU,RNN,RNN_RELU (RNN: tanh)")
     ap.add_argument("--layers", type=csv_of(int))
     ap.add_argument("--hidden", type=csv_of(int), help="hidden size (input size = hidden size)")
     ap.add_argument("--batch", type=csv_of(int))
@@ -65,7 +65,10 @@ def parse_args(argv=None, doc: str = ""):
                     "(20: about 15 s on 2 slow cores)")
     ap.add_argument("--calibrate", action="store_true",
                     help="GPU: measure the crossover batches and write fused_rnn/crossover/<device>.json "
-                    "(--out: another folder); grid flags: --dtype --cell --layers --hidden --batch --seq")
+                    "(--out: another folder); grid flags: --dtype --cell --layers --hidden --batch --seq "
+                    "--direction")
+    ap.add_argument("--direction", type=csv_of(str), help="--calibrate: uni,bi (unidirectional, "
+                    "bidirectional)")
     ap.add_argument("--margin", type=float, default=0.95,
                     help="--calibrate: fused wins a batch when it takes <= margin x cuDNN's time")
     ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/ on a GPU, "
@@ -77,6 +80,8 @@ def parse_args(argv=None, doc: str = ""):
         bad = [v for v in getattr(args, name) or [] if v not in allowed]
         if bad:
             ap.error(f"--{name.replace('_', '-')}: unknown {bad}; choose from {', '.join(allowed)}")
+    if args.direction and not args.calibrate:
+        ap.error("--direction applies to --calibrate (the sweep's cases are unidirectional)")
     if args.no_graphed and not args.calibrate:
         ap.error("--no-graphed applies to --calibrate (the sweep: --skip-baselines cudnn_graph,fused_graph)")
     if args.calibrate:
@@ -86,8 +91,9 @@ def parse_args(argv=None, doc: str = ""):
         if clash:
             ap.error(f"--calibrate measures its own grid, inference and training at dropout 0: "
                      f"{', '.join(clash)} do not apply")
-        if args.seq and len(args.seq) != 1:
-            ap.error("--calibrate: one --seq (the table holds one seq_len)")
+        bad = [v for v in args.direction or [] if v not in ("uni", "bi")]
+        if bad:
+            ap.error(f"--direction: unknown {bad}; choose from uni, bi")
         if not 0 < args.margin <= 1:
             ap.error("--margin: between 0 and 1 (fused must not be slower than cuDNN to win)")
     if args.runs is None:

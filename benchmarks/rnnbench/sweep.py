@@ -37,9 +37,14 @@ def import_fused_rnn():
     return fused_rnn
 
 
-def make_modules(fused_rnn, cell, layers, hidden, input_size, dropout, device, dtype):
-    """torch.nn module and fused_rnn module holding the very same weights."""
-    kw = dict(num_layers=layers, dropout=dropout, device=device, dtype=dtype)
+def make_modules(fused_rnn, cell, layers, hidden, input_size, dropout, device, dtype,
+                 bidirectional=False):
+    """torch.nn module and fused_rnn module holding the very same weights (cell RNN_RELU: an
+    RNN with nonlinearity="relu")."""
+    kw = dict(num_layers=layers, dropout=dropout, device=device, dtype=dtype,
+              bidirectional=bidirectional)
+    if cell == "RNN_RELU":
+        cell, kw["nonlinearity"] = "RNN", "relu"
     ref = getattr(nn, cell)(input_size, hidden, **kw)
     fused = getattr(fused_rnn, cell)(input_size, hidden, **kw)
     fused.load_state_dict(ref.state_dict())
