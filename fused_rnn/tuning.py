@@ -125,16 +125,17 @@ _UNSET = object()
 
 def autotune(mode=_UNSET, *, graphs=_UNSET, cache_dir=_UNSET) -> dict:
     """Turn autotuning on, off or back to its default, process-wide (as
-    ``torch.backends.cudnn.benchmark = True`` does); returns the settings before the call,
-    which ``fused_rnn.autotune(**previous)`` restores.
+    ``torch.backends.cudnn.benchmark = True`` does); returns what was set before the call
+    (None for each setting that came from its environment variable), which
+    ``fused_rnn.autotune(**previous)`` restores. :func:`settings` says what is in effect.
 
     ``mode``: "auto" (measure on a device without a calibrated table of its own), "on"
     (True: every device), "off" (False: never), or None (back to ``FUSED_RNN_AUTOTUNE``).
     ``graphs``: also measure both paths captured in CUDA graphs (for calls made during a
     capture); None: back to ``FUSED_RNN_AUTOTUNE_GRAPHS``. ``cache_dir``: the cache folder,
     "off" for memory only, None: back to ``FUSED_RNN_CACHE_DIR``."""
-    previous = settings()
     with _LOCK:
+        previous = {k: _SETTINGS.get(k) for k in ("mode", "graphs", "cache_dir")}
         if mode is not _UNSET:
             if mode is True or mode is False:
                 mode = "on" if mode else "off"
@@ -224,9 +225,6 @@ class Key:
                 f"{'+' if self.seq_bucket == T_MAX else ''} B<={self.batch_bucket} "
                 f"{'graphed' if self.graphed else 'eager'}")
 
-    def eager(self) -> "Key":
-        return dataclasses.replace(self, graphed=False)
-
 
 def make_key(mode, dtype_key, training, num_layers, H, I, bidirectional, T, B, graphed) -> Key:
     return Key(mode, dtype_key, bool(training), int(num_layers), int(H), int(I),
@@ -280,6 +278,7 @@ class Cache:
             if not isinstance(data, dict) or data.get("format") != FORMAT \
                     or not isinstance(data.get("entries"), dict) \
                     or not all(isinstance(v, dict) and v.get("choice") in ("fused", "native")
+                               and isinstance(v.get("why"), str)
                                for v in data["entries"].values()):
                 raise ValueError(f"not a fused_rnn autotune cache of format {FORMAT}")
             return data["entries"]
@@ -323,7 +322,7 @@ class Cache:
                         os.unlink(tmp)
                     raise
             self.entries.update(on_disk)
-        except OSError as e:
+        except (OSError, ValueError, TypeError) as e:  # never a failed call for the cache
             self.disk_error = f"{type(e).__name__}: {e}"
             _warn_once(("write", self.path), f"fused_rnn: cannot write the autotune cache "
                        f"{self.path} ({self.disk_error}); measurements stay in memory",
@@ -633,11 +632,13 @@ def _one_line(e: Exception) -> str:
 
 def _label(record: dict, key: Key, device: Device, fresh: bool) -> str:
     how = "measured now" if fresh else "cached"
-    if record.get("check", {}).get("ok") is False:
+    check = record.get("check")
+    if isinstance(check, dict) and check.get("ok") is False:
         return (f"autotune disabled the fused path on {device.name} for {key.text()} "
                 f"({record['why']})")
-    return (f"autotuned on {device.name} ({how}, {key.text()}, timed at T={record['timed_at']['T']}"
-            f" B={record['timed_at']['B']}): {record['why']}")
+    at = record.get("timed_at")
+    at = f", timed at T={at.get('T')} B={at.get('B')}" if isinstance(at, dict) else ""
+    return f"autotuned on {device.name} ({how}, {key.text()}{at}): {record['why']}"
 
 
 def choose(spec: Spec, key: Key, may_measure: bool) -> tuple[str, str] | None:
@@ -727,5 +728,5 @@ def info(device: Device | None = None) -> dict:
     out["cache_file"], out["disk_error"] = c.path, c.disk_error
     out["entries"] = dict(c.entries)
     out["disabled"] = sorted(k for k, r in c.entries.items()
-                             if r.get("check", {}).get("ok") is False)
+                             if isinstance(r.get("check"), dict) and r["check"].get("ok") is False)
     return out

@@ -82,12 +82,16 @@ def test_settings_api_and_environment(monkeypatch):
     monkeypatch.setenv(tuning.ENV, "sometimes")
     with pytest.warns(UserWarning, match="not one of auto, on, off"):
         assert tuning.settings()["mode"] == "auto"
+    monkeypatch.setenv(tuning.ENV, "off")
     previous = fused_rnn.autotune(True, graphs=True, cache_dir="off")
-    assert previous["mode"] == "auto"
-    now = tuning.settings()
-    assert now == {"mode": "on", "graphs": True, "cache_dir": None}
+    assert previous == {"mode": None, "graphs": None, "cache_dir": None}  # the environment's
+    assert tuning.settings() == {"mode": "on", "graphs": True, "cache_dir": None}
+    inner = fused_rnn.autotune("auto", cache_dir="/tmp/x")
+    assert inner == {"mode": "on", "graphs": True, "cache_dir": "off"}
+    fused_rnn.autotune(**inner)
+    assert tuning.settings() == {"mode": "on", "graphs": True, "cache_dir": None}  # memory only
     fused_rnn.autotune(**previous)
-    assert tuning.settings()["mode"] == "auto" and tuning.settings()["graphs"] is False
+    assert tuning.settings()["mode"] == "off" and tuning.settings()["graphs"] is False
     with pytest.raises(ValueError, match="mode must be one of"):
         fused_rnn.autotune("always")
     with pytest.raises(TypeError, match="graphs must be a bool"):
