@@ -374,10 +374,12 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
             tuned = _traced_autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
                                       need_grad)
         else:
-            # (nor under torch.jit.trace, which would record the scratch runs, nor inside
-            # torch.func transforms)
+            # (nor under torch.jit.trace, which would record the scratch runs, inside
+            # torch.func transforms, or under a dispatch or function mode: FakeTensorMode,
+            # FlopCounterMode, ... would see them)
             may_measure = not (graphed or torch.jit.is_tracing()
-                               or torch._C._are_functorch_transforms_active())
+                               or torch._C._are_functorch_transforms_active()
+                               or tuning.foreign_modes())
             tuned = autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
                               has_biases, float(dropout), need_grad, graphed, may_measure)
         if tuned is not None:

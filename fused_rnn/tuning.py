@@ -245,11 +245,13 @@ def _slug(s: str) -> str:
 
 
 def _source_hash() -> str:
-    from ._build import load_extension, source_hash
+    """The csrc/ hash of the loaded extension, else of the sources (never loads or builds
+    the extension: backend_info(load=False) asks too)."""
+    from . import _build
 
-    ext = load_extension()
+    ext = _build._state.get("module")
     h = getattr(ext, "source_hash", None) if ext is not None else None
-    return str(h or source_hash())
+    return str(h or _build.source_hash())
 
 
 class Cache:
@@ -258,6 +260,7 @@ class Cache:
     def __init__(self, device: Device, path: str | None):
         self.device, self.path = device, path
         self.entries: dict = {}
+        self.failed: dict = {}  # key text -> why its measurement failed (this process only)
         self.disk_error: str | None = None
         self.reload()
 
@@ -321,7 +324,8 @@ class Cache:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
                     raise
-            self.entries.update(on_disk)
+            for k, v in on_disk.items():  # what others wrote; this process's entries win
+                self.entries.setdefault(k, v)
         except (OSError, ValueError, TypeError) as e:  # never a failed call for the cache
             self.disk_error = f"{type(e).__name__}: {e}"
             _warn_once(("write", self.path), f"fused_rnn: cannot write the autotune cache "
@@ -437,8 +441,9 @@ def _make_step(spec: Spec, path: str, tensors, dropout: float):
     from . import functional
 
     x, weights, h0, c0, gout = tensors
+    # (dropout > 0: the module is in training mode, with or without a gradient)
     opts = dict(num_layers=spec.num_layers, bidirectional=spec.bidirectional,
-                has_biases=spec.has_biases, dropout=dropout, train=spec.training)
+                has_biases=spec.has_biases, dropout=dropout, train=spec.training or dropout > 0)
     inputs = [x, *weights]
     if spec.training:
         inputs = [t.detach().requires_grad_(True) for t in inputs]
@@ -521,9 +526,12 @@ def _time_pair(steps: dict, device, prefix: str = "") -> dict:
 
 
 def _err(got, ref) -> float:
-    """max |got - ref| / max(1, max |ref|), in float64 (the GPU tests' measure)."""
-    if got is None or ref is None:
+    """max |got - ref| / max(1, max |ref|), in float64 (the GPU tests' measure); inf where
+    `got` is missing and `ref` is not."""
+    if ref is None:
         return 0.0
+    if got is None:
+        return math.inf
     ref = ref.double()
     return float((got.double() - ref).abs().max()) / max(1.0, float(ref.abs().max()))
 
@@ -541,8 +549,14 @@ def check(spec: Spec, dtype_key: str, T: int, B: int) -> dict:
     ref_tensors = [None if t is None else
                    ([w.double() for w in t] if isinstance(t, list) else t.double())
                    for t in tensors]
-    fused = _make_step(spec, "fused", tensors, 0.0)()
-    native = _make_step(spec, "native", tensors, 0.0)()
+    try:
+        fused = _make_step(spec, "fused", tensors, 0.0)()
+    except Exception as e:  # noqa: BLE001 - the fused kernel failed to run here
+        if _out_of_memory(e):
+            raise
+        return {"ok": False, "detail": f"the fused kernel failed: {type(e).__name__}: "
+                f"{_one_line(e)}"}
+    native = _make_step(spec, "native", tensors, 0.0)()  # (a failure here: not fused's)
     ref = _make_step(spec, "native", ref_tensors, 0.0)()
     names = ["output", "h_n", "c_n"]
     pairs = list(zip(names, fused[:3], native[:3], ref[:3], [FWD_FLOOR[dtype_key]] * 3))
@@ -576,15 +590,12 @@ def measure(spec: Spec, key: Key, device: Device, graphs: bool) -> dict:
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     autocast_off = (torch.autocast(dev.type, enabled=False) if dev.type in ("cuda", "cpu")
                     else contextlib.nullcontext())
-    with torch.random.fork_rng(devices=rng_devices), autocast_off:
+    # identity saved-tensor hooks, innermost: the user's (torch.utils.checkpoint,
+    # save_on_cpu) see nothing of the scratch runs
+    identity = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+    with torch.random.fork_rng(devices=rng_devices), autocast_off, identity:
         if not verified(device):
-            try:
-                record["check"] = check(spec, key.dtype, min(T, CHECK_T), B)
-            except Exception as e:  # noqa: BLE001 - the fused kernel failed to run here
-                if _out_of_memory(e):
-                    raise
-                record["check"] = {"ok": False, "detail": f"the fused kernel failed: "
-                                   f"{type(e).__name__}: {_one_line(e)}"}
+            record["check"] = check(spec, key.dtype, min(T, CHECK_T), B)
             if not record["check"]["ok"]:
                 record.update(choice="native", fused_ms=None, native_ms=None,
                               why="the first-use check failed on this device: "
@@ -627,6 +638,26 @@ def _one_line(e: Exception) -> str:
     return s[0][:300] if s else ""
 
 
+def foreign_modes() -> bool:
+    """Whether a torch dispatch mode (FakeTensorMode, FlopCounterMode, ...) or a torch
+    function mode other than ``with torch.device(...)`` is active: a measurement would run
+    under it (fake tensors, counted FLOPs), so none is made."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        if _get_current_dispatch_mode() is not None:
+            return True
+        if torch._C._is_torch_function_mode_enabled():
+            from torch.overrides import _get_current_function_mode_stack
+            from torch.utils._device import DeviceContext
+
+            return any(not isinstance(m, DeviceContext)
+                       for m in _get_current_function_mode_stack())
+    except Exception:  # noqa: BLE001 - cannot tell: do not measure
+        return True
+    return False
+
+
 # ------------------------------------------------------------------------ choose
 
 
@@ -652,7 +683,7 @@ def choose(spec: Spec, key: Key, may_measure: bool) -> tuple[str, str] | None:
     with _LOCK:
         cache = cache_for(device)
         record = cache.get(key)
-        if record is None and may_measure:
+        if record is None and may_measure and key.text() not in cache.failed:
             cache.reload()  # another process may have measured it
             record = cache.get(key)
             if record is None:
@@ -693,8 +724,10 @@ def _measure_and_store(spec, key, device, cache):
     except Exception as e:  # noqa: BLE001 - never a failed call for a measurement
         # (out of memory at the bucket's top, or a path failing on the scratch tensors):
         # undecided, the table or the model decides; measured again in the next process
+        # (remembered in memory: not again in this one)
         error = f"{type(e).__name__}: {_one_line(e)}"
         RECENT.append({"key": key.text(), "error": error})
+        cache.failed[key.text()] = error  # not again in this process
         _warn_once(("failed", device.name, key.text()), f"fused_rnn: autotuning could not "
                    f"measure {key.text()} on {device.name} ({error}); the crossover table or "
                    "the performance model decides these calls", UserWarning)
@@ -717,16 +750,19 @@ def info(device: Device | None = None) -> dict:
     """What ``fused_rnn.backend_info()["autotune"]`` shows (of `device`: device_facts(...);
     None: no CUDA device, the settings only)."""
     s = settings()
+    with _LOCK:
+        recent = list(RECENT)
     out = {"mode": s["mode"], "graphs": s["graphs"], "cache_dir": s["cache_dir"],
            "active": None, "why": None, "cache_file": None, "disk_error": None,
-           "entries": {}, "disabled": [], "recent": list(RECENT)}
+           "entries": {}, "disabled": [], "failed": {}, "recent": recent}
     if device is None:
         return out
     out["active"], out["why"] = active(device)
     out["verified_device"] = verified(device)
-    c = cache_for(device)
-    out["cache_file"], out["disk_error"] = c.path, c.disk_error
-    out["entries"] = dict(c.entries)
+    with _LOCK:
+        c = cache_for(device)
+        out["cache_file"], out["disk_error"] = c.path, c.disk_error
+        out["entries"], out["failed"] = dict(c.entries), dict(c.failed)
     out["disabled"] = sorted(k for k, r in c.entries.items()
                              if isinstance(r.get("check"), dict) and r["check"].get("ok") is False)
     return out

@@ -463,13 +463,64 @@ def test_a_measurement_that_fails_never_fails_the_call(tune, monkeypatch):
         assert tuning.choose(s, key_of(s), may_measure=True) is None
     assert tuning.RECENT[-1]["error"].startswith("OutOfMemoryError")
     assert tuning.cache_for(FAKE).get(key_of(s)) is None
+    n = len(tuning.RECENT)
+    assert tuning.choose(s, key_of(s), may_measure=True) is None  # not again in this process
+    assert len(tuning.RECENT) == n and list(tuning.info(FAKE)["failed"]) == [key_of(s).text()]
+    # a failure of the native or the float64 run is not the fused kernel's: not a mismatch
+    monkeypatch.setattr(tuning, "time_ms", FakeClock())
+    real = tuning._make_step
+    monkeypatch.setattr(tuning, "_make_step", lambda s_, p, t, d: (
+        (lambda: (_ for _ in ()).throw(RuntimeError("cuDNN: double not supported")))
+        if p == "native" else real(s_, p, t, d)))
+    s2 = spec(B=9)
+    with pytest.warns(UserWarning, match="could not measure"):
+        assert tuning.choose(s2, key_of(s2), may_measure=True) is None
+    assert tuning.info(FAKE)["disabled"] == []
+    assert tuning._err(None, torch.ones(1)) == float("inf") and tuning._err(None, None) == 0.0
 
 
-def test_no_measurement_under_jit_trace_or_torch_func(fake, monkeypatch):
+def test_the_users_saved_tensor_hooks_never_see_the_measurement(tune):
+    """A first training call inside torch.utils.checkpoint (non-reentrant: saved-tensor
+    hooks) measures under identity hooks of its own: the checkpoint's forward and its
+    recomputation save the same tensors, and the backward works."""
+    from torch.utils.checkpoint import checkpoint
+
+    s = spec("LSTM", training=True)
+    verdicts = []
+
+    def block(x):
+        verdicts.append(tuning.choose(s, key_of(s), may_measure=True)[0])
+        return (x * 2).sin()
+    x = torch.randn(4, requires_grad=True)
+    checkpoint(block, x, use_reentrant=False).sum().backward()
+    assert verdicts == ["fused", "fused"] and torch.allclose(x.grad, 2 * (2 * x).cos())
+    with torch.autograd.graph.save_on_cpu():
+        s3 = spec("GRU", training=True)
+        assert tuning.choose(s3, key_of(s3), may_measure=True)[0] == "fused"
+
+
+def test_no_measurement_under_jit_trace_torch_func_or_a_mode(fake, monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
     measured, _ = fake
-    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
-    d = decide(B=8)
-    assert d.path == "fused" and measured == [] and "autotuned" not in d.forward  # the model's
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "is_tracing", lambda: True)
+        d = decide(B=8)
+        assert d.path == "fused" and measured == [] and "autotuned" not in d.forward
+    paths = []
+
+    def f(x):
+        paths.append(decide(B=8).forward)
+        return (x * 2).sum()
+    torch.func.grad(f)(torch.ones(2))
+    assert measured == [] and "autotuned" not in paths[-1]
+    with FlopCounterMode(display=False):
+        assert tuning.foreign_modes()
+        assert "autotuned" not in decide(B=8).forward and measured == []
+    with torch.device("cpu"):  # a device context is no reason not to measure
+        assert not tuning.foreign_modes()
+    assert not tuning.foreign_modes()
+    assert "autotuned" in decide(B=8).forward and len(measured) == 1
 
 
 def test_scratch_tensors_have_nn_shapes_and_come_from_the_private_generator():
