@@ -369,7 +369,7 @@ def decide(mode: str, device: torch.device, dtype: torch.dtype, T: int, B: int, 
         # (while torch.compile traces, the capture has not begun: the eager one)
         graphed = not compiling and capturing()
         # measured on this device (autotuning): never during a capture or a trace; a trace
-        # reads the cache only where it knows the sizes (a symbolic size is not an int)
+        # reads the cache, comparing its (possibly symbolic) T and B with each bucket
         if compiling:
             tuned = _traced_autotuned(mode, index, dtype, T, B, I, H, num_layers, bidirectional,
                                       need_grad)
