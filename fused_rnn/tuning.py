@@ -50,6 +50,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 import tempfile
 import threading
 import warnings
@@ -70,8 +71,8 @@ MARGIN = 0.95  # fused must take <= this x the native time (bench --calibrate's 
 T_MAX = 1024  # longer sequences are timed at this length (the time per step is the same)
 # Devices where the GPU test suite (tests/gpu) passed: no first-use check there.
 VERIFIED_DEVICES = frozenset({"NVIDIA H200"})
-# The accuracy rule of tests/gpu (gpu_helpers.FWD_FLOOR / BWD_FLOOR): per tensor, the fused
-# error against float64 <= 2 x the native error + floor[dtype].
+# The accuracy rule (the GPU tests' too: tests/gpu/gpu_helpers.py takes these floors): per
+# tensor, the fused error against float64 <= 2 x the native error + floor[dtype].
 FWD_FLOOR = {"fp32": 1e-5, "tf32": 1.5e-3, "fp16": 1e-3, "bf16": 8e-3}
 BWD_FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
 RUNS = (3, 10)  # timed runs per path: at least, at most (about 0.2 s of them after warm-up)
@@ -502,12 +503,6 @@ def graph_step(fn, device: torch.device):
     return graph.replay
 
 
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def _time_pair(steps: dict, device, prefix: str = "") -> dict:
     """{label: median ms} of the steps, timed in alternation after one warm-up each."""
     import time
@@ -522,7 +517,7 @@ def _time_pair(steps: dict, device, prefix: str = "") -> dict:
     for _ in range(runs):
         for label, fn in steps.items():
             times[label].append(time_ms(fn, prefix + label, device))
-    return {label: _median(t) for label, t in times.items()}
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def _err(got, ref) -> float:

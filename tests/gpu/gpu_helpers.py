@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from fused_rnn import reference
+from fused_rnn import reference, tuning
 
 DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
          "bf16": torch.bfloat16}
@@ -29,10 +29,10 @@ NN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 #   <= 2 x cuDNN's error (same dtype, same TF32 setting, same weights) + FLOOR[prec]
 #   and <= CAP[prec] (an absolute sanity cap).
 # forward: output, h_n, c_n
-FWD_FLOOR = {"fp32": 1e-5, "tf32": 1.5e-3, "fp16": 1e-3, "bf16": 8e-3}
+FWD_FLOOR = tuning.FWD_FLOOR  # the same floors as autotuning's first-use check
 FWD_CAP = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
 # backward: every gradient
-BWD_FLOOR = {"fp32": 3e-5, "tf32": 2e-3, "fp16": 3e-3, "bf16": 2e-2}
+BWD_FLOOR = tuning.BWD_FLOOR
 BWD_CAP = {"fp32": 5e-4, "tf32": 5e-2, "fp16": 5e-2, "bf16": 2.5e-1}
 
 # The forward kernel's synchronisation policies: FUSED_RNN_SYNC = grid (one grid.sync() per
