@@ -403,8 +403,9 @@ def plan_path(plan: dict, paths: set[str], sync: str = "flags", fast: bool = Fal
     rows = min(B, nb)
     n8 = -(-rows // 8)
     # (inference, as floors.py --phases measured it: no reserve, no dropout, no lengths)
+    # (the recurrence in clusters, FUSED_RNN_SYNC=cluster, is opt-in: never in these plans)
     out = {"exclude": {"unaligned", "step0", "layer0", "lengths", "reserve", "dropout",
-                       "sync-lean" if sync == "flags" else "sync-flags",
+                       "sync-lean" if sync == "flags" else "sync-flags", "sync-cluster",
                        "accurate-act" if fast else "fast-act"},
            "batch_tiles": tiles, "lean_calls": {}, "epilogue_lanes": None,
            "epilogue_rounds": -(-plan["units"] * rows // 256)}

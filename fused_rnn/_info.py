@@ -28,7 +28,12 @@ def backend_info(load: bool = True) -> dict:
     synchronisation policy asked for now: the ``FUSED_RNN_SYNC`` environment variable, "grid"
     (one grid barrier per wave step), "flags" (point-to-point step counters), "lean" (the
     forward's opt-in lean protocol: one counter per layer-direction, relaxed polls, one fence;
-    the backward runs flags) or "auto", which
+    the backward runs flags), "cluster" (the forward's opt-in recurrence in a thread-block
+    cluster per layer-direction on sm_90, h pushed through distributed shared memory, where
+    the plan allows it -- 16-bit, B <= 64, at most 16 CTAs per layer-direction -- else flags,
+    the plan saying why: "..., cluster sync (ring 4), ..., recurrence in clusters of 16
+    CTAs ..." / "...; no cluster recurrence (requested: ...)"; the backward runs flags) or
+    "auto", which
     it is when unset or empty and which runs flags; the extension reads the variable at every
     call, and a call's plan, e.g. a module's ``last_backend`` / ``last_backward_backend``, names the
     policy it ran: "..., flags sync (ring 4), ..." / "..., flags sync"), ``cluster`` (the

@@ -116,7 +116,7 @@ if [ "$DRY" = 1 ]; then
   fi
   gated=""; [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && gated=1
   want smoke && line smoke "$L_SMOKE" "tests/gpu/test_smoke_gpu.py, ${T_SMOKE} s per test"
-  want tests && line tests "$L_TESTS" "tests/gpu/test_forward_gpu.py + test_backward_gpu.py + test_autotune_gpu.py, ${T_TESTS} s per test${gated:+; only if smoke passed}"
+  want tests && line tests "$L_TESTS" "tests/gpu/test_forward_gpu.py + test_backward_gpu.py + test_autotune_gpu.py + test_cluster_gpu.py, ${T_TESTS} s per test${gated:+; only if smoke passed}"
   if want sanitizer; then
     n_dt=$(echo $SAN_DTYPES | wc -w); n_bi=$(echo $SAN_BISECT | wc -w)
     line sanitizer $((L_SANITIZER * n_san + L_SAN_TARGET * n_dt + L_SAN_CONTROL)) "$SAN_TOOLS over the op, ${L_SANITIZER} s each (a retry without the filter options in the same time); racecheck over the torch-free target per dtype ($SAN_DTYPES), ${L_SAN_TARGET} s each; racecheck over the cuBLAS-only control, ${L_SAN_CONTROL} s" $((2 * n_san + n_dt + 1))
@@ -363,7 +363,7 @@ if ! want tests; then :
 elif [ "$build_ready" = 0 ]; then skip tests "no extension"
 elif [ -z "$ONLY" ] && [ "$FORCE" = 0 ] && [ "${RESULT[smoke]:-}" != ok ]; then
   skip tests "smoke did not pass (--force runs it anyway)"
-else pytest_stage tests "$L_TESTS" "$T_TESTS" tests/gpu/test_forward_gpu.py tests/gpu/test_backward_gpu.py tests/gpu/test_autotune_gpu.py
+else pytest_stage tests "$L_TESTS" "$T_TESTS" tests/gpu/test_forward_gpu.py tests/gpu/test_backward_gpu.py tests/gpu/test_autotune_gpu.py tests/gpu/test_cluster_gpu.py
 fi
 
 # ---------------------------------------------------------------- sanitizer

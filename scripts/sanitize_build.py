@@ -140,10 +140,12 @@ def sass_classes(ops: dict[str, int]) -> dict[str, int]:
 
 
 def kernel_of(mangled: str) -> str:
-    """'backward (flags)' etc. for a kernel's mangled name (SyncPolicy 1 grid, 2 flags)."""
+    """'backward (flags)' etc. for a kernel's mangled name (SyncPolicy 1 grid, 2 flags, 4 the
+    forward's recurrence in a cluster)."""
     kind = "backward" if "rnn_backward_kernel" in mangled else \
         "forward" if "rnn_forward_kernel" in mangled else mangled
-    sync = "grid" if "SyncPolicyE1E" in mangled else "flags" if "SyncPolicyE2E" in mangled else "?"
+    sync = "grid" if "SyncPolicyE1E" in mangled else "flags" if "SyncPolicyE2E" in mangled \
+        else "cluster" if "SyncPolicyE4E" in mangled else "?"
     return f"{kind} ({sync})"
 
 

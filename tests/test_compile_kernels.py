@@ -56,12 +56,15 @@ def test_kernel_compiles_without_spills(source, arch, tmp_path):
     spills = spill_bytes(log)
     assert not any(spills), f"register spills in {os.path.basename(source)} sm_{arch}:\n{log}"
     # the kernel files must actually contain kernels (instantiations not lost):
-    # 3 cells x 2 synchronisation policies (grid.sync, flags)
+    # 3 cells x 2 synchronisation policies (grid.sync, flags), and in 16 bits the
+    # recurrence in a cluster (kCluster) as a third
     if os.path.basename(source).startswith("forward_") and "dispatch" not in source:
         entries = re.findall(r"Compiling entry function '(\w+)'", log)
-        assert len(entries) == 6, log
+        sixteen = os.path.basename(source) in ("forward_bf16.cu", "forward_f16.cu")
+        assert len(entries) == (9 if sixteen else 6), log
         assert sum("SyncPolicyE1" in e for e in entries) == 3, entries  # kGrid
         assert sum("SyncPolicyE2" in e for e in entries) == 3, entries  # kFlags
+        assert sum("SyncPolicyE4" in e for e in entries) == (3 if sixteen else 0), entries
 
 
 # --------------------------------------------------------------- binding syntax
@@ -212,7 +215,8 @@ static int sweep() {
   DeviceLimits d = h100();
   for (Mode m : modes) for (DType dt : dts) for (int H : Hs) for (int I : Is)
   for (int B : Bs) for (int L : Ls) for (int bi = 0; bi < 2; ++bi) for (int pj = 0; pj < 2; ++pj) {
-    const SyncPolicy req = (H + B + L) % 2 ? SyncPolicy::kGrid : SyncPolicy::kAuto;
+    const SyncPolicy req = (H + B + L) % 2 ? SyncPolicy::kGrid
+                         : (H + I) % 3 == 0 ? SyncPolicy::kCluster : SyncPolicy::kAuto;
     const bool tf32 = (H + I + L) % 3 != 0;  // float32: TF32 tensor cores or exact FMA
     ForwardProblem p = prob(m, L, bi, I, H, B, 3, dt, tf32, 0, pj != 0, req);
     PlanResult r = plan_forward(p, d, &occ, &d);
@@ -245,6 +249,15 @@ static int sweep() {
       && (c.x_splits == 0) == (c.kx_pad == 0)
       // the state: all B rows resident, or one tile staged (only when B > the tile)
       && (c.state_resident ? c.state_rows == B : (c.state_rows == c.batch_tile && B > c.batch_tile))
+      // the recurrence in clusters: asked for, 16-bit, one batch tile, U a power of two
+      // >= 8, at most 16 CTAs per layer-direction, flags (not lean)
+      && (!c.cluster_rec || (req == SyncPolicy::kCluster && dt != DType::kFloat32
+                             && c.batch_tile >= B && c.state_resident && !c.lean_sync
+                             && c.units_per_cta >= 8
+                             && (c.units_per_cta & (c.units_per_cta - 1)) == 0
+                             && c.ctas_per_dir >= 2 && c.ctas_per_dir <= 16))
+      && (c.cluster_rec || req != SyncPolicy::kCluster
+          || r.reason.find("no cluster recurrence (requested: ") != std::string::npos)
       && ws_ok(p, c);
     if (!ok) {
       ++bad;
@@ -297,6 +310,19 @@ int main() {
                                             DType::kBFloat16, true, 0, true), d);
   print_plan("lstm_bf16_L4_H512_B512", prob(Mode::kLSTM, 4, false, 512, 512, 512, 512,
                                             DType::kBFloat16, true, 0, true), d);
+  // the recurrence in clusters (FUSED_RNN_SYNC=cluster): bf16 L=4 H=512 at B = 1, 8, 16, 32
+  for (int b : {1, 8, 16, 32}) {
+    char name[64];
+    snprintf(name, sizeof(name), "cluster_bf16_L4_H512_B%d", b);
+    print_plan(name, prob(Mode::kLSTM, 4, false, 512, 512, b, 512, DType::kBFloat16, true, 0,
+                          true, SyncPolicy::kCluster), d);
+  }
+  print_plan("cluster_fp16_gru_L2_H1024_B4", prob(Mode::kGRU, 2, false, 1024, 1024, 4, 512,
+                                                  DType::kFloat16, true, 0, true,
+                                                  SyncPolicy::kCluster), d);
+  print_plan("cluster_bf16_sm80", prob(Mode::kLSTM, 2, false, 64, 64, 4, 8, DType::kBFloat16, true,
+                                       0, true, SyncPolicy::kCluster),
+             [&] { DeviceLimits a = d; a.cc_major = 8; return a; }());
   print_plan("proj", prob(Mode::kLSTM, 2, false, 64, 64, 8, 8, DType::kBFloat16, true, 32), d);
   print_plan("too_many_layers", prob(Mode::kGRU, 17, true, 8, 8, 1, 1, DType::kFloat16), d);
   print_plan("odd_small", prob(Mode::kRnnRelu, 3, true, 13, 37, 1, 1, DType::kFloat16), d);
@@ -382,6 +408,26 @@ def test_planner_on_h100_numbers(host_results):
     assert not res["too_many_layers"]["ok"] and "32" in res["too_many_layers"]["reason"]
     assert not res["turing"]["ok"] and "compute capability" in res["turing"]["reason"]
     assert res["threshold_half"] == 2**31
+    # the recurrence in clusters (FUSED_RNN_SYNC=cluster): bf16 L=4 H=512 in clusters of 16
+    # (32 units per CTA, 64 CTAs) at B <= 8, with two X tiles in ~200 KB per CTA; at B = 16
+    # and 32 they do not fit beside the weights: flags, saying why
+    for b in (1, 8):
+        r = res[f"cluster_bf16_L4_H512_B{b}"]
+        assert r["ok"] and "cluster sync (ring 4)" in r["reason"], r
+        assert "recurrence in clusters of 16 CTAs" in r["reason"], r
+        assert r["units"] == 32 and r["grid"] == 64 and r["tile"] == 8, r
+        assert 190 * 1024 < r["smem"] <= 232448, r
+    for b in (16, 32):
+        r = res[f"cluster_bf16_L4_H512_B{b}"]
+        assert r["ok"] and "flags sync (ring 4)" in r["reason"], r
+        assert "; no cluster recurrence (requested: no unit split of H into at most 16 CTAs " \
+            "fits shared memory)" in r["reason"], r
+        assert r["units"] == 16 and r["grid"] == 128, r  # the flags plan, as without the request
+    r = res["cluster_fp16_gru_L2_H1024_B4"]
+    assert r["ok"] and "no cluster recurrence (requested: " in r["reason"], r
+    r = res["cluster_bf16_sm80"]
+    assert r["ok"] and "no cluster recurrence (requested: thread-block clusters need sm_90)" \
+        in r["reason"], r
 
 
 def test_planner_invariants_sweep(host_results):
@@ -754,3 +800,106 @@ def test_broken_flag_synchronisation_is_caught(emu_broken, sync, tmp_path):
     msg = str(caught.value)
     assert "ThreadSanitizer: data race" in msg or msg.startswith("('output'") or \
         msg.startswith("('h_n'") or msg.startswith("('c_n'"), msg[-4000:]
+
+
+# The recurrence in a thread-block cluster (FUSED_RNN_SYNC=cluster, opt-in; 16-bit, one
+# batch tile, U a power of two >= 8, C <= 16: forward_plan.h, plan_cluster_rec). Each
+# CTA pushes its h_t into its peers' shared memory with st.async, which signals their
+# mbarriers with the bytes (emu_cluster.h models the cluster, mapa, st.async and the
+# mbarriers' arrival counts, transaction bytes and phases). `sms` holds every CTA.
+CLUSTER_CASES = [
+    #       mode       L  bidir  bias  I    H   B   T  dtype      tf32  rsv  lens  p    sms
+    # clusters of 5 (U = 8), lengths, dropout (the layer above reads the dropped ring)
+    EmuCase("LSTM", 2, False, True, 13, 40, 3, 5, "bfloat16", False, True, True, 0.3, 10),
+    # H = 37: the last slice has 5 units (one chunk, 3 of its columns padding), B = 1,
+    # 3 layers reading each other's h ring
+    EmuCase("GRU", 3, False, True, 7, 37, 1, 6, "float16", False, True, False, 0.0, 15),
+    # bidirectional, clusters of 3 (the last with 4 units), B = 9: two column tiles
+    EmuCase("RNN_TANH", 2, True, True, 5, 20, 9, 3, "bfloat16", False, True, True, 0.5, 12),
+    # T = 1: no push at all; clusters of 2
+    EmuCase("LSTM", 1, False, True, 4, 16, 1, 1, "bfloat16", False, False, False, 0.0, 2),
+    # clusters of 16 (H = 128, U = 8), B = 8
+    EmuCase("LSTM", 1, False, True, 16, 128, 8, 3, "bfloat16", False, True, False, 0.0, 16),
+    # U = 16 (H = 200: clusters of 13, the last slice 8 units), relu
+    EmuCase("RNN_RELU", 2, False, False, 9, 200, 2, 4, "float16", False, True, False, 0.0, 26),
+]
+
+
+def _cluster_plan(out, case):
+    """The plan ran the recurrence in clusters of ceil(H / U), U a power of two."""
+    import re
+
+    m = re.search(r"(\d+) CTAs \((\d+) per layer-direction, (\d+) units each\)", out["plan"])
+    assert m, out["plan"]
+    C, U = int(m.group(2)), int(m.group(3))
+    assert f"recurrence in clusters of {C} CTAs" in out["plan"], out["plan"]
+    assert U >= 8 and U & (U - 1) == 0 and C == -(-case.H // U) and C <= 16, out["plan"]
+    return C, U
+
+
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: c.id)
+def test_emulated_cluster_recurrence(emu_asan, case, tmp_path):
+    out = _emu_run(emu_asan, case, tmp_path, sync="cluster")
+    _cluster_plan(out, case)
+    _check_emu(case, out)
+
+
+@pytest.mark.parametrize("case", [CLUSTER_CASES[i] for i in (0, 1, 2)], ids=lambda c: c.id)
+def test_emulated_cluster_recurrence_has_no_data_races(emu_tsan, case, tmp_path):
+    out = _emu_run(emu_tsan, case, tmp_path, sync="cluster")
+    _cluster_plan(out, case)
+    _check_emu(case, out)
+
+
+def test_emulated_cluster_recurrence_without_input_projection(emu_asan, tmp_path):
+    """Layer 0 multiplies its own x_t (a torch without mm(..., out_dtype)): the x part of
+    each of the two X tiles is this CTA's own gather."""
+    case = CLUSTER_CASES[0]
+    out = _emu_run(emu_asan, case, tmp_path, sync="cluster", project=False)
+    _cluster_plan(out, case)
+    _check_emu(case, out)
+
+
+@pytest.mark.parametrize("case", [
+    # float32: 16-bit only
+    EmuCase("LSTM", 2, False, True, 13, 40, 3, 5, "float32", True, True, True, 0.3, 10),
+    # B = 65: more than one batch tile
+    EmuCase("GRU", 1, False, True, 7, 16, 65, 2, "bfloat16", False, True, False, 0.0, 4),
+], ids=lambda c: c.id)
+def test_cluster_recurrence_falls_back_with_its_reason(emu_asan, case, tmp_path):
+    """Where the plan does not allow the recurrence in clusters, the flags kernel runs,
+    and the plan says why."""
+    proc, _, _ = _emu_process(emu_asan, case, tmp_path, sync="cluster")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert ", flags sync (ring 4)" in proc.stdout, proc.stdout
+    assert "no cluster recurrence (requested: " in proc.stdout, proc.stdout
+    out = _emu_run(emu_asan, case, tmp_path, sync="flags")
+    _check_emu(case, out)
+
+
+# Deliberately broken cluster hand-offs (FRNN_EMU_BREAK, forward_kernel.cuh): each must
+# fail -- a data race on an X tile (ThreadSanitizer follows the mbarrier's acquire and
+# release), results that differ from the reference, a second arrival in one phase (a CTA
+# that ran ahead of its barrier: emu_cluster.h aborts), or a wait that never ends (the
+# emulation's watchdog aborts; FRNN_EMU_WATCHDOG_S keeps it short).
+CLUSTER_BREAKS = {11: "arrive without expect-tx", 12: "wrong parity", 13: "missing arrive"}
+CLUSTER_BREAK_CASE = CLUSTER_CASES[0]
+
+
+@pytest.fixture(scope="module", params=sorted(CLUSTER_BREAKS),
+                ids=lambda b: CLUSTER_BREAKS[b].replace(" ", "-"))
+def emu_broken_cluster(request, tmp_path_factory):
+    return _emu_build(tmp_path_factory, "thread", defines=(f"FRNN_EMU_BREAK={request.param}",))
+
+
+def test_broken_cluster_recurrence_is_caught(emu_broken_cluster, tmp_path):
+    with pytest.raises(AssertionError) as caught:
+        out = _emu_run(emu_broken_cluster, CLUSTER_BREAK_CASE, tmp_path, sync="cluster",
+                       env={"FRNN_EMU_WATCHDOG_S": "5"})
+        _cluster_plan(out, CLUSTER_BREAK_CASE)
+        _check_emu(CLUSTER_BREAK_CASE, out)
+    msg = str(caught.value)
+    assert "ThreadSanitizer: data race" in msg or "emu: deadlock" in msg or \
+        "emu: more mbarrier arrivals than its count in one phase" in msg or \
+        msg.startswith("('output'") or msg.startswith("('h_n'") or msg.startswith("('c_n'"), \
+        msg[-4000:]

@@ -236,8 +236,9 @@ def test_instrumented_kernels_compile_without_spills(tmp_path, monkeypatch):
         results = list(pool.map(compile_one, names))
     for name, (rc, log) in zip(names, results):
         assert rc == 0, log[-6000:]
-        # 3 cells x 2 synchronisation policies
-        assert len(re.findall(r"Compiling entry function", log)) == 6, log
+        # 3 cells x 2 synchronisation policies (16-bit forward: and the recurrence in a cluster)
+        n = 9 if name in ("forward_bf16.cu", "forward_f16.cu") else 6
+        assert len(re.findall(r"Compiling entry function", log)) == n, log
         assert not any(spill_bytes(log)), f"spills in instrumented {name}:\n{log}"
         assert not any(int(n) for n in re.findall(r"(\d+) bytes stack frame", log)), log
         print(name, re.findall(r"Used (\d+) registers", log))

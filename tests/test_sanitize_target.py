@@ -228,11 +228,12 @@ def sass(tmp_path_factory):
 
 def test_each_switch_removes_what_it_targets_in_the_sass(sass):
     base = {k: sb.sass_classes(v) for k, v in sass[0].items()}
-    assert set(base) == {"backward (flags)", "backward (grid)", "forward (flags)", "forward (grid)"}
+    assert set(base) == {"backward (flags)", "backward (grid)", "forward (flags)", "forward (grid)",
+                         "forward (cluster)"}
     for v in SAME + NO_PRODUCT:
         got = {k: sb.sass_classes(ops) for k, ops in sass[v].items()}
         print(v, got["backward (flags)"])
-        for fwd in ("forward (flags)", "forward (grid)"):  # the forward kernel never changes
+        for fwd in ("forward (flags)", "forward (grid)", "forward (cluster)"):  # never changes
             assert sass[v][fwd] == sass[0][fwd], (v, fwd)
         for k in ("backward (flags)", "backward (grid)"):
             b, g = base[k], got[k]

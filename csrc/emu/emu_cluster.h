@@ -109,7 +109,7 @@ inline void mbar_wait(uint64_t* bar, int parity, bool relaxed) {
       abort();
     }
     if (static_cast<int>(v >> 63) != parity) return;
-    if (globaltimer_ns() - since > 60000000000LL) {
+    if (globaltimer_ns() - since > watchdog_seconds() * 1000000000LL) {
       fprintf(stderr, "emu: deadlock waiting for an mbarrier phase (parity %d)\n", parity);
       abort();
     }
@@ -137,6 +137,25 @@ inline void bulk_copy_multicast(void* dst, const void* src, int bytes, uint64_t*
     memcpy(map_rank(dst, r), src, static_cast<size_t>(bytes));
     mbar_update(map_rank(bar, r), 0, -static_cast<int64_t>(bytes));
   }
+}
+
+// st.async.shared::cluster.mbarrier::complete_tx::bytes: `bytes` (4, 8 or 16,
+// aligned to them) written at `dst` (a peer's shared memory, mapped), then
+// complete_tx(bytes) on the barrier `bar` there (mapped; an acquire-release
+// read-modify-write: the consumer that waits for the phase sees the bytes).
+inline void st_async(void* dst, const void* src, int bytes, uint64_t* bar) {
+  assert((bytes == 4 || bytes == 8 || bytes == 16) && "st.async: 4, 8 or 16 bytes");
+  assert(reinterpret_cast<uintptr_t>(dst) % bytes == 0 && "st.async: address not aligned to its size");
+  Cluster* c = tl_cta->cluster;
+  assert(c && "emu: st.async outside a cluster");
+  bool in_peer = false;
+  for (int r = 0; r < c->size && !in_peer; ++r) {
+    const auto off = static_cast<unsigned char*>(dst) - c->smem[r];
+    in_peer = off >= 0 && static_cast<size_t>(off) + bytes <= tl_cta->smem_bytes;
+  }
+  assert(in_peer && "st.async: destination outside the cluster's shared memory");
+  memcpy(dst, src, static_cast<size_t>(bytes));
+  mbar_update(bar, 0, -static_cast<int64_t>(bytes));
 }
 
 }  // namespace emu

@@ -65,6 +65,18 @@ constexpr cudaError_t cudaErrorInvalidValue = 1;
 
 namespace emu {
 
+// Seconds without progress after which a wait counts as a deadlock (the barriers
+// below, mbarrier waits): 60, or FRNN_EMU_WATCHDOG_S (the tests of deliberately
+// broken kernels that hang set a few seconds).
+inline int watchdog_seconds() {
+  static const int s = [] {
+    const char* v = getenv("FRNN_EMU_WATCHDOG_S");
+    const int n = v ? atoi(v) : 0;
+    return n > 0 ? n : 60;
+  }();
+  return s;
+}
+
 // A reusable barrier with a watchdog: a kernel that deadlocks (a barrier not
 // reached by every thread) aborts with a message instead of hanging CI.
 class Barrier {
@@ -79,7 +91,7 @@ class Barrier {
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return gen_ != gen; })) {
+    if (!cv_.wait_for(lock, std::chrono::seconds(watchdog_seconds()), [&] { return gen_ != gen; })) {
       fprintf(stderr, "emu: deadlock at %s (%d of %d threads arrived)\n", what, count_, n_);
       abort();
     }

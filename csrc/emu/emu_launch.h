@@ -49,10 +49,11 @@ struct LaunchOptions {
 // operations (__syncwarp, ldmatrix, mma.sync) of both; the forward with 128
 // bytes of shared-memory slack per CTA, the backward with exactly its shared
 // memory (ASan sees any overrun) and its clusters.
-inline LaunchOptions forward_launch_options() {
+inline LaunchOptions forward_launch_options(int cluster = 1) {
   LaunchOptions opt;
   opt.smem_slack = 128;
   opt.warp_barriers = true;
+  opt.cluster = cluster;
   return opt;
 }
 inline LaunchOptions backward_launch_options(int cluster = 1) {

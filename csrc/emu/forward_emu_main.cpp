@@ -16,8 +16,9 @@
 // PHASE_CAP PHASE_OUT: hand the kernel a per-phase timing buffer of PHASE_CAP
 // int64 elements (emu_launch.h's PhaseBuffer; recorded only by a build with
 // -DFRNN_PHASE_TIMING=1) and write it to PHASE_OUT.
-// FUSED_RNN_SYNC (grid | flags | auto) in the environment picks the
-// synchronisation policy, as in the extension. Layer 0's input projection is
+// FUSED_RNN_SYNC (grid | flags | lean | cluster | auto) in the environment picks
+// the synchronisation policy, as in the extension (cluster: the planner's estimate
+// of co-resident clusters, SMs / cluster size). Layer 0's input projection is
 // computed here before the launch (fp32, as the binding's GEMM) wherever the
 // planner moves it out of the kernel (16-bit dtypes), unless
 // FRNN_EMU_NO_PROJECTION=1 (the in-kernel path of a torch without mm(...,
@@ -40,6 +41,12 @@ cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, dim3 block, v
                                         size_t smem_bytes, cudaStream_t) {
   return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes,
                                                 emu::forward_launch_options());
+}
+// The same in thread-block clusters (the recurrence in a cluster, FUSED_RNN_SYNC=cluster).
+cudaError_t emu::launch_cooperative_cluster(const void* fn, dim3 grid, dim3 block, void** args,
+                                            size_t smem_bytes, cudaStream_t, int cluster) {
+  return emu::cooperative_launch<ForwardParams>(fn, grid, block, args, smem_bytes,
+                                                emu::forward_launch_options(cluster));
 }
 
 int main(int argc, char** argv) {

@@ -1097,27 +1097,8 @@ cudaError_t launch_backward_kernel(const BackwardParams& p, cudaStream_t stream)
   if (p.cfg.cluster <= 1)
     return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
                                        static_cast<size_t>(p.cfg.smem_bytes), stream);
-#if defined(FRNN_EMULATION)
-  return ::emu::launch_cooperative_cluster(fn, dim3(p.cfg.grid), dim3(kBackwardThreads), args,
-                                           static_cast<size_t>(p.cfg.smem_bytes), stream,
-                                           p.cfg.cluster);
-#else
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(p.cfg.grid);
-  config.blockDim = dim3(kBackwardThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(p.cfg.smem_bytes);
-  config.stream = stream;
-  cudaLaunchAttribute attrs[2];
-  attrs[0].id = cudaLaunchAttributeClusterDimension;
-  attrs[0].val.clusterDim.x = static_cast<unsigned>(p.cfg.cluster);
-  attrs[0].val.clusterDim.y = 1;
-  attrs[0].val.clusterDim.z = 1;
-  attrs[1].id = cudaLaunchAttributeCooperative;
-  attrs[1].val.cooperative = 1;
-  config.attrs = attrs;
-  config.numAttrs = 2;
-  return cudaLaunchKernelExC(&config, fn, args);
-#endif
+  return launch_cooperative_clusters(fn, p.cfg.grid, kBackwardThreads, p.cfg.smem_bytes,
+                                     p.cfg.cluster, args, stream);
 }
 
 }  // namespace bwd

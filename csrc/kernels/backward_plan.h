@@ -31,10 +31,7 @@
 
 namespace fused_rnn {
 
-// How many clusters of `cluster` CTAs (of `smem_bytes` each, a grid of `grid`)
-// the device holds at once; the device-aware planner asks the CUDA runtime
-// (cudaOccupancyMaxActiveClusters).
-using ClusterOccupancyFn = int (*)(const void* ctx, int64_t smem_bytes, int grid, int cluster);
+// (ClusterOccupancyFn: forward_plan.h)
 
 // A cluster's multicast pays where the per-step stream, not its latency,
 // dominates a CTA's GEMM: from this many bytes of gate gradients per CTA per

@@ -33,6 +33,16 @@
 //      peer may still read)
 //   9  a consumer does not wait for the full barrier (reads before the chunk landed)
 //   10 the barrier waits are relaxed instead of acquire
+//
+// The forward's recurrence in a cluster (forward_kernel.cuh, ForwardConfig::
+// cluster_rec) uses two more: st_async_v4 (st.async: 16 bytes into the same
+// offset of a peer CTA's shared memory, with complete_tx(16) on the mbarrier at
+// the same offset there -- the write and its signal in one instruction, the
+// signal a release at cluster scope) and mbar_arrive_expect_tx by the receiver,
+// which announces the bytes of a step before it waits. Broken variants in the
+// emulation (FRNN_EMU_BREAK, forward_kernel.cuh): 11 the receiver arrives
+// without announcing the bytes (no expect_tx), 12 it waits for the wrong parity,
+// 13 it never arrives.
 #pragma once
 
 #include "common.h"
@@ -62,11 +72,16 @@ FRNN_DEVICE void mbar_arrive_remote(uint64_t* bar, int rank) {
 FRNN_DEVICE void mbar_wait(uint64_t* bar, int parity) {
   ::emu::mbar_wait(bar, parity, FRNN_EMU_BREAK == 10);
 }
+// (the emulation's watchdog bounds every wait)
+FRNN_DEVICE void mbar_wait_bounded(uint64_t* bar, int parity) { mbar_wait(bar, parity); }
 FRNN_DEVICE void bulk_copy_multicast(void* dst, const void* src, int bytes, uint64_t* bar,
                                      uint16_t mask) {
   ::emu::bulk_copy_multicast(dst, src, bytes, bar, mask);
 }
 FRNN_DEVICE void fence_proxy_async_global() {}
+FRNN_DEVICE void st_async_v4(void* dst, int rank, uint4 v, uint64_t* bar) {
+  ::emu::st_async(::emu::map_rank(dst, rank), &v, 16, ::emu::map_rank(bar, rank));
+}
 
 #elif FRNN_CLUSTER_CODE && defined(__CUDA_ARCH__)
 
@@ -112,6 +127,22 @@ FRNN_DEVICE void mbar_wait(uint64_t* bar, int parity) {
       "@!done bra WAIT_%=;\n\t}"
       ::"r"(smem_u32(bar)), "r"(parity) : "memory");
 }
+// As mbar_wait, but a phase that does not complete within 2^26 tries (each try may
+// suspend the thread for a hardware-chosen time) traps the kernel: an error, never a hung
+// GPU (the forward's recurrence in a cluster, whose waits span only the skew between the
+// CTAs of one layer; the flags' bound is of the same kind, sync_flags.cuh).
+FRNN_DEVICE void mbar_wait_bounded(uint64_t* bar, int parity) {
+  for (uint32_t tries = 0;; ++tries) {
+    uint32_t done;
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+    if (done) return;
+    if (tries == (1u << 26)) __trap();
+  }
+}
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src`
 // to offset `dst` of the shared memory of every CTA in `mask`, signalling the
 // barrier at offset `bar` in each of them with complete_tx(bytes).
@@ -127,6 +158,21 @@ FRNN_DEVICE void bulk_copy_multicast(void* dst, const void* src, int bytes, uint
 FRNN_DEVICE void fence_proxy_async_global() {
   asm volatile("fence.proxy.async.global;" ::: "memory");
 }
+// st.async: the 16 bytes `v` to offset `dst` (16-byte aligned) of the shared
+// memory of cluster CTA `rank`, and complete_tx(16) on the mbarrier at offset
+// `bar` there (PTX ISA 8.1, sm_90). The store is weak; the complete_tx is a
+// release at cluster scope, so a thread of `rank` that has waited for the
+// barrier's phase (acquire) sees the bytes.
+FRNN_DEVICE void st_async_v4(void* dst, int rank, uint4 v, uint64_t* bar) {
+  asm volatile(
+      "{\n\t.reg .b32 rdst, rbar;\n\t"
+      "mapa.shared::cluster.u32 rdst, %0, %2;\n\t"
+      "mapa.shared::cluster.u32 rbar, %1, %2;\n\t"
+      "st.async.weak.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [rdst], "
+      "{%3, %4, %5, %6}, [rbar];\n\t}"
+      ::"r"(smem_u32(dst)), "r"(smem_u32(bar)), "r"(rank), "r"(v.x), "r"(v.y), "r"(v.z),
+        "r"(v.w) : "memory");
+}
 
 #else  // sm_80 (the planner never asks for a cluster there) and host passes
 
@@ -137,9 +183,41 @@ FRNN_DEVICE void mbar_init_fence() {}
 FRNN_DEVICE void mbar_arrive_expect_tx(uint64_t*, int) {}
 FRNN_DEVICE void mbar_arrive_remote(uint64_t*, int) {}
 FRNN_DEVICE void mbar_wait(uint64_t*, int) {}
+FRNN_DEVICE void mbar_wait_bounded(uint64_t*, int) {}
 FRNN_DEVICE void bulk_copy_multicast(void*, const void*, int, uint64_t*, uint16_t) {}
 FRNN_DEVICE void fence_proxy_async_global() {}
+FRNN_DEVICE void st_async_v4(void*, int, uint4, uint64_t*) {}
 
 #endif
+
+// One cooperative launch of `fn` on `stream` in clusters of `cluster` consecutive CTAs
+// (sm_90): cudaLaunchKernelEx with both the cluster-dimension and the cooperative
+// attributes, so that every CTA is co-resident (the caller's planner checked with
+// cudaOccupancyMaxActiveClusters that every cluster is). The emulation runs it on host
+// threads (emu::launch_cooperative_cluster, defined by each driver).
+inline cudaError_t launch_cooperative_clusters(const void* fn, int grid, int threads,
+                                               int64_t smem_bytes, int cluster, void** args,
+                                               cudaStream_t stream) {
+#if defined(FRNN_EMULATION)
+  return ::emu::launch_cooperative_cluster(fn, dim3(grid), dim3(threads), args,
+                                           static_cast<size_t>(smem_bytes), stream, cluster);
+#else
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.stream = stream;
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1].id = cudaLaunchAttributeCooperative;
+  attrs[1].val.cooperative = 1;
+  config.attrs = attrs;
+  config.numAttrs = 2;
+  return cudaLaunchKernelExC(&config, fn, args);
+#endif
+}
 
 }  // namespace fused_rnn

@@ -26,7 +26,10 @@
 // (sync_flags.cuh); 4, 5: the mma.sync fragment layouts (mma_frag.cuh);
 // 6, 7: the backward's flag waits (backward_kernel.cuh): 6 waits for the
 // layer above one step short, 7 for its own layer one step short; 8-10: the
-// backward's cluster barriers (cluster_copy.cuh).
+// backward's cluster barriers (cluster_copy.cuh); 11-13: the forward's
+// recurrence in a cluster (forward_kernel.cuh): 11 the receiver's arrive
+// announces no bytes (no expect_tx), 12 it waits for the wrong parity, 13 it
+// never arrives.
 #ifndef FRNN_EMU_BREAK
 #define FRNN_EMU_BREAK 0
 #endif
@@ -146,13 +149,21 @@ FRNN_HD int register_tiles(DType t, bool tf32) {
 //           one counter per (layer, direction) on its own 128-byte line, advanced
 //           by red.release adds, polled relaxed with one acquire fence after the
 //           wait. The backward runs kFlags.
+//   kCluster (opt-in until a GPU run verifies it; sm_90, 16-bit) the forward's kFlags
+//           kernel, compiled once more, with the recurrence inside a thread-block cluster
+//           per (layer, direction) (ForwardConfig::cluster_rec): each CTA pushes its
+//           h_t into every peer's shared memory (st.async + mbarrier), so a layer's
+//           own h_{t-1} never goes through L2 or a step counter; the layers still
+//           hand off through the L2 ring and flags. Where the plan does not allow it,
+//           kFlags (its plan keeps sync = kFlags and sets cluster_rec; the kernel of a
+//           plan with cluster_rec is the kCluster instantiation). The backward runs kFlags.
 // Both are compiled (a template parameter of the kernel); the planner picks
-// one per call, FUSED_RNN_SYNC=grid|flags|lean overrides it, for A/B runs.
-enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2, kLean = 3 };
+// one per call, FUSED_RNN_SYNC=grid|flags|lean|cluster overrides it, for A/B runs.
+enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2, kLean = 3, kCluster = 4 };
 
 inline const char* sync_name(SyncPolicy s) {
   return s == SyncPolicy::kGrid ? "grid" : s == SyncPolicy::kFlags ? "flags"
-       : s == SyncPolicy::kLean ? "lean" : "auto";
+       : s == SyncPolicy::kLean ? "lean" : s == SyncPolicy::kCluster ? "cluster" : "auto";
 }
 
 // Division by a divisor fixed for a whole launch, without a division in the step loop:

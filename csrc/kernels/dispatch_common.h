@@ -86,6 +86,14 @@ inline cudaError_t set_kernel_smem_attributes(const void* fn, int device) {
     cudaGetLastError();
     return e;
   }
+  // Clusters of up to 16 CTAs (8 is the portable limit; the forward's recurrence in a
+  // cluster uses up to 16). sm_90 and later; where the attribute is refused, clusters
+  // stay at 8 and the occupancy query says no to 16 -- not an error.
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      major >= 9 &&
+      cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+    cudaGetLastError();
   return cudaSuccess;
 }
 

@@ -26,7 +26,13 @@ struct ForwardDispatch : ForwardKernels {
   }
   static Result plan(const ForwardProblem& pr, const DeviceLimits& dev, OccupancyFn occupancy,
                      const void* ctx) {
-    return plan_forward(pr, dev, occupancy, ctx);
+    return plan_forward(pr, dev, occupancy, ctx, &query_cluster_occupancy, ctx);
+  }
+  // Clusters of `cluster` CTAs of this kernel that the device holds at once (the
+  // recurrence in a cluster, FUSED_RNN_SYNC=cluster).
+  static int query_cluster_occupancy(const void* ctx, int64_t smem_bytes, int grid, int cluster) {
+    const auto* q = static_cast<const OccupancyQuery*>(ctx);
+    return max_active_clusters(q->fn, kForwardThreads, smem_bytes, grid, cluster);
   }
   static const char* planning() { return "planning"; }
   static const char* kernel_name() { return "kernel"; }

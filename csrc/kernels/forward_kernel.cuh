@@ -21,6 +21,11 @@
 //               step overwrites (R = 4: a layer may run up to 3 steps ahead);
 //           and after the step publishes k+1 (release store). Layers run ahead
 //           of each other as far as the data allows, instead of in lock-step.
+//           With ForwardConfig::cluster_rec (FUSED_RNN_SYNC=cluster, opt-in):
+//           the C CTAs of a (layer, direction) are one thread-block cluster and
+//           hand h_t to each other through distributed shared memory (see
+//           "recurrence in a cluster" below); the wait for its own layer's
+//           counters goes, those for the layers below and above stay.
 //
 // Per step, a CTA (owner of units [u0, u0 + Uc) of one (layer, direction)), for
 // each batch tile of NB rows:
@@ -56,6 +61,7 @@
 #include <type_traits>
 
 #include "async_copy.cuh"
+#include "cluster_copy.cuh"
 #include "common.h"
 #include "forward_params.h"
 #include "gate_math.h"
@@ -632,8 +638,12 @@ template <CellKind CELL> constexpr int kGates = CELL == CellKind::kLSTM ? 4
 template <typename T, CellKind CELL, bool TF32, SyncPolicy SYNC>
 __global__ void __launch_bounds__(kForwardThreads, 1)
 rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
-  static_assert(SYNC == SyncPolicy::kGrid || SYNC == SyncPolicy::kFlags, "a resolved policy");
-  constexpr bool kFlags = SYNC == SyncPolicy::kFlags;
+  static_assert(SYNC == SyncPolicy::kGrid || SYNC == SyncPolicy::kFlags ||
+                    SYNC == SyncPolicy::kCluster,
+                "a resolved policy");
+  // kCluster: the flags kernel with the recurrence in a cluster (its own instantiation,
+  // 16-bit only, so that the other kernels' code and registers stay as they are)
+  constexpr bool kFlags = SYNC == SyncPolicy::kFlags || SYNC == SyncPolicy::kCluster;
   constexpr int G = kGates<CELL>;
   constexpr bool kRound = TF32;  // keep TF32 operands pre-rounded in shared memory
   // bf16 with fast_tanh (opt-in): the hardware's tanh in the epilogue (gate_math.h)
@@ -645,7 +655,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   constexpr int kNReg = kFrag ? (TF32 ? kRegTilesTf32 : kRegTiles16) : 0;
   FRNN_DECLARE_DYNAMIC_SMEM(smem);
   const ForwardConfig& c = p.cfg;
-  const SmemLayout lay = smem_layout(c);
+  const SmemLayout lay = smem_layout(c, SYNC == SyncPolicy::kCluster);
   T* const sw = reinterpret_cast<T*>(smem + lay.w);  // FP32 FMA: (m_pad, ld) rows
   T* const sx = reinterpret_cast<T*>(smem + lay.x);
   float* const part = reinterpret_cast<float*>(smem + lay.part);
@@ -780,6 +790,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     fdiv[1] = FastDiv::make(static_cast<uint32_t>(G * uc));                // x_proj rows
     fdiv[2] = FastDiv::make(static_cast<uint32_t>(in_l >= kVec ? in_l / kVec : 1));  // x row, 16 B
     fdiv[3] = FastDiv::make(static_cast<uint32_t>(H >= kVec ? H / kVec : 1));     // h row, 16 B
+    // the recurrence in a cluster: a step's pushes, (peer, row, chunk) -> peer, (row, chunk)
+    if constexpr (SYNC == SyncPolicy::kCluster)
+      fdiv[4] = FastDiv::make(static_cast<uint32_t>(B * (U / 8)));
   }
   // The epilogue's lanes per (unit, batch row) pair: as many as keep all 256 threads of
   // one round busy. eg_lanes >= G (a power of two): lane q of a pair's group reads the
@@ -807,7 +820,47 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   int e_spl_log = 0, eg_log = 0;  // (powers of two: shifts, not divisions, per step)
   while ((1 << e_spl_log) < e_spl) ++e_spl_log;
   while ((1 << eg_log) < eg_lanes) ++eg_log;
+  // ---- the recurrence in a cluster (c.cluster_rec; kFlags, sm_90, 16-bit, B <= NB,
+  // U a power of two >= 8: the planner's plan_cluster_rec). The C CTAs of this
+  // (layer, direction) are one cluster, rank = slice. Two X tiles: step k reads
+  // tile k & 1. In step k's epilogue each CTA writes its units' h_t into the h part
+  // of its own tile (k + 1) & 1, then (after the CTA barrier) pushes those 16-byte
+  // chunks -- B rows x ceil(uc / 8) -- into the same place of every peer's tile with
+  // st.async, each signalling (complete_tx) the peer's mbarrier bar[(k + 1) & 1].
+  // In step k (k >= 1) thread 0 announces, with the gather, the bytes it expects
+  // from its C - 1 peers on bar[k & 1] (arrive.expect_tx: the barrier's one
+  // arrival); after the gather's CTA barrier, the warps whose items multiply part
+  // of the h part wait for the phase (every lane: acquire at cluster scope) while
+  // the x part's warps multiply. Bar b's n-th phase serves step 2n + 2 - b, so
+  // step k waits for parity ((k - 1) >> 1) & 1. Bytes may land before the announcement (the count
+  // goes negative; the phase cannot complete without the arrival). Why a peer never
+  // writes a tile still being read: its push of step k + 1 (into tile k & 1) comes
+  // after its wait at step k + 1, which needed this CTA's push of step k, which this
+  // CTA issues after its step k GEMM read tile k & 1. The x part of a tile is this
+  // CTA's own (layer 0: the projection, in s_xp). The last step pushes nothing, so
+  // every push lands in a CTA that waits for it; the cluster meets once after the
+  // mbarrier inits and the tiles' zeroing, and once at the end.
+  // (What the step loop needs of it is remade per step from c, or kept in shared
+  // memory: the weights hold most registers.)
+  constexpr bool cluster_rec = SYNC == SyncPolicy::kCluster;
+  int* const s_push_bytes = reinterpret_cast<int*>(smem + kPushBytesOffset);
+  if (cluster_rec) {
+#if !FRNN_CLUSTER_CODE
+    __trap();  // (the planner asks for clusters on sm_90 and later only)
+#endif
+    if (threadIdx.x == 0) {
+      int bytes = 0;  // expected per step from the peers
+      for (int sl = 0; sl < C; ++sl)
+        if (sl != slice) bytes += static_cast<int>(B) * ((min(U, H - sl * U) + 7) / 8) * 16;
+      *s_push_bytes = bytes;
+      uint64_t* const hbar = reinterpret_cast<uint64_t*>(smem + lay.bar);
+      mbar_init(hbar, 1);
+      mbar_init(hbar + 1, 1);
+      mbar_init_fence();
+    }
+  }
   __syncthreads();
+  if (cluster_rec) cluster_sync();  // peers' barriers initialised, their tiles zeroed
 
   const T* const x_in = static_cast<const T*>(p.x);
   const T* const hx = static_cast<const T*>(p.hx);
@@ -849,6 +902,10 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
   for (int64_t s = 0; s < n_iter; ++s) {
     const int64_t k = kFlags ? s : s - wave0;  // this layer's local step
     const bool active = k >= 0 && k < T_len;
+    // This step's X tile and, cluster_rec, the next step's (whose h part this step fills)
+    T* const sxk = cluster_rec ? sx + (k & 1) * c.batch_tile * c.ld : sx;
+    T* const sxn = cluster_rec ? sx + ((k + 1) & 1) * c.batch_tile * c.ld : sx;
+    const bool push = cluster_rec && k + 1 < T_len;
     const int64_t t = dir == 0 ? k : T_len - 1 - k;
     // Layer input rows at time t (row stride in_l) and h_{t-1} rows (stride H).
     const T* xsrc = nullptr;
@@ -870,7 +927,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     // ran before this launch, hence read-only here.
     auto gather_x = [&](int64_t b0, int nbv) {
       if (!x_proj) {
-        issue_rows<T, kRound>(sx, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l, fdiv[2]);
+        issue_rows<T, kRound>(sxk, c.ld, xsrc + b0 * in_l, in_l, nbv, in_l, fdiv[2]);
         return;
       }
       // [sass-path:layer0:begin] (the report's plans are for layers >= 1)
@@ -936,7 +993,7 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
       } else {
         // [sass-path:sync-flags:begin]
         FlagRange own, below, above;
-        if (k > 0) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
+        if (k > 0 && !cluster_rec) own = FlagRange{ld_id * C, C, static_cast<int>(k)};
         if (layer > 0 && !bidir) below = FlagRange{(layer - 1) * C, C, static_cast<int>(k + 1)};
         if (layer > 0 && bidir && k == 0)
           below = FlagRange{(layer - 1) * D * C, D * C, static_cast<int>(T_len)};
@@ -955,7 +1012,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
         // 1. gather X: one batch of asynchronous copies (rows >= nbv keep
         //    stale data: they only feed discarded columns) ...
         if (!(x_issued && b0 == 0)) gather_x(b0, nbv);
-        issue_rows<T, kRound>(sx + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H, fdiv[3]);
+        // (cluster_rec: h_{t-1} is pushed into the tile by the cluster, from k = 1)
+        if (!cluster_rec || k == 0)
+          issue_rows<T, kRound>(sxk + c.kx_pad, c.ld, hsrc + b0 * H, H, nbv, H, fdiv[3]);
         cp_async_commit();
         //    ... while this tile's exact fp32 state (owner-only data) is read:
         //    at k = 0 from hx / cx, later from the workspace unless resident.
@@ -980,9 +1039,33 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             s_valid[bl] = t < __ldg(p.lengths + b0 + bl);
           // [sass-path:lengths:end]
         }
+        if (cluster_rec && k > 0 && threadIdx.x == 0) {
+          // [sass-path:sync-cluster:begin]
+          // h_{t-1}: the bytes the peers push into this tile (see "the recurrence in a
+          // cluster"), announced here; the warps that multiply the h part wait below
+          uint64_t* const bar = reinterpret_cast<uint64_t*>(smem + lay.bar) + (k & 1);
+          if (FRNN_EMU_BREAK == 11) mbar_arrive_expect_tx(bar, 0);
+          else if (FRNN_EMU_BREAK != 13) mbar_arrive_expect_tx(bar, *s_push_bytes);
+          // [sass-path:sync-cluster:end]
+        }
         cp_async_wait(0);
         __syncthreads();
         rec.mark(kPhaseGather);
+        if (cluster_rec && k > 0) {
+          // [sass-path:sync-cluster:begin]
+          // Only the warps with h-part work wait for the pushes (acquire at cluster
+          // scope, each lane): the x part's warps multiply meanwhile. (A warp's items:
+          // it = warp, warp + 8, ...; chunk it % splits, the x chunks first.)
+          bool warp_h = !kFrag;
+          for (int it = threadIdx.x / 32; it < frag_items(c); it += kForwardWarps)
+            if (it % (c.x_splits + c.h_splits) >= c.x_splits) warp_h = true;
+          if (warp_h) {
+            const int parity = static_cast<int>(((k - 1) >> 1) & 1);
+            mbar_wait_bounded(reinterpret_cast<uint64_t*>(smem + lay.bar) + (k & 1),
+                              FRNN_EMU_BREAK == 12 ? parity ^ 1 : parity);
+          }
+          // [sass-path:sync-cluster:end]
+        }
         // [sass:gemm]
         // 2. gate pre-activations
         if constexpr (kFrag) {
@@ -990,18 +1073,18 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             constexpr int kL = kLeanTilesLong, kS = kLeanTilesShort;
             if (lean_nt == kL)
               gemm_lean_any<T, TF32, lean_regs(kNReg, kL), kL>(
-                  c.m_group, wreg, smem + lay.w, sx, part, c.ld, c.m_pad, lean_k0, lean_dst,
+                  c.m_group, wreg, smem + lay.w, sxk, part, c.ld, c.m_pad, lean_k0, lean_dst,
                   first_off, nbv);
             else
               gemm_lean_any<T, TF32, lean_regs(kNReg, kS), kS>(
-                  c.m_group, wreg, smem + lay.w, sx, part, c.ld, c.m_pad, lean_k0, lean_dst,
+                  c.m_group, wreg, smem + lay.w, sxk, part, c.ld, c.m_pad, lean_k0, lean_dst,
                   first_off, nbv);
           } else if (gemm_kind == kGemmGeneric) {
-            gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sx, part, c, kt_x_layer, kt_h,
+            gemm_fragments<T, TF32, kNReg>(wreg, smem + lay.w, sxk, part, c, kt_x_layer, kt_h,
                                            nbv, first_off);
           }
         } else {
-          gemm_fp32_fma(sw, sx, part, c, kt_x_layer, kt_h);
+          gemm_fp32_fma(sw, sxk, part, c, kt_x_layer, kt_h);
         }
         __syncthreads();
         rec.mark(kPhaseGemm);
@@ -1100,7 +1183,9 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
             s_h[si] = h_new;
             if (!c.state_resident) p.state_h[sidx] = h_new;
             const T h_t = from_f<T>(h_new);
-            hdst[b * H + j] = h_t;
+            // (cluster_rec: the ring only where the layer above reads it)
+            if (!cluster_rec || (!bidir && !last && !p.dropout_active)) hdst[b * H + j] = h_t;
+            if (push) sxn[bl * c.ld + c.kx_pad + j] = h_t;  // (b0 = 0: one batch tile)
             if (k == T_len - 1) static_cast<T*>(p.hy)[sidx] = h_t;
             // The layer's output at t: zero past the sequence's length; for every
             // layer but the last, dropped (mask bit computed once per element).
@@ -1208,6 +1293,29 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     if constexpr (kFlags) {
       // Every thread's writes of this step, then one release of the count.
       __syncthreads();
+      if (push) {
+        // [sass-path:sync-cluster:begin]
+        // this CTA's h_t chunks (B rows x ceil(uc / 8) of 16 bytes, from its own next
+        // tile) into every peer's next tile, peer ranks slice + 1, ... (mod C)
+        const int nq = U >> 3;  // (a power of two)
+        int push_log = 0;
+        while ((1 << push_log) < nq) ++push_log;
+        const int per_peer = static_cast<int>(B) << push_log;
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(smem + lay.bar) + ((k + 1) & 1);
+        const FastDiv fd_peer = fdiv[4];
+        for (int i = threadIdx.x; i < (C - 1) * per_peer; i += kForwardThreads) {
+          uint32_t rem;
+          const int po = static_cast<int>(fd_peer.divmod(static_cast<uint32_t>(i), rem));
+          const int row = static_cast<int>(rem) >> push_log;
+          const int q = static_cast<int>(rem) & (nq - 1);
+          if (q * 8 >= uc) continue;
+          int rank = slice + 1 + po;
+          if (rank >= C) rank -= C;
+          T* const at = sxn + row * c.ld + c.kx_pad + u0 + q * 8;
+          st_async_v4(at, rank, *reinterpret_cast<const uint4*>(at), bar);
+        }
+        // [sass-path:sync-cluster:end]
+      }
       if (threadIdx.x == 0) {
         if (c.lean_sync) {
           // [sass-path:sync-lean:begin]
@@ -1227,13 +1335,21 @@ rnn_forward_kernel(const __grid_constant__ ForwardParams p) {
     }
   }
   // [sass:end]
+  if (cluster_rec) cluster_sync();  // (no CTA leaves while a peer may still address it)
   rec.finish(n_steps);
 }
 
 // ------------------------------------------------------------ launchers
 
+// The kernel of a resolved policy: kGrid, kFlags, or (16-bit only: the other dtypes have
+// no such instantiation, and ask for kFlags) kCluster, the flags kernel with the
+// recurrence in a cluster (ForwardConfig::cluster_rec).
 template <typename T, CellKind CELL, bool TF32>
 const void* forward_kernel_ptr(SyncPolicy sync) {
+  if constexpr (sizeof(T) == 2) {
+    if (sync == SyncPolicy::kCluster)
+      return reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32, SyncPolicy::kCluster>);
+  }
   return sync == SyncPolicy::kGrid
              ? reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32, SyncPolicy::kGrid>)
              : reinterpret_cast<const void*>(&rnn_forward_kernel<T, CELL, TF32, SyncPolicy::kFlags>);
@@ -1254,18 +1370,30 @@ cudaError_t launch_forward_kernel(const ForwardParams& p, cudaStream_t stream) {
   // ... and its ring the one the policy's kernel is compiled for
   if (p.cfg.ring != (p.cfg.sync == SyncPolicy::kGrid ? kRingGrid : kRingFlags))
     return cudaErrorInvalidValue;
-  const void* fn = forward_kernel_ptr<T, CELL, TF32>(p.cfg.sync);
+  // ... and the recurrence in a cluster only as the planner makes it
+  if (p.cfg.cluster_rec &&
+      (p.cfg.sync != SyncPolicy::kFlags || p.cfg.lean_sync || sizeof(T) != 2 ||
+       p.cfg.ctas_per_dir < 1 || p.cfg.ctas_per_dir > 16 || p.batch > p.cfg.batch_tile ||
+       p.cfg.units_per_cta < 8 || (p.cfg.units_per_cta & (p.cfg.units_per_cta - 1)) != 0))
+    return cudaErrorInvalidValue;
+  const void* fn =
+      forward_kernel_ptr<T, CELL, TF32>(p.cfg.cluster_rec ? SyncPolicy::kCluster : p.cfg.sync);
   void* args[] = {const_cast<ForwardParams*>(&p)};
-  return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,
-                                     static_cast<size_t>(p.cfg.smem_bytes), stream);
+  if (!p.cfg.cluster_rec)
+    return cudaLaunchCooperativeKernel(fn, dim3(p.cfg.grid), dim3(kForwardThreads), args,
+                                       static_cast<size_t>(p.cfg.smem_bytes), stream);
+  // One cluster per (layer, direction): its C CTAs are consecutive. Cooperative too,
+  // so that every CTA is co-resident (the layers still wait for each other's flags).
+  return launch_cooperative_clusters(fn, p.cfg.grid, kForwardThreads, p.cfg.smem_bytes,
+                                     p.cfg.ctas_per_dir, args, stream);
 }
 
 }  // namespace fwd
 }  // namespace fused_rnn
 
 // Explicit instantiation of one (dtype, cell, tf32) variant: the kernel (both
-// synchronisation policies), its symbol getter and its launcher (used by
-// forward_<dtype>.cu).
+// synchronisation policies, and for 16 bits the recurrence in a cluster), its symbol
+// getter and its launcher (used by forward_<dtype>.cu).
 #define FRNN_INSTANTIATE_FORWARD(T, CELL, TF32)                                              \
   template const void* fused_rnn::fwd::forward_kernel_ptr<T, CELL, TF32>(fused_rnn::SyncPolicy); \
   template cudaError_t fused_rnn::fwd::launch_forward_kernel<T, CELL, TF32>(                \

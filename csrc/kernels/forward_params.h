@@ -136,6 +136,18 @@ struct ForwardConfig {
   int reg_tiles = 0;
   int64_t w_tiles = 0;
   int m_group = 1;  // tensor cores: 16-row tiles per work item (1 or 2)
+  // (Last: it fits the struct's tail padding, so the other fields of ForwardParams keep
+  // their offsets and the other kernels their code.)
+  // kFlags only, sm_90, 16-bit, one batch tile (B <= batch_tile): the recurrence in
+  // a thread-block cluster of the C CTAs of each (layer, direction) (FUSED_RNN_SYNC=
+  // cluster; opt-in until a GPU run verifies it). Two X tiles: step k reads tile
+  // k % 2, whose h part the C CTAs filled in step k - 1 -- each writes its units'
+  // h_t into its own tile and pushes the same 16-byte chunks into every peer's
+  // (st.async, cluster_copy.cuh), signalling the peer's mbarrier of that tile with
+  // the bytes; a CTA announces the bytes it expects (arrive.expect_tx) and waits
+  // for the phase. No own-layer step counter, no L2 round trip for h_{t-1}.
+  // U is a power of two >= 8 (16-byte chunks; shifts, no division) and C <= 16.
+  bool cluster_rec = false;
 };
 
 // int32 words between two (layer, direction) counters of the lean protocol: 128 bytes.
@@ -225,20 +237,26 @@ FRNN_HD int64_t frag_tile_offset(const ForwardConfig& c, int it) {
 //   valid batch_tile int32        t < lengths[b] of this tile's rows
 //   xp    (batch_tile, m_pad) fp32  x_proj: layer 0's input pre-activations of this
 //                                tile, gate row g*U + u (as bias), loaded with the gather
+//   bar   2 mbarriers            cluster_rec: the h pushes into X tile 0 / 1
+//                                (cluster_rec also doubles the x region: X tiles 0, 1)
 //   phase 8 int64 (first, 128 bytes)  the per-phase timing recorder's state (thread
 //                                0; only FRNN_PHASE_TIMING builds use it, every build
 //                                has it so that plans do not depend on the build)
 //   divisors (at byte 64, in the phase region's second half) the step loop's FastDivs
 //                                (common.h), made in the prologue: no division per step
 struct SmemLayout {
-  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, phase = 0, total = 0;
+  int64_t w = 0, x = 0, part = 0, bias = 0, state = 0, valid = 0, xp = 0, bar = 0, phase = 0,
+          total = 0;
 };
 
 FRNN_HD int64_t align_to(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
-// Byte offset of the forward step loop's divisors (4 FastDiv, 48 bytes): the phase
+// Byte offset of the forward step loop's divisors (5 FastDiv, 60 bytes): the phase
 // region's second half (the recorder uses its first 64 bytes, the weights start at 128).
 constexpr int64_t kStepDivisorsOffset = 64;
+// Byte offset of one int32 after the 5 divisors (60 bytes): the recurrence in a cluster's
+// bytes expected per step (thread 0's; in shared memory, not a register across the loop).
+constexpr int64_t kPushBytesOffset = kStepDivisorsOffset + 60;
 
 // Lays out the regions of a workspace one after the other, each 256-byte
 // aligned (forward_workspace, backward_workspace).
@@ -280,7 +298,9 @@ inline void init_problem_fields(Params& kp, const ForwardProblem& p) {
       kp.dropout_active && p.dropout < 1.0 ? static_cast<float>(1.0 / (1.0 - p.dropout)) : 0.0f;
 }
 
-FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
+// (cluster: c.cluster_rec, passed apart so that a kernel compiled for one value reads
+// nothing of it: smem_layout(c) below)
+FRNN_HD SmemLayout smem_layout(const ForwardConfig& c, bool cluster) {
   SmemLayout s;
   // (first: at the start of the dynamic shared memory, a fixed address the
   // compiler need not keep in a register)
@@ -290,17 +310,20 @@ FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) {
                               ? c.w_tiles * kTile * kTile * c.elem_bytes
                               : static_cast<int64_t>(c.m_pad) * c.ld * c.elem_bytes;
   s.x = align_to(s.w + w_bytes, 128);
-  s.part = align_to(s.x + static_cast<int64_t>(c.batch_tile) * c.ld * c.elem_bytes, 128);
+  s.part = align_to(
+      s.x + (cluster ? 2 : 1) * static_cast<int64_t>(c.batch_tile) * c.ld * c.elem_bytes, 128);
   s.bias = align_to(
       s.part + static_cast<int64_t>(c.x_splits + c.h_splits) * c.batch_tile * c.m_pad * 4, 128);
   s.state = align_to(s.bias + 2 * static_cast<int64_t>(c.m_pad) * 4, 128);
   s.valid = align_to(
       s.state + 2 * c.state_rows * c.units_per_cta * 4, 128);
   s.xp = align_to(s.valid + static_cast<int64_t>(c.batch_tile) * 4, 128);
-  s.total = align_to(
+  s.bar = align_to(
       s.xp + (c.x_proj ? static_cast<int64_t>(c.batch_tile) * c.m_pad * 4 : 0), 128);
+  s.total = align_to(s.bar + (cluster ? 16 : 0), 128);
   return s;
 }
+FRNN_HD SmemLayout smem_layout(const ForwardConfig& c) { return smem_layout(c, c.cluster_rec); }
 
 // Byte offsets inside the one workspace tensor the binding allocates (-1: absent).
 //   flags    (grid) int32          kFlags: steps completed per CTA; must be

@@ -20,6 +20,10 @@
 //  5. synchronisation: the request (FUSED_RNN_SYNC), else point-to-point flags
 //     ("lean": the flags kernel's lean protocol, where its counters cannot
 //     overflow). It does not change the shared memory, so it never changes coverage.
+//     "cluster" (opt-in): first plan_cluster_rec, the recurrence in a thread-block
+//     cluster per layer-direction, with its own choice of U (a power of two, C <= 16)
+//     and one batch tile; where that does not fit, the plan above with flags, the
+//     reason in its summary.
 // Rejection says why in words (the module reports it as the fallback reason).
 #pragma once
 
@@ -39,6 +43,11 @@ struct DeviceLimits {
   int cc_major = 0;
   int cc_minor = 0;
 };
+
+// How many clusters of `cluster` CTAs (of `smem_bytes` each, a grid of `grid`)
+// the device holds at once; the device-aware planners ask the CUDA runtime
+// (cudaOccupancyMaxActiveClusters). Null: an estimate (see plan_cluster_rec).
+using ClusterOccupancyFn = int (*)(const void* ctx, int64_t smem_bytes, int grid, int cluster);
 
 // Blocks of the forward kernel that fit on one SM with `smem_bytes` of
 // dynamic shared memory (the CUDA occupancy API on a device, an estimate in
@@ -175,6 +184,7 @@ inline bool parse_sync(const char* s, SyncPolicy* out) {
   else if (v == "grid") *out = SyncPolicy::kGrid;
   else if (v == "flags") *out = SyncPolicy::kFlags;
   else if (v == "lean") *out = SyncPolicy::kLean;
+  else if (v == "cluster") *out = SyncPolicy::kCluster;
   else return false;
   return true;
 }
@@ -190,7 +200,7 @@ inline bool parse_cluster(const char* s, int* out) {
 
 // Summary of an accepted plan, e.g. for fused_rnn.backend_info / last_backend.
 inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
-  char buf[768];
+  char buf[1024];
   const char* math = p.dtype == DType::kFloat32 ? (c.use_tf32 ? "tf32 tensor cores" : "fp32 FMA")
                                                 : (p.dtype == DType::kFloat16 ? "fp16 tensor cores"
                                                                              : "bf16 tensor cores");
@@ -219,15 +229,90 @@ inline std::string describe(const ForwardProblem& p, const ForwardConfig& c) {
            static_cast<long long>(p.batch), static_cast<long long>(p.seq_len), c.grid,
            c.ctas_per_dir, c.units_per_cta, c.batch_tile, c.k_chunk, c.x_splits, c.h_splits,
            plan_detail::kb(c.smem_bytes).c_str(), c.blocks_per_sm, math,
-           static_cast<long long>(steps), c.lean_sync ? "lean" : sync_name(c.sync), c.ring,
+           static_cast<long long>(steps),
+           c.lean_sync ? "lean" : c.cluster_rec ? "cluster" : sync_name(c.sync), c.ring,
            c.state_resident ? "in shared memory" : "staged per tile",
            c.x_proj ? ", layer-0 input projection before the loop" : "", regs,
            c.fast_tanh ? ", hardware tanh" : "");
-  return buf;
+  std::string out = buf;
+  if (c.cluster_rec)
+    out += ", recurrence in clusters of " + std::to_string(c.ctas_per_dir) +
+           " CTAs (h pushed through distributed shared memory)";
+  return out;
+}
+
+// The recurrence in a thread-block cluster (ForwardConfig::cluster_rec; FUSED_RNN_SYNC=
+// cluster). Requires sm_90, a 16-bit dtype, one batch tile for all B (B <= 64), U a power
+// of two >= 8 with 2 <= C = ceil(H / U) <= 16 (16 is a non-portable cluster size), the state
+// resident, and every cluster co-resident: `cluster_occupancy` (the CUDA runtime's
+// cudaOccupancyMaxActiveClusters) clusters of C, at least L * D; without it an estimate
+// (SMs x blocks per SM / C, which ignores how the GPCs cut the SMs). The smallest U
+// that fits (most CTAs, least work per step on the critical path). Returns ok with
+// the config, or not ok with the reason.
+inline PlanResult plan_cluster_rec(const ForwardProblem& p, const DeviceLimits& dev,
+                                   const ForwardConfig& base, OccupancyFn occupancy,
+                                   const void* occ_ctx, ClusterOccupancyFn cluster_occupancy,
+                                   const void* cl_ctx) {
+  PlanResult r;
+  auto no = [&r](const char* why) {
+    r.ok = false;
+    r.reason = why;
+    return r;
+  };
+  if (p.dtype == DType::kFloat32) return no("16-bit dtypes only");
+  if (dev.cc_major < 9) return no("thread-block clusters need sm_90");
+  if (base.sync != SyncPolicy::kFlags) return no("the flags kernel only");
+  if (p.batch > 64) return no("B > 64 (one batch tile for all rows)");
+  if (p.seq_len * p.batch >= (int64_t(1) << 31)) return no("T * B >= 2^31");
+  const int G = p.gates();
+  const int LD = p.layer_dirs();
+  const int H = static_cast<int>(p.hidden_size);
+  const int kt_x = base.kx_pad / kTile, kt_h = base.kh_pad / kTile;
+  // (a cluster of 1 would exchange nothing: plain flags is that, without a second X tile)
+  if (H <= 8) return no("H <= 8: one CTA holds the layer, nothing to exchange");
+  const char* why = "no unit split of H into at most 16 CTAs fits shared memory";
+  int u = 8;
+  while (ceil_div(H, u) > 16) u *= 2;
+  for (; ceil_div(H, u) >= 2; u *= 2) {
+    ForwardConfig cfg = base;
+    cfg.cluster_rec = true;
+    cfg.units_per_cta = u;
+    cfg.ctas_per_dir = static_cast<int>(ceil_div(H, u));
+    cfg.grid = LD * cfg.ctas_per_dir;
+    cfg.m_pad = static_cast<int>(round_up(static_cast<int64_t>(G) * u, kTile));
+    cfg.batch_tile = static_cast<int>(round_up(p.batch, 8));
+    cfg.state_resident = true;
+    cfg.state_rows = p.batch;
+    plan_detail::choose_k_chunk(cfg, kt_x, kt_h);
+    int64_t smem = smem_layout(cfg).total;
+    if (smem > dev.smem_optin_per_block) smem = plan_detail::fill_smallest_split(cfg, kt_x, kt_h);
+    if (smem > dev.smem_optin_per_block) continue;
+    const int occ = occupancy(occ_ctx, smem);
+    if (occ < 1 || static_cast<int64_t>(occ) * dev.sm_count < cfg.grid) {
+      why = "the grid is not co-resident";
+      continue;
+    }
+    const int64_t clusters =
+        cluster_occupancy ? cluster_occupancy(cl_ctx, smem, cfg.grid, cfg.ctas_per_dir)
+                          : static_cast<int64_t>(dev.sm_count) * occ / cfg.ctas_per_dir;
+    if (clusters < LD) {
+      why = "its clusters are not all co-resident";
+      continue;
+    }
+    cfg.smem_bytes = smem;
+    cfg.blocks_per_sm = occ;
+    r.ok = true;
+    r.cfg = cfg;
+    r.reason = describe(p, cfg);
+    return r;
+  }
+  return no(why);
 }
 
 inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
-                               OccupancyFn occupancy, const void* occ_ctx) {
+                               OccupancyFn occupancy, const void* occ_ctx,
+                               ClusterOccupancyFn cluster_occupancy = nullptr,
+                               const void* cl_ctx = nullptr) {
   using plan_detail::kb;
   PlanResult r;
   auto reject = [&r](std::string why) {
@@ -277,6 +362,15 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
   // and every 16-wide tile start stays 32-byte aligned for wmma.
   base.ld = base.kx_pad + base.kh_pad + 16 / base.elem_bytes;
   const int kt_x = base.kx_pad / kTile, kt_h = base.kh_pad / kTile;
+
+  // The recurrence in clusters, where asked for and where it fits; else the plan
+  // below, saying why not.
+  std::string cluster_note;
+  if (p.sync == SyncPolicy::kCluster) {
+    PlanResult cr = plan_cluster_rec(p, dev, base, occupancy, occ_ctx, cluster_occupancy, cl_ctx);
+    if (cr.ok) return cr;
+    cluster_note = "; no cluster recurrence (requested: " + cr.reason + ")";
+  }
 
   const int u_lo = [&] {
     const int u = 16 / G;
@@ -345,7 +439,7 @@ inline PlanResult plan_forward(const ForwardProblem& p, const DeviceLimits& dev,
                         static_cast<int64_t>(cfg.ctas_per_dir) * p.seq_len < (int64_t(1) << 31);
         r.ok = true;
         r.cfg = cfg;
-        r.reason = describe(p, cfg);
+        r.reason = describe(p, cfg) + cluster_note;
         return r;
       }
     }

@@ -42,11 +42,18 @@ struct ForwardKernels {
   static const void* kernel(SyncPolicy sync) {
     return fwd::forward_kernel_ptr<T, CELL, TF32>(sync);
   }
-  // What plan_forward resolves a request to (forward_plan.h).
+  // What plan_forward resolves a request to (forward_plan.h): kGrid, kFlags, or kCluster
+  // (16-bit; the flags kernel with the recurrence in a cluster, its own instantiation --
+  // whose occupancy also stands for the flags kernel where the plan falls back to it:
+  // both take more than 128 registers under the same launch bounds, so 1 CTA per SM,
+  // and shared memory decides; the launch sets the flags kernel's own attributes).
   static SyncPolicy planned_sync(const ForwardProblem& pr) {
+    if (pr.sync == SyncPolicy::kCluster && pr.dtype != DType::kFloat32) return SyncPolicy::kCluster;
     return pr.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
   }
-  static SyncPolicy sync_of(const Params& p) { return p.cfg.sync; }
+  static SyncPolicy sync_of(const Params& p) {
+    return p.cfg.cluster_rec ? SyncPolicy::kCluster : p.cfg.sync;
+  }
   template <typename T, CellKind CELL, bool TF32>
   static cudaError_t launch(const Params& p, cudaStream_t stream) {
     return fwd::launch_forward_kernel<T, CELL, TF32>(p, stream);
@@ -60,9 +67,9 @@ struct BackwardKernels {
   static const void* kernel(SyncPolicy sync) {
     return bwd::backward_kernel_ptr<T, CELL, TF32>(sync);
   }
-  // What plan_backward resolves a request to (backward_plan.h): as the forward.
+  // What plan_backward resolves a request to (backward_plan.h): grid or flags.
   static SyncPolicy planned_sync(const ForwardProblem& pr) {
-    return ForwardKernels::planned_sync(pr);
+    return pr.sync == SyncPolicy::kGrid ? SyncPolicy::kGrid : SyncPolicy::kFlags;
   }
   static SyncPolicy sync_of(const Params& p) { return p.cfg.sync; }
   template <typename T, CellKind CELL, bool TF32>

@@ -111,12 +111,13 @@ inline at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // The synchronisation policy requested through FUSED_RNN_SYNC ("grid",
-// "flags", "lean", "auto" or unset), read at every call so that a benchmark can
-// switch it between calls in one process (the plan cache keys on it).
+// "flags", "lean", "cluster", "auto" or unset), read at every call so that a benchmark
+// can switch it between calls in one process (the plan cache keys on it).
 inline SyncPolicy requested_sync() {
   const char* v = std::getenv("FUSED_RNN_SYNC");
   SyncPolicy s = SyncPolicy::kAuto;
-  TORCH_CHECK(parse_sync(v, &s), "FUSED_RNN_SYNC must be 'grid', 'flags', 'lean' or 'auto', got '",
+  TORCH_CHECK(parse_sync(v, &s),
+              "FUSED_RNN_SYNC must be 'grid', 'flags', 'lean', 'cluster' or 'auto', got '",
               v ? v : "", "'");
   return s;
 }

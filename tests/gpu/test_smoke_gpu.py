@@ -7,8 +7,11 @@ ordered so that the first failure is the most basic one:
 2. the forward, L=2, T>=3 (so the wavefront takes several synchronised steps and uses
    several slots of the h ring), exact FP32 FMA first, then the tensor-core fragments of
    TF32, bf16, fp16 (mma.sync, weights held in registers, activations by ldmatrix); then
-   the bidirectional schedule, lengths, in-kernel dropout; last, TF32 L=4 H=512, whose
-   weights (33.5 MB) are split between registers and shared memory. The
+   the bidirectional schedule, lengths, in-kernel dropout, the recurrence in
+   thread-block clusters (FUSED_RNN_SYNC=cluster, opt-in; sm_90: st.async pushes of h
+   into the peers' shared memory, mbarrier transaction counts; elsewhere the plan falls
+   back to flags and says why); last, TF32 L=4 H=512, whose weights (33.5 MB) are split
+   between registers and shared memory. The
    forward has two synchronisation policies (FUSED_RNN_SYNC: grid = one grid.sync() per
    wave step, flags = point-to-point step counters; unset = auto = flags): the exact FP32
    case (several CTAs per layer) and the bf16 one run once under each, asserting from the
@@ -36,7 +39,7 @@ torch.ops.fused_rnn._fused_forward / _fused_backward and "cuda";
 tests/test_smoke_harness.py passes reference stand-ins (must pass) and deliberately
 broken ones (must fail, naming the right case, tensor and index) on the CPU.
 
-GPU time (H100, estimated, not measured: no GPU run yet): 25 tests (2 tiny; 11 forward: 9
+GPU time (H100, estimated, not measured: no GPU run yet): 27 tests (2 tiny; 13 forward: 11
 cases, 2 of them under both synchronisation policies; 12 backward: 10 cases, 2 of them
 under both), each one fused launch
 on tiny tensors (well under 1 ms of kernel time, T+L-1 <= 7 wave steps), the float64
@@ -86,6 +89,9 @@ class Smoke(NamedTuple):
     cluster: int = 0
     # backward: its plan must stream part of its weights (BackwardConfig::kres)
     streamed: bool = False
+    # forward: run with FUSED_RNN_SYNC=cluster; on sm_90 its plan must run the recurrence
+    # in thread-block clusters (st.async pushes of h, mbarriers)
+    cluster_rec: bool = False
 
 
 # L=1, T=1, fp32 (moved here from test_forward_gpu.py / test_backward_gpu.py)
@@ -115,6 +121,14 @@ FORWARD = [
     Smoke(Case("LSTM", 3, False, 10, 40, 4, 9, True, "fp16", False, 0.5),
           "flags: rings of 4 slots reused (T=9), producers waiting for the layer above, "
           "dropped copies in their own ring; 3 layers (default policy: flags)", multi_cta=True),
+    Smoke(Case("LSTM", 2, False, 13, 40, 3, 5, True, "fp16", True, 0.5),
+          "the recurrence in thread-block clusters of 5 (sm_90; FUSED_RNN_SYNC=cluster): h "
+          "pushed into the peers' shared memory with st.async, mbarrier transaction counts, "
+          "two X tiles; lengths, dropout (the layer above reads the dropped ring)",
+          multi_cta=True, cluster_rec=True),
+    Smoke(Case("GRU", 3, False, 7, 37, 1, 6, True, "fp16", False),
+          "clusters of 5 with a partial last slice (5 units: a padded 16-byte chunk), B=1, "
+          "3 layers reading each other's h ring", multi_cta=True, cluster_rec=True),
     Smoke(Case("LSTM", 4, False, 512, 512, 2, 3, True, "tf32", False),
           "weights split between registers (14 tiles per warp) and shared memory (fragment "
           "order, one 16-byte load per lane): TF32 L=4 H=512, 33.5 MB of weights on chip",
@@ -440,8 +454,10 @@ def sync_params(smokes):
 
 
 @pytest.mark.parametrize("smoke,sync", sync_params(FORWARD), indirect=["sync"])
-def test_smoke_forward(ext, precision, smoke, sync):
+def test_smoke_forward(ext, precision, smoke, sync, monkeypatch):
     precision(smoke.case.prec)
+    if smoke.cluster_rec:
+        monkeypatch.setenv("FUSED_RNN_SYNC", "cluster")
     if smoke.smem_weights:  # a coverage-target shape: an H100/H200 must cover it
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         if props.major >= 9 and props.multi_processor_count >= 128:
@@ -453,6 +469,10 @@ def test_smoke_forward(ext, precision, smoke, sync):
     why = plan_forward_or_skip(ext, smoke.case, need_reserve=True)
     check_forward_plan(smoke, why)
     assert_sync(smoke.case.id, why, sync)
+    if smoke.cluster_rec and torch.cuda.get_device_capability()[0] >= 9:
+        assert "cluster sync" in why and "recurrence in clusters of" in why, (
+            f"{smoke.case.id}: FUSED_RNN_SYNC=cluster on an sm_90 device, but the plan does "
+            f"not run the recurrence in clusters: {why}")
     check_forward(smoke.case, torch.ops.fused_rnn._fused_forward, "cuda")
 
 
