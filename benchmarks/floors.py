@@ -10,6 +10,22 @@ synchronisation; this measures
     cluster sizes 2, 4, 8 and 16 (16 is non-portable);
   both bare and with a few words exchanged per step (global memory /
   distributed shared memory);
+  - the exchange of a recurrence inside a cluster, with the kernels' own
+    primitives (csrc/kernels/cluster_copy.cuh: st.async of 16 bytes into a
+    peer CTA's shared memory with complete_tx on its mbarrier, the receiver's
+    arrive.expect_tx and parity wait), each CTA on its own SM (forced with the
+    largest dynamic shared memory), the payload checked after every wait:
+      DSMEM ping-pong: a cluster of 2 pushes 16 bytes one way and back; µs per
+        one-way hand-off (half a round trip);
+      DSMEM bandwidth: CTA 0 of a cluster of 2 pushes 1, 8 or 32 KB per step
+        into a double buffer of CTA 1, which arrives on CTA 0's barrier once it
+        has read them; µs per step and GB/s;
+      DSMEM all-to-all: one cluster of 16, every CTA pushes 8 or 32 rows x 32
+        units x 2 bytes (512 B / 2 KB) into each of its 15 peers per step and
+        waits for what it receives; µs per step;
+      co-resident clusters: cudaOccupancyMaxActiveClusters for 256 threads and
+        clusters of 16 with 200 and 100 KB of dynamic shared memory per CTA, and
+        of 8 with 200 KB (0 with the reason where the query fails);
   - the forward kernel's point-to-point synchronisation (SyncPolicy::kFlags,
     with its own primitives from csrc/kernels/sync_flags.cuh: a release store
     of a step counter, acquire loads polled by one thread per counter, then
@@ -28,9 +44,14 @@ The CUDA kernels (csrc/floors.cu, no torch header) are compiled at run time
 for the current arch (sm_90a on Hopper) and called through ctypes. A barrier's
 cost is the difference of two launches with N and 2N barriers, divided by N,
 so launch overhead cancels; each launch is repeated and the median taken
-(the same for the flag measurements, with fewer iterations: they are slower).
-Every spin is bounded (sync_flags.cuh traps after 2^26 polls), so a broken
-wait fails the launch with an error instead of hanging the GPU.
+(the same for the flag and DSMEM measurements, with fewer iterations: they
+are slower).
+Every flag spin is bounded (sync_flags.cuh traps after 2^26 polls), so a
+broken wait fails the launch with an error instead of hanging the GPU; the
+flag measurements run last, as a trap spoils the CUDA context. The mbarrier
+waits of the DSMEM measurements are the kernels' own, unbounded ones: a lost
+arrival hangs the launch, a wait for the wrong parity returns early and fails
+the payload check.
 
     python benchmarks/floors.py --phases [--out DIR]
 
@@ -91,6 +112,10 @@ def load_library(path: str) -> ctypes.CDLL:
     lib.floors_flag_pingpong.argtypes = [i, i, i, p_f, p_i, p_i]
     lib.floors_flag_wait_all.argtypes = [i, i, i, i, i, i, p_f, p_i]
     lib.floors_flag_stores_pingpong.argtypes = [i, i, i, i, p_f, p_i, p_i]
+    lib.floors_dsmem_pingpong.argtypes = [i, i, i, p_f, p_i, p_i]
+    lib.floors_dsmem_bandwidth.argtypes = [i, i, i, i, p_f, p_i, p_i]
+    lib.floors_dsmem_all_to_all.argtypes = [i, i, i, i, i, p_f, p_i]
+    lib.floors_max_active_clusters.argtypes = [i, i, i, i, p_i]
     lib.floors_error_string.restype = ctypes.c_char_p
     return lib
 
@@ -169,21 +194,21 @@ def flag_pingpong(lib, threads: int = FLAG_THREADS, iters: int = 4000, repeats: 
     return row
 
 
-def _handoff(lib, call, row: dict, iters: int, repeats: int) -> float | None:
+def _handoff(lib, call, row: dict, iters: int, repeats: int, reason=str) -> float | None:
     """A ping-pong measurement: `call(n, ms, sm0, sm1)` launches n round trips. Sets
-    row["us"] (half a round trip) and row["sms"], or row["reason"]; returns the round
-    trip in µs, or None."""
+    row["us"] (half a round trip) and row["sms"], or row["reason"] (`reason` of the
+    FloorsError); returns the round trip in µs, or None."""
     def launch(n):
         ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
         err = call(n, ctypes.byref(ms), ctypes.byref(sm0), ctypes.byref(sm1))
         if err:
-            raise RuntimeError(lib.floors_error_string(err).decode())
+            raise FloorsError(lib, err)
         return ms.value, [sm0.value, sm1.value]
 
     try:
         round_trip, row["sms"] = _per_barrier_us(launch, iters, repeats)
     except RuntimeError as e:
-        row["reason"] = str(e)
+        row["reason"] = reason(e)
         return None
     row["us"] = round_trip / 2
     return round_trip
@@ -250,6 +275,121 @@ def flag_stores_pingpong(lib, stores: int, threads: int = FLAG_THREADS, iters: i
     return row
 
 
+DSMEM_THREADS = 256  # CTA size of the DSMEM pushes and the occupancy query (the forward kernel's)
+DSMEM_BANDWIDTH_KB = (1, 8, 32)  # bytes per step pushed from CTA 0 into CTA 1
+# the recurrence's exchange in a cluster of 16: each CTA pushes its slice of h, `rows` batch
+# rows x DSMEM_UNITS units x 2 bytes (bf16), to each of its 15 peers per step
+DSMEM_CLUSTER = 16
+DSMEM_UNITS = 32
+DSMEM_ROWS = (8, 32)
+# (cluster size, dynamic shared memory in KB per CTA) of the occupancy query
+OCCUPANCY = ((16, 200), (16, 100), (8, 200))
+
+
+ERR_PAYLOAD = -2  # floors.cu's kErrPayload: the kernel ran, and a payload was missing after its wait
+
+
+class FloorsError(RuntimeError):
+    """An error code of a floors.cu entry point, with floors_error_string's text."""
+
+    def __init__(self, lib, code: int):
+        super().__init__(lib.floors_error_string(code).decode())
+        self.code = code
+
+
+def _cluster_reason(e: Exception) -> str:
+    """A cluster row's reason: a broken wait is a failure, anything else (no clusters before
+    Hopper, no GPU, no such cluster fits) means the measurement is not available here."""
+    return f"{'failed' if getattr(e, 'code', None) == ERR_PAYLOAD else 'not available'}: {e}"
+
+
+def dsmem_pingpong(lib, threads: int = 128, iters: int = 4000, repeats: int = 5, device=None) -> dict:
+    """µs per DSMEM hand-off between the two CTAs of a cluster on two SMs: half of one round
+    trip (CTA 0 pushes 16 bytes into CTA 1 with st.async, CTA 1 waits on its mbarrier and
+    pushes 16 bytes back, CTA 0 waits for those): one-way push + mbarrier latency."""
+    dev = torch.cuda.current_device() if device is None else device
+    row = dict(threads=threads, sms=None, us=None, round_trip_us=None)
+    round_trip = _handoff(lib, lambda n, ms, sm0, sm1: lib.floors_dsmem_pingpong(
+        dev, threads, n, ms, sm0, sm1), row, iters, repeats, reason=_cluster_reason)
+    if round_trip is None:
+        return row
+    row["round_trip_us"] = round_trip
+    if row["sms"][0] == row["sms"][1]:  # the shared-memory request should make this impossible
+        row["note"] = f"both CTAs ran on SM {row['sms'][0]}"
+    return row
+
+
+def dsmem_bandwidth(lib, kb: int, threads: int = DSMEM_THREADS, iters: int = 2000, repeats: int = 5,
+                    device=None) -> dict:
+    """µs per step and GB/s of `kb` KB pushed per step from CTA 0 into CTA 1 of a 2-CTA
+    cluster (st.async by all threads, into a double buffer; CTA 1 waits for the bytes, then
+    arrives on CTA 0's barrier so CTA 0 never overwrites what it has not read)."""
+    dev = torch.cuda.current_device() if device is None else device
+    row = dict(kb=kb, threads=threads, sms=None, us=None, gb_s=None)
+
+    def launch(n):
+        ms, sm0, sm1 = ctypes.c_float(), ctypes.c_int(), ctypes.c_int()
+        err = lib.floors_dsmem_bandwidth(dev, threads, kb * 1024, n, ctypes.byref(ms), ctypes.byref(sm0),
+                                         ctypes.byref(sm1))
+        if err:
+            raise FloorsError(lib, err)
+        return ms.value, [sm0.value, sm1.value]
+
+    try:
+        row["us"], row["sms"] = _per_barrier_us(launch, iters, repeats)
+    except RuntimeError as e:
+        row["reason"] = _cluster_reason(e)
+        return row
+    if row["us"] > 0:
+        row["gb_s"] = kb * 1024 / (row["us"] * 1e3)  # bytes per µs / 1e3
+    if row["sms"][0] == row["sms"][1]:
+        row["note"] = f"both CTAs ran on SM {row['sms'][0]}"
+    return row
+
+
+def dsmem_all_to_all(lib, rows: int, units: int = DSMEM_UNITS, size: int = DSMEM_CLUSTER,
+                     threads: int = DSMEM_THREADS, iters: int = 2000, repeats: int = 5, device=None) -> dict:
+    """µs per step of one cluster of `size` CTAs (one per SM) in which every CTA pushes
+    rows x units x 2 bytes into each of its size - 1 peers and waits for what it receives:
+    the cluster recurrence's exchange with the work removed."""
+    dev = torch.cuda.current_device() if device is None else device
+    per_peer = rows * units * 2
+    row = dict(cluster_size=size, rows=rows, units=units, bytes_per_peer=per_peer, threads=threads,
+               distinct_sms=None, us=None)
+
+    def launch(n):
+        ms, distinct = ctypes.c_float(), ctypes.c_int()
+        err = lib.floors_dsmem_all_to_all(dev, size, threads, per_peer, n, ctypes.byref(ms),
+                                          ctypes.byref(distinct))
+        if err:
+            raise FloorsError(lib, err)
+        return ms.value, distinct.value
+
+    try:
+        row["us"], row["distinct_sms"] = _per_barrier_us(launch, iters, repeats)
+    except RuntimeError as e:
+        row["reason"] = _cluster_reason(e)
+        return row
+    if row["distinct_sms"] != size:
+        row["note"] = f"{size} CTAs ran on {row['distinct_sms']} SMs"
+    return row
+
+
+def max_active_clusters(lib, size: int, smem_kb: int, threads: int = DSMEM_THREADS, device=None) -> dict:
+    """The largest number of co-resident clusters of `size` CTAs of `threads` threads with
+    `smem_kb` KB of dynamic shared memory each (cudaOccupancyMaxActiveClusters; nothing is
+    launched). 0 with the reason where the query fails (no clusters before Hopper)."""
+    dev = torch.cuda.current_device() if device is None else device
+    row = dict(cluster_size=size, smem_kb=smem_kb, threads=threads, clusters=0)
+    clusters = ctypes.c_int()
+    err = lib.floors_max_active_clusters(dev, size, threads, smem_kb * 1024, ctypes.byref(clusters))
+    if err:
+        row["reason"] = _cluster_reason(FloorsError(lib, err))
+    else:
+        row["clusters"] = clusters.value
+    return row
+
+
 def cudnn_layer_step(hiddens=(128, 256, 512, 1024), batches=(1, 16), seq: int = 512,
                      dtypes=("tf32", "bf16"), runs: int = 20) -> list[dict]:
     """cuDNN's time per layer and step: nn.LSTM, one layer, inference, time / T."""
@@ -276,6 +416,7 @@ def cudnn_layer_step(hiddens=(128, 256, 512, 1024), batches=(1, 16), seq: int = 
 def run_all() -> dict:
     """Every floor on the current GPU, as a JSON-ready dict."""
     out = {"device": torch.cuda.get_device_name(), "grid_sync": [], "cluster_sync": [],
+           "dsmem_pingpong": [], "dsmem_bandwidth": [], "dsmem_all_to_all": [], "cluster_occupancy": [],
            "cudnn_layer_step": cudnn_layer_step(), "flag_pingpong": [], "flag_wait_all": [],
            "flag_stores_pingpong": []}
     try:
@@ -290,6 +431,13 @@ def run_all() -> dict:
     for size in (2, 4, 8, 16):
         for exchange in (False, True):
             out["cluster_sync"].append(cluster_sync(lib, size, exchange))
+    out["dsmem_pingpong"].append(dsmem_pingpong(lib))
+    for kb in DSMEM_BANDWIDTH_KB:
+        out["dsmem_bandwidth"].append(dsmem_bandwidth(lib, kb))
+    for rows in DSMEM_ROWS:
+        out["dsmem_all_to_all"].append(dsmem_all_to_all(lib, rows))
+    for size, smem_kb in OCCUPANCY:
+        out["cluster_occupancy"].append(max_active_clusters(lib, size, smem_kb))
     # last: a broken wait traps, and a trap spoils the CUDA context for what follows
     out["flag_pingpong"].append(flag_pingpong(lib))
     for producers in FLAG_PRODUCERS:

@@ -155,6 +155,27 @@ def floors_table(floors: dict) -> str:
         what = f"cluster.sync(), cluster of {c['cluster_size']} ({c['clusters']} clusters)" + (
             ", + DSMEM exchange" if c["exchange"] else "")
         lines.append([what, num(c.get("us")), c.get("reason", "")])
+    # DSMEM pushes inside a cluster (st.async + mbarrier); absent from runs made before them
+    for p in floors.get("dsmem_pingpong", []):
+        sms = p.get("sms")
+        where = f"SM {sms[0]} ↔ SM {sms[1]}" if sms else "2 CTAs on 2 SMs"
+        note = [p.get("reason", "")]
+        if p.get("round_trip_us") is not None:
+            note = [f"round trip {num(p['round_trip_us'])} µs", p.get("note", "")]
+        lines.append([f"DSMEM hand-off (16 B st.async → mbarrier wait), cluster of 2, {where}, "
+                      f"{p['threads']} threads", num(p.get("us")), "; ".join(n for n in note if n)])
+    for b in floors.get("dsmem_bandwidth", []):
+        note = [b.get("reason", ""), f"{num(b['gb_s'])} GB/s" if b.get("gb_s") else "", b.get("note", "")]
+        lines.append([f"DSMEM push of {b['kb']} KB per step, CTA 0 → CTA 1 of a cluster of 2, "
+                      f"{b['threads']} threads", num(b.get("us")), "; ".join(n for n in note if n)])
+    for a in floors.get("dsmem_all_to_all", []):
+        lines.append([f"DSMEM all-to-all, cluster of {a['cluster_size']}, {a['bytes_per_peer']} B to each "
+                      f"peer ({a['rows']} rows × {a['units']} units × 2 B), {a['threads']} threads, per step",
+                      num(a.get("us")), "; ".join(n for n in (a.get("reason", ""), a.get("note", "")) if n)])
+    for o in floors.get("cluster_occupancy", []):
+        count = f"{o['clusters']} co-resident clusters" if not o.get("reason") else o["reason"]
+        lines.append([f"clusters of {o['cluster_size']} × {o['threads']} threads, {o['smem_kb']} KB "
+                      f"dynamic shared memory per CTA", "—", count])
     for s in floors.get("cudnn_layer_step", []):
         what = f"cuDNN {s['cell']} 1 layer, H={s['hidden']} B={s['batch']} T={s['seq']} {s['dtype']}, per step"
         lines.append([what, num(s.get("us")), s.get("reason", "")])

@@ -881,8 +881,11 @@ def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
     src = os.path.join(BENCH, "csrc", "floors.cu")
     assert "torch" not in "".join(l for l in open(src) if l.startswith("#include"))
     lib = tmp_path / "floors.so"
-    r = subprocess.run(["nvcc", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-shared",
-                        "-Xcompiler", "-fPIC", src, "-o", str(lib)], capture_output=True, text=True, timeout=300)
+    # sm_80 too: floors.py builds for the GPU it runs on, and the cluster kernels must compile
+    # (empty) where there are no clusters
+    r = subprocess.run(["nvcc", "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a",
+                        "-gencode=arch=compute_80,code=sm_80", "-shared", "-Xcompiler", "-fPIC", src, "-o",
+                        str(lib)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     so = floors.load_library(str(lib))  # cudart is linked statically: loads without a GPU
     assert so.floors_error_string(0) == b"no error"
@@ -897,7 +900,17 @@ def test_floors_cu_compiles_for_sm90a_with_bare_nvcc(tmp_path):
         assert row["us"] is None and row["grid_sync_us"] is None and row["reason"]
         row = floors.flag_stores_pingpong(so, 4, iters=10, repeats=1, device=0)
         assert row["us"] is None and row["reason"]
+        row = floors.dsmem_pingpong(so, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["round_trip_us"] is None and row["reason"].startswith("not available")
+        row = floors.dsmem_bandwidth(so, 8, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["gb_s"] is None and row["reason"].startswith("not available")
+        row = floors.dsmem_all_to_all(so, 8, iters=10, repeats=1, device=0)
+        assert row["us"] is None and row["bytes_per_peer"] == 512 and row["reason"].startswith("not available")
+        row = floors.max_active_clusters(so, 16, 200, device=0)
+        assert row["clusters"] == 0 and row["reason"].startswith("not available")
     assert so.floors_error_string(-1).startswith(b"a step counter did not end")
+    assert so.floors_error_string(floors.ERR_PAYLOAD).startswith(b"a DSMEM payload was not there")
+    assert so.floors_error_string(-3).startswith(b"no such cluster can be co-resident")
 
 
 def test_floors_cu_uses_the_kernels_sync_primitives():
@@ -909,6 +922,13 @@ def test_floors_cu_uses_the_kernels_sync_primitives():
         body = src.split(f"__global__ void {kernel}(")[1].split("\n}\n")[0]
         assert "wait_for_ranges(" in body and "flag_publish(" in body
         assert "asm" not in body and "while" not in body  # every spin is sync_flags.cuh's bounded one
+    # the DSMEM measurements time the kernels' own st.async / mbarrier primitives
+    assert '#include "../../csrc/kernels/cluster_copy.cuh"' in src
+    for kernel in ("dsmem_pingpong_kernel", "dsmem_bandwidth_kernel", "dsmem_all_to_all_kernel"):
+        body = src.split(f"__global__ void {kernel}(")[1].split("\n}\n")[0]
+        assert "st_async_v4(" in body and "mbar_wait(" in body and "mbar_arrive_expect_tx(" in body
+        assert "asm" not in body and "while" not in body
+        assert "__CUDA_ARCH__ >= 900" in body  # no cluster code where the arch has none
 
 
 class _FakeFlagLib:
@@ -983,6 +1003,173 @@ def test_flag_floors_logic_with_a_fake_library():
     row = floors.flag_wait_all(lib, 32, iters=100, repeats=3, device=0)
     assert row["us"] == pytest.approx(2.0) and row["grid_sync_us"] is None
     assert row["grid_sync_reason"] == "fake error 720" and row["note"] == "33 CTAs ran on 30 SMs"
+
+
+class _FakeDsmemLib:
+    """floors.cu's DSMEM and occupancy entry points faked in Python (CPU test only): a launch
+    of n steps takes launch_ms + n * (its per-step µs); all numbers made up."""
+
+    def __init__(self, round_trip_us=1.4, us_per_kb=0.05, step_us=0.6, launch_ms=0.02, dsmem_sms=(5, 6),
+                 distinct=16, fail=0, clusters=(7, 8, 16)):
+        self.rt_us, self.us_per_kb, self.step_us = round_trip_us, us_per_kb, step_us
+        self.launch_ms = launch_ms
+        self.dsmem_sms, self.distinct, self.fail, self.clusters = dsmem_sms, distinct, fail, clusters
+        self.calls = []
+
+    def floors_error_string(self, code):
+        return f"fake error {code}".encode()
+
+    def floors_dsmem_pingpong(self, device, threads, n, ms, sm0, sm1):
+        self.calls.append(("dsmem_pingpong", threads, n))
+        if self.fail:
+            return self.fail
+        ms._obj.value = self.launch_ms + n * self.rt_us * 1e-3
+        sm0._obj.value, sm1._obj.value = self.dsmem_sms
+        return 0
+
+    def floors_dsmem_bandwidth(self, device, threads, nbytes, n, ms, sm0, sm1):
+        self.calls.append(("dsmem_bandwidth", threads, nbytes, n))
+        if self.fail:
+            return self.fail
+        ms._obj.value = self.launch_ms + n * (0.3 + self.us_per_kb * nbytes / 1024) * 1e-3
+        sm0._obj.value, sm1._obj.value = self.dsmem_sms
+        return 0
+
+    def floors_dsmem_all_to_all(self, device, size, threads, nbytes, n, ms, distinct):
+        self.calls.append(("dsmem_all_to_all", size, threads, nbytes, n))
+        if self.fail:
+            return self.fail
+        ms._obj.value = self.launch_ms + n * (self.step_us + 1e-4 * nbytes) * 1e-3
+        distinct._obj.value = self.distinct
+        return 0
+
+    def floors_max_active_clusters(self, device, size, threads, smem, clusters):
+        self.calls.append(("occupancy", size, threads, smem))
+        if self.fail:
+            return self.fail
+        clusters._obj.value = {(16, 200 * 1024): self.clusters[0], (16, 100 * 1024): self.clusters[1],
+                               (8, 200 * 1024): self.clusters[2]}[size, smem]
+        return 0
+
+
+def test_dsmem_floors_logic_with_a_fake_library():
+    lib = _FakeDsmemLib()
+    row = floors.dsmem_pingpong(lib, iters=100, repeats=3, device=0)
+    # one hand-off is half a round trip; launch overhead cancels
+    assert row["round_trip_us"] == pytest.approx(1.4) and row["us"] == pytest.approx(0.7)
+    assert row["sms"] == [5, 6] and row["threads"] == 128 and "note" not in row and "reason" not in row
+    assert {c[2] for c in lib.calls} == {100, 200}
+
+    lib = _FakeDsmemLib()
+    row = floors.dsmem_bandwidth(lib, 32, iters=100, repeats=3, device=0)
+    us = 0.3 + 0.05 * 32
+    assert row["us"] == pytest.approx(us) and row["gb_s"] == pytest.approx(32 * 1024 / us / 1e3)
+    assert row["kb"] == 32 and row["threads"] == floors.DSMEM_THREADS and row["sms"] == [5, 6]
+    assert {c[1:3] for c in lib.calls} == {(256, 32 * 1024)}
+
+    lib = _FakeDsmemLib()
+    row = floors.dsmem_all_to_all(lib, 32, iters=100, repeats=3, device=0)
+    assert row["bytes_per_peer"] == 32 * 32 * 2 and row["cluster_size"] == 16
+    assert row["us"] == pytest.approx(0.6 + 1e-4 * 2048) and row["distinct_sms"] == 16 and "note" not in row
+    assert {c[1:4] for c in lib.calls} == {(16, 256, 2048)}
+
+    lib = _FakeDsmemLib()
+    rows = [floors.max_active_clusters(lib, size, kb, device=0) for size, kb in floors.OCCUPANCY]
+    assert [r["clusters"] for r in rows] == [7, 8, 16] and not any("reason" in r for r in rows)
+    assert [c[1:] for c in lib.calls] == [(16, 256, 200 * 1024), (16, 256, 100 * 1024), (8, 256, 200 * 1024)]
+
+    # CTAs sharing SMs are noted
+    lib = _FakeDsmemLib(dsmem_sms=(4, 4), distinct=12)
+    assert floors.dsmem_pingpong(lib, iters=100, repeats=3, device=0)["note"] == "both CTAs ran on SM 4"
+    assert floors.dsmem_bandwidth(lib, 1, iters=100, repeats=3, device=0)["note"] == "both CTAs ran on SM 4"
+    assert floors.dsmem_all_to_all(lib, 8, iters=100, repeats=3, device=0)["note"] == "16 CTAs ran on 12 SMs"
+
+    # unavailable (e.g. no clusters before Hopper): a row with the reason, nothing raised
+    lib = _FakeDsmemLib(fail=801)
+    row = floors.dsmem_pingpong(lib, iters=100, repeats=3, device=0)
+    assert row["us"] is None and row["round_trip_us"] is None
+    assert row["reason"] == "not available: fake error 801"
+    row = floors.dsmem_bandwidth(lib, 8, iters=100, repeats=3, device=0)
+    assert row["us"] is None and row["gb_s"] is None and row["reason"] == "not available: fake error 801"
+    row = floors.dsmem_all_to_all(lib, 8, iters=100, repeats=3, device=0)
+    assert row["us"] is None and row["distinct_sms"] is None
+    assert row["reason"] == "not available: fake error 801"
+    row = floors.max_active_clusters(lib, 16, 200, device=0)
+    assert row == dict(cluster_size=16, smem_kb=200, threads=256, clusters=0,
+                       reason="not available: fake error 801")
+
+    # a payload missing after its wait (floors.cu's kErrPayload) is a failure, not "not available"
+    lib = _FakeDsmemLib(fail=floors.ERR_PAYLOAD)
+    assert floors.dsmem_pingpong(lib, iters=100, repeats=3, device=0)["reason"] == "failed: fake error -2"
+    assert floors.dsmem_bandwidth(lib, 8, iters=100, repeats=3, device=0)["reason"] == "failed: fake error -2"
+    assert floors.dsmem_all_to_all(lib, 8, iters=100, repeats=3, device=0)["reason"] == "failed: fake error -2"
+
+
+class _FakeFloorsLib(_FakeFlagLib, _FakeDsmemLib):
+    """Every entry point of floors.cu faked (CPU test only), recording the order of the calls."""
+
+    def __init__(self):
+        _FakeFlagLib.__init__(self)
+        _FakeDsmemLib.__init__(self)
+
+    def floors_grid_sync(self, device, threads, n, exchange, ms, blocks):
+        self.calls.append(("grid_sync", threads, n))
+        ms._obj.value, blocks._obj.value = 0.01 + n * 1e-3, 132
+        return 0
+
+    def floors_cluster_sync(self, device, size, threads, n, exchange, ms, clusters):
+        self.calls.append(("cluster_sync", size, n))
+        ms._obj.value, clusters._obj.value = 0.01 + n * 0.2e-3, 8
+        return 0
+
+
+def test_run_all_measures_the_dsmem_rows_before_the_flags(monkeypatch):
+    lib = _FakeFloorsLib()
+    monkeypatch.setattr(floors, "build", lambda: lib)
+    monkeypatch.setattr(floors, "cudnn_layer_step", lambda: [])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "FAKE GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    out = floors.run_all()
+    assert len(out["dsmem_pingpong"]) == 1 and out["dsmem_pingpong"][0]["us"] == pytest.approx(0.7)
+    assert [r["kb"] for r in out["dsmem_bandwidth"]] == list(floors.DSMEM_BANDWIDTH_KB)
+    assert [r["bytes_per_peer"] for r in out["dsmem_all_to_all"]] == [512, 2048]
+    assert [(r["cluster_size"], r["smem_kb"], r["clusters"]) for r in out["cluster_occupancy"]] == \
+        [(16, 200, 7), (16, 100, 8), (8, 200, 16)]
+    kinds = [c[0] for c in lib.calls]
+    # a trap in a flag wait spoils the context: every cluster measurement comes before the flags
+    last_cluster = max(i for i, k in enumerate(kinds) if k == "cluster_sync" or k.startswith("dsmem")
+                       or k == "occupancy")
+    assert last_cluster < kinds.index("pingpong") < kinds.index("wait_all") < kinds.index("stores")
+    table = report.floors_table(out).splitlines()
+    assert sum(line.startswith("| DSMEM") for line in table) == 1 + 3 + 2
+    assert sum(line.startswith("| clusters of") for line in table) == 3
+
+
+def test_floors_table_with_dsmem_rows():
+    # made-up numbers (test only); the keys are floors.run_all()'s
+    fake = {"dsmem_pingpong": [dict(threads=128, sms=[5, 6], us=0.7, round_trip_us=1.4)],
+            "dsmem_bandwidth": [dict(kb=8, threads=256, sms=[5, 6], us=0.5, gb_s=16.384),
+                                dict(kb=32, threads=256, sms=None, us=None, gb_s=None,
+                                     reason="not available: fake")],
+            "dsmem_all_to_all": [dict(cluster_size=16, rows=8, units=32, bytes_per_peer=512, threads=256,
+                                      distinct_sms=16, us=0.9)],
+            "cluster_occupancy": [dict(cluster_size=16, smem_kb=200, threads=256, clusters=7),
+                                  dict(cluster_size=8, smem_kb=200, threads=256, clusters=0,
+                                       reason="not available: fake")]}
+    text = report.floors_table(fake)
+    assert len(text.splitlines()) == 2 + 1 + 2 + 1 + 2
+    assert "| DSMEM hand-off (16 B st.async → mbarrier wait), cluster of 2, SM 5 ↔ SM 6, 128 threads | " \
+           "0.7 | round trip 1.4 µs |" in text
+    assert "| DSMEM push of 8 KB per step, CTA 0 → CTA 1 of a cluster of 2, 256 threads | 0.5 | 16.4 GB/s |" \
+           in text
+    assert "| DSMEM push of 32 KB per step, CTA 0 → CTA 1 of a cluster of 2, 256 threads | — | " \
+           "not available: fake |" in text
+    assert "| DSMEM all-to-all, cluster of 16, 512 B to each peer (8 rows × 32 units × 2 B), 256 threads, " \
+           "per step | 0.9 |  |" in text
+    assert "| clusters of 16 × 256 threads, 200 KB dynamic shared memory per CTA | — | " \
+           "7 co-resident clusters |" in text
+    assert "| clusters of 8 × 256 threads, 200 KB dynamic shared memory per CTA | — | not available: fake |" \
+           in text
 
 
 def test_floors_table_with_flag_rows():

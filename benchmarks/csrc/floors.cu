@@ -27,6 +27,26 @@
 // all are co-resident (a spin on a CTA that never runs cannot happen), and
 // they record %smid so the host can check that the SMs are distinct.
 //
+// And the exchange of a recurrence inside a thread-block cluster (Hopper),
+// with the kernels' own primitives (csrc/kernels/cluster_copy.cuh, included
+// below: st.async of 16 bytes into a peer CTA's shared memory with
+// complete_tx on the peer's mbarrier, arrive.expect_tx by the receiver, a
+// parity wait -- unbounded, as in the kernels):
+//   - DSMEM ping-pong: a cluster of 2; 16 bytes pushed one way, then back;
+//     one hand-off is half a round trip;
+//   - DSMEM bandwidth: a cluster of 2; CTA 0 pushes N bytes per step into a
+//     double buffer of CTA 1, which arrives remotely on CTA 0's barrier once
+//     it has read them (flow control);
+//   - DSMEM all-to-all: one cluster of n (16: the recurrence's); every step
+//     each CTA pushes N bytes into every peer and waits for the (n - 1) N it
+//     receives;
+//   - co-resident clusters: cudaOccupancyMaxActiveClusters for a cluster size
+//     and a dynamic shared memory size (the recurrence's CTAs hold ~200 KB).
+// The DSMEM kernels' CTAs ask for the largest dynamic shared memory too, so
+// the CTAs of a cluster sit on distinct SMs and the bytes cross between SMs
+// as in the recurrence (they record %smid as well); they check the payload
+// after each wait, so a wrong parity shows as an error, not as a fast number.
+//
 // Pure CUDA, no torch header: CI compiles this file with bare nvcc
 // (tests/test_bench.py), and benchmarks/floors.py builds it at run time
 // (torch.utils.cpp_extension.load) and calls the extern "C" functions below
@@ -44,6 +64,9 @@
 // csrc/kernels/common.h: no torch header, no CUDA header). Resolved relative
 // to this file, so it works for torch's JIT build and for bare nvcc alike.
 #include "../../csrc/kernels/sync_flags.cuh"
+// The kernels' cluster primitives (mapa, st.async, mbarriers); stubs below
+// sm_90, where the DSMEM kernels have no body and the host refuses them first.
+#include "../../csrc/kernels/cluster_copy.cuh"
 
 namespace cg = cooperative_groups;
 using fused_rnn::flag_publish;
@@ -51,9 +74,18 @@ using fused_rnn::FlagRange;
 using fused_rnn::lean_publish;
 using fused_rnn::lean_wait_geq;
 using fused_rnn::wait_for_ranges;
+using fused_rnn::cluster_rank;
+using fused_rnn::mbar_arrive_expect_tx;
+using fused_rnn::mbar_arrive_remote;
+using fused_rnn::mbar_init;
+using fused_rnn::mbar_init_fence;
+using fused_rnn::mbar_wait;
+using fused_rnn::st_async_v4;
 
 constexpr int kWords = 32;  // words exchanged per CTA and step (one warp's worth)
 constexpr int kLine = 32;   // ints per 128-byte line: the ping-pong's two counters sit on two lines
+constexpr int kBarBytes = 128;  // the DSMEM kernels' mbarriers, at the front of their dynamic
+                                // shared memory; the slots follow, 16-byte aligned
 
 // ---------------------------------------------------------------- kernels
 
@@ -191,6 +223,143 @@ __global__ void flag_stores_pingpong_kernel(int iters, int stores, int* flags, i
   }
 }
 
+// ------------------------------------------------ DSMEM pushes (clusters, sm_90)
+//
+// A receiver's slot s (step i uses slot i & 1) has its own mbarrier, count 1:
+// the receiver's arrive.expect_tx(bytes of the step) is its only arrival, the
+// senders' st.async complete_tx the bytes. So step i is phase i >> 1 of its
+// barrier, and mbar_wait(bar, (i >> 1) & 1) returns once that phase completed.
+// A barrier must never run two phases ahead of a thread that waits on it (the
+// parity would then name a phase that has not completed): each kernel below
+// says why it cannot. Every kernel initialises its barriers, fences the init
+// to the cluster and meets the cluster before the first push, and meets it
+// again at the end, so no CTA exits while a peer may still push into it.
+
+// Both CTAs of a 2-CTA cluster. Step i: CTA 0 pushes 16 bytes into slot i & 1
+// of CTA 1; CTA 1 waits for them and pushes 16 bytes back into the same slot of
+// CTA 0, which waits for those. Each side is a recurrence step with the work
+// removed: every thread waits (every thread reads h), CTA barrier, one thread
+// pushes. One step = one round trip = two hand-offs. The CTA barrier also keeps
+// every waiter within a phase of the barrier: the next push into this CTA comes
+// after this CTA's own push, which comes after it.
+__global__ void dsmem_pingpong_kernel(int iters, int* smids, int* bad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem);        // [2]
+  uint4* slot = reinterpret_cast<uint4*>(smem + kBarBytes);  // [2]
+  const int me = cluster_rank(), peer = 1 - me;  // uniform in the CTA, so the barriers below are too
+  if (threadIdx.x == 0) {
+    smids[me] = sm_id();
+    mbar_init(bar, 1);
+    mbar_init(bar + 1, 1);
+    mbar_init_fence();
+  }
+  fused_rnn::cluster_sync();
+  for (int i = 0; i < iters; ++i) {
+    const int s = i & 1;
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect_tx(bar + s, 16);  // (phase (i >> 1) - 1 of it completed two steps ago)
+      if (me == 0) st_async_v4(slot + s, peer, make_uint4(i, 0, 0, 0), bar + s);
+    }
+    mbar_wait(bar + s, (i >> 1) & 1);
+    if (threadIdx.x == 0 && slot[s].x != (unsigned)i) atomicAdd(bad, 1);
+    __syncthreads();
+    if (me == 1 && threadIdx.x == 0) st_async_v4(slot + s, peer, make_uint4(i, 1, 0, 0), bar + s);
+  }
+  fused_rnn::cluster_sync();
+#endif
+}
+
+// Both CTAs of a 2-CTA cluster. Step i: CTA 0 pushes `bytes` into buffer i & 1
+// of CTA 1, the 16-byte pieces spread over its threads (st.async); CTA 1
+// announces them, waits, checks one piece per thread, meets at a CTA barrier
+// and arrives remotely on CTA 0's `empty` barrier of that buffer. CTA 0 waits
+// for that before it refills the buffer two steps later, so no push overwrites
+// bytes CTA 1 has not read. Only CTA 0's threads that push wait on `empty`: its
+// next phase needs their pushes, so it cannot run ahead of them (a thread
+// without pieces could fall two phases behind). CTA 1's waiters are held by its
+// CTA barrier before the remote arrive, as in the ping-pong.
+__global__ void dsmem_bandwidth_kernel(int iters, int bytes, int* smids, int* bad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [2], used in CTA 1
+  uint64_t* empty = full + 2;                          // [2], used in CTA 0
+  const int me = cluster_rank(), vecs = bytes / 16;
+  if (threadIdx.x == 0) {
+    smids[me] = sm_id();
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(full + s, 1);
+      mbar_init(empty + s, 1);
+    }
+    mbar_init_fence();
+  }
+  fused_rnn::cluster_sync();
+  for (int i = 0; i < iters; ++i) {
+    const int s = i & 1, k = i >> 1;  // fill k of buffer s
+    uint4* buf = reinterpret_cast<uint4*>(smem + kBarBytes + (size_t)s * bytes);
+    if (me == 0) {
+      if ((int)threadIdx.x < vecs) {
+        // CTA 1 has read fill k - 1 (phase k - 1 of `empty`); for k = 0 the
+        // parity of the phase before the first, which a fresh barrier reports complete
+        mbar_wait(empty + s, (k & 1) ^ 1);
+        for (int e = threadIdx.x; e < vecs; e += blockDim.x)
+          st_async_v4(buf + e, 1, make_uint4(i, e, 0, 0), full + s);
+      }
+    } else {
+      if (threadIdx.x == 0) mbar_arrive_expect_tx(full + s, bytes);
+      mbar_wait(full + s, k & 1);
+      const int e = threadIdx.x % vecs;
+      const uint4 v = buf[e];
+      if (v.x != (unsigned)i || v.y != (unsigned)e) atomicAdd(bad, 1);
+      __syncthreads();
+      if (threadIdx.x == 0) mbar_arrive_remote(empty + s, 0);
+    }
+  }
+  fused_rnn::cluster_sync();
+#endif
+}
+
+// One cluster of n CTAs, the recurrence's exchange. Step i: every CTA pushes
+// `bytes` (its slice of h) into region `rank` of slot i & 1 of each of its
+// n - 1 peers (peer rank + 1, rank + 2, ... first, so not all start at rank 0),
+// announces the (n - 1) x bytes it receives, waits for them, checks one piece
+// per thread, CTA barrier. No back-signal: a peer pushes step i + 2 into a slot
+// only after it has received step i + 1 from this CTA, which this CTA pushes
+// after its CTA barrier of step i -- after every thread here has read step i
+// and has passed its wait (so no waiter falls two phases behind either).
+__global__ void dsmem_all_to_all_kernel(int iters, int bytes, int* smids, int* bad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [2]
+  const int n = (int)cg::this_cluster().num_blocks(), me = cluster_rank();
+  const int vecs = bytes / 16, pieces = (n - 1) * vecs;
+  if (threadIdx.x == 0) {
+    smids[me] = sm_id();
+    mbar_init(full, 1);
+    mbar_init(full + 1, 1);
+    mbar_init_fence();
+  }
+  fused_rnn::cluster_sync();
+  for (int i = 0; i < iters; ++i) {
+    const int s = i & 1;
+    uint4* slot = reinterpret_cast<uint4*>(smem + kBarBytes + (size_t)s * n * bytes);  // [n][vecs]
+    if (threadIdx.x == 0) mbar_arrive_expect_tx(full + s, pieces * 16);
+    for (int j = threadIdx.x; j < pieces; j += blockDim.x) {
+      const int p = j / vecs, e = j - p * vecs;
+      st_async_v4(slot + me * vecs + e, (me + 1 + p) % n, make_uint4(i, me, e, 0), full + s);
+    }
+    mbar_wait(full + s, (i >> 1) & 1);
+    if (pieces > 0) {
+      const int j = threadIdx.x % pieces, p = j / vecs, e = j - p * vecs, src = (me + 1 + p) % n;
+      const uint4 v = slot[src * vecs + e];
+      if (v.x != (unsigned)i || v.y != (unsigned)src || v.z != (unsigned)e) atomicAdd(bad, 1);
+    }
+    __syncthreads();
+  }
+  fused_rnn::cluster_sync();
+#endif
+}
+
 // ------------------------------------------------------------ host helpers
 
 #define FLOORS_CHECK(expr)                     \
@@ -222,6 +391,8 @@ struct DeviceInts {  // a zeroed device array, freed on scope exit
 
 // Errors of our own (negative, beside cudaError_t's codes): floors_error_string names them.
 constexpr int kErrCounters = -1;  // a counter did not end at the step count: a broken wait
+constexpr int kErrPayload = -2;   // a DSMEM payload was not there after its mbarrier wait
+constexpr int kErrNoFit = -3;     // no such cluster can be co-resident on this GPU
 
 // Asks for the largest dynamic shared memory a CTA may have, so no two CTAs of
 // `func` fit on one SM; checks that the occupancy query agrees (1 per SM).
@@ -257,6 +428,62 @@ cudaError_t to_host(std::vector<int>& out, const int* src, int n) {
   return cudaMemcpy(out.data(), src, sizeof(int) * n, cudaMemcpyDeviceToHost);
 }
 
+// Thread-block clusters need sm_90; cudaErrorNotSupported below.
+cudaError_t needs_clusters(int device) {
+  int major = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  return err == cudaSuccess && major < 9 ? cudaErrorNotSupported : err;
+}
+
+// Sets `func` up for clusters of `size` CTAs (above 8: non-portable, Hopper
+// allows 16) of `threads` threads with `smem` bytes of dynamic shared memory,
+// and fills `cfg` (its cluster dimension in `attr`) for `clusters` of them;
+// *fit: how many such clusters can be co-resident (the occupancy query).
+cudaError_t cluster_config(const void* func, int size, int threads, int smem, int clusters,
+                           cudaLaunchAttribute* attr, cudaLaunchConfig_t* cfg, int* fit) {
+  *fit = 0;
+  cudaError_t err = cudaSuccess;
+  if (size > 8) err = cudaFuncSetAttribute(func, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = size;
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  *cfg = cudaLaunchConfig_t{};
+  cfg->gridDim = dim3(size * clusters);
+  cfg->blockDim = dim3(threads);
+  cfg->dynamicSmemBytes = (size_t)smem;
+  cfg->attrs = attr;
+  cfg->numAttrs = 1;
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(fit, func, cfg);
+  return err;
+}
+
+// One launch of ONE cluster of `size` CTAs of `func` between CUDA events, each
+// CTA with the largest dynamic shared memory a CTA may have (so no two share an
+// SM; at least `need` bytes); its time in ms. kErrNoFit where no such cluster fits.
+int timed_cluster_launch(const void* func, int device, int size, int threads, int need, void** args,
+                         float* ms) {
+  FLOORS_CHECK(needs_clusters(device));
+  int optin = 0, fit = 0;
+  FLOORS_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (need > optin) return (int)cudaErrorInvalidValue;
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg;
+  FLOORS_CHECK(cluster_config(func, size, threads, optin, 1, &attr, &cfg, &fit));
+  if (fit < 1) return kErrNoFit;
+  Timer t;
+  FLOORS_CHECK(cudaEventCreate(&t.start));
+  FLOORS_CHECK(cudaEventCreate(&t.stop));
+  FLOORS_CHECK(cudaEventRecord(t.start, 0));
+  FLOORS_CHECK(cudaLaunchKernelExC(&cfg, func, args));
+  FLOORS_CHECK(cudaEventRecord(t.stop, 0));
+  FLOORS_CHECK(cudaEventSynchronize(t.stop));
+  FLOORS_CHECK(cudaGetLastError());
+  FLOORS_CHECK(cudaEventElapsedTime(ms, t.start, t.stop));
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -264,6 +491,9 @@ extern "C" {
 // Name of a cudaError_t (or of one of our negative codes) returned by the functions below.
 const char* floors_error_string(int code) {
   if (code == kErrCounters) return "a step counter did not end at the step count (broken wait)";
+  if (code == kErrPayload) return "a DSMEM payload was not there after its mbarrier wait (broken wait)";
+  if (code == kErrNoFit)
+    return "no such cluster can be co-resident on this GPU (cudaOccupancyMaxActiveClusters = 0)";
   return cudaGetErrorString((cudaError_t)code);
 }
 
@@ -431,6 +661,90 @@ int floors_flag_stores_pingpong(int device, int threads, int stores, int iters, 
   *sm0 = id[0];
   *sm1 = id[1];
   return f[0] == iters && f[kLine] == iters ? 0 : kErrCounters;
+}
+
+// DSMEM ping-pong: one cluster of 2 CTAs of `threads` threads, each on its own
+// SM (their SM ids in sm0, sm1), `iters` round trips of 16 bytes
+// (dsmem_pingpong_kernel). Writes the launch's time in ms.
+int floors_dsmem_pingpong(int device, int threads, int iters, float* ms, int* sm0, int* sm1) {
+  *sm0 = *sm1 = -1;
+  FLOORS_CHECK(cudaSetDevice(device));
+  DeviceInts smids, bad;
+  FLOORS_CHECK(smids.alloc(2));
+  FLOORS_CHECK(bad.alloc(1));
+  void* args[] = {&iters, &smids.p, &bad.p};
+  const int need = kBarBytes + 2 * 16;
+  if (int err = timed_cluster_launch((const void*)dsmem_pingpong_kernel, device, 2, threads, need, args, ms))
+    return err;
+  std::vector<int> id, b;
+  FLOORS_CHECK(to_host(id, smids.p, 2));
+  FLOORS_CHECK(to_host(b, bad.p, 1));
+  *sm0 = id[0];
+  *sm1 = id[1];
+  return b[0] == 0 ? 0 : kErrPayload;
+}
+
+// DSMEM bandwidth: one cluster of 2 CTAs of `threads` threads, each on its own
+// SM, `iters` steps of `bytes` (a multiple of 16) pushed from CTA 0 into CTA 1
+// (dsmem_bandwidth_kernel). Writes the launch's time in ms and the SM ids.
+int floors_dsmem_bandwidth(int device, int threads, int bytes, int iters, float* ms, int* sm0, int* sm1) {
+  *sm0 = *sm1 = -1;
+  FLOORS_CHECK(cudaSetDevice(device));
+  // (an mbarrier's transaction count holds less than 2^20 bytes)
+  if (bytes < 16 || bytes % 16 || bytes >= (1 << 20)) return (int)cudaErrorInvalidValue;
+  DeviceInts smids, bad;
+  FLOORS_CHECK(smids.alloc(2));
+  FLOORS_CHECK(bad.alloc(1));
+  void* args[] = {&iters, &bytes, &smids.p, &bad.p};
+  const int need = kBarBytes + 2 * bytes;
+  if (int err = timed_cluster_launch((const void*)dsmem_bandwidth_kernel, device, 2, threads, need, args, ms))
+    return err;
+  std::vector<int> id, b;
+  FLOORS_CHECK(to_host(id, smids.p, 2));
+  FLOORS_CHECK(to_host(b, bad.p, 1));
+  *sm0 = id[0];
+  *sm1 = id[1];
+  return b[0] == 0 ? 0 : kErrPayload;
+}
+
+// DSMEM all-to-all: one cluster of `cluster_size` CTAs of `threads` threads,
+// each on its own SM, `iters` steps in which every CTA pushes `bytes` (a
+// multiple of 16) into each of its peers (dsmem_all_to_all_kernel). Writes the
+// launch's time in ms and the number of distinct SMs the CTAs ran on.
+int floors_dsmem_all_to_all(int device, int cluster_size, int threads, int bytes, int iters, float* ms,
+                            int* distinct_sms) {
+  *distinct_sms = 0;
+  FLOORS_CHECK(cudaSetDevice(device));
+  if (cluster_size < 2 || cluster_size > 16 || bytes < 16 || bytes % 16 ||
+      (cluster_size - 1) * bytes >= (1 << 20))
+    return (int)cudaErrorInvalidValue;
+  DeviceInts smids, bad;
+  FLOORS_CHECK(smids.alloc(cluster_size));
+  FLOORS_CHECK(bad.alloc(1));
+  void* args[] = {&iters, &bytes, &smids.p, &bad.p};
+  const int need = kBarBytes + 2 * cluster_size * bytes;
+  if (int err = timed_cluster_launch((const void*)dsmem_all_to_all_kernel, device, cluster_size, threads,
+                                     need, args, ms))
+    return err;
+  std::vector<int> id, b;
+  FLOORS_CHECK(to_host(id, smids.p, cluster_size));
+  FLOORS_CHECK(to_host(b, bad.p, 1));
+  *distinct_sms = (int)std::set<int>(id.begin(), id.end()).size();
+  return b[0] == 0 ? 0 : kErrPayload;
+}
+
+// The largest number of co-resident clusters of `cluster_size` CTAs of
+// `threads` threads with `smem` bytes of dynamic shared memory each
+// (cudaOccupancyMaxActiveClusters; on the all-to-all kernel, a recurrence step
+// without its work: the count is set by the shared memory). Nothing is launched.
+int floors_max_active_clusters(int device, int cluster_size, int threads, int smem, int* clusters) {
+  *clusters = 0;
+  FLOORS_CHECK(cudaSetDevice(device));
+  FLOORS_CHECK(needs_clusters(device));
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg;
+  return (int)cluster_config((const void*)dsmem_all_to_all_kernel, cluster_size, threads, smem, 1, &attr,
+                             &cfg, clusters);
 }
 
 }  // extern "C"
