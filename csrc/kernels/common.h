@@ -157,8 +157,9 @@ FRNN_HD int register_tiles(DType t, bool tf32) {
 //           hand off through the L2 ring and flags. Where the plan does not allow it,
 //           kFlags (its plan keeps sync = kFlags and sets cluster_rec; the kernel of a
 //           plan with cluster_rec is the kCluster instantiation). The backward runs kFlags.
-// Both are compiled (a template parameter of the kernel); the planner picks
-// one per call, FUSED_RNN_SYNC=grid|flags|lean|cluster overrides it, for A/B runs.
+// kGrid and kFlags are compiled for every dtype, kCluster for 16 bits (a template
+// parameter of the kernel); the planner picks one per call, FUSED_RNN_SYNC=grid|flags|
+// lean|cluster overrides it, for A/B runs.
 enum class SyncPolicy : int { kAuto = 0, kGrid = 1, kFlags = 2, kLean = 3, kCluster = 4 };
 
 inline const char* sync_name(SyncPolicy s) {

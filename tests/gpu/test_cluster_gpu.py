@@ -37,6 +37,7 @@ def ext():
     assert hasattr(torch.ops.fused_rnn, "_fused_forward")
     return mod
 
+
 def _hopper():
     return torch.cuda.get_device_capability()[0] >= 9
 
