@@ -261,7 +261,6 @@ inline PlanResult plan_cluster_rec(const ForwardProblem& p, const DeviceLimits& 
   };
   if (p.dtype == DType::kFloat32) return no("16-bit dtypes only");
   if (dev.cc_major < 9) return no("thread-block clusters need sm_90");
-  if (base.sync != SyncPolicy::kFlags) return no("the flags kernel only");
   if (p.batch > 64) return no("B > 64 (one batch tile for all rows)");
   if (p.seq_len * p.batch >= (int64_t(1) << 31)) return no("T * B >= 2^31");
   const int G = p.gates();

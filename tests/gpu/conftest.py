@@ -4,6 +4,15 @@ import pytest
 import torch
 
 import fused_rnn
+from gpu_helpers import load_extension_or_fail
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The extension with the fused forward (a test file may narrow it with its own)."""
+    mod = load_extension_or_fail()
+    assert hasattr(torch.ops.fused_rnn, "_fused_forward"), "the extension has no _fused_forward"
+    return mod
 
 
 @pytest.fixture(autouse=True)

@@ -23,32 +23,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpu_helpers import DTYPE, Case, assert_sync, load_extension_or_fail, rel_err
-from test_smoke_gpu import check_forward
+from gpu_helpers import Case, assert_sync, rel_err
+from test_smoke_gpu import check_forward, plan_forward_or_skip
 
 import fused_rnn
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def ext():
-    mod = load_extension_or_fail()
-    assert hasattr(torch.ops.fused_rnn, "_fused_forward")
-    return mod
-
-
 def _hopper():
     return torch.cuda.get_device_capability()[0] >= 9
 
 
-def _plan(ext, case: Case, need_reserve=True):
-    ok, why = ext.plan(case.mode, case.L, case.bidir, case.bias, 0, case.I, case.H, case.B,
-                       case.T, DTYPE[case.prec], torch.cuda.current_device(), need_reserve,
-                       case.lengths, case.dropout)
-    assert ok, f"{case.id}: {why}"
-    print(why)
-    return why
+def _plan(ext, case: Case):
+    return plan_forward_or_skip(ext, case, need_reserve=True)
 
 
 CASES = [

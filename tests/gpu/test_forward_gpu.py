@@ -33,7 +33,7 @@ from gpu_helpers import FWD_CAP as CAP
 from gpu_helpers import FWD_FLOOR as FLOOR
 from gpu_helpers import (DTYPE, SYNC_ENV, SYNC_POLICIES, Case, Tol, assert_close_named,
                          assert_finite, assert_sync, covered_or_skip, describe_index,
-                         forward_args, forward_named, load_extension_or_fail, make_inputs,
+                         forward_args, forward_named, make_inputs,
                          poison_allocator, reference_forward64, rel_err, tolerance, valid_mask)
 from gpu_helpers import cudnn_forward as run_cudnn
 from torch import nn
@@ -50,11 +50,7 @@ pytestmark = pytest.mark.gpu
 # (precision: tests/gpu/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def ext():
-    mod = load_extension_or_fail()
-    assert hasattr(torch.ops.fused_rnn, "_fused_forward")
-    return mod
+# (ext: tests/gpu/conftest.py)
 
 
 @pytest.fixture(scope="module")

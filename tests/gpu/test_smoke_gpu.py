@@ -65,7 +65,7 @@ from gpu_helpers import (BWD_CAP, BWD_FLOOR, DTYPE, FWD_CAP, FWD_FLOOR, SYNC_POL
                          Tol, assert_sync, backward_args, compare_named, covered_or_skip,
                          cudnn_backward,
                          cudnn_forward, describe_index, valid_mask,
-                         forward_args, forward_named, grads_named, load_extension_or_fail,
+                         forward_args, forward_named, grads_named,
                          make_inputs, poison_allocator, raise_problems, reference_backward64,
                          reference_forward64, rel_err, tolerance)
 
@@ -401,14 +401,7 @@ def check_backward_plan(smoke: Smoke, why):
 
 
 @pytest.fixture(scope="module")
-def ext():
-    mod = load_extension_or_fail()
-    assert hasattr(torch.ops.fused_rnn, "_fused_forward"), "the extension has no _fused_forward"
-    return mod
-
-
-@pytest.fixture(scope="module")
-def ext_bwd(ext):
+def ext_bwd(ext):  # (ext: tests/gpu/conftest.py)
     assert getattr(ext, "has_fused_backward", False), "extension built without the fused backward"
     assert hasattr(ext, "plan_backward") and hasattr(torch.ops.fused_rnn, "_fused_backward")
     return ext
